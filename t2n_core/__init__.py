@@ -1,0 +1,32 @@
+"""t2n_core: export PyTorch models to NNEF archives that the tract engine runs."""
+
+__version__ = "0.1.0"
+
+from t2n_core.check import CheckReport, check_archive, run_tract  # noqa: E402
+from t2n_core.errors import (  # noqa: E402
+    ArchiveExistsError,
+    CaptureError,
+    CheckMismatchError,
+    ExportInputError,
+    T2NError,
+    TranslationError,
+    UnsupportedOpsError,
+)
+from t2n_core.export import ExportResult, IOSpec, export  # noqa: E402
+
+__all__ = [
+    "ArchiveExistsError",
+    "CaptureError",
+    "CheckMismatchError",
+    "CheckReport",
+    "ExportInputError",
+    "ExportResult",
+    "IOSpec",
+    "T2NError",
+    "TranslationError",
+    "UnsupportedOpsError",
+    "__version__",
+    "check_archive",
+    "export",
+    "run_tract",
+]

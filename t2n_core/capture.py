@@ -1,0 +1,212 @@
+"""Capture a model with ``torch.export`` (non-strict) and decompose it to the ops we translate."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import Dim, ExportedProgram
+
+from t2n_core.errors import CaptureError, ExportInputError
+from t2n_core.ops import registry
+from t2n_core.storage import NNEFStorage
+from t2n_core.symbolic import SymbolTable
+
+logger = logging.getLogger(__name__)
+
+DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
+
+
+@dataclass
+class Captured:
+    program: ExportedProgram
+    tensors: dict[str, Any]  # state-dict / constant name -> tensor as the writer must store it
+    input_names: list[str]
+    symbols: SymbolTable
+
+
+def _is_identifier(name: str) -> bool:
+    return name.isidentifier() and name.isascii()
+
+
+def normalize_args(args: Any) -> tuple[Any, ...]:
+    if isinstance(args, torch.Tensor):
+        return (args,)
+    if isinstance(args, list):
+        return tuple(args)
+    if not isinstance(args, tuple):
+        raise ExportInputError(
+            f"example args must be a tensor or a tuple of tensors, got {type(args).__name__}"
+        )
+    return args
+
+
+def default_input_names(model: nn.Module, args: tuple[Any, ...]) -> list[str]:
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i, arg in enumerate(args):
+        if isinstance(arg, torch.Tensor):
+            names.append(
+                params[i] if i < len(params) and _is_identifier(params[i]) else f"input_{i}"
+            )
+    return names
+
+
+def dynamic_shapes_for(
+    args: tuple[Any, ...], input_names: list[str], dynamic_axes: DynamicAxes | None
+) -> tuple[tuple[Any, ...] | None, dict[str, str]]:
+    """torch.export ``dynamic_shapes`` from ``{input: {axis: name}}``; also returns axis names."""
+    if not dynamic_axes:
+        return None, {}
+    unknown = [k for k in dynamic_axes if k not in input_names]
+    if unknown:
+        raise ExportInputError(
+            f"dynamic_axes names unknown input(s) {unknown}; inputs are {input_names}"
+        )
+    dims: dict[str, Dim] = {}
+    tensor_args = [a for a in args if isinstance(a, torch.Tensor)]
+    per_input: dict[str, dict[int, Dim]] = {}
+    for input_name, axes in dynamic_axes.items():
+        tensor = tensor_args[input_names.index(input_name)]
+        if not isinstance(axes, Mapping):
+            axes = {int(a): f"{input_name}_{int(a)}" for a in axes}
+        spec: dict[int, Dim] = {}
+        for axis, sym in axes.items():
+            axis = int(axis)
+            if axis < 0:
+                axis += tensor.dim()
+            if not 0 <= axis < tensor.dim():
+                raise ExportInputError(
+                    f"dynamic axis {axis} of input {input_name!r} is out of range for its "
+                    f"shape {tuple(tensor.shape)}"
+                )
+            if not _is_identifier(sym):
+                raise ExportInputError(
+                    f"axis name {sym!r} of input {input_name!r} must be an identifier like 'T'"
+                )
+            if tensor.shape[axis] < 2:
+                raise ExportInputError(
+                    f"input {input_name!r} has size {tensor.shape[axis]} on dynamic axis {axis} "
+                    f"({sym}); torch.export specialises sizes 0 and 1, so give an example of "
+                    "size 2 or more on that axis"
+                )
+            dims.setdefault(sym, Dim(sym))
+            spec[axis] = dims[sym]
+        per_input[input_name] = spec
+    shapes: list[Any] = []
+    names_iter = iter(input_names)
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            shapes.append(per_input.get(next(names_iter)))
+        else:
+            shapes.append(None)
+    return tuple(shapes), {}
+
+
+@contextlib.contextmanager
+def float_proxies(model: nn.Module) -> Iterator[dict[str, Any]]:
+    """Swap every storage-protocol tensor (e.g. a QTensor) for a plain proxy while capturing.
+
+    Yields the map from state-dict name to the original tensor. Tied tensors get one proxy.
+    """
+    originals: dict[str, Any] = {}
+    swapped: list[tuple[nn.Module, str, str, Any]] = []
+    proxies: dict[int, Any] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for store in ("_parameters", "_buffers"):
+            for key, tensor in list(getattr(module, store).items()):
+                if tensor is None:
+                    continue
+                full = f"{mod_name}.{key}" if mod_name else key
+                originals[full] = tensor
+                if isinstance(tensor, NNEFStorage) and hasattr(tensor, "nnef_float_proxy"):
+                    if id(tensor) not in proxies:
+                        proxy = tensor.nnef_float_proxy()
+                        if store == "_parameters":
+                            proxy = nn.Parameter(proxy, requires_grad=False)
+                        proxies[id(tensor)] = proxy
+                    getattr(module, store)[key] = proxies[id(tensor)]
+                    swapped.append((module, store, key, tensor))
+    try:
+        yield originals
+    finally:
+        for module, store, key, tensor in swapped:
+            getattr(module, store)[key] = tensor
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def decomposition_table() -> dict[Any, Any]:
+    table = torch.export.default_decompositions()
+    for op in registry.kept_whole():
+        table.pop(op, None)
+    return table
+
+
+def capture(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    input_names: list[str],
+    dynamic_axes: DynamicAxes | None,
+) -> Captured:
+    """``torch.export`` the model (eval mode, QTensors as proxies) and decompose it."""
+    dynamic_shapes, _ = dynamic_shapes_for(args, input_names, dynamic_axes)
+    with eval_mode(model), float_proxies(model) as originals, torch.no_grad():
+        try:
+            ep = torch.export.export(
+                model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False
+            )
+            ep = ep.run_decompositions(decomposition_table())
+        except Exception as exc:  # torch raises many types; keep its message
+            raise CaptureError(
+                f"torch.export could not capture {type(model).__name__}: {exc}\n"
+                "Data-dependent control flow (an `if` on tensor values) and non-tensor outputs "
+                "cannot be exported; rewrite them with torch.where / torch.cond or return tensors."
+            ) from exc
+    tensors: dict[str, Any] = {}
+    for spec in ep.graph_signature.input_specs:
+        target = spec.target
+        if target is None:
+            continue
+        if target in originals:
+            tensors[target] = originals[target]
+        elif target in ep.constants:
+            tensors[target] = ep.constants[target]
+        elif target in ep.state_dict:
+            tensors[target] = ep.state_dict[target]
+    symbols = SymbolTable()
+    user_specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    tensor_names = iter(input_names)
+    for spec in user_specs:
+        meta = placeholders[spec.arg.name].meta.get("val")
+        if not isinstance(meta, torch.Tensor):
+            continue
+        name = next(tensor_names)
+        axes = (dynamic_axes or {}).get(name, {})
+        if not isinstance(axes, Mapping):
+            axes = {int(a): f"{name}_{int(a)}" for a in axes}
+        for axis, sym in axes.items():
+            size = meta.shape[int(axis)]
+            if isinstance(size, torch.SymInt):
+                symbols.bind(size.node.expr, sym)
+    return Captured(ep, tensors, input_names, symbols)

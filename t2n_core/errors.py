@@ -1,0 +1,58 @@
+"""Exception classes of t2n, rooted in :class:`T2NError`.
+
+Each also subclasses the matching builtin so callers may catch either,
+e.g. ``except ValueError`` catches :class:`ExportInputError`.
+"""
+
+from __future__ import annotations
+
+
+class T2NError(Exception):
+    """Base of every error raised on purpose by t2n."""
+
+
+class ExportInputError(T2NError, ValueError):
+    """The model, example inputs, names or axes handed to ``export`` are not usable."""
+
+
+class CaptureError(T2NError, RuntimeError):
+    """``torch.export`` could not capture the model (data-dependent control flow, ...)."""
+
+
+class UnsupportedOpsError(T2NError, NotImplementedError):
+    """One or more ops in the captured graph have no NNEF translation.
+
+    ``problems`` lists every one of them (op, module path, source line, reason).
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{len(problems)} op(s) cannot be translated to NNEF:\n{lines}\n"
+            "Rewrite these calls with supported ops (see docs/ops.md), or open an issue."
+        )
+
+
+class TranslationError(T2NError, ValueError):
+    """A supported op was called with arguments NNEF/tract cannot express."""
+
+
+class ArchiveExistsError(T2NError, FileExistsError):
+    """The export target already exists and ``overwrite`` was not set."""
+
+
+class ArchiveFormatError(T2NError, ValueError):
+    """A file does not look like an NNEF archive or a ``.dat`` tensor."""
+
+
+class CheckMismatchError(T2NError, AssertionError):
+    """tract's outputs differ from PyTorch's beyond tolerance."""
+
+    def __init__(self, message: str, report: object = None):
+        super().__init__(message)
+        self.report = report
+
+
+class TractRunError(T2NError, RuntimeError):
+    """tract refused to load or run an archive."""

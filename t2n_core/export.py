@@ -1,0 +1,244 @@
+"""``t2n_core.export``: PyTorch model -> NNEF archive, optionally checked in tract."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from t2n_core import __version__
+from t2n_core.capture import DynamicAxes, capture, default_input_names, normalize_args
+from t2n_core.check import CheckReport, check_archive
+from t2n_core.errors import ExportInputError
+from t2n_core.ir import Graph
+from t2n_core.nnef.archive import write_archive
+from t2n_core.translate import translate
+from t2n_core.writer import archive_files, encoding_of
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IOSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+@dataclass
+class ExportResult:
+    """What ``export`` wrote, and how it checked."""
+
+    path: Path
+    inputs: list[IOSpec]
+    outputs: list[IOSpec]
+    op_histogram: dict[str, int]
+    tensor_bytes: dict[str, int]  # by .dat item type name
+    files: list[str] = field(default_factory=list)
+    check: CheckReport | None = None
+
+    @property
+    def total_tensor_bytes(self) -> int:
+        return sum(self.tensor_bytes.values())
+
+    def __str__(self) -> str:
+        from t2n_core.summary import format_summary
+
+        return format_summary(self)
+
+
+def _tensor_leaves(value: Any, what: str) -> list[torch.Tensor]:
+    leaves, _ = torch.utils._pytree.tree_flatten(value)
+    bad = [type(v).__name__ for v in leaves if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ExportInputError(
+            f"the model's {what} must be tensors (or tuples/lists/dicts of tensors); found {bad}"
+        )
+    return leaves
+
+
+def export(
+    model: nn.Module,
+    args: Any,
+    path: str | os.PathLike,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: DynamicAxes | None = None,
+    check: bool = False,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    overwrite: bool = False,
+    compresslevel: int = 1,
+    properties: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> ExportResult:
+    """Export ``model`` called on ``args`` to an NNEF archive that tract loads.
+
+    ``path`` ending in ``.tgz``/``.tar.gz``/``.tar`` gives a tar archive, anything else a
+    directory. ``dynamic_axes`` maps input names to ``{axis: symbol}``; ``check=True`` runs the
+    archive in tract on ``args`` and raises :class:`CheckMismatchError` if it disagrees with
+    PyTorch beyond ``atol + rtol * max|reference|``.
+
+    >>> result = export(nn.Linear(4, 2), (torch.randn(3, 4),), "lin.nnef.tgz",
+    ...                 dynamic_axes={"input": {0: "B"}}, check=True)   # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module):
+        raise ExportInputError(f"export needs an nn.Module, got {type(model).__name__}")
+    args = normalize_args(args)
+    n_tensors = sum(isinstance(a, torch.Tensor) for a in args)
+    if input_names is None:
+        input_names = default_input_names(model, args)
+    input_names = list(input_names)
+    if len(input_names) != n_tensors:
+        raise ExportInputError(
+            f"{len(input_names)} input_names given for {n_tensors} tensor input(s): {input_names}"
+        )
+    _check_names(input_names, "input_names")
+    target = Path(path)
+    if target.exists() and not overwrite:
+        from t2n_core.errors import ArchiveExistsError
+
+        raise ArchiveExistsError(f"{target} already exists; pass overwrite=True to replace it")
+
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            reference = model(*args, **(kwargs or {}))
+        finally:
+            model.train(was_training)
+    ref_leaves = _tensor_leaves(reference, "outputs")
+    if output_names is None:
+        output_names = ["output"] if len(ref_leaves) == 1 else [
+            f"output_{i}" for i in range(len(ref_leaves))
+        ]  # fmt: skip
+    output_names = list(output_names)
+    if len(output_names) != len(ref_leaves):
+        raise ExportInputError(
+            f"{len(output_names)} output_names given for {len(ref_leaves)} output tensor(s)"
+        )
+    _check_names(output_names, "output_names")
+    clash = set(input_names) & set(output_names)
+    if clash:
+        raise ExportInputError(f"names used both as input and output: {sorted(clash)}")
+
+    captured = capture(model, args, kwargs, input_names, dynamic_axes)
+    n_nodes = sum(1 for n in captured.program.graph.nodes if n.op == "call_function")
+    with tqdm(total=n_nodes, desc="translate", unit="op", disable=not progress, leave=False) as bar:
+        graph = translate(
+            captured.program,
+            tensors=captured.tensors,
+            input_names=input_names,
+            output_names=output_names,
+            symbols=captured.symbols,
+            progress=bar,
+        )
+    graph.symbols = _symbols_in_order(dynamic_axes)
+    graph.remove_dead_code()
+    graph.extensions.add("tract_registry tract_core")
+    graph.properties = {
+        "t2n_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "tract_version_checked": _tract_version(),
+        **(properties or {}),
+    }
+    files = list(archive_files(graph))
+    with tqdm(
+        total=len(files), desc="write", unit="file", disable=not progress, leave=False
+    ) as bar:
+        write_archive(
+            target,
+            files,
+            overwrite=overwrite,
+            compresslevel=compresslevel,
+            progress=lambda _name: bar.update(1),
+        )
+    result = ExportResult(
+        path=target,
+        inputs=[IOSpec(v.name, v.shape, _dtype_name(v.dtype)) for v in graph.inputs],
+        outputs=[
+            IOSpec(n, graph.values[n].shape, _dtype_name(graph.values[n].dtype))
+            for n in graph.outputs
+        ],
+        op_histogram=graph.op_histogram(),
+        tensor_bytes=_tensor_bytes(graph),
+        files=[name for name, _ in files],
+    )
+    logger.info("exported %s to %s", type(model).__name__, target)
+    if check:
+        inputs = [a.detach().cpu().numpy() for a in args if isinstance(a, torch.Tensor)]
+        expected = [r.detach().cpu().numpy() for r in ref_leaves]
+        result.check = check_archive(
+            target, inputs, expected, names=output_names, atol=atol, rtol=rtol
+        )
+    return result
+
+
+def _check_names(names: list[str], what: str) -> None:
+    bad = [n for n in names if not (n.isidentifier() and n.isascii())]
+    if bad:
+        raise ExportInputError(f"{what} must be identifiers (letters, digits, _): {bad}")
+    dup = [n for n, c in Counter(names).items() if c > 1]
+    if dup:
+        raise ExportInputError(f"{what} has duplicates: {dup}")
+
+
+def _symbols_in_order(dynamic_axes: DynamicAxes | None) -> list[str]:
+    out: list[str] = []
+    for axes in (dynamic_axes or {}).values():
+        names = axes.values() if isinstance(axes, Mapping) else []
+        for sym in names:
+            if sym not in out:
+                out.append(sym)
+    return out
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    from t2n_core.nnef.text import tract_dtype_name
+
+    return tract_dtype_name(dtype)
+
+
+def _tensor_bytes(graph: Graph) -> dict[str, int]:
+    from t2n_core.nnef.dat import DatHeader
+
+    totals: Counter = Counter()
+    for var in graph.variables.values():
+        for ev in encoding_of(var).variables:
+            if ev.dtype is not None:
+                header = DatHeader.for_dtype(ev.dtype, ev.shape)
+                totals[_dtype_name(ev.dtype)] += header.data_length
+            else:
+                totals[_custom_name(ev.custom_item_type)] += len(ev.data())
+    return dict(sorted(totals.items()))
+
+
+def _custom_name(item_type: int | None) -> str:
+    from t2n_core.nnef.dat import TractItemType
+
+    try:
+        return TractItemType(item_type).name.lower()
+    except ValueError:
+        return f"tract:{item_type:#x}"
+
+
+def _tract_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tract")
+    except Exception:
+        return "unknown"

@@ -1,0 +1,137 @@
+"""A small NNEF-level graph: what the op translators build and the text writer prints.
+
+Values are named tensors with a dtype and a shape whose entries are ints or TDim
+expressions over the graph's symbols (strings such as ``"S"`` or ``"S * 4"``).
+Operations are ``outputs = op(args..., attr = value)`` assignments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+
+Dim = Union[int, str]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to a named value in the graph."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Expr:
+    """Raw NNEF text, used for TDim shape expressions such as ``S * 4``."""
+
+    text: str
+
+
+@dataclass
+class Value:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[Dim, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+@dataclass
+class Variable:
+    """A tensor stored in the archive (one or more ``.dat`` files)."""
+
+    name: str
+    label: str
+    tensor: Any  # a torch.Tensor or an NNEFStorage
+
+
+@dataclass
+class Operation:
+    op: str
+    outputs: list[str]
+    args: list[Any]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # module path (and op) that produced it
+    array_outputs: bool = False  # outputs written as ``[a, b] = op(...)`` instead of ``(a, b)``
+
+
+@dataclass
+class Graph:
+    name: str = "network"
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    values: dict[str, Value] = field(default_factory=dict)
+    variables: dict[str, Variable] = field(default_factory=dict)
+    operations: list[Operation] = field(default_factory=list)
+    fragments: dict[str, str] = field(default_factory=dict)
+    extensions: set[str] = field(default_factory=set)
+    symbols: list[str] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)
+    _taken: Counter = field(default_factory=Counter)
+
+    def fresh_name(self, hint: str) -> str:
+        """A unique identifier derived from ``hint`` (e.g. a module path)."""
+        base = sanitize(hint)
+        count = self._taken[base]
+        self._taken[base] += 1
+        name = base if count == 0 else f"{base}_{count}"
+        while name in self.values or name in self.variables:
+            count += 1
+            self._taken[base] += 1
+            name = f"{base}_{count}"
+        return name
+
+    def add_value(self, value: Value) -> Value:
+        self.values[value.name] = value
+        return value
+
+    def op_histogram(self) -> dict[str, int]:
+        return dict(sorted(Counter(op.op for op in self.operations).items()))
+
+    def remove_dead_code(self) -> int:
+        """Drop operations whose outputs are never used; returns how many were dropped."""
+        live = set(self.outputs)
+        kept: list[Operation] = []
+        for op in reversed(self.operations):
+            if any(o in live for o in op.outputs):
+                kept.append(op)
+                live.update(_refs(op.args))
+                live.update(_refs(list(op.attrs.values())))
+        dropped = len(self.operations) - len(kept)
+        self.operations = kept[::-1]
+        for name in [n for n in self.variables if n not in live]:
+            del self.variables[name]
+        return dropped
+
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9_]")
+_RESERVED = {
+    "version", "extension", "fragment", "graph", "tensor", "integer", "scalar", "logical",
+    "string", "true", "false", "for", "in", "if", "else", "yield", "length_of", "shape_of",
+    "range_of",
+}  # fmt: skip
+
+
+def sanitize(hint: str) -> str:
+    """``encoder.layers.0.linear1.weight`` -> ``encoder_layers_0_linear1_weight``."""
+    name = _NAME_RE.sub("_", hint).strip("_") or "v"
+    name = re.sub(r"_+", "_", name)
+    if name[0].isdigit() or name in _RESERVED:
+        name = "v_" + name
+    return name
+
+
+def _refs(items: list[Any]) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, Ref):
+            out.append(item.name)
+        elif isinstance(item, (list, tuple)):
+            out.extend(_refs(list(item)))
+    return out

@@ -1,0 +1,1 @@
+"""NNEF file formats: ``.dat`` tensors, graph.nnef text, archives."""

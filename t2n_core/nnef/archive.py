@@ -1,0 +1,121 @@
+"""Write and read NNEF archives: a directory or a ``.tgz``/``.tar.gz`` file.
+
+Writing is atomic (a temporary sibling path, then a rename) and byte-reproducible
+(sorted-free fixed order given by the caller, zero mtimes, no owner names).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from t2n_core.errors import ArchiveExistsError, ArchiveFormatError
+
+logger = logging.getLogger(__name__)
+
+FileProducer = tuple[str, Callable[[], bytes]]
+
+
+def is_tar_path(path: Path) -> bool:
+    return path.name.endswith((".tgz", ".tar.gz", ".tar"))
+
+
+def write_archive(
+    path: str | os.PathLike,
+    files: Iterable[FileProducer],
+    *,
+    overwrite: bool = False,
+    compresslevel: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write ``files`` to ``path`` (directory, ``.tar``, ``.tgz`` or ``.tar.gz``) atomically."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise ArchiveExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        if is_tar_path(target):
+            staged = tmp / target.name
+            _write_tar(staged, files, compresslevel, progress)
+        else:
+            staged = tmp / "archive"
+            staged.mkdir()
+            for name, produce in files:
+                (staged / name).write_bytes(produce())
+                if progress:
+                    progress(name)
+        _replace(staged, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _replace(staged: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        target.rename(old)
+        staged.rename(target)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        staged.rename(target)
+
+
+def _write_tar(
+    path: Path,
+    files: Iterable[FileProducer],
+    compresslevel: int,
+    progress: Callable[[str], None] | None,
+) -> None:
+    with open(path, "wb") as raw:
+        gz = (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
+            if path.name.endswith(("gz",))
+            else None
+        )
+        with tarfile.open(fileobj=gz or raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, produce in files:
+                data = produce()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+                del data
+                if progress:
+                    progress(name)
+        if gz is not None:
+            gz.close()
+
+
+def read_archive_files(path: str | os.PathLike) -> dict[str, bytes]:
+    """All files of an archive (directory or tar), by relative path."""
+    src = Path(path)
+    if src.is_dir():
+        return {
+            str(p.relative_to(src)): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()
+        }
+    if not src.exists():
+        raise ArchiveFormatError(f"{src} does not exist")
+    try:
+        with tarfile.open(src, "r:*") as tar:
+            out = {}
+            for member in tar.getmembers():
+                if member.isfile():
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    out[member.name.removeprefix("./")] = f.read()
+            return out
+    except tarfile.TarError as exc:
+        raise ArchiveFormatError(f"{src} is neither a directory nor a tar archive: {exc}") from exc

@@ -1,0 +1,72 @@
+"""The storage protocol: how a tensor describes its own NNEF encoding.
+
+This is the seam between ``t2n_core`` (the writer) and ``t2n_quant`` (the codecs).
+The writer never inspects codec internals: for each parameter it asks
+``nnef_encoding(label)`` when the tensor has that method, and otherwise writes
+a plain ``.dat`` of the tensor's dtype.
+
+An :class:`Encoding` is made of
+
+- ``variables``: the ``.dat`` payloads, each declared in graph.nnef as
+  ``name = variable<type>(label = '<label><suffix>', shape = [...])``;
+- ``fragments``: NNEF fragment definitions the expression needs (deduplicated by name);
+- ``call``: how to obtain the float weight from those variables, as
+  ``(fragment name, [variable suffixes], {attribute: value})``; ``None`` means the
+  single variable *is* the weight (a tract-native type such as Q4_0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class EncodedVariable:
+    """One ``.dat`` payload.
+
+    Either ``dtype`` is set (a standard NNEF/tract type: the payload is the raw
+    little-endian bytes of a tensor of ``shape``) or ``custom_item_type`` is set
+    (a tract vendor type such as Q4_0, in which case ``data`` returns the encoded bytes).
+    """
+
+    suffix: str
+    shape: tuple[int, ...]
+    data: Callable[[], bytes]
+    dtype: torch.dtype | None = None
+    custom_item_type: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.dtype is None) == (self.custom_item_type is None):
+            raise ValueError("EncodedVariable needs exactly one of dtype or custom_item_type")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    variables: list[EncodedVariable]
+    fragments: dict[str, str] = field(default_factory=dict)
+    call: tuple[str, list[str], dict[str, Any]] | None = None
+    extensions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.call is None and len(self.variables) != 1:
+            raise ValueError("an Encoding without a call must have exactly one variable")
+        if self.call is not None:
+            known = {v.suffix for v in self.variables}
+            missing = [s for s in self.call[1] if s not in known]
+            if missing:
+                raise ValueError(f"Encoding call names unknown variables {missing}")
+
+
+@runtime_checkable
+class NNEFStorage(Protocol):
+    """A tensor that knows how to write itself into an NNEF archive."""
+
+    def nnef_encoding(self, label: str) -> Encoding: ...
+
+    def nnef_float_proxy(self) -> torch.Tensor:
+        """A plain tensor of the logical shape and dtype, used while capturing the graph."""
+        ...

@@ -1,0 +1,378 @@
+"""Walk a captured ``torch.export`` graph and build the NNEF :class:`~t2n_core.ir.Graph`.
+
+Each ``call_function`` node goes to the handler registered for its ATen overload
+(``t2n_core.ops``); handlers receive one :class:`EmitContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+
+from t2n_core.errors import TranslationError, UnsupportedOpsError
+from t2n_core.ir import Expr, Graph, Operation, Ref, Value, Variable, sanitize
+from t2n_core.ops import registry
+from t2n_core.symbolic import SymbolTable
+
+logger = logging.getLogger(__name__)
+
+# Nodes that only compute or assert sizes: their value is read from the node's metadata.
+_SHAPE_ONLY = {
+    torch.ops.aten.sym_size.int,
+    torch.ops.aten.sym_numel.default,
+    torch.ops.aten.sym_stride.int,
+    operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod,
+    operator.neg, operator.truediv,
+}  # fmt: skip
+_IGNORED = {
+    torch.ops.aten._assert_scalar.default,
+    torch.ops.aten.sym_constrain_range_for_size.default,
+    torch.ops.aten._assert_tensor_metadata.default,
+}
+for _name in ("sym_constrain_range", "_assert_async"):
+    for _ov in ("default", "msg"):
+        _op = getattr(getattr(torch.ops.aten, _name, None), _ov, None)
+        if _op is not None:
+            _IGNORED.add(_op)
+
+
+def module_path(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    for path, _type in reversed(list(stack.values())):
+        if isinstance(path, str) and not path.startswith("_empty"):
+            return path
+    return ""
+
+
+def source_line(node: torch.fx.Node) -> str:
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    return f"{frames[-1][0]}:{frames[-1][1]}" if frames else "unknown source line"
+
+
+def describe(node: torch.fx.Node) -> str:
+    where = module_path(node) or "<root module>"
+    return f"{node.target} in module '{where}' ({source_line(node)})"
+
+
+def _short_op_name(target: Any) -> str:
+    name = getattr(target, "__name__", str(target))
+    return name.split(".")[0]
+
+
+class EmitContext:
+    """What a handler sees: the current node's arguments as NNEF operands, and ways to emit."""
+
+    def __init__(self, graph: Graph, symbols: SymbolTable):
+        self.graph = graph
+        self.symbols = symbols
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.node: torch.fx.Node | None = None
+
+    # ---- reading the current node -------------------------------------------------------
+    def raw(self, index: int | str, default: Any = None) -> Any:
+        """The fx argument ``index`` (position) or keyword, unconverted."""
+        assert self.node is not None
+        if isinstance(index, str):
+            return self.node.kwargs.get(index, default)
+        return self.node.args[index] if index < len(self.node.args) else default
+
+    def arg(self, index: int | str, default: Any = None) -> Any:
+        """Argument ``index`` as an NNEF operand: a Ref, an int/float/bool, or an Expr."""
+        return self.convert(self.raw(index, default))
+
+    def convert(self, item: Any) -> Any:
+        if isinstance(item, torch.fx.Node):
+            if item not in self.env:
+                raise self.error(f"argument {item.name} was not translated")
+            return self.env[item]
+        if isinstance(item, (list, tuple)):
+            return type(item)(self.convert(i) for i in item)
+        if isinstance(item, torch.SymInt):
+            return self.dim(item)
+        return item
+
+    def meta(self, item: torch.fx.Node | int | None = None) -> Any:
+        """The FakeTensor (or SymInt) that torch.export recorded for a node or argument index."""
+        if item is None:
+            item = self.node
+        elif isinstance(item, int):
+            item = self.raw(item)
+        assert isinstance(item, torch.fx.Node)
+        return item.meta.get("val")
+
+    def value(self, ref: Ref) -> Value:
+        return self.graph.values[ref.name]
+
+    def dtype(self, operand: Any) -> torch.dtype:
+        if isinstance(operand, Ref):
+            return self.value(operand).dtype
+        if isinstance(operand, bool):
+            return torch.bool
+        if isinstance(operand, (int, Expr)):
+            return torch.int64
+        return torch.float32
+
+    def rank(self, ref: Ref) -> int:
+        return self.value(ref).rank
+
+    def shape(self, ref: Ref) -> tuple[int | str, ...]:
+        return self.value(ref).shape
+
+    def dim(self, size: int | torch.SymInt) -> int | Expr:
+        d = self.symbols.dim(size)
+        return d if isinstance(d, int) else Expr(d)
+
+    def out_shape(self, meta: Any = None) -> tuple[int | str, ...]:
+        meta = self.meta() if meta is None else meta
+        return self.symbols.shape(meta.shape)
+
+    # ---- writing -------------------------------------------------------------------------
+    def hint(self, suffix: str | None = None) -> str:
+        assert self.node is not None
+        path = module_path(self.node)
+        op = suffix or _short_op_name(self.node.target)
+        return f"{path}_{op}" if path else op
+
+    def emit(
+        self,
+        op: str,
+        args: Sequence[Any],
+        attrs: dict[str, Any] | None = None,
+        *,
+        dtype: torch.dtype,
+        shape: Sequence[int | str],
+        hint: str | None = None,
+    ) -> Ref:
+        """Append ``name = op(args, attrs)`` and return a Ref to the new value."""
+        name = self.graph.fresh_name(self.hint(hint))
+        self.graph.add_value(Value(name, dtype, tuple(shape)))
+        self.graph.operations.append(
+            Operation(op, [name], list(args), dict(attrs or {}), source=self.hint())
+        )
+        return Ref(name)
+
+    def emit_multi(
+        self,
+        op: str,
+        args: Sequence[Any],
+        attrs: dict[str, Any] | None,
+        outputs: Sequence[tuple[torch.dtype, Sequence[int | str]]],
+        *,
+        array: bool = False,
+        hint: str | None = None,
+    ) -> list[Ref]:
+        names = []
+        for dtype, shape in outputs:
+            name = self.graph.fresh_name(self.hint(hint))
+            self.graph.add_value(Value(name, dtype, tuple(shape)))
+            names.append(name)
+        self.graph.operations.append(
+            Operation(op, names, list(args), dict(attrs or {}), self.hint(), array_outputs=array)
+        )
+        return [Ref(n) for n in names]
+
+    def emit_like(
+        self, op: str, args: Sequence[Any], attrs: dict[str, Any] | None = None, **kw: Any
+    ) -> Ref:
+        """Emit an op whose output has the current node's dtype and shape."""
+        meta = self.meta()
+        return self.emit(op, args, attrs, dtype=meta.dtype, shape=self.out_shape(meta), **kw)
+
+    def cast(self, operand: Any, dtype: torch.dtype) -> Any:
+        """``operand`` as ``dtype``: a literal for f32 python numbers, else a cast op if needed."""
+        from t2n_core.nnef.text import tract_dtype_name
+
+        if not isinstance(operand, (Ref, Expr)):
+            return self.scalar(operand, dtype)
+        if isinstance(operand, Ref) and self.dtype(operand) == dtype:
+            return operand
+        shape = self.shape(operand) if isinstance(operand, Ref) else ()
+        return self.emit(
+            "tract_core_cast",
+            [operand],
+            {"to": tract_dtype_name(dtype)},
+            dtype=dtype,
+            shape=shape,
+            hint="cast",
+        )
+
+    def scalar(self, value: float | int | bool, dtype: torch.dtype) -> Any:
+        """A rank-0 operand of ``dtype`` (NNEF literals are f32, TDim or bool)."""
+        if dtype == torch.float32:
+            return float(value)
+        if dtype == torch.bool:
+            return bool(value)
+        from t2n_core.nnef.text import tract_dtype_name
+
+        lit = float(value) if dtype.is_floating_point else int(value)
+        return self.emit(
+            "tract_core_cast", [lit], {"to": tract_dtype_name(dtype)}, dtype=dtype, shape=(),
+            hint="const",
+        )  # fmt: skip
+
+    def constant(self, tensor: torch.Tensor, hint: str = "const") -> Ref:
+        """A tensor baked into the archive as a variable."""
+        name = self.graph.fresh_name(self.hint(hint))
+        self.graph.variables[name] = Variable(name, name, tensor.detach().clone())
+        self.graph.add_value(Value(name, tensor.dtype, tuple(tensor.shape)))
+        return Ref(name)
+
+    def fragment(self, name: str, text: str) -> None:
+        self.graph.fragments.setdefault(name, text)
+
+    def extension(self, name: str) -> None:
+        self.graph.extensions.add(name)
+
+    def error(self, message: str) -> TranslationError:
+        where = describe(self.node) if self.node is not None else "graph"
+        return TranslationError(f"{where}: {message}")
+
+
+def _is_size_node(node: torch.fx.Node) -> bool:
+    val = node.meta.get("val")
+    return node.target in _SHAPE_ONLY or isinstance(val, (torch.SymInt, torch.SymFloat))
+
+
+def find_unsupported(ep: ExportedProgram) -> list[str]:
+    """Every op in the graph with no translation, with module path and source line."""
+    problems: list[str] = []
+    seen: set[tuple[Any, str, str]] = set()
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or node.target in _IGNORED or _is_size_node(node):
+            continue
+        if registry.lookup(node.target) is None:
+            key = (node.target, module_path(node), source_line(node))
+            if key not in seen:
+                seen.add(key)
+                problems.append(f"{describe(node)}: no NNEF translation")
+    return problems
+
+
+def translate(
+    ep: ExportedProgram,
+    *,
+    tensors: dict[str, Any],
+    input_names: list[str],
+    output_names: list[str],
+    symbols: SymbolTable,
+    progress: Any = None,
+) -> Graph:
+    """Build the NNEF graph of ``ep``; ``tensors`` maps state-dict/constant names to tensors."""
+    problems = find_unsupported(ep)
+    if problems:
+        raise UnsupportedOpsError(problems)
+    graph = Graph()
+    ctx = EmitContext(graph, symbols)
+    kinds = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
+    user_index = 0
+    for node in ep.graph.nodes:
+        ctx.node = node
+        if node.op == "placeholder":
+            spec = kinds[node.name]
+            if spec.kind == InputKind.USER_INPUT:
+                meta = node.meta["val"]
+                if not isinstance(meta, torch.Tensor):
+                    ctx.env[node] = ctx.convert(meta)
+                    continue
+                name = input_names[user_index]
+                user_index += 1
+                value = graph.add_value(Value(name, meta.dtype, symbols.shape(meta.shape)))
+                graph.inputs.append(value)
+                ctx.env[node] = Ref(name)
+            elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                target = spec.target
+                tensor = tensors[target]
+                name = graph.fresh_name(target)
+                graph.variables[name] = Variable(name, target, tensor)
+                meta = node.meta["val"]
+                graph.add_value(Value(name, meta.dtype, tuple(meta.shape)))
+                ctx.env[node] = Ref(name)
+            else:
+                raise TranslationError(f"input {node.name} of kind {spec.kind} is not supported")
+        elif node.op == "call_function":
+            if node.target in _IGNORED:
+                continue
+            if _is_size_node(node):
+                ctx.env[node] = ctx.convert(node.meta["val"])
+                continue
+            entry = registry.lookup(node.target)
+            assert entry is not None
+            try:
+                ctx.env[node] = entry.handler(ctx, node)
+            except TranslationError:
+                raise
+            except Exception as exc:  # a handler bug: say where it happened
+                raise TranslationError(f"{describe(node)}: translation failed: {exc}") from exc
+            if progress is not None:
+                progress.update(1)
+        elif node.op == "output":
+            results = node.args[0]
+            refs = [ctx.convert(r) for r in results]
+            _bind_outputs(ctx, refs, output_names)
+    return graph
+
+
+def _bind_outputs(ctx: EmitContext, refs: list[Any], output_names: list[str]) -> None:
+    graph = ctx.graph
+    used: set[str] = set()
+    for ref, wanted in zip(refs, output_names):
+        if not isinstance(ref, Ref):
+            raise TranslationError(
+                f"output {wanted!r} is not a tensor computed by the graph ({ref!r})"
+            )
+        producer = _producer(graph, ref.name)
+        is_input = any(v.name == ref.name for v in graph.inputs)
+        if producer is None or is_input or ref.name in used or ref.name in graph.variables:
+            value = graph.values[ref.name]
+            graph.add_value(Value(wanted, value.dtype, value.shape))
+            graph.operations.append(Operation("copy", [wanted], [ref], source="output"))
+        else:
+            _rename(graph, ref.name, wanted)
+        used.add(wanted)
+        graph.outputs.append(wanted)
+
+
+def _producer(graph: Graph, name: str) -> Operation | None:
+    for op in graph.operations:
+        if name in op.outputs:
+            return op
+    return None
+
+
+def _rename(graph: Graph, old: str, new: str) -> None:
+    if old == new:
+        return
+    if new in graph.values:
+        # the wanted name is taken by an intermediate value: move that one aside first
+        _rename(graph, new, graph.fresh_name(new + "_inner"))
+    value = graph.values.pop(old)
+    value.name = new
+    graph.values[new] = value
+
+    def sub(item: Any) -> Any:
+        if isinstance(item, Ref) and item.name == old:
+            return Ref(new)
+        if isinstance(item, list):
+            return [sub(i) for i in item]
+        if isinstance(item, tuple):
+            return tuple(sub(i) for i in item)
+        return item
+
+    for op in graph.operations:
+        op.outputs = [new if o == old else o for o in op.outputs]
+        op.args = [sub(a) for a in op.args]
+        op.attrs = {k: sub(v) for k, v in op.attrs.items()}
+    graph.outputs = [new if o == old else o for o in graph.outputs]
+
+
+def sanitize_name(name: str) -> str:
+    return sanitize(name)

@@ -1,0 +1,74 @@
+"""Turn a :class:`~t2n_core.ir.Graph` into archive files (graph.nnef + one ``.dat`` per tensor)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+import torch
+
+from t2n_core.ir import Graph, Variable
+from t2n_core.nnef import dat, text
+from t2n_core.storage import EncodedVariable, Encoding, NNEFStorage
+
+logger = logging.getLogger(__name__)
+
+
+def plain_encoding(tensor: torch.Tensor, label: str) -> Encoding:
+    t = tensor.detach()
+    if t.dtype == torch.bfloat16:
+        logger.warning("tensor %r is bf16, which .dat cannot hold: written as f32", label)
+        t = t.float()
+    if t.dtype not in dat.supported_dtypes():
+        from t2n_core.errors import TranslationError
+
+        raise TranslationError(
+            f"tensor {label!r} has dtype {t.dtype}, which tract cannot load; "
+            f"convert it to one of {[str(d) for d in dat.supported_dtypes()]}"
+        )
+    return Encoding(
+        [EncodedVariable("", tuple(t.shape), data=lambda t=t: dat.tensor_bytes(t), dtype=t.dtype)]
+    )
+
+
+def encoding_of(var: Variable) -> Encoding:
+    tensor = var.tensor
+    if isinstance(tensor, NNEFStorage) and hasattr(tensor, "nnef_encoding"):
+        return tensor.nnef_encoding(var.label)
+    return plain_encoding(tensor, var.label)
+
+
+def attach_encodings(graph: Graph) -> None:
+    """Add the fragments and extensions that the variables' encodings need."""
+    for var in graph.variables.values():
+        enc = encoding_of(var)
+        graph.fragments.update(enc.fragments)
+        graph.extensions.update(enc.extensions)
+
+
+def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """``(relative path, bytes producer)`` for every file of the archive, in a fixed order."""
+    attach_encodings(graph)
+    graph_text = text.render(graph)
+    yield "graph.nnef", lambda: graph_text.encode()
+    for var in graph.variables.values():
+        for ev in encoding_of(var).variables:
+            yield f"{var.label}{ev.suffix}.dat", _dat_producer(ev)
+
+
+def _dat_producer(ev: EncodedVariable) -> Callable[[], bytes]:
+    def produce() -> bytes:
+        payload = ev.data()
+        if ev.custom_item_type is not None:
+            header = dat.DatHeader.for_tract_type(ev.custom_item_type, ev.shape, len(payload))
+        else:
+            assert ev.dtype is not None
+            header = dat.DatHeader.for_dtype(ev.dtype, ev.shape)
+            if header.data_length != len(payload):
+                raise ValueError(
+                    f"payload of {ev.suffix or 'tensor'} has {len(payload)} bytes, header says "
+                    f"{header.data_length}"
+                )
+        return header.pack() + payload
+
+    return produce
