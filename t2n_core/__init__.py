@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from t2n_core.check import CheckReport, check_archive, run_tract  # noqa: E402
-from t2n_core.errors import (  # noqa: E402
+from t2n_core.check import CheckReport, check_archive, run_tract
+from t2n_core.errors import (
     ArchiveExistsError,
     CaptureError,
     CheckMismatchError,
@@ -12,7 +12,7 @@ from t2n_core.errors import (  # noqa: E402
     TranslationError,
     UnsupportedOpsError,
 )
-from t2n_core.export import ExportResult, IOSpec, export  # noqa: E402
+from t2n_core.export import ExportResult, IOSpec, export
 
 __all__ = [
     "ArchiveExistsError",

@@ -42,7 +42,8 @@ class CheckReport:
         return all(o.passed for o in self.outputs)
 
     def __str__(self) -> str:
-        head = f"tract check {'passed' if self.passed else 'FAILED'} (atol={self.atol}, rtol={self.rtol})"
+        verdict = "passed" if self.passed else "FAILED"
+        head = f"tract check {verdict} (atol={self.atol}, rtol={self.rtol})"
         return "\n".join([head, *("  " + str(o) for o in self.outputs)])
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-Dim = Union[int, str]
+Dim = int | str
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ Each ``call_function`` node goes to the handler registered for its ATen overload
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -226,8 +228,11 @@ class EmitContext:
         self.graph.add_value(Value(name, tensor.dtype, tuple(tensor.shape)))
         return Ref(name)
 
-    def fragment(self, name: str, text: str) -> None:
-        self.graph.fragments.setdefault(name, text)
+    def fragment(self, name: str, text: str | None = None) -> str:
+        """Declare fragment ``name`` (text given, or read from ``ops/fragments/<name>.nnef``)."""
+        if name not in self.graph.fragments:
+            self.graph.fragments[name] = text if text is not None else fragment_text(name)
+        return name
 
     def extension(self, name: str) -> None:
         self.graph.extensions.add(name)
@@ -235,6 +240,15 @@ class EmitContext:
     def error(self, message: str) -> TranslationError:
         where = describe(self.node) if self.node is not None else "graph"
         return TranslationError(f"{where}: {message}")
+
+
+_FRAGMENT_DIR = Path(__file__).parent / "ops" / "fragments"
+
+
+@functools.cache
+def fragment_text(name: str) -> str:
+    """The NNEF text of a fragment kept as data in ``t2n_core/ops/fragments/``."""
+    return (_FRAGMENT_DIR / f"{name}.nnef").read_text()
 
 
 def _is_size_node(node: torch.fx.Node) -> bool:

@@ -144,8 +144,8 @@ class DatHeader:
         key = (self.item_type, self.bits_per_item)
         if self.vendor != 0 or key not in _ITEM_TO_NUMPY:
             raise ArchiveFormatError(
-                f"item type {self.item_type:#x} (vendor {self.vendor:#x}, {self.bits_per_item} bits)"
-                " has no numpy equivalent"
+                f"item type {self.item_type:#x} (vendor {self.vendor:#x}, "
+                f"{self.bits_per_item} bits) has no numpy equivalent"
             )
         return _ITEM_TO_NUMPY[key]
 

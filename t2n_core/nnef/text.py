@@ -142,9 +142,8 @@ def variable_lines(graph: Graph, name: str) -> list[str]:
         vname = var.name if single else f"{var.name}{ev.suffix}"
         kind = "scalar" if ev.dtype is None else nnef_type(ev.dtype)
         label = var.label + ev.suffix
-        out.append(
-            f"{vname} = variable<{kind}>(label = {literal(label)}, shape = {literal(list(ev.shape))});"
-        )
+        shape = literal(list(ev.shape))
+        out.append(f"{vname} = variable<{kind}>(label = {literal(label)}, shape = {shape});")
     if not single:
         frag, suffixes, attrs = encoding.call
         parts = [f"{var.name}{s}" for s in suffixes]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from t2n_core.ir import Ref
 from t2n_core.ops._common import as_operand, broadcastable, out_dtype
 from t2n_core.ops.registry import register
 from t2n_core.translate import EmitContext
@@ -44,8 +45,9 @@ def arithmetic(ctx: EmitContext, node: torch.fx.Node):
     a, b = ctx.arg(0), ctx.arg(1)
     alpha = ctx.arg("alpha", 1)
     if alpha != 1:
-        b = ctx.emit("mul", [as_operand(ctx, b, dtype), ctx.scalar(alpha, dtype)],
-                     dtype=dtype, shape=ctx.shape(b) if hasattr(b, "name") else (), hint="alpha")  # fmt: skip
+        b = as_operand(ctx, b, dtype)
+        shape = ctx.shape(b) if isinstance(b, Ref) else ()
+        b = ctx.emit("mul", [b, ctx.scalar(alpha, dtype)], dtype=dtype, shape=shape, hint="alpha")
     return _binary(ctx, _ARITH[node.target], a, b, dtype)
 
 
@@ -71,16 +73,8 @@ def div(ctx: EmitContext, node: torch.fx.Node):
 
 
 def _trunc_op(ctx: EmitContext) -> str:
-    ctx.fragment("t2n_trunc", TRUNC_FRAGMENT)
-    return "t2n_trunc"
+    return ctx.fragment("t2n_trunc")
 
-
-TRUNC_FRAGMENT = """
-fragment t2n_trunc(x: tensor<scalar>) -> (y: tensor<scalar>)
-{
-  y = select(x < 0.0, ceil(x), floor(x));
-}
-"""
 
 _COMPARE = {
     aten.eq.Tensor: "eq", aten.eq.Scalar: "eq", aten.ne.Tensor: "ne", aten.ne.Scalar: "ne",
