@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import operator
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +58,11 @@ def module_path(node: torch.fx.Node) -> str:
 def source_line(node: torch.fx.Node) -> str:
     trace = node.meta.get("stack_trace") or ""
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
-    return f"{frames[-1][0]}:{frames[-1][1]}" if frames else "unknown source line"
+    if not frames:
+        return "unknown source line"
+    user = [f for f in frames if f"{os.sep}torch{os.sep}" not in f[0]]
+    file, line = (user or frames)[-1]
+    return f"{file}:{line}"
 
 
 def describe(node: torch.fx.Node) -> str:
