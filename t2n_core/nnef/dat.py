@@ -156,9 +156,12 @@ class DatHeader:
             except ValueError:
                 return f"tract:{self.item_type:#x}"
         try:
-            return str(self.numpy_dtype())
+            dt = self.numpy_dtype()
         except ArchiveFormatError:
             return f"khronos:{self.item_type}/{self.bits_per_item}"
+        if dt.kind == "b":
+            return "bool"
+        return f"{dt.kind}{dt.itemsize * 8}"
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:

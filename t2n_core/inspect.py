@@ -1,0 +1,102 @@
+"""Describe any NNEF archive (ours or not): io, op histogram, tensor bytes by type."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from t2n_core.errors import ArchiveFormatError
+from t2n_core.export import IOSpec
+from t2n_core.nnef.archive import read_archive_files
+from t2n_core.nnef.dat import DatHeader
+
+_GRAPH_RE = re.compile(r"graph\s+(\w+)\s*\(([^)]*)\)\s*->\s*\(([^)]*)\)")
+_ASSIGN_RE = re.compile(r"^\s*(?:[\w\[\](), ]+?)\s*=\s*([A-Za-z_]\w*)\s*(?:<\w+>)?\s*\(", re.M)
+_DECLS = {"external", "tract_core_external", "variable"}
+
+
+@dataclass
+class ArchiveInfo:
+    path: Path
+    graph_name: str
+    inputs: list[IOSpec]
+    outputs: list[IOSpec]
+    op_histogram: dict[str, int]
+    tensor_bytes: dict[str, int]
+    extensions: list[str] = field(default_factory=list)
+    properties: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        from t2n_core.summary import format_summary
+
+        text = format_summary(self)
+        if self.extensions:
+            text += "\nextensions:\n" + "\n".join(f"  {e}" for e in self.extensions)
+        if self.properties:
+            text += "\nproperties:\n" + "\n".join(
+                f"  {k}: {v}" for k, v in sorted(self.properties.items())
+            )
+        return text
+
+
+def _body(text: str) -> str:
+    """graph.nnef without its fragment definitions (they are not run as such)."""
+    start = _GRAPH_RE.search(text)
+    return text[start.start() :] if start else text
+
+
+def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
+    """Summarise an NNEF archive (directory or tar).
+
+    >>> print(inspect_archive("model.nnef.tgz"))   # doctest: +SKIP
+    """
+    files = read_archive_files(path)
+    if "graph.nnef" not in files:
+        raise ArchiveFormatError(f"{os.fspath(path)} has no graph.nnef")
+    text = files["graph.nnef"].decode("utf-8", errors="replace")
+    match = _GRAPH_RE.search(text)
+    if not match:
+        raise ArchiveFormatError(f"{os.fspath(path)}: graph.nnef has no graph declaration")
+    graph_name = match.group(1)
+    input_names = [n.strip() for n in match.group(2).split(",") if n.strip()]
+    output_names = [n.strip() for n in match.group(3).split(",") if n.strip()]
+    ops = Counter(op for op in _ASSIGN_RE.findall(_body(text)) if op not in _DECLS)
+    sizes: Counter = Counter()
+    for name, raw in files.items():
+        if name.endswith(".dat"):
+            header = DatHeader.unpack(raw)
+            sizes[header.type_name()] += header.data_length
+    inputs, outputs = _io_from_tract(path, input_names, output_names)
+    extensions = re.findall(r"^extension\s+([^;]+);", text, re.M)
+    properties = dict(re.findall(r'\(\s*"([^"]*)"\s*,\s*"([^"]*)"\s*\)', text))
+    return ArchiveInfo(
+        Path(path), graph_name, inputs, outputs, dict(sorted(ops.items())),
+        dict(sorted(sizes.items())), extensions, properties,
+    )  # fmt: skip
+
+
+def _io_from_tract(
+    path: str | os.PathLike, input_names: list[str], output_names: list[str]
+) -> tuple[list[IOSpec], list[IOSpec]]:
+    """Shapes and dtypes as tract infers them; names as graph.nnef declares them."""
+    import tract
+
+    try:
+        model = tract.nnef().with_tract_transformers().with_tract_extra().load(str(path))
+    except Exception as exc:
+        from t2n_core.check import tract_message
+
+        msg = f"tract could not load {os.fspath(path)}: {tract_message(exc)}"
+        raise ArchiveFormatError(msg) from exc
+
+    def spec(name: str, fact) -> IOSpec:
+        *dims, dtype = str(fact).split(",")
+        shape = tuple(int(d) if d.lstrip("-").isdigit() else d for d in dims)
+        return IOSpec(name, shape, dtype)
+
+    inputs = [spec(input_names[i], model.input_fact(i)) for i in range(model.input_count())]
+    outputs = [spec(output_names[i], model.output_fact(i)) for i in range(model.output_count())]
+    return inputs, outputs

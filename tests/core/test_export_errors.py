@@ -1,0 +1,133 @@
+"""Bad input gets a clear error before anything is written."""
+
+import pytest
+import torch
+from torch import nn
+
+import t2n_core
+from t2n_core.errors import (
+    ArchiveExistsError,
+    CaptureError,
+    ExportInputError,
+    UnsupportedOpsError,
+)
+
+
+class TwoExoticOps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = torch.special.bessel_j0(self.inner(x))
+        return torch.special.zeta(y, 2.0)
+
+
+def _no_files(tmp_path):
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_unsupported_ops_are_all_listed_with_module_and_line(tmp_path):
+    with pytest.raises(UnsupportedOpsError) as info:
+        t2n_core.export(TwoExoticOps(), (torch.randn(2, 4),), tmp_path / "m.tgz", progress=False)
+    message = str(info.value)
+    assert len(info.value.problems) == 2
+    assert "bessel_j0" in message and "zeta" in message
+    assert "test_export_errors.py:" in message
+    assert _no_files(tmp_path) == []
+
+
+class TupleWithInt(nn.Module):
+    def forward(self, x):
+        return x + 1, 3
+
+
+def test_non_tensor_output_is_refused(tmp_path):
+    with pytest.raises(ExportInputError, match="must be tensors"):
+        t2n_core.export(TupleWithInt(), (torch.randn(2),), tmp_path / "m.tgz", progress=False)
+    assert _no_files(tmp_path) == []
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def test_data_dependent_control_flow_is_refused(tmp_path):
+    with pytest.raises(CaptureError, match=r"torch\.export could not capture"):
+        t2n_core.export(DataDependent(), (torch.randn(3),), tmp_path / "m.tgz", progress=False)
+    assert _no_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"input_names": ["a", "b"]}, "2 input_names given for 1 tensor input"),
+        ({"output_names": ["y", "z"]}, "2 output_names given for 1 output"),
+        ({"dynamic_axes": {"y": {0: "B"}}}, "unknown input"),
+        ({"dynamic_axes": {"input": {5: "B"}}}, "out of range"),
+        ({"dynamic_axes": {"input": {0: "not a name"}}}, "must be an identifier"),
+        ({"input_names": ["bad-name"]}, "must be identifiers"),
+    ],
+    ids=["input-count", "output-count", "unknown-axis-input", "axis-range", "axis-name", "name"],
+)
+def test_bad_names_and_axes(tmp_path, kwargs, match):
+    with pytest.raises(ExportInputError, match=match):
+        t2n_core.export(
+            nn.Linear(4, 2), (torch.randn(3, 4),), tmp_path / "m.tgz", progress=False, **kwargs
+        )
+    assert _no_files(tmp_path) == []
+
+
+def test_dynamic_axis_of_size_one_explains_itself(tmp_path):
+    with pytest.raises(ExportInputError, match="size 2 or more"):
+        t2n_core.export(
+            nn.Linear(4, 2),
+            (torch.randn(1, 4),),
+            tmp_path / "m.tgz",
+            dynamic_axes={"input": {0: "B"}},
+            progress=False,
+        )
+
+
+def test_existing_target_is_refused_unless_overwrite(tmp_path):
+    target = tmp_path / "m.nnef.tgz"
+    target.write_bytes(b"keep me")
+    with pytest.raises(ArchiveExistsError, match="overwrite=True"):
+        t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, progress=False)
+    assert target.read_bytes() == b"keep me"
+    t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, overwrite=True, progress=False)
+    assert target.read_bytes() != b"keep me"
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import t2n_core.nnef.dat as dat
+
+    def broken(_tensor):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dat, "tensor_bytes", broken)
+    target = tmp_path / "m.nnef.tgz"
+    with pytest.raises(OSError, match="disk full"):
+        t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, progress=False)
+    assert _no_files(tmp_path) == []
+
+
+def test_failed_overwrite_keeps_the_old_archive(tmp_path, monkeypatch):
+    import t2n_core.nnef.dat as dat
+
+    target = tmp_path / "m"
+    t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, progress=False)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    monkeypatch.setattr(dat, "tensor_bytes", lambda _t: (_ for _ in ()).throw(OSError("boom")))
+    with pytest.raises(OSError, match="boom"):
+        t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, overwrite=True)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert _no_files(tmp_path) == ["m"]
+
+
+def test_not_a_module_is_refused(tmp_path):
+    with pytest.raises(ExportInputError, match=r"nn\.Module"):
+        t2n_core.export(lambda x: x, (torch.randn(2),), tmp_path / "m.tgz")
