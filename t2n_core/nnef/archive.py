@@ -32,7 +32,7 @@ def write_archive(
     files: Iterable[FileProducer],
     *,
     overwrite: bool = False,
-    compresslevel: int = 1,
+    compresslevel: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write ``files`` to ``path`` (directory, ``.tar``, ``.tgz`` or ``.tar.gz``) atomically."""

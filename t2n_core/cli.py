@@ -1,0 +1,103 @@
+"""The ``t2n`` command line.
+
+Core sub-commands live here (``inspect``, ``check``); other packages add theirs through the
+``t2n.commands`` entry-point group: each entry is a function ``register(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+import numpy as np
+
+from t2n_core.errors import T2NError
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from t2n_core.inspect import inspect_archive
+
+    print(inspect_archive(args.archive))
+    return 0
+
+
+def _load_npz(path: str) -> list[np.ndarray]:
+    with np.load(path) as data:
+        # keep the order the arrays were saved in (np.savez keeps insertion order)
+        return [data[k] for k in data.files]
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from t2n_core.check import check_archive, run_tract
+    from t2n_core.inspect import inspect_archive
+
+    info = inspect_archive(args.archive)
+    inputs = _load_npz(args.inputs)
+    if len(inputs) != len(info.inputs):
+        raise T2NError(
+            f"{args.inputs} holds {len(inputs)} arrays; the archive takes "
+            f"{len(info.inputs)} inputs: {[str(i) for i in info.inputs]}"
+        )
+    names = [o.name for o in info.outputs]
+    if args.outputs:
+        report = check_archive(
+            args.archive, inputs, _load_npz(args.outputs), names=names,
+            atol=args.atol, rtol=args.rtol, raise_on_mismatch=False,
+        )  # fmt: skip
+        print(report)
+        return 0 if report.passed else 1
+    outputs = run_tract(args.archive, inputs)
+    for name, out in zip(names, outputs):
+        stats = ""
+        if out.dtype.kind == "f" and out.size:
+            stats = f" min={out.min():.4g} max={out.max():.4g} mean={out.mean():.4g}"
+        print(f"{name}: {out.dtype}{list(out.shape)}{stats}")
+    if args.save:
+        np.savez(args.save, **dict(zip(names, outputs)))
+        print(f"outputs saved to {args.save}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2n", description="Quantize PyTorch models and export them to NNEF for tract."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="summarise an NNEF archive (io, ops, tensor bytes)")
+    p.add_argument("archive", help="directory or .tgz")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("check", help="run an archive in tract, optionally compare outputs")
+    p.add_argument("archive", help="directory or .tgz")
+    p.add_argument("--inputs", required=True, help=".npz with one array per input, in order")
+    p.add_argument("--outputs", help=".npz of reference outputs to compare with")
+    p.add_argument("--save", help="write tract's outputs to this .npz")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.set_defaults(func=_cmd_check)
+
+    for entry in sorted(entry_points(group="t2n.commands"), key=lambda e: e.name):
+        entry.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except T2NError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
