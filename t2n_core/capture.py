@@ -15,6 +15,7 @@ from torch.export import Dim, ExportedProgram
 
 from t2n_core.errors import CaptureError, ExportInputError
 from t2n_core.ops import registry
+from t2n_core.ops._common import shape_rules
 from t2n_core.storage import NNEFStorage
 from t2n_core.symbolic import SymbolTable
 
@@ -170,11 +171,9 @@ def capture(
 ) -> Captured:
     """``torch.export`` the model (eval mode, QTensors as proxies) and decompose it."""
     dynamic_shapes, _ = dynamic_shapes_for(args, input_names, dynamic_axes)
-    with eval_mode(model), float_proxies(model) as originals, torch.no_grad():
+    with eval_mode(model), float_proxies(model) as originals, torch.no_grad(), shape_rules():
         try:
-            ep = torch.export.export(
-                model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False
-            )
+            ep = _export(model, args, kwargs, dynamic_shapes)
             ep = ep.run_decompositions(decomposition_table())
         except Exception as exc:  # torch raises many types; keep its message
             raise CaptureError(
@@ -209,4 +208,28 @@ def capture(
             size = meta.shape[int(axis)]
             if isinstance(size, torch.SymInt):
                 symbols.bind(size.node.expr, sym)
+            else:
+                raise CaptureError(
+                    f"dynamic axis {axis} ({sym}) of input {name!r} was specialised to {size} "
+                    "by the model's code; remove that axis from dynamic_axes or make the code "
+                    "size-agnostic"
+                )
     return Captured(ep, tensors, input_names, symbols)
+
+
+def _export(model: nn.Module, args, kwargs, dynamic_shapes) -> ExportedProgram:
+    """``torch.export`` with named Dims; on a range violation, again with ``Dim.DYNAMIC``.
+
+    Named Dims must hold for every size from 0 up, so a Conv1d on a dynamic T fails (it needs
+    T >= the kernel span, and a guard that its output size is not 1). ``Dim.DYNAMIC`` on the
+    same axes lets torch infer those ranges; ``capture`` checks that the axes stayed dynamic.
+    """
+    try:
+        return torch.export.export(
+            model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False
+        )
+    except torch._dynamo.exc.UserError as exc:
+        if dynamic_shapes is None or "Constraints violated" not in str(exc):
+            raise
+    relaxed = tuple(None if s is None else {a: Dim.DYNAMIC for a in s} for s in dynamic_shapes)
+    return torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=relaxed, strict=False)

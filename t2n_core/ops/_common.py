@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -75,3 +77,181 @@ def broadcastable(ctx: EmitContext, *operands: Any, dtype: torch.dtype | None = 
         operands = tuple(as_operand(ctx, o, dtype) for o in operands)
     rank = max((ctx.rank(o) for o in operands if isinstance(o, Ref)), default=0)
     return [unsqueeze_front(ctx, o, rank) for o in operands]
+
+
+def exact_scalar(ctx: EmitContext, value: Any, dtype: torch.dtype) -> Any:
+    """Like :func:`as_operand`, but ±inf and NaN floats stay exact.
+
+    NNEF literals cannot be infinite (the printer writes ±f32 max), so a non-finite value is
+    made as ``div(±1.0, 0.0)`` (or ``div(0.0, 0.0)``), which tract folds at load.
+    """
+    if isinstance(value, float) and not math.isfinite(value) and dtype.is_floating_point:
+        num = 0.0 if math.isnan(value) else math.copysign(1.0, value)
+        v = ctx.emit("div", [num, 0.0], dtype=torch.float32, shape=(), hint="nonfinite")
+        return ctx.cast(v, dtype)
+    return as_operand(ctx, value, dtype)
+
+
+def per_channel(ctx: EmitContext, operand: Any, rank: int, axis: int = 1) -> Any:
+    """A rank-1 ``[C]`` operand reshaped to ``rank`` with ``C`` on ``axis`` (e.g. ``[1, C, 1, 1]``).
+
+    NNEF binary ops broadcast from the front, so a per-channel parameter must carry the unit
+    axes around its channel axis explicitly. Scalars and non-Refs pass through.
+    """
+    if not isinstance(operand, Ref) or ctx.rank(operand) != 1 or rank <= 1:
+        return operand
+    axes = [a for a in range(rank) if a != axis]
+    shape = [1] * rank
+    shape[axis] = ctx.shape(operand)[0]
+    return ctx.emit(
+        "unsqueeze", [operand], {"axes": axes},
+        dtype=ctx.dtype(operand), shape=tuple(shape), hint="per_channel",
+    )  # fmt: skip
+
+
+def int_list(value: Any, n: int) -> list[int]:
+    """An int or a list of ints (``kernel_size=3``, ``padding=[1]``) as a list of ``n`` ints."""
+    if isinstance(value, int):
+        return [value] * n
+    value = [int(v) for v in value]
+    return value * n if len(value) == 1 else value
+
+
+# ---- output shapes of kept-whole composite ops --------------------------------------------
+_SHAPE_RULES: dict[Any, Any] = {}
+
+
+def register_shape_rule(*ops: Any):
+    """Give kept-whole composite ATen ops a shape-only fake kernel while capturing.
+
+    ``torch.export`` computes the output metadata of a CompositeImplicitAutograd op that it
+    keeps whole by running the op's decomposition on fake tensors; a decomposition that loops
+    over a size (``aten.lstm.input`` iterates over the time axis) specialises that size, and a
+    dynamic axis through the op is refused. Inside :func:`shape_rules` (entered by
+    ``capture``), the decorated function computes the fake outputs instead: it gets the op's
+    arguments and returns empty tensors of the right shapes (``x.new_empty(...)``).
+
+    >>> @register_shape_rule(torch.ops.aten.gru.input)          # doctest: +SKIP
+    ... def gru_shapes(input, hx, params, *flags):
+    ...     return input.new_empty(...), hx.new_empty(hx.shape)
+    """
+
+    def deco(fn):
+        for op in ops:
+            if op in _SHAPE_RULES:
+                raise ValueError(f"{op} already has a shape rule")
+            _SHAPE_RULES[op] = fn
+        return fn
+
+    return deco
+
+
+@contextlib.contextmanager
+def shape_rules() -> Iterator[None]:
+    """Install every registered shape rule for the duration of a capture (then restore)."""
+    from torch._decomp import meta_table
+    from torch._subclasses import fake_impls
+
+    saved = {op: op.py_kernels.copy() for op in _SHAPE_RULES}
+    registered: list[Any] = []
+    try:
+        for op, fn in _SHAPE_RULES.items():
+            kernel = _shape_kernel(op, fn, saved[op])
+            keys = torch._C.DispatchKey
+            for key in (keys.Autograd, keys.CompositeImplicitAutograd):
+                op.py_kernels[key] = kernel
+            op._dispatch_cache.clear()
+            # fake tensors must use the rule rather than their decomposition table
+            meta_table[op] = kernel
+            if not fake_impls._is_op_registered_to_fake_rule(op):
+                fake_impls.register_op_impl(op)(
+                    lambda _mode, _func, *a, _k=kernel, **kw: _k(*a, **kw)
+                )
+                registered.append(op)
+        yield
+    finally:
+        for op, kernels in saved.items():
+            op.py_kernels.clear()
+            op.py_kernels.update(kernels)
+            op._dispatch_cache.clear()
+            meta_table.pop(op, None)
+        for op in registered:
+            fake_impls._deregister_op_impl(op)
+
+
+def _shape_kernel(op: Any, fn: Any, kernels: dict[Any, Any]):
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    keys = torch._C.DispatchKey
+    original = kernels.get(keys.Autograd) or kernels.get(keys.CompositeImplicitAutograd)
+
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        tensors = [
+            t for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        ]  # fmt: skip
+        fake = tensors and all(isinstance(t, FakeTensor) for t in tensors)
+        if fake and get_proxy_mode() is None:  # metadata only: no graph is being traced
+            with tensors[0].fake_mode:
+                return fn(*args, **kwargs)
+        if original is not None:
+            return original(*args, **kwargs)
+        return op.decompose(*args, **kwargs)
+
+    return kernel
+
+
+def dim_text(d: Any) -> int | str:
+    """A size as a shape entry: an int, or TDim text (``Expr`` and ``SymInt`` are unwrapped)."""
+    if isinstance(d, Expr):
+        return d.text
+    if isinstance(d, bool) or not isinstance(d, (int, str)):
+        raise TypeError(f"not a size: {d!r}")
+    return d
+
+
+def dim_attr(d: Any) -> int | Expr:
+    """A size as an attribute value: ints stay ints, TDim text becomes an :class:`Expr`."""
+    return Expr(d) if isinstance(d, str) else d
+
+
+def dim_add(a: Any, b: Any) -> int | str:
+    """``a + b`` for sizes that may be TDim text (``"T"``) or Exprs."""
+    a, b = dim_text(a), dim_text(b)
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    if b == 0:
+        return a
+    if a == 0:
+        return b
+    if isinstance(b, int) and b < 0:
+        return f"({a} - {-b})"
+    return f"({a} + {b})"
+
+
+def dim_sub(a: Any, b: Any) -> int | str:
+    """``a - b`` for sizes that may be TDim text or Exprs."""
+    a, b = dim_text(a), dim_text(b)
+    if isinstance(a, int) and isinstance(b, int):
+        return a - b
+    if a == b:
+        return 0
+    if b == 0:
+        return a
+    return f"({a} - {b})"
+
+
+def dim_mul(*sizes: Any) -> int | str:
+    """The product of sizes that may be TDim text or Exprs."""
+    const = 1
+    syms: list[str] = []
+    for s in map(dim_text, sizes):
+        if isinstance(s, int):
+            const *= s
+        else:
+            syms.append(s)
+    if not syms or const == 0:
+        return const
+    terms = syms if const == 1 else [*syms, str(const)]
+    return terms[0] if len(terms) == 1 else "(" + " * ".join(terms) + ")"
