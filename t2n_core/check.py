@@ -105,7 +105,7 @@ def compare(
             diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
             finite = np.isfinite(b)
             same_nonfinite = np.array_equal(np.isfinite(a), finite) and np.array_equal(
-                a[~finite], b[~finite]
+                a[~finite], b[~finite], equal_nan=True
             )
             max_abs = float(diff[finite].max()) if finite.any() else 0.0
             scale = float(np.abs(b[finite]).max()) if finite.any() else 0.0
