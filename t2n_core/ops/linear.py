@@ -1,15 +1,39 @@
-"""Matrix products: linear, mm, addmm, bmm, matmul."""
+"""Matrix products: linear, mm, addmm, bmm, matmul (with broadcasting and 1-D operands), einsum.
+
+tract facts these translations rely on (0.23.9):
+
+- NNEF ``matmul`` needs operands of equal rank (``Cond`` error otherwise); batch axes of
+  size 1 broadcast. Lower-rank operands get unit axes at the front.
+- NNEF ``linear`` accepts rank-2 inputs only, so ``Linear`` is
+  ``matmul(x, weight, transposeB = true)``; tract folds an ``unsqueeze`` of a Q4_0 weight
+  and still runs it compressed.
+- ``tract_core_einsum(inputs = [...], expr = 'bij,bjk->bik', acc = 'f32')`` takes any number
+  of operands, repeated letters in one operand (a diagonal), upper-case letters and size-1
+  broadcasting, but no ``...``: an ellipsis in ``expr`` aborts the tract process, so we spell
+  it out with fresh letters.
+"""
 
 from __future__ import annotations
+
+import string
 
 import torch
 import torch.fx
 
-from t2n_core.ops._common import as_operand, broadcastable, out_dtype
+from t2n_core.ir import Ref
+from t2n_core.ops._common import as_operand, broadcastable, out_dtype, unsqueeze_front
 from t2n_core.ops.registry import register
 from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
+
+
+def _unsqueeze(ctx: EmitContext, ref, axis: int):
+    shape = list(ctx.shape(ref))
+    shape.insert(axis, 1)
+    return ctx.emit(
+        "unsqueeze", [ref], {"axes": [axis]}, dtype=ctx.dtype(ref), shape=shape, hint="unsqueeze"
+    )
 
 
 @register(aten.linear.default)
@@ -18,52 +42,122 @@ def linear(ctx: EmitContext, node: torch.fx.Node):
     dtype = out_dtype(ctx)
     x, w, b = ctx.arg(0), ctx.arg(1), ctx.arg(2)
     x = as_operand(ctx, x, dtype)
+    if ctx.rank(w) != 2:
+        raise ctx.error("linear needs a 2-D weight [out_features, in_features]")
     rank = ctx.rank(x)
-    if rank == 1:
-        raise ctx.error("linear on a 1-D input is not supported; unsqueeze it to 2-D first")
-    if rank != 2:
-        w = _unsqueeze_to(ctx, w, rank)
+    out_shape = list(ctx.out_shape())
+    vector = rank == 1
+    if vector:
+        x, rank = _unsqueeze(ctx, x, 0), 2
+        out_shape = [1, *out_shape]
+    w = unsqueeze_front(ctx, w, rank)
     y = ctx.emit(
         "matmul", [x, w], {"transposeA": False, "transposeB": True},
-        dtype=dtype, shape=ctx.out_shape(), hint="linear",
+        dtype=dtype, shape=out_shape, hint="linear",
     )  # fmt: skip
     if b is not None:
-        y = ctx.emit_like("add", broadcastable(ctx, y, b, dtype=dtype), hint="linear_bias")
+        y = ctx.emit(
+            "add", broadcastable(ctx, y, b, dtype=dtype), dtype=dtype, shape=out_shape,
+            hint="linear_bias",
+        )  # fmt: skip
+    if vector:
+        y = ctx.emit_like("squeeze", [y], {"axes": [0]})
     return y
 
 
-def _unsqueeze_to(ctx: EmitContext, ref, rank: int):
-    have = ctx.rank(ref)
-    if have >= rank:
-        return ref
-    axes = list(range(rank - have))
-    return ctx.emit(
-        "unsqueeze", [ref], {"axes": axes},
-        dtype=ctx.dtype(ref), shape=(1,) * len(axes) + tuple(ctx.shape(ref)), hint="unsqueeze",
+def _matmul(ctx: EmitContext, a, b, dtype: torch.dtype, hint: str | None = None):
+    """torch.matmul semantics: 1-D operands, broadcast batch axes, result of the node's shape."""
+    a, b = as_operand(ctx, a, dtype), as_operand(ctx, b, dtype)
+    out_shape = list(ctx.out_shape())
+    a_vec, b_vec = ctx.rank(a) == 1, ctx.rank(b) == 1
+    inner = list(out_shape)
+    if a_vec:
+        a = _unsqueeze(ctx, a, 0)
+        inner.insert(len(inner) - (0 if b_vec else 1), 1)
+    if b_vec:
+        b = _unsqueeze(ctx, b, 1)
+        inner.append(1)
+    rank = max(ctx.rank(a), ctx.rank(b))
+    a, b = unsqueeze_front(ctx, a, rank), unsqueeze_front(ctx, b, rank)
+    y = ctx.emit(
+        "matmul", [a, b], {"transposeA": False, "transposeB": False},
+        dtype=dtype, shape=inner, hint=hint,
     )  # fmt: skip
+    axes = ([rank - 2] if a_vec else []) + ([rank - 1] if b_vec else [])
+    if axes:
+        y = ctx.emit("squeeze", [y], {"axes": axes}, dtype=dtype, shape=out_shape)
+    return y
 
 
 @register(aten.mm.default, aten.bmm.default, aten.matmul.default)
 def matmul(ctx: EmitContext, node: torch.fx.Node):
-    """mm(Tensor self, Tensor mat2) -> Tensor; bmm; matmul with broadcasting (rank >= 2)."""
-    dtype = out_dtype(ctx)
-    a = as_operand(ctx, ctx.arg(0), dtype)
-    b = as_operand(ctx, ctx.arg(1), dtype)
-    if ctx.rank(a) < 2 or ctx.rank(b) < 2:
-        raise ctx.error("matmul with a 1-D operand is not supported; unsqueeze it first")
-    rank = max(ctx.rank(a), ctx.rank(b))
-    a, b = _unsqueeze_to(ctx, a, rank), _unsqueeze_to(ctx, b, rank)
-    return ctx.emit_like("matmul", [a, b], {"transposeA": False, "transposeB": False})
+    """matmul(Tensor self, Tensor other) -> Tensor; also mm and bmm."""
+    return _matmul(ctx, ctx.arg(0), ctx.arg(1), out_dtype(ctx))
 
 
 @register(aten.addmm.default)
 def addmm(ctx: EmitContext, node: torch.fx.Node):
-    """addmm(Tensor self, Tensor mat1, Tensor mat2, *, Scalar beta=1, Scalar alpha=1)"""
-    if ctx.arg("beta", 1) != 1 or ctx.arg("alpha", 1) != 1:
-        raise ctx.error("addmm with beta or alpha other than 1 is not supported")
+    """addmm(Tensor self, Tensor mat1, Tensor mat2, *, Scalar beta=1, Scalar alpha=1) -> Tensor"""
     dtype = out_dtype(ctx)
-    a = as_operand(ctx, ctx.arg(1), dtype)
-    b = as_operand(ctx, ctx.arg(2), dtype)
-    y = ctx.emit("matmul", [a, b], {"transposeA": False, "transposeB": False},
-                 dtype=dtype, shape=ctx.out_shape())  # fmt: skip
-    return ctx.emit_like("add", broadcastable(ctx, y, ctx.arg(0), dtype=dtype))
+    beta, alpha = ctx.arg("beta", 1), ctx.arg("alpha", 1)
+    shape = list(ctx.out_shape())
+    y = _matmul(ctx, ctx.arg(1), ctx.arg(2), dtype, hint="addmm_mm")
+    if alpha != 1:
+        y = ctx.emit("mul", [y, ctx.scalar(alpha, dtype)], dtype=dtype, shape=shape, hint="alpha")
+    if beta == 0:  # torch ignores `self` entirely (even NaN) when beta is 0
+        return y
+    bias = as_operand(ctx, ctx.arg(0), dtype)
+    if beta != 1:
+        bias_shape = ctx.shape(bias) if isinstance(bias, Ref) else ()
+        bias = ctx.emit(
+            "mul", [bias, ctx.scalar(beta, dtype)], dtype=dtype, shape=bias_shape, hint="beta"
+        )
+    return ctx.emit_like("add", broadcastable(ctx, y, bias))
+
+
+def einsum_expr(equation: str, ranks: list[int]) -> str:
+    """An explicit einsum expression without ``...`` (tract cannot parse it).
+
+    >>> einsum_expr("...ij,...jk", [3, 2])
+    'aij,jk->aik'
+    """
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise ValueError(f"einsum '{equation}' names {len(terms)} operands, got {len(ranks)}")
+    used = {c for c in eq if c.isalpha()}
+    n_ell = max((r - (len(t) - 3) for t, r in zip(terms, ranks) if "..." in t), default=0)
+    fresh = "".join(c for c in string.ascii_letters if c not in used)[:n_ell]
+    if len(fresh) < n_ell:
+        raise ValueError(f"einsum '{equation}' has too many axes")
+    expanded = []
+    for term, rank in zip(terms, ranks):
+        if "..." in term:
+            k = rank - (len(term) - 3)
+            term = term.replace("...", fresh[n_ell - k :] if k else "")
+        if len(term) != rank:
+            raise ValueError(f"einsum term '{term}' does not match an operand of rank {rank}")
+        expanded.append(term)
+    if arrow:
+        out = out.replace("...", fresh)
+    else:
+        counts = {c: lhs.count(c) for c in used}
+        out = fresh + "".join(sorted(c for c, n in counts.items() if n == 1))
+    return ",".join(expanded) + "->" + out
+
+
+@register(aten.einsum.default)
+def einsum(ctx: EmitContext, node: torch.fx.Node):
+    """einsum(str equation, Tensor[] tensors, *, int[]? path=None) -> Tensor"""
+    from t2n_core.nnef.text import tract_dtype_name
+
+    dtype = out_dtype(ctx)
+    operands = [as_operand(ctx, t, dtype) for t in ctx.arg(1)]
+    try:
+        expr = einsum_expr(ctx.arg(0), [ctx.rank(o) for o in operands])
+    except ValueError as exc:
+        raise ctx.error(str(exc)) from None
+    return ctx.emit_like(
+        "tract_core_einsum", [operands], {"expr": expr, "acc": tract_dtype_name(dtype)}
+    )
