@@ -1,0 +1,79 @@
+"""Quantization throughput of t2n_quant against gguf-py's numpy Q4_0 reference.
+
+Run: ``python benchmarks/bench_quantize.py [--size 4096] [--repeat 5] [--threads N]``.
+Prints one table row per codec / calibration: best-of-``repeat`` seconds for a
+``size x size`` float32 matrix, millions of values per second, and the speed-up over
+``gguf.quants.quantize(w, GGMLQuantizationType.Q4_0)``. The q4_0 bytes are checked equal
+to gguf's before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from t2n_quant import quantize_tensor
+from t2n_quant.codecs import Q4_0Codec
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--quick", action="store_true", help="only q4_0 against gguf")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import gguf
+
+    w = torch.randn(args.size, args.size, generator=torch.Generator().manual_seed(0))
+    wn = w.numpy()
+    ref = gguf.quants.quantize(wn, gguf.GGMLQuantizationType.Q4_0).reshape(-1, 18)
+    qt = quantize_tensor(w, "q4_0")
+    ours = Q4_0Codec.to_block_bytes(qt.packed, qt.params).numpy()
+    assert np.array_equal(ours, ref), "q4_0 bytes differ from gguf"
+
+    rows: list[tuple[str, float]] = [
+        ("gguf numpy Q4_0 (reference)", best_of(
+            lambda: gguf.quants.quantize(wn, gguf.GGMLQuantizationType.Q4_0), args.repeat)),
+        ("t2n q4_0 minmax", best_of(lambda: quantize_tensor(w, "q4_0"), args.repeat)),
+    ]  # fmt: skip
+    if not args.quick:
+        for spec, cal, rep in [
+            ("minmax:4:g32", "minmax", args.repeat),
+            ("symmetric:4:g32", "minmax", args.repeat),
+            ("minmax:3:g64", "minmax", args.repeat),
+            ("minmax:4:pc", "minmax", args.repeat),
+            ("q4_0", "mse", 1),
+            ("minmax:4:g32", "mse", 1),
+            ("minmax:4:g32", "hqq", 1),
+        ]:
+            rows.append((f"t2n {spec} {cal}", best_of(
+                lambda s=spec, c=cal: quantize_tensor(w, s, calibration=c), rep)))  # fmt: skip
+
+    base = rows[0][1]
+    n = w.numel()
+    print(f"{args.size}x{args.size} float32, torch threads: {torch.get_num_threads()}")
+    print(f"{'method':<32} {'seconds':>9} {'Mvalues/s':>10} {'vs gguf':>8}")
+    for name, sec in rows:
+        print(f"{name:<32} {sec:>9.4f} {n / sec / 1e6:>10.1f} {base / sec:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Min-max calibration: each block's range sets its scale (and zero point).
+
+- asymmetric codecs (``minmax``): the range ``[min(x, 0), max(x, 0)]`` maps onto codes
+  ``0 .. qmax``: ``scale = (hi - lo) / qmax`` rounded *up* to f16, ``zero = -lo / scale``
+  (fractional, in ``[0, qmax]``). Rounding up means no value is clipped, so the error is at
+  most half a step.
+- symmetric codecs with ``scale_rule == "absmax"``: ``scale = max|x| / (2**(bits-1) - 1)``,
+  rounded up to f16.
+- ``scale_rule == "signed_max"`` (q4_0): ggml's rule, ``d = m / -2**(bits-1)`` where ``m`` is
+  the signed value of largest magnitude (the first one on ties), left in f32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from t2n_quant.calibration.registry import register
+from t2n_quant.codecs.base import Codec, QParams
+
+
+def f16_ceil(x: torch.Tensor) -> torch.Tensor:
+    """The smallest f16 value ``>= x`` (for ``x >= 0``), returned as float32.
+
+    >>> f16_ceil(torch.tensor([1e-9, 1.0, 1.0001])).tolist()
+    [5.960464477539063e-08, 1.0, 1.0009765625]
+    """
+    h = x.to(torch.float16)
+    bits = h.view(torch.int16)
+    bumped = torch.where(h.float() < x, bits + 1, bits)
+    return bumped.view(torch.float16).float()
+
+
+def signed_max(blocks: torch.Tensor) -> torch.Tensor:
+    """Per block, the signed value of largest magnitude; the first one on ties (as ggml).
+
+    >>> signed_max(torch.tensor([[1.0, -3.0, 3.0], [-2.0, 2.0, 0.0]])).flatten().tolist()
+    [-3.0, -2.0]
+    """
+    hi = blocks.amax(dim=-1, keepdim=True)
+    lo = blocks.amin(dim=-1, keepdim=True)
+    m = torch.where(hi >= -lo, hi, lo)
+    tie = (hi == -lo).squeeze(1)  # both signs reach the largest magnitude, or all zeros
+    if bool(tie.any()):
+        rows = tie.nonzero().squeeze(1)
+        sub = blocks[rows]
+        m[rows] = sub.gather(-1, sub.abs().argmax(dim=-1, keepdim=True))
+    return m
+
+
+def minmax_from_stats(
+    codec: Codec, lo: torch.Tensor, hi: torch.Tensor, m: torch.Tensor | None, shrink: float = 1.0
+) -> QParams:
+    """Min-max parameters from per-block ``lo``/``hi`` (and signed max ``m``), shrunk."""
+    if codec.has_zero:
+        lo = lo.clamp(max=0.0) * shrink
+        hi = hi.clamp(min=0.0) * shrink
+        scale = f16_ceil((hi - lo) / codec.qmax)
+        zero = torch.where(scale == 0, torch.zeros_like(scale), -lo / scale)
+        return QParams(scale, zero)
+    half = 1 << (codec.bits - 1)
+    if codec.scale_rule == "signed_max":
+        assert m is not None
+        return QParams((m * shrink if shrink != 1.0 else m) / -float(half))
+    absmax = torch.maximum(hi, -lo) * shrink
+    return QParams(f16_ceil(absmax / (half - 1)))
+
+
+@register("minmax")
+def minmax_params(codec: Codec, blocks: torch.Tensor) -> QParams:
+    """Min-max parameters of ``blocks`` for ``codec`` (see the module docstring).
+
+    >>> from t2n_quant.codecs import MinMaxCodec
+    >>> p = minmax_params(MinMaxCodec(bits=2, group_size=16), torch.linspace(-1, 2, 16)[None])
+    >>> p.scale.item(), p.zero.item()
+    (1.0, 1.0)
+    """
+    if codec.scale_rule == "signed_max" and not codec.has_zero:
+        m = signed_max(blocks)
+        return minmax_from_stats(codec, m, m, m)
+    lo = blocks.amin(dim=-1, keepdim=True)
+    hi = blocks.amax(dim=-1, keepdim=True)
+    return minmax_from_stats(codec, lo, hi, None)

@@ -1,0 +1,123 @@
+"""``QuantizationSummary``: what ``quantize_model`` did, as text and as an HTML table."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """One weight that became a QTensor (``modules``: every module sharing it)."""
+
+    name: str
+    modules: tuple[str, ...]
+    module_type: str
+    shape: tuple[int, ...]
+    codec: str
+    bits_per_weight: float
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclass(frozen=True)
+class SkippedWeight:
+    """One weight left as it was, and why."""
+
+    name: str
+    module_type: str
+    shape: tuple[int, ...]
+    reason: str
+
+
+def human_bytes(n: float) -> str:
+    """``1536 -> '1.5 KiB'``.
+
+    >>> human_bytes(3 * 1024 * 1024)
+    '3.0 MiB'
+    """
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class QuantizationSummary:
+    """The result of :func:`t2n_quant.quantize_model`; ``print()`` it, or show it in Jupyter.
+
+    >>> s = QuantizationSummary("q4_0", "minmax")
+    >>> s.bytes_before, s.bytes_after
+    (0, 0)
+    """
+
+    codec: str
+    calibration: str
+    quantized: list[QuantizedWeight] = field(default_factory=list)
+    skipped: list[SkippedWeight] = field(default_factory=list)
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(q.bytes_before for q in self.quantized)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(q.bytes_after for q in self.quantized)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_before / self.bytes_after if self.bytes_after else 1.0
+
+    def headline(self) -> str:
+        return (
+            f"{len(self.quantized)} weight(s) quantized with {self.codec} "
+            f"(calibration: {self.calibration}): {human_bytes(self.bytes_before)} -> "
+            f"{human_bytes(self.bytes_after)} ({self.ratio:.2f}x smaller); "
+            f"{len(self.skipped)} skipped"
+        )
+
+    def rows(self) -> tuple[list[list[str]], list[list[str]]]:
+        done = [
+            [q.name + ("" if len(q.modules) < 2 else f" (shared by {', '.join(q.modules)})"),
+             q.module_type, str(q.shape), q.codec, f"{q.bits_per_weight:.3g}",
+             human_bytes(q.bytes_before), human_bytes(q.bytes_after)]
+            for q in self.quantized
+        ]  # fmt: skip
+        skipped = [[s.name, s.module_type, str(s.shape), s.reason] for s in self.skipped]
+        return done, skipped
+
+    def __str__(self) -> str:
+        done, skipped = self.rows()
+        lines = [self.headline()]
+        heads = ["weight", "module", "shape", "codec", "bits/w", "before", "after"]
+        lines += _table(heads, done) if done else []
+        if skipped:
+            lines.append("skipped:")
+            lines += _table(["weight", "module", "shape", "reason"], skipped)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        done, skipped = self.rows()
+        parts = [f"<p>{html.escape(self.headline())}</p>"]
+        if done:
+            heads = ["weight", "module", "shape", "codec", "bits/w", "before", "after"]
+            parts.append(_html_table(heads, done))
+        if skipped:
+            parts.append("<p>skipped:</p>")
+            parts.append(_html_table(["weight", "module", "shape", "reason"], skipped))
+        return "\n".join(parts)
+
+
+def _table(heads: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    fmt = "  " + "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*heads).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+
+
+def _html_table(heads: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

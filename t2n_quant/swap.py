@@ -1,0 +1,162 @@
+"""``quantize_model``: replace the weights of Linear / Embedding / Conv modules by QTensors.
+
+Each new weight is ``nn.Parameter(qtensor, requires_grad=False)``, which for a tensor
+subclass *is* the QTensor flagged as a parameter: it stays in ``module._parameters``,
+``state_dict()`` and ``model.to(device)`` (moved compressed). A weight shared by several
+modules (tied embedding and LM head) is quantized once and the same object is assigned
+to all of them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from t2n_quant.calibration import Calibration, get_calibration
+from t2n_quant.codecs import Codec, Q4_0Codec
+from t2n_quant.config import QuantConfig, resolve
+from t2n_quant.qtensor import QTensor
+from t2n_quant.quantize import quantize_tensor
+from t2n_quant.summary import QuantizationSummary, QuantizedWeight, SkippedWeight
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+)  # fmt: skip
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+@dataclass
+class _Weight:
+    param: torch.Tensor
+    users: list[tuple[str, nn.Module]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        path = self.users[0][0]
+        return f"{path}.weight" if path else "weight"
+
+    @property
+    def module_type(self) -> str:
+        return "/".join(sorted({type(m).__name__ for _, m in self.users}))
+
+
+def _patterns(p: str | Sequence[str] | None) -> list[str] | None:
+    return None if p is None else [p] if isinstance(p, str) else list(p)
+
+
+def _filter_reason(path: str, include: list[str] | None, exclude: list[str] | None) -> str | None:
+    if include is not None and not any(fnmatch.fnmatchcase(path, g) for g in include):
+        return f"not matched by include={include}"
+    for g in exclude or []:
+        if fnmatch.fnmatchcase(path, g):
+            return f"matched exclude pattern {g!r}"
+    return None
+
+
+def _skip_reason(w: _Weight, codec: Codec, min_numel: int) -> str | None:
+    p = w.param
+    if isinstance(p, QTensor):
+        return f"already quantized ({p.codec.spec})"
+    if not p.dtype.is_floating_point:
+        return f"dtype {p.dtype} is not floating point"
+    if p.device.type == "meta":
+        return "weight is on the meta device (no values to quantize)"
+    if p.numel() < min_numel:
+        return f"{p.numel()} values < min_numel={min_numel}"
+    for _, m in w.users:
+        if isinstance(m, nn.Embedding) and m.max_norm is not None:
+            return "Embedding with max_norm renormalizes its weight in place"
+        if isinstance(m, _TRANSPOSED) and isinstance(codec, Q4_0Codec):
+            return (
+                "q4_0 cannot serve ConvTranspose: NNEF deconv takes the filter as "
+                "[C_out, C_in, ...], the transpose of PyTorch's layout, so blocks would not line up"
+            )
+    return codec.incompatibility(tuple(p.shape))
+
+
+def _collect(model: nn.Module) -> list[_Weight]:
+    weights: dict[int, _Weight] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if not isinstance(module, SUPPORTED_MODULES):
+            continue
+        param = module._parameters.get("weight")
+        if param is None:
+            continue
+        w = weights.setdefault(id(param), _Weight(param))
+        if all(m is not module for _, m in w.users):
+            w.users.append((path, module))
+    return list(weights.values())
+
+
+def quantize_model(
+    model: nn.Module,
+    codec_or_config: str | QuantConfig | Codec,
+    *,
+    bits: int | None = None,
+    group_size: int | None = None,
+    calibration: str | Calibration = "minmax",
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    min_numel: int = 0,
+    progress: bool = True,
+) -> QuantizationSummary:
+    """Quantize, in place, the weights of ``model``'s Linear / Embedding / Conv modules.
+
+    ``codec_or_config`` is a spec (``"q4_0"``, ``"minmax:4:g32"``), a config
+    (:class:`~t2n_quant.config.MinMaxConfig`, ...) or a codec; ``bits`` / ``group_size``
+    override it when given (``group_size=-1``: one group per output channel).
+    ``include`` / ``exclude`` are ``fnmatch`` globs on module paths (``"layers.*.mlp.*"``).
+    ``calibration`` is ``"minmax"``, ``"mse"``, ``"hqq"`` or a function. Weights the codec
+    cannot take stay in float and are listed, with the reason, in the returned summary; a
+    weight shared by several modules is quantized once and stays shared.
+
+    >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    >>> s = quantize_model(model, "minmax", bits=4, group_size=32, exclude="2", progress=False)
+    >>> [q.name for q in s.quantized], [k.name for k in s.skipped]
+    (['0.weight'], ['2.weight'])
+    """
+    codec = resolve(codec_or_config, bits=bits, group_size=group_size)
+    calibrate = get_calibration(calibration)
+    cal_name = getattr(calibration, "__name__", "custom")
+    cal_name = calibration if isinstance(calibration, str) else cal_name
+    summary = QuantizationSummary(codec.spec, cal_name)
+    inc, exc = _patterns(include), _patterns(exclude)
+    todo: list[_Weight] = []
+    for w in _collect(model):
+        reasons = [(p, _filter_reason(p, inc, exc)) for p, _ in w.users]
+        blocked = [(p, r) for p, r in reasons if r is not None]
+        reason = None
+        if len(blocked) == len(w.users):
+            reason = blocked[0][1]
+        elif blocked:
+            reason = f"tied with {blocked[0][0] or 'the model'!r}, left in float ({blocked[0][1]})"
+        reason = reason or _skip_reason(w, codec, min_numel)
+        if reason is not None:
+            summary.skipped.append(
+                SkippedWeight(w.name, w.module_type, tuple(w.param.shape), reason)
+            )
+        else:
+            todo.append(w)
+    for w in tqdm(todo, desc=f"quantizing ({codec.spec})", unit="weight", disable=not progress):
+        before = w.param.numel() * w.param.element_size()
+        qt = quantize_tensor(w.param, codec, calibration=calibrate, name=w.name)
+        new = nn.Parameter(qt, requires_grad=False)
+        for _, module in w.users:
+            module._parameters["weight"] = new
+        w.param = new  # drop our reference to the float weight as we go
+        summary.quantized.append(
+            QuantizedWeight(
+                w.name, tuple(p for p, _ in w.users), w.module_type, tuple(qt.shape),
+                codec.spec, qt.bits_per_weight, before, qt.nbytes,
+            )
+        )  # fmt: skip
+    logger.info("%s", summary.headline())
+    return summary
