@@ -5,8 +5,9 @@ tract facts these translations rely on (0.23.9):
 - NNEF ``matmul`` needs operands of equal rank (``Cond`` error otherwise); batch axes of
   size 1 broadcast. Lower-rank operands get unit axes at the front.
 - NNEF ``linear`` accepts rank-2 inputs only, so ``Linear`` is
-  ``matmul(x, weight, transposeB = true)``; tract folds an ``unsqueeze`` of a Q4_0 weight
-  and still runs it compressed.
+  ``matmul(x, weight, transposeB = true)`` with the input's leading axes folded into one
+  (``reshape`` before and after). Unsqueezing the weight instead also runs, but tract then
+  holds an f32 weight twice (measured: 2x the weight bytes of peak memory).
 - ``tract_core_einsum(inputs = [...], expr = 'bij,bjk->bik', acc = 'f32')`` takes any number
   of operands, repeated letters in one operand (a diagonal), upper-case letters and size-1
   broadcasting, but no ``...``: an ellipsis in ``expr`` aborts the tract process, so we spell
@@ -21,7 +22,14 @@ import torch
 import torch.fx
 
 from t2n_core.ir import Ref
-from t2n_core.ops._common import as_operand, broadcastable, out_dtype, unsqueeze_front
+from t2n_core.ops._common import (
+    as_operand,
+    broadcastable,
+    dim_attr,
+    dim_mul,
+    out_dtype,
+    unsqueeze_front,
+)
 from t2n_core.ops.registry import register
 from t2n_core.translate import EmitContext
 
@@ -50,11 +58,19 @@ def linear(ctx: EmitContext, node: torch.fx.Node):
     if vector:
         x, rank = _unsqueeze(ctx, x, 0), 2
         out_shape = [1, *out_shape]
-    w = unsqueeze_front(ctx, w, rank)
+    lead = out_shape[:-1]
+    if rank > 2:  # fold the leading axes: the weight then reaches matmul untouched
+        x = ctx.emit(
+            "reshape", [x], {"axis_start": 0, "axis_count": rank - 1, "shape": [-1]},
+            dtype=dtype, shape=(dim_mul(*lead), ctx.shape(x)[-1]), hint="flatten",
+        )  # fmt: skip
     y = ctx.emit(
         "matmul", [x, w], {"transposeA": False, "transposeB": True},
-        dtype=dtype, shape=out_shape, hint="linear",
+        dtype=dtype, shape=(dim_mul(*lead), out_shape[-1]), hint="linear",
     )  # fmt: skip
+    if rank > 2:
+        unflat = {"axis_start": 0, "axis_count": 1, "shape": [dim_attr(d) for d in lead]}
+        y = ctx.emit("reshape", [y], unflat, dtype=dtype, shape=out_shape, hint="unflatten")
     if b is not None:
         y = ctx.emit(
             "add", broadcastable(ctx, y, b, dtype=dtype), dtype=dtype, shape=out_shape,
