@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from t2n_core.ir import Graph, Variable
+from t2n_core.ir import Graph, Ref, Variable
 from t2n_core.nnef import dat, text
 from t2n_core.storage import EncodedVariable, Encoding, NNEFStorage
 
@@ -46,9 +46,50 @@ def attach_encodings(graph: Graph) -> None:
         graph.extensions.update(enc.extensions)
 
 
+#: ops that tract runs directly on block-quantized (tract-native) weights
+NATIVE_CONSUMERS = {"matmul": 1, "conv": 1, "tract_core_gather": 0}
+
+
+def check_native_uses(graph: Graph) -> None:
+    """Refuse a tract-native encoded tensor (e.g. Q4_0) fed to an op tract cannot run on it.
+
+    tract keeps such tensors compressed and runs matmul (as the second operand), conv (as the
+    filter) and gather (as the data) on them; anything else fails when tract loads the archive.
+    """
+    from t2n_core.errors import TranslationError
+
+    native = {
+        name: var
+        for name, var in graph.variables.items()
+        if (enc := encoding_of(var)).call is None and enc.variables[0].custom_item_type is not None
+    }
+    if not native:
+        return
+    for op in graph.operations:
+        for position, arg in enumerate(op.args):
+            if isinstance(arg, Ref) and arg.name in native:
+                if NATIVE_CONSUMERS.get(op.op) != position:
+                    var = native[arg.name]
+                    where = op.source or "<root module>"
+                    raise TranslationError(
+                        f"tensor {var.label!r} is stored in a tract-native quantized format, "
+                        f"which tract can only feed to matmul, conv and gather, but op "
+                        f"'{op.op}' (from '{where}') uses it. Exclude that module from "
+                        "quantize_model (exclude=[...]) or quantize it with a fragment codec "
+                        "such as 'minmax'."
+                    )
+        for value in op.attrs.values():
+            if isinstance(value, Ref) and value.name in native:
+                raise TranslationError(
+                    f"tensor {native[value.name].label!r} (tract-native quantized) is used as "
+                    f"an attribute of '{op.op}'"
+                )
+
+
 def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     """``(relative path, bytes producer)`` for every file of the archive, in a fixed order."""
     attach_encodings(graph)
+    check_native_uses(graph)
     graph_text = text.render(graph)
     yield "graph.nnef", lambda: graph_text.encode()
     for var in graph.variables.values():
