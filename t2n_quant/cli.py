@@ -1,0 +1,90 @@
+"""``t2n`` sub-commands of t2n_quant (registered through the ``t2n.commands`` entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEMO_SPECS = ("q4_0", "minmax:4:g32", "symmetric:8:g32", "minmax:3:g64")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="export the included example, quantize it, export again, check all in tract",
+    )
+    p.add_argument("out", nargs="?", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument(
+        "--codecs", nargs="+", default=list(DEMO_SPECS), metavar="SPEC",
+        help=f"quantization specs to try (default: {' '.join(DEMO_SPECS)})",
+    )  # fmt: skip
+    p.set_defaults(func=run_demo)
+
+
+def _sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    noise = (ref.double() - approx.double()).pow(2).sum().item()
+    return math.inf if noise == 0 else 10 * math.log10(ref.double().pow(2).sum().item() / noise)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import t2n_core
+    from t2n_core.examples import keyword_spotter
+    from t2n_quant import quantize_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, audio = keyword_spotter()
+    longer = torch.randn(1, 40, 80, generator=torch.Generator().manual_seed(1))
+    export_kw = dict(
+        input_names=["audio"], output_names=["logits"], dynamic_axes={"audio": {2: "T"}},
+        check=True, overwrite=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        reference = model(audio)
+
+    print(f"example: {type(model).__name__}, input audio {list(audio.shape)} (T dynamic)")
+    result = t2n_core.export(model, (audio,), out / "f32.nnef.tgz", **export_kw)
+    _second_length(result.path, model, longer)
+    rows = [_row("f32", 32.0, result, math.inf)]
+    print(result)
+    for spec in args.codecs:
+        qmodel = copy.deepcopy(model)
+        summary = quantize_model(qmodel, spec)
+        print(f"\n{summary}")
+        path = out / f"{spec.replace(':', '_')}.nnef.tgz"
+        result = t2n_core.export(qmodel, (audio,), path, **export_kw)
+        _second_length(result.path, qmodel, longer)
+        with torch.no_grad():
+            sqnr = _sqnr_db(reference, qmodel(audio))
+        bits = 8 * summary.bytes_after / max(sum(math.prod(q.shape) for q in summary.quantized), 1)
+        rows.append(_row(spec, bits, result, sqnr))
+
+    print("\n| archive | bits/weight (quantized) | size | tract vs PyTorch max abs | "
+          "SQNR vs f32 output (dB) |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\nall archives checked in tract at T=50 and T=80; written to {out}/")
+    return 0
+
+
+def _second_length(path: Path, model: torch.nn.Module, audio: torch.Tensor) -> None:
+    import t2n_core
+
+    with torch.no_grad():
+        expected = model(audio).numpy()
+    t2n_core.check_archive(path, [audio.numpy()], [expected], names=["logits"])
+
+
+def _row(name: str, bits: float, result, sqnr: float) -> list[str]:
+    size = result.path.stat().st_size
+    err = max(o.max_abs_error for o in result.check.outputs)
+    return [name, f"{bits:.2f}", f"{size / 1024:.0f} KiB", f"{err:.2e}",
+            "exact" if math.isinf(sqnr) else f"{sqnr:.1f}"]  # fmt: skip
