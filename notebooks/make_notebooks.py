@@ -55,6 +55,32 @@ QUICKSTART = [
         "                                [model(x7).detach().numpy()])\n"
         "print(report)"
     ),
+    new_markdown_cell(
+        "## Quantize, then export again\n\n"
+        "`quantize_model` swaps Linear/Embedding/Conv weights for `QTensor`s. `q4_0` is "
+        "tract-native: tract keeps those weights compressed in memory and runs matmul on "
+        "them directly. The summary shows what became what, and what was skipped and why."
+    ),
+    new_code_cell(
+        "import copy\n\nfrom t2n_quant import quantize_model\n\n"
+        "qmodel = copy.deepcopy(model)\n"
+        'summary = quantize_model(qmodel, "q4_0")\nsummary'
+    ),
+    new_markdown_cell(
+        "The check now compares tract with the *quantized* PyTorch model: both compute the "
+        "same dequantized weights, so they agree to float rounding. The cost of quantization "
+        "is the gap between the quantized and the float model."
+    ),
+    new_code_cell(
+        'qresult = t2n_core.export(qmodel, (x,), workdir / "mlp_q4_0.nnef.tgz",\n'
+        '                          input_names=["features"], output_names=["logits"],\n'
+        '                          dynamic_axes={"features": {0: "B"}}, check=True)\n'
+        "print(qresult.check)\n"
+        "with torch.no_grad():\n"
+        "    cos = nn.functional.cosine_similarity(model(x), qmodel(x), dim=-1).mean()\n"
+        'print(f"cosine(float, q4_0) = {cos:.4f}")\n'
+        'print(f"archive: {result.path.stat().st_size} -> {qresult.path.stat().st_size} bytes")'
+    ),
 ]
 
 
