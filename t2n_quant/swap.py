@@ -29,19 +29,25 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.MultiheadAttention,
 )  # fmt: skip
+#: the parameters of a module that are matmul weights ("weight" for the others)
+_WEIGHT_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+}
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 
 
 @dataclass
 class _Weight:
     param: torch.Tensor
+    attr: str = "weight"
     users: list[tuple[str, nn.Module]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         path = self.users[0][0]
-        return f"{path}.weight" if path else "weight"
+        return f"{path}.{self.attr}" if path else self.attr
 
     @property
     def module_type(self) -> str:
@@ -87,12 +93,13 @@ def _collect(model: nn.Module) -> list[_Weight]:
     for path, module in model.named_modules(remove_duplicate=False):
         if not isinstance(module, SUPPORTED_MODULES):
             continue
-        param = module._parameters.get("weight")
-        if param is None:
-            continue
-        w = weights.setdefault(id(param), _Weight(param))
-        if all(m is not module for _, m in w.users):
-            w.users.append((path, module))
+        for attr in _WEIGHT_ATTRS.get(type(module), ("weight",)):
+            param = module._parameters.get(attr)
+            if param is None:
+                continue
+            w = weights.setdefault(id(param), _Weight(param, attr))
+            if all(m is not module for _, m in w.users):
+                w.users.append((path, module))
     return list(weights.values())
 
 
@@ -108,7 +115,8 @@ def quantize_model(
     min_numel: int = 0,
     progress: bool = True,
 ) -> QuantizationSummary:
-    """Quantize, in place, the weights of ``model``'s Linear / Embedding / Conv modules.
+    """Quantize, in place, the weights of ``model``'s Linear / Embedding / Conv modules
+    (and the input projections of ``nn.MultiheadAttention``).
 
     ``codec_or_config`` is a spec (``"q4_0"``, ``"minmax:4:g32"``), a config
     (:class:`~t2n_quant.config.MinMaxConfig`, ...) or a codec; ``bits`` / ``group_size``
@@ -150,7 +158,7 @@ def quantize_model(
         qt = quantize_tensor(w.param, codec, calibration=calibrate, name=w.name)
         new = nn.Parameter(qt, requires_grad=False)
         for _, module in w.users:
-            module._parameters["weight"] = new
+            module._parameters[w.attr] = new
         w.param = new  # drop our reference to the float weight as we go
         summary.quantized.append(
             QuantizedWeight(

@@ -140,3 +140,15 @@ def test_embedding_max_norm_skipped() -> None:
     m = nn.Sequential(nn.Embedding(10, 32, max_norm=1.0))
     s = quantize_model(m, "q4_0", progress=False)
     assert "max_norm" in s.skipped[0].reason
+
+
+def test_multihead_attention_input_projections_are_quantized(tmp_path):
+    from tests.helpers import export_and_check
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True).eval()
+    summary = quantize_model(layer, "q4_0", progress=False)
+    names = {q.name for q in summary.quantized}
+    assert "self_attn.in_proj_weight" in names and "self_attn.out_proj.weight" in names
+    result = export_and_check(layer, (torch.randn(1, 6, 64),), tmp_path)
+    assert result.tensor_bytes["q4_0"] > 0
