@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 import t2n_core
+
+
+class Fn(nn.Module):
+    """A module around a function of one input ``x``, for single-op tests."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
 
 # Tolerances stated once: max|tract - torch| <= ATOL + RTOL * max|torch|.
 ATOL = 1e-4

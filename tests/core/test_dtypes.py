@@ -7,20 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import export_and_check
+from tests.helpers import Fn, export_and_check
 
 # f16 results are compared with max|tract - torch| <= F16_TOL * (1 + max|torch|): f16 has a
 # 2^-11 relative step, and tract and torch round intermediate f16 results differently.
 F16_TOL = 1e-2
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 class Fn2(Fn):

@@ -7,18 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from tests.helpers import export_and_check
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
+from tests.helpers import Fn, export_and_check
 
 
 class Fn2(Fn):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2n_core.errors import T2NError
-from tests.helpers import export_and_check
+from tests.helpers import Fn, export_and_check
 
 
 class Fn2(nn.Module):
@@ -101,15 +101,6 @@ ONE_HOT = [
     ("one_hot", lambda i: F.one_hot(i, 7)),
     ("one_hot-float", lambda i: F.one_hot(i, 7).float() * 0.5),
 ]
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 @pytest.mark.parametrize("fn", [f for _, f in ONE_HOT], ids=[i for i, _ in ONE_HOT])

@@ -3,19 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from tests.helpers import export_and_check
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
+from tests.helpers import Fn, export_and_check
 
 POOL2D = {
     "max-k2": lambda x: F.max_pool2d(x, 2),

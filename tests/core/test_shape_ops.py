@@ -6,16 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import export_and_check
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
+from tests.helpers import Fn, export_and_check
 
 
 def x_of(t: int) -> torch.Tensor:
