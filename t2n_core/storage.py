@@ -13,6 +13,14 @@ An :class:`Encoding` is made of
 - ``call``: how to obtain the float weight from those variables, as
   ``(fragment name, [variable suffixes], {attribute: value})``; ``None`` means the
   single variable *is* the weight (a tract-native type such as Q4_0).
+
+Optional method: ``nnef_slice_rows(begin, end)`` returns a tensor of the same kind holding
+rows ``begin:end`` of dim 0, still encoded (or ``None`` when it cannot cut them without
+re-encoding). When the graph slices such a tensor along dim 0 (static bounds, stride 1, e.g.
+after ``split``), the writer stores the sliced rows as a variable of their own, labelled
+``'<label>.rows_<begin>_<end>'``, instead of writing the slice op
+(:func:`t2n_core.fold.fold_row_slices`); this keeps a tract-native weight sliced before its
+matmul compressed, since tract cannot run ``slice`` on it.
 """
 
 from __future__ import annotations

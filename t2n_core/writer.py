@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from t2n_core.fold import fold_row_slices
 from t2n_core.ir import Graph, Ref, Variable
 from t2n_core.nnef import dat, text
 from t2n_core.storage import EncodedVariable, Encoding, NNEFStorage
@@ -46,8 +47,15 @@ def attach_encodings(graph: Graph) -> None:
         graph.extensions.update(enc.extensions)
 
 
+def is_native(var: Variable) -> bool:
+    """Whether ``var`` is stored in a tract-native type (e.g. Q4_0) that tract keeps as is."""
+    enc = encoding_of(var)
+    return enc.call is None and enc.variables[0].custom_item_type is not None
+
+
 #: ops that tract runs directly on block-quantized (tract-native) weights
 NATIVE_CONSUMERS = {"matmul": 1, "conv": 1, "tract_core_gather": 0}
+_SLICE_HINT = " (only a slice of whole rows, on dim 0 with stride 1, stays compressed)"
 
 
 def check_native_uses(graph: Graph) -> None:
@@ -55,14 +63,12 @@ def check_native_uses(graph: Graph) -> None:
 
     tract keeps such tensors compressed and runs matmul (as the second operand), conv (as the
     filter) and gather (as the data) on them; anything else fails when tract loads the archive.
+    :func:`archive_files` first folds whole-row slices of such tensors into row-range
+    variables (:func:`t2n_core.fold.fold_row_slices`).
     """
     from t2n_core.errors import TranslationError
 
-    native = {
-        name: var
-        for name, var in graph.variables.items()
-        if (enc := encoding_of(var)).call is None and enc.variables[0].custom_item_type is not None
-    }
+    native = {name: var for name, var in graph.variables.items() if is_native(var)}
     if not native:
         return
     for op in graph.operations:
@@ -71,10 +77,11 @@ def check_native_uses(graph: Graph) -> None:
                 if NATIVE_CONSUMERS.get(op.op) != position:
                     var = native[arg.name]
                     where = op.source or "<root module>"
+                    hint = _SLICE_HINT if op.op == "slice" else ""
                     raise TranslationError(
                         f"tensor {var.label!r} is stored in a tract-native quantized format, "
                         f"which tract can only feed to matmul, conv and gather, but op "
-                        f"'{op.op}' (from '{where}') uses it. Exclude that module from "
+                        f"'{op.op}' (from '{where}') uses it{hint}. Exclude that module from "
                         "quantize_model (exclude=[...]) or quantize it with a fragment codec "
                         "such as 'minmax'."
                     )
@@ -87,7 +94,12 @@ def check_native_uses(graph: Graph) -> None:
 
 
 def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """``(relative path, bytes producer)`` for every file of the archive, in a fixed order."""
+    """``(relative path, bytes producer)`` for every file of the archive, in a fixed order.
+
+    Row slices of stored tensors that can cut their own rows are folded first (this changes
+    ``graph``'s variables).
+    """
+    fold_row_slices(graph, is_native)
     attach_encodings(graph)
     check_native_uses(graph)
     graph_text = text.render(graph)

@@ -263,6 +263,29 @@ class QTensor(torch.Tensor):
 
         return encoder_for(self.codec)(self, label)
 
+    def nnef_slice_rows(self, begin: int, end: int) -> QTensor:
+        """Rows ``begin:end`` (dim 0), still encoded, for the writer's row-slice folding.
+
+        Blocks never cross rows, so this cuts the codes, scales and zero points of those rows
+        without re-quantizing (for Q4_0: a byte range of the payload).
+
+        >>> from t2n_quant import quantize_tensor
+        >>> q = quantize_tensor(torch.randn(6, 64), "q4_0")
+        >>> torch.equal(q.nnef_slice_rows(2, 5).dequantize(), q.dequantize()[2:5])
+        True
+        """
+        if not 0 <= begin < end <= self.rows:
+            raise ValueError(f"rows {begin}:{end} out of range for {self.rows} rows")
+        per_row = self.k // self.block_size
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            return t[begin * per_row : end * per_row]
+
+        zero = None if self.zero is None else cut(self.zero)
+        name = f"{self.tensor_name}.rows_{begin}_{end}" if self.tensor_name else None
+        shape = (end - begin, *self.shape[1:])
+        return QTensor(self.codec, cut(self.packed), cut(self.scale), zero, shape, self.dtype, name)
+
     def nnef_float_proxy(self) -> torch.Tensor:
         """The dequantized plain tensor, used in place of this one while capturing."""
         return self.dequantize()

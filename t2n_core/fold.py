@@ -1,0 +1,152 @@
+"""Graph passes on stored tensors, run by the writer before it checks and prints the graph.
+
+:func:`fold_row_slices` turns ``slice`` of a stored tensor along dim 0 into a new stored
+tensor holding those rows, when the tensor can cut its own rows (the optional
+``nnef_slice_rows`` method of the storage protocol, :mod:`t2n_core.storage`). This is what
+lets ``nn.MultiheadAttention`` cross-attention, which splits its packed ``in_proj_weight``
+into query and key/value rows before the matmuls, keep a tract-native weight (Q4_0)
+compressed: tract can feed such a weight to matmul but not to ``slice``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from t2n_core.ir import Graph, Operation, Ref, Value, Variable, _refs
+
+logger = logging.getLogger(__name__)
+
+
+def fold_row_slices(graph: Graph, is_native: Callable[[Variable], bool]) -> int:
+    """Replace row slices of stored tensors by stored row ranges; returns how many were folded.
+
+    A ``slice(v, axes = [0], begin = [b], end = [e])`` (static bounds, stride 1) of a variable
+    ``v`` whose tensor has ``nnef_slice_rows`` becomes a variable labelled
+    ``'<v label>.rows_<b>_<e>'`` (one per distinct range; a slice of a slice counts rows in
+    the first tensor), declared right after ``v``. The
+    slices of ``v`` are folded when ``is_native(v)`` (tract could not run the slice) or when
+    every use of ``v`` is such a slice (so ``v`` itself is no longer written); otherwise they
+    are left alone, so that a weight also used whole is not stored twice. Variables no longer
+    used are dropped.
+    """
+    folder = _RowFolder(graph, is_native)
+    folded = 0
+    while renames := folder.fold_once():
+        folded += len(renames)
+        _rename_refs(graph, renames)
+    if folded:
+        folder.place_after_origin()
+        graph.remove_dead_code()
+        logger.debug("folded %d row slice(s) of stored tensors", folded)
+    return folded
+
+
+class _RowFolder:
+    def __init__(self, graph: Graph, is_native: Callable[[Variable], bool]) -> None:
+        self.graph = graph
+        self.is_native = is_native
+        self.by_label: dict[str, str] = {}  # label of a row range -> its variable name
+        self.origin: dict[str, str] = {}  # row-range variable -> the variable it was cut from
+        self.root: dict[str, tuple[str, int]] = {}  # row-range variable -> (first label, row)
+
+    def fold_once(self) -> dict[str, str]:
+        """One round: drops the slices it folds, returns ``{slice output: row variable}``."""
+        graph = self.graph
+        uses: dict[str, list[Operation | None]] = {name: [] for name in graph.variables}
+        for op in graph.operations:
+            for name in _refs([*op.args, *op.attrs.values()]):
+                if name in uses:
+                    uses[name].append(op)
+        for name in graph.outputs:
+            if name in uses:
+                uses[name].append(None)
+
+        renames: dict[str, str] = {}
+        for name, ops in uses.items():
+            var = graph.variables[name]
+            if not callable(getattr(var.tensor, "nnef_slice_rows", None)):
+                continue
+            slices = [(op, r) for op in ops if op is not None and (r := _row_range(op, name))]
+            if not slices or (len(slices) != len(ops) and not self.is_native(var)):
+                continue
+            for op, (begin, end) in slices:
+                target = self.row_variable(var, begin, end, op)
+                if target is not None:
+                    renames[op.outputs[0]] = target
+        graph.operations = [
+            op for op in graph.operations if not (op.op == "slice" and op.outputs[0] in renames)
+        ]
+        return renames
+
+    def row_variable(self, var: Variable, begin: int, end: int, op: Operation) -> str | None:
+        """The variable holding rows ``begin:end`` of ``var`` (created once per range)."""
+        graph = self.graph
+        if not 0 <= begin < end <= var.tensor.shape[0] or op.outputs[0] in graph.outputs:
+            return None
+        root, offset = self.root.get(var.name, (var.label, 0))
+        label = f"{root}.rows_{offset + begin}_{offset + end}"
+        if label in self.by_label:
+            return self.by_label[label]
+        tensor = var.tensor.nnef_slice_rows(begin, end)
+        if tensor is None:
+            return None
+        out = graph.values[op.outputs[0]]
+        name = graph.fresh_name(label)
+        graph.variables[name] = Variable(name, label, tensor)
+        graph.add_value(Value(name, out.dtype, out.shape))
+        self.by_label[label] = name
+        self.origin[name] = var.name
+        self.root[name] = (root, offset + begin)
+        return name
+
+    def place_after_origin(self) -> None:
+        """Reorder the variables so that each row range follows the variable it was cut from."""
+        children: dict[str, list[str]] = {}
+        for name, origin in self.origin.items():
+            children.setdefault(origin, []).append(name)
+        ordered: dict[str, Variable] = {}
+
+        def place(name: str) -> None:
+            ordered[name] = self.graph.variables[name]
+            for child in children.get(name, []):
+                place(child)
+
+        for name in self.graph.variables:
+            if name not in self.origin:
+                place(name)
+        self.graph.variables = ordered
+
+
+def _row_range(op: Operation, name: str) -> tuple[int, int] | None:
+    """``(begin, end)`` when ``op`` slices whole rows of ``name`` (dim 0, stride 1)."""
+    if op.op != "slice" or op.args != [Ref(name)] or len(op.outputs) != 1:
+        return None
+    attrs = op.attrs
+    if set(attrs) - {"axes", "begin", "end", "stride"} or attrs.get("axes") != [0]:
+        return None
+    if attrs.get("stride", [1]) != [1]:
+        return None
+    begin, end = attrs.get("begin"), attrs.get("end")
+    if not (isinstance(begin, list) and isinstance(end, list) and len(begin) == len(end) == 1):
+        return None
+    b, e = begin[0], end[0]
+    if type(b) is not int or type(e) is not int:
+        return None
+    return b, e
+
+
+def _rename_refs(graph: Graph, renames: dict[str, str]) -> None:
+    def sub(item: Any) -> Any:
+        if isinstance(item, Ref):
+            return Ref(renames.get(item.name, item.name))
+        if isinstance(item, list):
+            return [sub(i) for i in item]
+        if isinstance(item, tuple):
+            return tuple(sub(i) for i in item)
+        return item
+
+    for op in graph.operations:
+        op.args = sub(op.args)
+        op.attrs = {k: sub(v) for k, v in op.attrs.items()}
