@@ -73,7 +73,7 @@ def load_runnable(path: str | os.PathLike):
 def run_tract(path: str | os.PathLike, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     runnable = load_runnable(path)
     try:
-        outputs = runnable.run([np.ascontiguousarray(x) for x in inputs])
+        outputs = runnable.run([np.asarray(x, order="C") for x in inputs])  # keeps 0-d
     except Exception as exc:
         raise TractRunError(f"tract could not run {os.fspath(path)}: {tract_message(exc)}") from exc
     return [o.to_numpy() for o in outputs]

@@ -31,6 +31,8 @@ def arange(ctx: EmitContext, node: torch.fx.Node):
         # integer bounds (possibly TDim expressions): tract's range yields i64
         r = ctx.emit("tract_core_range", list(bounds), dtype=torch.int64, shape=ctx.out_shape(),
                      hint="arange")  # fmt: skip
+        if any(isinstance(b, Expr) for b in bounds):
+            r = _hide_coordinates(ctx, r)
         return ctx.cast(r, dtype)
     if any(isinstance(b, Expr) for b in bounds):
         raise ctx.error(
@@ -38,6 +40,23 @@ def arange(ctx: EmitContext, node: torch.fx.Node):
             "use integer bounds and scale the result"
         )
     return ctx.constant(torch.arange(start, end, step, dtype=dtype), hint="arange")
+
+
+def _hide_coordinates(ctx: EmitContext, r):
+    """``r & -1`` (the same i64 values), so that tract does not see ``r`` as its index axis.
+
+    tract 0.23.9 gives a ``tract_core_range`` with a symbolic bound a ``uniform_tdim`` fact
+    (value = ``start + step * 🎯0``, ``🎯k`` = the coordinate on axis k) and carries it through
+    unsqueeze/broadcast/cast/comparisons; a ``select`` (or ``mul``/``and``) whose mask then
+    compares two such coordinates (``i[:, None] >= i[None, :]``) is "split in two regions" at
+    ``🎯1``, a coordinate, which fails at run time ("Undetermined symbol in expression: 🎯1").
+    ``tract_core_bitand`` does not carry that fact, so masks built from ``arange`` stay plain
+    tensors.
+    """
+    return ctx.emit(
+        "tract_core_bitand", [r, ctx.scalar(-1, torch.int64)], dtype=torch.int64,
+        shape=ctx.shape(r), hint="arange",
+    )  # fmt: skip
 
 
 def _filled(ctx: EmitContext, value, shape) -> object:
