@@ -58,19 +58,7 @@ def linear(ctx: EmitContext, node: torch.fx.Node):
     if vector:
         x, rank = _unsqueeze(ctx, x, 0), 2
         out_shape = [1, *out_shape]
-    lead = out_shape[:-1]
-    if rank > 2:  # fold the leading axes: the weight then reaches matmul untouched
-        x = ctx.emit(
-            "reshape", [x], {"axis_start": 0, "axis_count": rank - 1, "shape": [-1]},
-            dtype=dtype, shape=(dim_mul(*lead), ctx.shape(x)[-1]), hint="flatten",
-        )  # fmt: skip
-    y = ctx.emit(
-        "matmul", [x, w], {"transposeA": False, "transposeB": True},
-        dtype=dtype, shape=(dim_mul(*lead), out_shape[-1]), hint="linear",
-    )  # fmt: skip
-    if rank > 2:
-        unflat = {"axis_start": 0, "axis_count": 1, "shape": [dim_attr(d) for d in lead]}
-        y = ctx.emit("reshape", [y], unflat, dtype=dtype, shape=out_shape, hint="unflatten")
+    y = _times_matrix(ctx, x, w, dtype, out_shape, transpose_b=True, hint="linear")
     if b is not None:
         y = ctx.emit(
             "add", broadcastable(ctx, y, b, dtype=dtype), dtype=dtype, shape=out_shape,
@@ -81,10 +69,54 @@ def linear(ctx: EmitContext, node: torch.fx.Node):
     return y
 
 
+def _times_matrix(ctx: EmitContext, x, w, dtype, out_shape, *, transpose_b: bool, hint: str | None):
+    """``x @ w`` (or ``x @ w.T``) for a rank-2 ``w``, the leading axes of ``x`` folded into one.
+
+    The matrix then reaches ``matmul`` untouched: tract keeps a Q4_0 weight compressed, and
+    holds an f32 weight once (an ``unsqueeze`` of it would be a second copy).
+    """
+    rank = ctx.rank(x)
+    lead = list(out_shape[:-1])
+    if rank > 2:
+        x = ctx.emit(
+            "reshape", [x], {"axis_start": 0, "axis_count": rank - 1, "shape": [-1]},
+            dtype=dtype, shape=(dim_mul(*lead), ctx.shape(x)[-1]), hint="flatten",
+        )  # fmt: skip
+    y = ctx.emit(
+        "matmul", [x, w], {"transposeA": False, "transposeB": transpose_b},
+        dtype=dtype, shape=(dim_mul(*lead), out_shape[-1]), hint=hint,
+    )  # fmt: skip
+    if rank > 2:
+        unflat = {"axis_start": 0, "axis_count": 1, "shape": [dim_attr(d) for d in lead]}
+        y = ctx.emit("reshape", [y], unflat, dtype=dtype, shape=out_shape, hint="unflatten")
+    return y
+
+
+def _stored_transpose(ctx: EmitContext, ref) -> Ref | None:
+    """The stored matrix ``w`` when ``ref`` is ``transpose(w, axes = [1, 0])`` (``w.T``)."""
+    if not isinstance(ref, Ref) or ctx.rank(ref) != 2:
+        return None
+    for op in reversed(ctx.graph.operations):
+        if ref.name in op.outputs:
+            src = op.args[0] if op.args else None
+            if (
+                op.op == "transpose" and op.attrs.get("axes") == [1, 0]
+                and isinstance(src, Ref) and src.name in ctx.graph.variables
+            ):  # fmt: skip
+                return src
+            return None
+    return None
+
+
 def _matmul(ctx: EmitContext, a, b, dtype: torch.dtype, hint: str | None = None):
     """torch.matmul semantics: 1-D operands, broadcast batch axes, result of the node's shape."""
     a, b = as_operand(ctx, a, dtype), as_operand(ctx, b, dtype)
     out_shape = list(ctx.out_shape())
+    if ctx.rank(a) >= 2 and ctx.rank(b) == 2 and isinstance(b, Ref):
+        # x @ W or x @ W.T with a stored W: keep W as matmul's direct operand
+        stored = _stored_transpose(ctx, b)
+        w, transpose_b = (stored, True) if stored is not None else (b, False)
+        return _times_matrix(ctx, a, w, dtype, out_shape, transpose_b=transpose_b, hint=hint)
     a_vec, b_vec = ctx.rank(a) == 1, ctx.rank(b) == 1
     inner = list(out_shape)
     if a_vec:
