@@ -224,7 +224,7 @@ def _tensor_bytes(graph: Graph) -> dict[str, int]:
                 header = DatHeader.for_dtype(ev.dtype, ev.shape)
                 totals[_dtype_name(ev.dtype)] += header.data_length
             else:
-                totals[_custom_name(ev.custom_item_type)] += len(ev.data())
+                totals[_custom_name(ev.custom_item_type)] += ev.payload_size()
     return dict(sorted(totals.items()))
 
 

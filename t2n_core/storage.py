@@ -43,9 +43,13 @@ class EncodedVariable:
 
     suffix: str
     shape: tuple[int, ...]
-    data: Callable[[], bytes]
+    data: Callable[[], bytes | memoryview]
     dtype: torch.dtype | None = None
     custom_item_type: int | None = None
+    nbytes: int | None = None  # payload size when known without producing it
+
+    def payload_size(self) -> int:
+        return self.nbytes if self.nbytes is not None else len(self.data())
 
     def __post_init__(self) -> None:
         if (self.dtype is None) == (self.custom_item_type is None):

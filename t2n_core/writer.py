@@ -28,7 +28,7 @@ def plain_encoding(tensor: torch.Tensor, label: str) -> Encoding:
             f"convert it to one of {[str(d) for d in dat.supported_dtypes()]}"
         )
     return Encoding(
-        [EncodedVariable("", tuple(t.shape), data=lambda t=t: dat.tensor_bytes(t), dtype=t.dtype)]
+        [EncodedVariable("", tuple(t.shape), data=lambda t=t: dat.tensor_buffer(t), dtype=t.dtype)]
     )
 
 
@@ -109,8 +109,8 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
             yield f"{var.label}{ev.suffix}.dat", _dat_producer(ev)
 
 
-def _dat_producer(ev: EncodedVariable) -> Callable[[], bytes]:
-    def produce() -> bytes:
+def _dat_producer(ev: EncodedVariable) -> Callable[[], list[bytes | memoryview]]:
+    def produce() -> list[bytes | memoryview]:
         payload = ev.data()
         if ev.custom_item_type is not None:
             header = dat.DatHeader.for_tract_type(ev.custom_item_type, ev.shape, len(payload))
@@ -122,6 +122,6 @@ def _dat_producer(ev: EncodedVariable) -> Callable[[], bytes]:
                     f"payload of {ev.suffix or 'tensor'} has {len(payload)} bytes, header says "
                     f"{header.data_length}"
                 )
-        return header.pack() + payload
+        return [header.pack(), payload]  # written one after the other: no joined copy
 
     return produce

@@ -20,7 +20,40 @@ from t2n_core.errors import ArchiveExistsError, ArchiveFormatError
 
 logger = logging.getLogger(__name__)
 
-FileProducer = tuple[str, Callable[[], bytes]]
+Chunk = bytes | memoryview
+#: (relative path, producer of the content as bytes or as a list of chunks written in order)
+FileProducer = tuple[str, Callable[[], Chunk | list[Chunk]]]
+
+
+def _chunks(content: Chunk | list[Chunk]) -> list[memoryview]:
+    items = content if isinstance(content, list) else [content]
+    return [memoryview(c).cast("B") for c in items]
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object reading a list of buffers in order, copying only what is read."""
+
+    def __init__(self, chunks: list[memoryview]):
+        self._chunks = chunks
+        self._index = 0
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        out = memoryview(buffer).cast("B")
+        written = 0
+        while written < len(out) and self._index < len(self._chunks):
+            chunk = self._chunks[self._index]
+            n = min(len(out) - written, len(chunk) - self._offset)
+            out[written : written + n] = chunk[self._offset : self._offset + n]
+            written += n
+            self._offset += n
+            if self._offset == len(chunk):
+                self._index += 1
+                self._offset = 0
+        return written
 
 
 def is_tar_path(path: Path) -> bool:
@@ -49,7 +82,9 @@ def write_archive(
             staged = tmp / "archive"
             staged.mkdir()
             for name, produce in files:
-                (staged / name).write_bytes(produce())
+                with open(staged / name, "wb") as f:
+                    for chunk in _chunks(produce()):
+                        f.write(chunk)
                 if progress:
                     progress(name)
         _replace(staged, target)
@@ -84,15 +119,15 @@ def _write_tar(
         )
         with tarfile.open(fileobj=gz or raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for name, produce in files:
-                data = produce()
+                chunks = _chunks(produce())
                 info = tarfile.TarInfo(name)
-                info.size = len(data)
+                info.size = sum(len(c) for c in chunks)
                 info.mtime = 0
                 info.mode = 0o644
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
-                del data
+                tar.addfile(info, io.BufferedReader(_ChunkReader(chunks), 1 << 20))
+                del chunks
                 if progress:
                     progress(name)
         if gz is not None:

@@ -164,14 +164,21 @@ class DatHeader:
         return f"{dt.kind}{dt.itemsize * 8}"
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """Little-endian payload of a plain CPU tensor, without the header."""
+def tensor_buffer(tensor: torch.Tensor) -> memoryview:
+    """Little-endian payload of a tensor, without the header: a view, no copy when the
+    tensor is a contiguous CPU tensor (so writing a large weight costs no extra memory)."""
     t = tensor.detach()
     if t.device.type != "cpu":
         t = t.cpu()
     if t.dtype == torch.bfloat16:
         raise ArchiveFormatError("bf16 must be converted before writing (.dat has no bf16 type)")
-    return t.contiguous().numpy().tobytes()
+    array = t.contiguous().numpy()
+    return memoryview(array.reshape(-1)).cast("B")
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """Little-endian payload of a tensor, without the header, as a copy."""
+    return bytes(tensor_buffer(tensor))
 
 
 def encode_tensor(tensor: torch.Tensor) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from t2n_core.nnef.dat import TractItemType, tensor_bytes
+from t2n_core.nnef.dat import TractItemType, tensor_buffer
 from t2n_core.storage import EncodedVariable, Encoding
 from t2n_quant.codecs.q4_0 import Q4_0Codec
 from t2n_quant.encoders import register_encoder
@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 def encode_q4_0(qt: QTensor, label: str) -> Encoding:
     """The single Q4_0 variable of ``qt`` (``call=None``: the variable is the weight)."""
 
-    def data() -> bytes:
-        return tensor_bytes(Q4_0Codec.to_block_bytes(qt.packed, qt.params))
+    def data() -> memoryview:
+        return tensor_buffer(Q4_0Codec.to_block_bytes(qt.packed, qt.params))
 
-    var = EncodedVariable("", tuple(qt.shape), data=data, custom_item_type=int(TractItemType.Q4_0))
+    nbytes = qt.numel() // 32 * 18
+    var = EncodedVariable(
+        "", tuple(qt.shape), data=data, custom_item_type=int(TractItemType.Q4_0), nbytes=nbytes
+    )
     return Encoding([var])

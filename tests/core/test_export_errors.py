@@ -108,7 +108,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(_tensor):
         raise OSError("disk full")
 
-    monkeypatch.setattr(dat, "tensor_bytes", broken)
+    monkeypatch.setattr(dat, "tensor_buffer", broken)
     target = tmp_path / "m.nnef.tgz"
     with pytest.raises(OSError, match="disk full"):
         t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, progress=False)
@@ -121,7 +121,7 @@ def test_failed_overwrite_keeps_the_old_archive(tmp_path, monkeypatch):
     target = tmp_path / "m"
     t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, progress=False)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
-    monkeypatch.setattr(dat, "tensor_bytes", lambda _t: (_ for _ in ()).throw(OSError("boom")))
+    monkeypatch.setattr(dat, "tensor_buffer", lambda _t: (_ for _ in ()).throw(OSError("boom")))
     with pytest.raises(OSError, match="boom"):
         t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, overwrite=True)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
