@@ -287,8 +287,13 @@ class QTensor(torch.Tensor):
         return QTensor(self.codec, cut(self.packed), cut(self.scale), zero, shape, self.dtype, name)
 
     def nnef_float_proxy(self) -> torch.Tensor:
-        """The dequantized plain tensor, used in place of this one while capturing."""
-        return self.dequantize()
+        """A plain tensor of this shape and dtype, used in place of this one while capturing.
+
+        ``torch.export`` only reads shapes and dtypes of parameters, so the proxy is left
+        uninitialised: its pages are never touched and cost no resident memory, where a
+        dequantized copy of every weight would cost the whole f32 model again.
+        """
+        return torch.empty(self.shape, dtype=self.dtype, device=self.device)
 
 
 def _rebuild(

@@ -131,7 +131,8 @@ def test_flatten_unflatten(qt: QTensor) -> None:
 def test_float_proxy(qt: QTensor) -> None:
     proxy = qt.nnef_float_proxy()
     assert type(proxy) is torch.Tensor
-    assert torch.equal(proxy, qt.dequantize())
+    # only shape and dtype matter while capturing: the proxy is left uninitialised
+    assert proxy.shape == qt.shape and proxy.dtype == qt.dtype
 
 
 def test_errors_name_the_tensor(qt: QTensor) -> None:
