@@ -73,6 +73,23 @@ def main() -> None:
     print(f"{'method':<32} {'seconds':>9} {'Mvalues/s':>10} {'vs gguf':>8}")
     for name, sec in rows:
         print(f"{name:<32} {sec:>9.4f} {n / sec / 1e6:>10.1f} {base / sec:>7.2f}x")
+    if not args.quick:
+        _same_codec_in_numpy(w, args.repeat)
+
+
+def _same_codec_in_numpy(w: torch.Tensor, repeat: int) -> None:
+    """Each min-max calibrated codec against a plain-numpy implementation of itself."""
+    from benchmarks.numpy_codecs import minmax_numpy, symmetric_numpy
+
+    wn = w.numpy()
+    print(f"\n{'codec (min-max calibration)':<24} {'numpy s':>9} {'t2n s':>9} {'t2n speed-up':>13}")
+    for codec, bits, group in [("minmax", 4, 32), ("minmax", 3, 64), ("minmax", 2, 16),
+                               ("symmetric", 4, 32), ("symmetric", 8, 32)]:  # fmt: skip
+        fn = minmax_numpy if codec == "minmax" else symmetric_numpy
+        t_np = best_of(lambda f=fn, b=bits, g=group: f(wn, b, g), repeat)
+        spec = f"{codec}:{bits}:g{group}"
+        t_ours = best_of(lambda s=spec: quantize_tensor(w, s), repeat)
+        print(f"{spec:<24} {t_np:>9.4f} {t_ours:>9.4f} {t_np / t_ours:>12.2f}x")
 
 
 if __name__ == "__main__":
