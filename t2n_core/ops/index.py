@@ -1,12 +1,19 @@
-"""Indexing and selection: index_select, gather, indexing with a tensor, topk."""
+"""Indexing and selection: index_select, gather, indexing with tensors, topk.
+
+``x[i]`` (one index tensor) is ``tract_core_gather``, which takes negative indices.
+``x[i, j]`` (several) is ``tract_core_gather_nd(x, stacked, batch_dims = 0)`` (tract 0.23.9:
+works with symbolic shapes on data and indices; a negative index panics and aborts the
+process, so negatives are wrapped in the graph first).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.fx
 
+from t2n_core.ir import Ref
 from t2n_core.nnef.text import tract_dtype_name
-from t2n_core.ops._common import norm_axis
+from t2n_core.ops._common import as_operand, dim_attr, dim_text, norm_axis
 from t2n_core.ops.registry import register
 from t2n_core.translate import EmitContext
 
@@ -49,19 +56,84 @@ def gather(ctx: EmitContext, node: torch.fx.Node):
 
 @register(aten.index.Tensor)
 def index(ctx: EmitContext, node: torch.fx.Node):
-    """index.Tensor(Tensor self, Tensor?[] indices) -> Tensor (one index tensor)"""
+    """index.Tensor(Tensor self, Tensor?[] indices) -> Tensor"""
     x = ctx.arg(0)
     raw = ctx.raw(1)
     used = [i for i, item in enumerate(raw) if item is not None]
-    if len(used) != 1:
-        raise ctx.error(
-            f"indexing with {len(used)} index tensors is not supported (only one); "
-            "index one axis at a time, or flatten the indexed axes and index once"
-        )
-    axis = used[0]
-    item = raw[axis]
-    _refuse_mask(ctx, item.meta.get("val"))
-    return ctx.emit_like("tract_core_gather", [x, ctx.convert(item)], _gather_attrs(ctx, axis))
+    for position in used:
+        _refuse_mask(ctx, raw[position].meta.get("val"))
+    if len(used) == 1:
+        axis = used[0]
+        indices = ctx.convert(raw[axis])
+        return ctx.emit_like("tract_core_gather", [x, indices], _gather_attrs(ctx, axis))
+    return _index_nd(ctx, x, used, [ctx.convert(raw[i]) for i in used])
+
+
+def _index_nd(ctx: EmitContext, x: Ref, axes: list[int], indices: list[Ref]) -> Ref:
+    """Advanced indexing with several index tensors as one ``tract_core_gather_nd``.
+
+    The indexed axes are moved to the front of ``x``; the index tensors, negatives wrapped
+    (tract's gather_nd aborts the process on a negative index), are broadcast to their common
+    shape ``B`` and stacked on a last axis of size ``len(axes)``. gather_nd then yields
+    ``[*B, *other axes]``, which is torch's layout when the indexed axes are not adjacent;
+    when they are adjacent, torch puts ``B`` where they were, so ``B`` is moved there.
+    """
+    rank = ctx.rank(x)
+    x_shape = ctx.shape(x)
+    out_shape = ctx.out_shape()
+    n_b = max(ctx.rank(i) for i in indices)
+    adjacent = axes == list(range(axes[0], axes[-1] + 1))
+    start = axes[0] if adjacent else 0
+    b_shape = list(out_shape[start : start + n_b])
+    others = [a for a in range(rank) if a not in axes]
+    perm = axes + others
+    if perm != list(range(rank)):
+        x = ctx.emit(
+            "transpose", [x], {"axes": perm}, dtype=ctx.dtype(x),
+            shape=[x_shape[a] for a in perm], hint="index_nd",
+        )  # fmt: skip
+    columns = []
+    for axis, item in zip(axes, indices):
+        i = _wrap_negative(ctx, ctx.cast(item, torch.int64), x_shape[axis])
+        if list(ctx.shape(i)) != b_shape:
+            i = ctx.emit(
+                "tract_core_broadcast", [i], {"shape": [dim_attr(d) for d in b_shape]},
+                dtype=torch.int64, shape=b_shape, hint="index_nd",
+            )  # fmt: skip
+        column = ctx.emit(
+            "unsqueeze", [i], {"axes": [n_b]}, dtype=torch.int64, shape=[*b_shape, 1],
+            hint="index_nd",
+        )  # fmt: skip
+        columns.append(column)
+    stacked = ctx.emit(
+        "concat", [columns], {"axis": n_b}, dtype=torch.int64, shape=[*b_shape, len(axes)],
+        hint="index_nd",
+    )  # fmt: skip
+    gathered_shape = [*b_shape, *(x_shape[a] for a in others)]
+    dtype = ctx.meta().dtype
+    out = ctx.emit(
+        "tract_core_gather_nd", [x, stacked], {"batch_dims": 0}, dtype=dtype,
+        shape=gathered_shape, hint="index_nd",
+    )  # fmt: skip
+    if start == 0:
+        return out
+    pre = list(range(n_b, n_b + start))
+    post = list(range(n_b + start, len(gathered_shape)))
+    return ctx.emit_like("transpose", [out], {"axes": [*pre, *range(n_b), *post]})
+
+
+def _wrap_negative(ctx: EmitContext, i: Ref, size) -> Ref:
+    """``i + size * (i < 0)``: torch counts negative indices from the end."""
+    shape = ctx.shape(i)
+    negative = ctx.emit(
+        "lt", [i, ctx.scalar(0, torch.int64)], dtype=torch.bool, shape=shape, hint="index_neg"
+    )
+    negative = ctx.cast(negative, torch.int64)
+    offset = ctx.emit(
+        "mul", [negative, as_operand(ctx, dim_attr(dim_text(size)), torch.int64)],
+        dtype=torch.int64, shape=shape, hint="index_neg",
+    )  # fmt: skip
+    return ctx.emit("add", [i, offset], dtype=torch.int64, shape=shape, hint="index_neg")
 
 
 @register(aten.topk.default)
