@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,7 +172,15 @@ def capture(
 ) -> Captured:
     """``torch.export`` the model (eval mode, QTensors as proxies) and decompose it."""
     dynamic_shapes, _ = dynamic_shapes_for(args, input_names, dynamic_axes)
-    with eval_mode(model), float_proxies(model) as originals, torch.no_grad(), shape_rules():
+    with (
+        eval_mode(model),
+        float_proxies(model) as originals,
+        torch.no_grad(),
+        shape_rules(),
+        warnings.catch_warnings(),
+    ):
+        # torch.export's internal use of its own deprecated pytree API: not the user's concern
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         try:
             ep = _export(model, args, kwargs, dynamic_shapes)
             ep = ep.run_decompositions(decomposition_table())
