@@ -65,10 +65,10 @@ def default_input_names(model: nn.Module, args: tuple[Any, ...]) -> list[str]:
 
 def dynamic_shapes_for(
     args: tuple[Any, ...], input_names: list[str], dynamic_axes: DynamicAxes | None
-) -> tuple[tuple[Any, ...] | None, dict[str, str]]:
-    """torch.export ``dynamic_shapes`` from ``{input: {axis: name}}``; also returns axis names."""
+) -> tuple[Any, ...] | None:
+    """torch.export ``dynamic_shapes`` from ``{input: {axis: name}}``."""
     if not dynamic_axes:
-        return None, {}
+        return None
     unknown = [k for k in dynamic_axes if k not in input_names]
     if unknown:
         raise ExportInputError(
@@ -111,7 +111,7 @@ def dynamic_shapes_for(
             shapes.append(per_input.get(next(names_iter)))
         else:
             shapes.append(None)
-    return tuple(shapes), {}
+    return tuple(shapes)
 
 
 @contextlib.contextmanager
@@ -171,7 +171,7 @@ def capture(
     dynamic_axes: DynamicAxes | None,
 ) -> Captured:
     """``torch.export`` the model (eval mode, QTensors as proxies) and decompose it."""
-    dynamic_shapes, _ = dynamic_shapes_for(args, input_names, dynamic_axes)
+    dynamic_shapes = dynamic_shapes_for(args, input_names, dynamic_axes)
     with (
         eval_mode(model),
         float_proxies(model) as originals,

@@ -21,7 +21,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from t2n_core.errors import TranslationError, UnsupportedOpsError
-from t2n_core.ir import Expr, Graph, Operation, Ref, Value, Variable, sanitize
+from t2n_core.ir import Expr, Graph, Operation, Ref, Value, Variable
 from t2n_core.ops import registry
 from t2n_core.symbolic import SymbolTable
 
@@ -391,7 +391,3 @@ def _rename(graph: Graph, old: str, new: str) -> None:
         op.args = [sub(a) for a in op.args]
         op.attrs = {k: sub(v) for k, v in op.attrs.items()}
     graph.outputs = [new if o == old else o for o in graph.outputs]
-
-
-def sanitize_name(name: str) -> str:
-    return sanitize(name)
