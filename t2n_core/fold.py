@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from t2n_core.ir import Graph, Operation, Ref, Value, Variable, _refs
 
@@ -35,7 +34,7 @@ def fold_row_slices(graph: Graph, is_native: Callable[[Variable], bool]) -> int:
     folded = 0
     while renames := folder.fold_once():
         folded += len(renames)
-        _rename_refs(graph, renames)
+        graph.replace_refs(renames)
     if folded:
         folder.place_after_origin()
         graph.remove_dead_code()
@@ -135,18 +134,3 @@ def _row_range(op: Operation, name: str) -> tuple[int, int] | None:
     if type(b) is not int or type(e) is not int:
         return None
     return b, e
-
-
-def _rename_refs(graph: Graph, renames: dict[str, str]) -> None:
-    def sub(item: Any) -> Any:
-        if isinstance(item, Ref):
-            return Ref(renames.get(item.name, item.name))
-        if isinstance(item, list):
-            return [sub(i) for i in item]
-        if isinstance(item, tuple):
-            return tuple(sub(i) for i in item)
-        return item
-
-    for op in graph.operations:
-        op.args = sub(op.args)
-        op.attrs = {k: sub(v) for k, v in op.attrs.items()}

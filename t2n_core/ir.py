@@ -91,6 +91,22 @@ class Graph:
         self.values[value.name] = value
         return value
 
+    def replace_refs(self, renames: dict[str, str]) -> None:
+        """Point every operand that refers to ``old`` at ``new``, for each ``old: new``."""
+
+        def sub(item: Any) -> Any:
+            if isinstance(item, Ref):
+                return Ref(renames.get(item.name, item.name))
+            if isinstance(item, list):
+                return [sub(i) for i in item]
+            if isinstance(item, tuple):
+                return tuple(sub(i) for i in item)
+            return item
+
+        for op in self.operations:
+            op.args = sub(op.args)
+            op.attrs = {k: sub(v) for k, v in op.attrs.items()}
+
     def op_histogram(self) -> dict[str, int]:
         return dict(sorted(Counter(op.op for op in self.operations).items()))
 

@@ -376,18 +376,7 @@ def _rename(graph: Graph, old: str, new: str) -> None:
     value = graph.values.pop(old)
     value.name = new
     graph.values[new] = value
-
-    def sub(item: Any) -> Any:
-        if isinstance(item, Ref) and item.name == old:
-            return Ref(new)
-        if isinstance(item, list):
-            return [sub(i) for i in item]
-        if isinstance(item, tuple):
-            return tuple(sub(i) for i in item)
-        return item
-
+    graph.replace_refs({old: new})
     for op in graph.operations:
         op.outputs = [new if o == old else o for o in op.outputs]
-        op.args = [sub(a) for a in op.args]
-        op.attrs = {k: sub(v) for k, v in op.attrs.items()}
     graph.outputs = [new if o == old else o for o in graph.outputs]
