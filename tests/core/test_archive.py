@@ -84,3 +84,21 @@ def test_bf16_tensors_are_written_as_f32_with_a_warning(tmp_path, caplog):
     result = export_and_check(BF16(), torch.randn(3, 4), tmp_path)
     assert "bf16" in caplog.text
     assert result.tensor_bytes == {"f32": 16}
+
+
+def test_inspect_and_check_an_archive_written_by_tract_itself(tmp_path):
+    import tract
+
+    model = Small()
+    x = torch.randn(3, 8)
+    t2n_core.export(model, (x,), tmp_path / "ours", dynamic_axes={"x": {0: "B"}}, progress=False)
+    nnef = tract.nnef()
+    nnef.write_model_to_dir(nnef.load(str(tmp_path / "ours")), str(tmp_path / "theirs"))
+    text = (tmp_path / "theirs" / "graph.nnef").read_text()
+    assert "t2n" in text and '"F32"' in text  # tract's own serialisation, not ours
+    info = inspect_archive(tmp_path / "theirs")
+    assert [(i.name, i.shape, i.dtype) for i in info.inputs] == [("x", ("B", 8), "f32")]
+    assert info.op_histogram.get("matmul") == 2
+    assert info.tensor_bytes["f32"] > 0
+    report = t2n_core.check_archive(tmp_path / "theirs", [x.numpy()], [model(x).detach().numpy()])
+    assert report.passed
