@@ -136,3 +136,23 @@ def test_every_codec_and_bit_width_on_every_module_kind(spec: str, tmp_path: Pat
         model, (tokens,), tmp_path, dynamic_axes={"tokens": {1: "T"}},
         check_inputs=[(torch.randint(0, 50, (2, 4)),)],
     )  # fmt: skip
+
+
+#: f16 models: tract and PyTorch both compute in f16, so agreement is to f16 rounding
+F16_TOL = 1e-2
+
+
+@pytest.mark.parametrize("spec", ["q4_0", "minmax:4:g32", "symmetric:3:g64"])
+def test_f16_model_quantized_exports(spec: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Embedding(50, 64), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32)
+    ).eval().half()  # fmt: skip
+    summary = quantize_model(model, spec, progress=False)
+    assert len(summary.quantized) == 3 and not summary.skipped
+    tokens = torch.randint(0, 50, (2, 5))
+    result = export_and_check(
+        model, (tokens,), tmp_path, atol=F16_TOL, rtol=F16_TOL, input_names=["tokens"],
+        dynamic_axes={"tokens": {1: "T"}}, check_inputs=[(torch.randint(0, 50, (2, 8)),)],
+    )  # fmt: skip
+    assert result.outputs[0].dtype == "f16"
