@@ -16,7 +16,7 @@ from torch.export import Dim, ExportedProgram
 
 from t2n_core.errors import CaptureError, ExportInputError
 from t2n_core.ops import registry
-from t2n_core.ops._common import shape_rules
+from t2n_core.shape_rules import shape_rules
 from t2n_core.storage import NNEFStorage
 from t2n_core.symbolic import SymbolTable
 

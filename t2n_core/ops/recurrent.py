@@ -19,8 +19,8 @@ import torch
 import torch.fx
 
 from t2n_core.ir import Ref
-from t2n_core.ops._common import register_shape_rule
 from t2n_core.ops.registry import register
+from t2n_core.shape_rules import register_shape_rule
 from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
