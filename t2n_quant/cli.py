@@ -13,6 +13,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 DEMO_SPECS = ("q4_0", "minmax:4:g32", "symmetric:8:g32", "minmax:3:g64")
+COMPARE_SPECS = ("q4_0", "minmax:4:g32", "symmetric:4:g32", "minmax:3:g64", "minmax:8:g32")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"quantization specs to try (default: {' '.join(DEMO_SPECS)})",
     )  # fmt: skip
     p.set_defaults(func=run_demo)
+
+    p = subparsers.add_parser(
+        "compare",
+        help="compare codecs and calibrations on the included example, per layer and end to end",
+    )
+    p.add_argument(
+        "--codecs", nargs="+", default=list(COMPARE_SPECS), metavar="SPEC",
+        help=f"quantization specs to compare (default: {' '.join(COMPARE_SPECS)})",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibrations", nargs="+", default=["minmax"], metavar="NAME",
+        help="calibrations to try with each spec (minmax, mse, hqq; default: minmax)",
+    )  # fmt: skip
+    p.add_argument("--layers", action="store_true", help="also print the per-layer table")
+    p.add_argument("--plot", metavar="PNG", help="save a figure (needs matplotlib)")
+    p.add_argument(
+        "--plot-kind", choices=["tradeoff", "layers"], default="tradeoff",
+        help="figure for --plot: bits/weight vs SQNR (default) or per-layer SQNR",
+    )  # fmt: skip
+    p.set_defaults(func=run_compare)
 
 
 def _sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
@@ -72,6 +93,23 @@ def run_demo(args: argparse.Namespace) -> int:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(f"\nall archives checked in tract at T=50 and T=80; written to {out}/")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from t2n_core.examples import keyword_spotter
+    from t2n_quant.compare import compare
+
+    model, audio = keyword_spotter()
+    print(f"example: {type(model).__name__}, input audio {list(audio.shape)}")
+    comparison = compare(model, audio, args.codecs, calibrations=args.calibrations)
+    print(comparison)
+    if args.layers:
+        print("\nper-layer output SQNR (dB) vs the float model, errors accumulated:")
+        print(comparison.layer_table())
+    if args.plot:
+        comparison.plot(args.plot_kind).savefig(args.plot, dpi=120)
+        print(f"\n{args.plot_kind} figure written to {args.plot}")
     return 0
 
 

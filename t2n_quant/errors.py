@@ -43,3 +43,7 @@ class ImmutableTensorError(T2NError, RuntimeError):
 
 class EncodingError(T2NError, NotImplementedError):
     """A QTensor's codec has no NNEF encoder, or its tensor cannot be encoded."""
+
+
+class MissingDependencyError(T2NError, ImportError):
+    """An optional extra is needed (matplotlib for plots: ``pip install 't2n[plots]'``)."""
