@@ -181,6 +181,8 @@ def capture(
     ):
         # torch.export's internal use of its own deprecated pytree API: not the user's concern
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        # nn.RNN refreshes its _flat_weights list while being traced; the weights are exported
+        warnings.filterwarnings("ignore", message=r".*_flat_weights\[0\].*", category=UserWarning)
         try:
             ep = _export(model, args, kwargs, dynamic_shapes)
             ep = ep.run_decompositions(decomposition_table())

@@ -102,12 +102,12 @@ def compare(
             )
             continue
         if b.dtype.kind in "fc":
-            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
             finite = np.isfinite(b)
+            diff = np.abs(a[finite].astype(np.float64) - b[finite].astype(np.float64))
             same_nonfinite = np.array_equal(np.isfinite(a), finite) and np.array_equal(
                 a[~finite], b[~finite], equal_nan=True
             )
-            max_abs = float(diff[finite].max()) if finite.any() else 0.0
+            max_abs = float(np.nan_to_num(diff, nan=np.inf).max()) if finite.any() else 0.0
             scale = float(np.abs(b[finite]).max()) if finite.any() else 0.0
             max_rel = max_abs / scale if scale > 0 else max_abs
             ok = same_nonfinite and max_abs <= atol + rtol * scale
