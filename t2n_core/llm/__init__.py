@@ -1,0 +1,24 @@
+"""Causal LMs exported with their KV cache: one generation step per call."""
+
+from t2n_core.llm.export import DEFAULT_TOLERANCE, example_inputs, export_causal_lm
+from t2n_core.llm.generate import Generation, greedy_generate
+from t2n_core.llm.wrapper import (
+    CausalLMWithCache,
+    input_names_for,
+    kv_shape_of,
+    num_layers_of,
+    output_names_for,
+)
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "CausalLMWithCache",
+    "Generation",
+    "example_inputs",
+    "export_causal_lm",
+    "greedy_generate",
+    "input_names_for",
+    "kv_shape_of",
+    "num_layers_of",
+    "output_names_for",
+]

@@ -1,0 +1,130 @@
+"""``export_causal_lm``: a Hugging Face causal LM -> an NNEF archive of one step with KV cache."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from t2n_core.check import check_archive
+from t2n_core.errors import ExportInputError
+from t2n_core.export import ExportResult, export
+from t2n_core.llm.wrapper import (
+    CausalLMWithCache,
+    input_names_for,
+    kv_shape_of,
+    num_layers_of,
+    output_names_for,
+)
+
+logger = logging.getLogger(__name__)
+
+#: default agreement of tract with PyTorch, per dtype: ``max|a-b| <= tol + tol * max|b|``
+DEFAULT_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2}
+
+#: example sizes for torch.export: past length P and new tokens T (both >= 2, see capture)
+EXAMPLE_PAST = 5
+EXAMPLE_NEW = 3
+
+
+def export_causal_lm(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    check: bool = True,
+    dynamic_batch: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+    overwrite: bool = False,
+    properties: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> ExportResult:
+    """Export one generation step of a Hugging Face causal LM, with its KV cache, to NNEF.
+
+    The graph takes ``input_ids [B, T]`` (the T new tokens) and, per decoder layer ``i``,
+    ``past_key_i`` / ``past_value_i`` ``[B, kv_heads, P, head_dim]``; it returns
+    ``logits [B, T, vocab]`` and ``present_key_i`` / ``present_value_i``
+    ``[B, kv_heads, P + T, head_dim]``. ``T`` and ``P`` are symbols (P may be 0 in tract: the
+    first call, the prompt, passes empty past tensors); ``B`` too unless
+    ``dynamic_batch=False`` (then B = 1). Feed the present tensors back as the next past.
+
+    ``dtype`` is the dtype of the cache and activations (``torch.float32`` or
+    ``torch.float16``); by default the model's own. A dtype other than the model's exports a
+    converted copy (the model itself is not changed; the copy costs memory). ``check=True``
+    runs the archive in tract on an example step (P=5, T=3) and on a prompt (P=0) and raises
+    :class:`~t2n_core.errors.CheckMismatchError` if it disagrees with PyTorch beyond
+    ``atol + rtol * max|reference|`` (defaults: :data:`DEFAULT_TOLERANCE`).
+
+    >>> result = export_causal_lm(LlamaForCausalLM(config), "llm.nnef.tgz")  # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise ExportInputError(
+            "export_causal_lm needs a Hugging Face causal LM (an nn.Module with a .config), "
+            f"got {type(model).__name__}"
+        )
+    model_dtype = _float_dtype(model)
+    dtype = dtype or model_dtype
+    if dtype not in DEFAULT_TOLERANCE:
+        raise ExportInputError(
+            f"dtype must be torch.float32 or torch.float16, got {dtype}; convert the model "
+            "first for other dtypes"
+        )
+    if dtype != model_dtype:
+        logger.info("exporting a %s copy of the %s model", dtype, model_dtype)
+        model = copy.deepcopy(model).to(dtype)
+    tol = DEFAULT_TOLERANCE[dtype]
+    atol = tol if atol is None else atol
+    rtol = tol if rtol is None else rtol
+
+    step = CausalLMWithCache(model).eval()
+    n_layers = num_layers_of(model)
+    input_names = input_names_for(n_layers)
+    output_names = output_names_for(n_layers)
+    batch = 2 if dynamic_batch else 1  # torch.export specialises a size-1 example axis
+    args = example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=EXAMPLE_NEW, dtype=dtype)
+    batch_axis = {0: "B"} if dynamic_batch else {}
+    dynamic_axes: dict[str, dict[int, str]] = {"input_ids": {**batch_axis, 1: "T"}}
+    for name in input_names[1:]:
+        dynamic_axes[name] = {**batch_axis, 2: "P"}
+    result = export(
+        step, args, path, input_names=input_names, output_names=output_names,
+        dynamic_axes=dynamic_axes, check=check, atol=atol, rtol=rtol, overwrite=overwrite,
+        properties=properties, progress=progress,
+    )  # fmt: skip
+    if check and result.check is not None:
+        prompt = example_inputs(model, batch=batch, past=0, new=EXAMPLE_NEW + 1, dtype=dtype)
+        with torch.no_grad():
+            expected = step(*prompt)
+        report = check_archive(
+            result.path, [a.numpy() for a in prompt], [e.numpy() for e in expected],
+            names=[f"{n}@P=0" for n in output_names], atol=atol, rtol=rtol,
+        )  # fmt: skip
+        result.check.outputs += report.outputs
+    return result
+
+
+def example_inputs(
+    model: nn.Module, *, batch: int, past: int, new: int, dtype: torch.dtype, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """``(input_ids [batch, new], past_key_0 [batch, kv_heads, past, head_dim], ...)``."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = int(model.config.get_text_config(decoder=True).vocab_size)
+    kv_heads, head_dim = kv_shape_of(model)
+    ids = torch.randint(0, vocab, (batch, new), generator=gen)
+    kv = [
+        torch.randn(batch, kv_heads, past, head_dim, generator=gen).to(dtype)
+        for _ in range(2 * num_layers_of(model))
+    ]
+    return (ids, *kv)
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32

@@ -1,0 +1,111 @@
+"""A causal LM as a function of plain tensors: ``input_ids`` and past k/v in, logits and present
+k/v out, so that ``torch.export`` captures one step of generation with its KV cache."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+
+def num_layers_of(model: nn.Module) -> int:
+    """Number of decoder layers of a Hugging Face causal LM (``config.num_hidden_layers``)."""
+    config = model.config.get_text_config(decoder=True)
+    return int(config.num_hidden_layers)
+
+
+def kv_shape_of(model: nn.Module) -> tuple[int, int]:
+    """``(kv_heads, head_dim)`` of a Hugging Face causal LM's attention layers."""
+    config = model.config.get_text_config(decoder=True)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
+    return kv_heads, int(head_dim)
+
+
+class CausalLMWithCache(nn.Module):
+    """``forward(input_ids, past_key_0, past_value_0, ...) -> (logits, present_key_0, ...)``.
+
+    ``input_ids`` is ``[B, T]`` (the new tokens), each past tensor ``[B, kv_heads, P, head_dim]``;
+    the present tensors are ``[B, kv_heads, P + T, head_dim]``. The wrapper builds a
+    transformers ``DynamicCache`` from the past tensors and positions the new tokens at
+    ``P .. P + T - 1``; the wrapped model is not changed.
+
+    >>> step = CausalLMWithCache(model)                               # doctest: +SKIP
+    >>> logits, *present = step(ids, *past)                           # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.num_layers = num_layers_of(model)
+        # torch.export binds inputs (and dynamic_shapes) by the forward signature: give this
+        # instance one flat, named parameter per tensor instead of ``*past``.
+        self.__class__ = _flat_signature_class(self.num_layers)
+
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        if len(past) != 2 * self.num_layers:
+            raise ValueError(
+                f"expected {2 * self.num_layers} past tensors (key and value per layer), "
+                f"got {len(past)}"
+            )
+        layers = []
+        for i in range(self.num_layers):
+            layer = DynamicLayer()
+            key, value = past[2 * i], past[2 * i + 1]
+            layer.lazy_initialization(key, value)
+            layer.keys, layer.values = key, value
+            layers.append(layer)
+        cache = DynamicCache()
+        cache.layers = layers
+        batch, new = input_ids.shape
+        start = past[0].shape[2]
+        positions = torch.arange(new, device=input_ids.device) + start
+        position_ids = positions.unsqueeze(0).expand(batch, new)
+        out = self.model(
+            input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True
+        )
+        present: list[torch.Tensor] = []
+        for layer in cache.layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def input_names_for(num_layers: int) -> list[str]:
+    """``["input_ids", "past_key_0", "past_value_0", ...]``."""
+    names = ["input_ids"]
+    for i in range(num_layers):
+        names += [f"past_key_{i}", f"past_value_{i}"]
+    return names
+
+
+def output_names_for(num_layers: int) -> list[str]:
+    """``["logits", "present_key_0", "present_value_0", ...]``."""
+    names = ["logits"]
+    for i in range(num_layers):
+        names += [f"present_key_{i}", f"present_value_{i}"]
+    return names
+
+
+_CLASSES: dict[int, type] = {}
+
+
+def _flat_signature_class(num_layers: int) -> type:
+    if num_layers not in _CLASSES:
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for name in input_names_for(num_layers)
+        ]
+
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return CausalLMWithCache.forward(self, *args)
+
+        forward.__signature__ = inspect.Signature(params)
+        _CLASSES[num_layers] = type(
+            f"CausalLMWithCache{num_layers}", (CausalLMWithCache,), {"forward": forward}
+        )
+    return _CLASSES[num_layers]

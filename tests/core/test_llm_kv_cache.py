@@ -1,0 +1,99 @@
+"""A tiny Hugging Face Llama (GQA, random weights) exported with its KV cache runs in tract.
+
+One step (P=5 past tokens, T=3 new) matches PyTorch; a greedy generation loop in tract
+(prefill with an empty cache, P=0, then decode steps feeding tract's own present k/v back)
+gives the tokens and logits of ``model.generate(do_sample=False)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from t2n_core.llm import (
+    CausalLMWithCache,
+    example_inputs,
+    export_causal_lm,
+    greedy_generate,
+    kv_shape_of,
+    num_layers_of,
+)
+from tests.core.test_hf_llama import VOCAB, tiny_llama
+
+DTYPES = {"f32": torch.float32, "f16": torch.float16}
+#: tract vs PyTorch on logits: f32 to 1e-4, f16 (both compute in f16) to 1e-2, of max|logit|
+LOGIT_TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
+PROMPT = 6
+DECODE_STEPS = 4
+
+
+def torch_greedy(model: nn.Module, prompt: torch.Tensor, steps: int):
+    """Tokens and last-position logits of ``model.generate(do_sample=False)``."""
+    with torch.no_grad():
+        out = model.generate(
+            prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+            output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+        )  # fmt: skip
+    return out.sequences[:, prompt.shape[1] :].numpy(), [x.float().numpy() for x in out.logits]
+
+
+def check_generation(model: nn.Module, path, dtype: torch.dtype) -> None:
+    """Prefill + ``DECODE_STEPS`` greedy steps in tract equal the same loop in PyTorch."""
+    torch.manual_seed(2)
+    prompt = torch.randint(0, VOCAB, (1, PROMPT))
+    kv_heads, head_dim = kv_shape_of(model)
+    gen = greedy_generate(
+        path, prompt.numpy(), 1 + DECODE_STEPS, num_layers=num_layers_of(model),
+        kv_heads=kv_heads, head_dim=head_dim, dtype=np.dtype(str(dtype).split(".")[1]),
+    )  # fmt: skip
+    tokens, logits = torch_greedy(model, prompt, 1 + DECODE_STEPS)
+    np.testing.assert_array_equal(gen.tokens, tokens)
+    tol = LOGIT_TOL[dtype]
+    for step, (ours, ref) in enumerate(zip(gen.logits, logits)):
+        err = np.abs(ours.astype(np.float64) - ref).max()
+        assert err <= tol + tol * np.abs(ref).max(), f"step {step}: max|tract - torch| = {err:.3g}"
+
+
+def test_wrapper_matches_full_sequence():
+    """The wrapper's step on a real cache gives the logits of the whole sequence (PyTorch)."""
+    model = tiny_llama()
+    step = CausalLMWithCache(model).eval()
+    ids = torch.randint(0, VOCAB, (2, 8))
+    kv_heads, head_dim = kv_shape_of(model)
+    empty = [torch.zeros(2, kv_heads, 0, head_dim) for _ in range(4)]
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        _, *past = step(ids[:, :5], *empty)
+        logits, *present = step(ids[:, 5:], *past)
+    torch.testing.assert_close(logits, full[:, 5:], atol=1e-5, rtol=1e-5)
+    assert [tuple(p.shape) for p in present] == [(2, kv_heads, 8, head_dim)] * 4
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_one_step_then_generation(dtype, tmp_path):
+    model = tiny_llama().to(dtype)
+    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
+    assert result.check is not None and result.check.passed, str(result.check)
+    assert [str(s) for s in result.inputs[:2]] == [
+        "input_ids: i64[B, T]", f"past_key_0: {'f32' if dtype == torch.float32 else 'f16'}"
+        "[B, 2, P, 16]",
+    ]  # fmt: skip
+    assert result.outputs[0].shape == ("B", "T", VOCAB)
+    assert [o.name for o in result.outputs[1:3]] == ["present_key_0", "present_value_0"]
+    check_generation(model, result.path, dtype)
+
+
+def test_f32_model_exported_as_f16_copy(tmp_path):
+    model = tiny_llama()
+    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", dtype=torch.float16,
+                              progress=False)  # fmt: skip
+    assert result.check.passed and result.outputs[0].dtype == "f16"
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is unchanged
+
+
+def test_example_inputs_shapes():
+    model = tiny_llama()
+    ids, *kv = example_inputs(model, batch=2, past=0, new=3, dtype=torch.float32)
+    assert ids.shape == (2, 3) and len(kv) == 4 and kv[0].shape == (2, 2, 0, 16)
