@@ -12,20 +12,22 @@ import sys
 import textwrap
 
 
-def vm_hwm_bytes() -> int:
+def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def vm_hwm_bytes() -> int:
+    """Peak resident memory of this process so far."""
+    return _status_bytes("VmHWM")
 
 
 def vm_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    """Resident memory of this process now."""
+    return _status_bytes("VmRSS")
 
 
 def run_child(code: str, timeout: float = 1800) -> dict:
