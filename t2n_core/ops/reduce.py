@@ -56,6 +56,16 @@ def _input(ctx: EmitContext, dtype: torch.dtype) -> Ref:
     return as_operand(ctx, ctx.arg(0), dtype)
 
 
+def _axes_and_keepdim(
+    ctx: EmitContext, node: torch.fx.Node, x: Ref, whole_tensor: object
+) -> tuple[list[int], bool]:
+    """Reduced axes and keepdim: every axis for the whole-tensor overload ``whole_tensor``,
+    else ``dim`` (argument 1) and ``keepdim`` (argument 2)."""
+    if node.target == whole_tensor:
+        return _axes(ctx, None, ctx.rank(x)), False
+    return _axes(ctx, ctx.arg(1, ctx.arg("dim")), ctx.rank(x)), _keepdim(ctx, 2)
+
+
 def _count(ctx: EmitContext, x: Ref, axes: list[int]) -> int | Expr:
     """How many elements each output element reduces (an int, or a TDim expression)."""
     dims = [ctx.shape(x)[a] for a in axes]
@@ -74,10 +84,8 @@ def sum_(ctx: EmitContext, node: torch.fx.Node):
     """sum.dim_IntList(Tensor self, int[1]? dim, bool keepdim=False, *, ScalarType? dtype=None)"""
     dtype = out_dtype(ctx)
     x = _input(ctx, dtype)
-    if node.target == aten.sum.default:
-        return _reduce(ctx, "sum_reduce", x, _axes(ctx, None, ctx.rank(x)), False)
-    axes = _axes(ctx, ctx.arg(1, ctx.arg("dim")), ctx.rank(x))
-    return _reduce(ctx, "sum_reduce", x, axes, _keepdim(ctx, 2))
+    axes, keepdim = _axes_and_keepdim(ctx, node, x, aten.sum.default)
+    return _reduce(ctx, "sum_reduce", x, axes, keepdim)
 
 
 @register(aten.mean.dim, aten.mean.default)
@@ -85,10 +93,7 @@ def mean(ctx: EmitContext, node: torch.fx.Node):
     """mean.dim(Tensor self, int[1]? dim, bool keepdim=False, *, ScalarType? dtype=None)"""
     dtype = out_dtype(ctx)
     x = _input(ctx, dtype)
-    if node.target == aten.mean.default:
-        axes, keepdim = _axes(ctx, None, ctx.rank(x)), False
-    else:
-        axes, keepdim = _axes(ctx, ctx.arg(1, ctx.arg("dim")), ctx.rank(x)), _keepdim(ctx, 2)
+    axes, keepdim = _axes_and_keepdim(ctx, node, x, aten.mean.default)
     return _reduce(ctx, "sum_reduce", x, axes, keepdim, attrs={"normalize": True}, hint="mean")
 
 
@@ -97,10 +102,7 @@ def prod(ctx: EmitContext, node: torch.fx.Node):
     """prod.dim_int(Tensor self, int dim, bool keepdim=False, *, ScalarType? dtype=None)"""
     dtype = out_dtype(ctx)
     x = _input(ctx, dtype)
-    if node.target == aten.prod.default:
-        axes, keepdim = _axes(ctx, None, ctx.rank(x)), False
-    else:
-        axes, keepdim = _axes(ctx, ctx.arg(1), ctx.rank(x)), _keepdim(ctx, 2)
+    axes, keepdim = _axes_and_keepdim(ctx, node, x, aten.prod.default)
     return _reduce(ctx, "tract_core_product_reduce", x, axes, keepdim, hint="prod")
 
 
