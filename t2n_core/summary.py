@@ -5,12 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human_bytes(n: float) -> str:
+    """``1536 -> '1.5 KiB'``.
+
+    >>> human_bytes(3 * 1024 * 1024)
+    '3.0 MiB'
+    """
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
+    return f"{n:.1f} GiB"
 
 
 def format_summary(result: Any) -> str:
@@ -25,9 +30,9 @@ def format_summary(result: Any) -> str:
     width = max((len(k) for k in result.op_histogram), default=0)
     for op, count in sorted(result.op_histogram.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {op:<{width}}  {count}")
-    lines.append(f"tensors ({_bytes(sum(result.tensor_bytes.values()))}):")
+    lines.append(f"tensors ({human_bytes(sum(result.tensor_bytes.values()))}):")
     for dtype, n in result.tensor_bytes.items():
-        lines.append(f"  {dtype:<8} {_bytes(n)}")
+        lines.append(f"  {dtype:<8} {human_bytes(n)}")
     check = getattr(result, "check", None)
     if check is not None:
         lines.append(str(check))

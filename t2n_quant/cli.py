@@ -49,15 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_compare)
 
 
-def _sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    noise = (ref.double() - approx.double()).pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(ref.double().pow(2).sum().item() / noise)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     import t2n_core
     from t2n_core.examples import keyword_spotter
     from t2n_quant import quantize_model
+    from t2n_quant.compare import sqnr as compare_sqnr
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
         result = t2n_core.export(qmodel, (audio,), path, **export_kw)
         _second_length(result.path, qmodel, longer)
         with torch.no_grad():
-            sqnr = _sqnr_db(reference, qmodel(audio))
+            sqnr = compare_sqnr(reference, qmodel(audio))
         bits = 8 * summary.bytes_after / max(sum(math.prod(q.shape) for q in summary.quantized), 1)
         rows.append(_row(spec, bits, result, sqnr))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from t2n_core.summary import human_bytes
+
 
 @dataclass(frozen=True)
 class QuantizedWeight:
@@ -28,19 +30,6 @@ class SkippedWeight:
     module_type: str
     shape: tuple[int, ...]
     reason: str
-
-
-def human_bytes(n: float) -> str:
-    """``1536 -> '1.5 KiB'``.
-
-    >>> human_bytes(3 * 1024 * 1024)
-    '3.0 MiB'
-    """
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 @dataclass

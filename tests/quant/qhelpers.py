@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from t2n_core.nnef.dat import DatHeader
 from t2n_core.storage import Encoding
+from t2n_quant.compare import sqnr
 
 #: every accuracy assertion uses these thresholds: the least SQNR a codec of that many
 #: bits reaches on Gaussian weights with min-max calibration, any group size (measured
@@ -17,12 +16,8 @@ from t2n_core.storage import Encoding
 MIN_SQNR_DB = {2: 2.5, 3: 10.0, 4: 17.5, 5: 24.0, 6: 30.0, 8: 42.5}
 
 
-def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB (higher is better)."""
-    ref, approx = ref.double(), approx.double()
-    noise = (ref - approx).pow(2).sum().item()
-    signal = ref.pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+#: signal-to-quantization-noise ratio in dB (higher is better): the library's own
+sqnr_db = sqnr
 
 
 def _literal(value: object) -> str:
