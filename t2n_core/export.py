@@ -18,10 +18,9 @@ from t2n_core import __version__
 from t2n_core.capture import DynamicAxes, capture, default_input_names, normalize_args
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.errors import ExportInputError
-from t2n_core.ir import Graph
 from t2n_core.nnef.archive import write_archive
 from t2n_core.translate import translate
-from t2n_core.writer import archive_files, encoding_of
+from t2n_core.writer import archive_files, tensor_bytes_by_type
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +175,7 @@ def export(
             for n in graph.outputs
         ],
         op_histogram=graph.op_histogram(),
-        tensor_bytes=_tensor_bytes(graph),
+        tensor_bytes=tensor_bytes_by_type(graph),
         files=[name for name, _ in files],
     )
     logger.info("exported %s to %s", type(model).__name__, target)
@@ -212,29 +211,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
     from t2n_core.nnef.text import tract_dtype_name
 
     return tract_dtype_name(dtype)
-
-
-def _tensor_bytes(graph: Graph) -> dict[str, int]:
-    from t2n_core.nnef.dat import DatHeader
-
-    totals: Counter = Counter()
-    for var in graph.variables.values():
-        for ev in encoding_of(var).variables:
-            if ev.dtype is not None:
-                header = DatHeader.for_dtype(ev.dtype, ev.shape)
-                totals[_dtype_name(ev.dtype)] += header.data_length
-            else:
-                totals[_custom_name(ev.custom_item_type)] += ev.payload_size()
-    return dict(sorted(totals.items()))
-
-
-def _custom_name(item_type: int | None) -> str:
-    from t2n_core.nnef.dat import TractItemType
-
-    try:
-        return TractItemType(item_type).name.lower()
-    except ValueError:
-        return f"tract:{item_type:#x}"
 
 
 def _tract_version() -> str:

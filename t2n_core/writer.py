@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import torch
@@ -109,14 +110,30 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
             yield f"{var.label}{ev.suffix}.dat", _dat_producer(ev)
 
 
+def header_of(ev: EncodedVariable, payload_size: int | None = None) -> dat.DatHeader:
+    """The ``.dat`` header of an encoded variable (a tract type needs its payload size)."""
+    if ev.custom_item_type is not None:
+        size = ev.payload_size() if payload_size is None else payload_size
+        return dat.DatHeader.for_tract_type(ev.custom_item_type, ev.shape, size)
+    assert ev.dtype is not None
+    return dat.DatHeader.for_dtype(ev.dtype, ev.shape)
+
+
+def tensor_bytes_by_type(graph: Graph) -> dict[str, int]:
+    """Payload bytes of every variable, by ``.dat`` item type name (as ``inspect`` reports)."""
+    totals: Counter[str] = Counter()
+    for var in graph.variables.values():
+        for ev in encoding_of(var).variables:
+            header = header_of(ev)
+            totals[header.type_name()] += header.data_length
+    return dict(sorted(totals.items()))
+
+
 def _dat_producer(ev: EncodedVariable) -> Callable[[], list[bytes | memoryview]]:
     def produce() -> list[bytes | memoryview]:
         payload = ev.data()
-        if ev.custom_item_type is not None:
-            header = dat.DatHeader.for_tract_type(ev.custom_item_type, ev.shape, len(payload))
-        else:
-            assert ev.dtype is not None
-            header = dat.DatHeader.for_dtype(ev.dtype, ev.shape)
+        header = header_of(ev, len(payload))
+        if ev.custom_item_type is None:
             if header.data_length != len(payload):
                 raise ValueError(
                     f"payload of {ev.suffix or 'tensor'} has {len(payload)} bytes, header says "
