@@ -23,6 +23,20 @@ class Fn(nn.Module):
         return self.fn(x)
 
 
+class Fn2(Fn):
+    """A module around a function of two inputs ``x`` and ``y``."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.fn(x, y)
+
+
+class FnIndexed(Fn):
+    """A module around a function of a tensor ``x`` and an index tensor ``idx``."""
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.fn(x, idx)
+
+
 # Tolerances stated once: max|tract - torch| <= ATOL + RTOL * max|torch|.
 ATOL = 1e-4
 RTOL = 1e-4

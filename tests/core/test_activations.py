@@ -5,17 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import export_and_check
-
-
-class Act(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
+from tests.helpers import Fn, export_and_check
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -39,7 +29,7 @@ ACTIVATIONS = {
 def test_activation(tmp_path, name):
     x = torch.linspace(-8, 8, 2 * 3 * 16).reshape(2, 3, 16)
     export_and_check(
-        Act(ACTIVATIONS[name]), (x,), tmp_path,
+        Fn(ACTIVATIONS[name]), (x,), tmp_path,
         dynamic_axes={"x": {2: "T"}},
         check_inputs=[(torch.randn(2, 3, 5) * 4,)],
     )  # fmt: skip
@@ -59,4 +49,4 @@ def test_prelu(tmp_path, channels):
 
 def test_gelu_half_precision_is_computed_in_f32(tmp_path):
     x = torch.randn(3, 8)
-    export_and_check(Act(lambda x: F.gelu(x.half()).float()), (x,), tmp_path, atol=2e-3)
+    export_and_check(Fn(lambda x: F.gelu(x.half()).float()), (x,), tmp_path, atol=2e-3)

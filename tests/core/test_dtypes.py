@@ -7,16 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import Fn, export_and_check
+from tests.helpers import Fn, Fn2, export_and_check
 
 # f16 results are compared with max|tract - torch| <= F16_TOL * (1 + max|torch|): f16 has a
 # 2^-11 relative step, and tract and torch round intermediate f16 results differently.
 F16_TOL = 1e-2
-
-
-class Fn2(Fn):
-    def forward(self, x, y):
-        return self.fn(x, y)
 
 
 def _ints(dtype=torch.int64) -> torch.Tensor:

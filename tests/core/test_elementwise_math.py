@@ -8,12 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import Fn, export_and_check
-
-
-class Fn2(Fn):
-    def forward(self, x, y):
-        return self.fn(x, y)
+from tests.helpers import Fn, Fn2, export_and_check
 
 
 def _x() -> torch.Tensor:

@@ -8,16 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2n_core.errors import T2NError
-from tests.helpers import Fn, export_and_check
-
-
-class Fn2(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x, idx):
-        return self.fn(x, idx)
+from tests.helpers import Fn, FnIndexed, export_and_check
 
 
 class TokenEmbedding(nn.Module):
@@ -55,7 +46,7 @@ def test_embedding_weight_is_the_gather_data_input(tmp_path):
 
 def test_embedding_padding_idx_and_functional(tmp_path):
     weight = torch.randn(10, 4)
-    model = Fn2(lambda w, i: F.embedding(i, w, padding_idx=0) * 2)
+    model = FnIndexed(lambda w, i: F.embedding(i, w, padding_idx=0) * 2)
     export_and_check(model, (weight, torch.tensor([[0, 3], [9, 0]])), tmp_path)
 
 
@@ -81,12 +72,12 @@ SELECT = [
 @pytest.mark.parametrize("fn", [f for _, f in SELECT], ids=[i for i, _ in SELECT])
 def test_select(fn, tmp_path):
     idx = torch.tensor([5, 0, 3, 3, 1, 2])
-    export_and_check(Fn2(fn), (_x(), idx), tmp_path)
+    export_and_check(FnIndexed(fn), (_x(), idx), tmp_path)
 
 
 def test_index_select_dynamic_index_count(tmp_path):
     export_and_check(
-        Fn2(lambda x, i: x.index_select(1, i)), (_x(), torch.tensor([1, 4, 2])), tmp_path,
+        FnIndexed(lambda x, i: x.index_select(1, i)), (_x(), torch.tensor([1, 4, 2])), tmp_path,
         dynamic_axes={"idx": {0: "N"}}, check_inputs=[(_x(), torch.tensor([5, 0, 0, 3, 1]))],
     )  # fmt: skip
 
@@ -94,7 +85,7 @@ def test_index_select_dynamic_index_count(tmp_path):
 def test_index_with_bool_mask_is_refused(tmp_path):
     """x[mask] has a data-dependent size: export refuses it (before writing anything)."""
     with pytest.raises(T2NError):
-        export_and_check(Fn2(lambda x, m: x[m]), (_x(), torch.rand(4, 6, 5) > 0.5), tmp_path)
+        export_and_check(FnIndexed(lambda x, m: x[m]), (_x(), torch.rand(4, 6, 5) > 0.5), tmp_path)
 
 
 ONE_HOT = [

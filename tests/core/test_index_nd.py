@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from tests.helpers import export_and_check
-
-
-class Fn2(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x, idx):
-        return self.fn(x, idx)
-
+from tests.helpers import FnIndexed, export_and_check
 
 CASES = [
     ("first-two-axes", lambda x, i: x[i % 4, i]),
@@ -35,7 +24,7 @@ CASES = [
 @pytest.mark.parametrize("fn", [f for _, f in CASES], ids=[i for i, _ in CASES])
 def test_index_several_tensors(fn, tmp_path):
     x, idx = torch.randn(4, 6, 5), torch.tensor([5, 0, 3, 3, 1, 2])
-    result = export_and_check(Fn2(fn), (x, idx), tmp_path)
+    result = export_and_check(FnIndexed(fn), (x, idx), tmp_path)
     assert result.op_histogram.get("tract_core_gather_nd") == 1
 
 
@@ -46,7 +35,7 @@ def test_index_several_tensors(fn, tmp_path):
 def test_index_several_tensors_dynamic(fn, tmp_path):
     """Dynamic indexed length (T) and dynamic index count (N)."""
     export_and_check(
-        Fn2(fn), (torch.randn(2, 7, 3), torch.tensor([4, 1, 6])), tmp_path,
+        FnIndexed(fn), (torch.randn(2, 7, 3), torch.tensor([4, 1, 6])), tmp_path,
         dynamic_axes={"x": {1: "T"}, "idx": {0: "N"}},
         check_inputs=[(torch.randn(2, 9, 3), torch.tensor([8, 0, 2, 2, 7]))],
     )  # fmt: skip

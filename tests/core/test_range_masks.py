@@ -12,20 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import export_and_check
+from tests.helpers import Fn, export_and_check
 
 
 def _positions(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
     return torch.arange(x.shape[axis])
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def _where_lower(x):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from tests.helpers import Fn, export_and_check
+from tests.helpers import Fn, Fn2, export_and_check
 
 
 def x_of(t: int) -> torch.Tensor:
@@ -77,15 +76,6 @@ def test_shape_op_dynamic_length(fn, tmp_path):
         Fn(fn), (x_of(6),), tmp_path, input_names=["x"], dynamic_axes={"x": {1: "T"}},
         check_inputs=[(x_of(9),)],
     )  # fmt: skip
-
-
-class Fn2(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x, y):
-        return self.fn(x, y)
 
 
 def test_slice_to_dynamic_end(tmp_path):
