@@ -91,6 +91,13 @@ class Graph:
         self.values[value.name] = value
         return value
 
+    def producer(self, name: str) -> Operation | None:
+        """The operation whose outputs include ``name`` (None for inputs and variables)."""
+        for op in reversed(self.operations):
+            if name in op.outputs:
+                return op
+        return None
+
     def replace_refs(self, renames: dict[str, str]) -> None:
         """Point every operand that refers to ``old`` at ``new``, for each ``old: new``."""
 

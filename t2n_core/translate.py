@@ -348,7 +348,7 @@ def _bind_outputs(ctx: EmitContext, refs: list[Any], output_names: list[str]) ->
             raise TranslationError(
                 f"output {wanted!r} is not a tensor computed by the graph ({ref!r})"
             )
-        producer = _producer(graph, ref.name)
+        producer = graph.producer(ref.name)
         is_input = any(v.name == ref.name for v in graph.inputs)
         if producer is None or is_input or ref.name in used or ref.name in graph.variables:
             value = graph.values[ref.name]
@@ -358,13 +358,6 @@ def _bind_outputs(ctx: EmitContext, refs: list[Any], output_names: list[str]) ->
             _rename(graph, ref.name, wanted)
         used.add(wanted)
         graph.outputs.append(wanted)
-
-
-def _producer(graph: Graph, name: str) -> Operation | None:
-    for op in graph.operations:
-        if name in op.outputs:
-            return op
-    return None
 
 
 def _rename(graph: Graph, old: str, new: str) -> None:

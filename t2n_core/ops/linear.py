@@ -96,16 +96,11 @@ def _stored_transpose(ctx: EmitContext, ref) -> Ref | None:
     """The stored matrix ``w`` when ``ref`` is ``transpose(w, axes = [1, 0])`` (``w.T``)."""
     if not isinstance(ref, Ref) or ctx.rank(ref) != 2:
         return None
-    for op in reversed(ctx.graph.operations):
-        if ref.name in op.outputs:
-            src = op.args[0] if op.args else None
-            if (
-                op.op == "transpose" and op.attrs.get("axes") == [1, 0]
-                and isinstance(src, Ref) and src.name in ctx.graph.variables
-            ):  # fmt: skip
-                return src
-            return None
-    return None
+    op = ctx.graph.producer(ref.name)
+    if op is None or op.op != "transpose" or op.attrs.get("axes") != [1, 0]:
+        return None
+    src = op.args[0]
+    return src if isinstance(src, Ref) and src.name in ctx.graph.variables else None
 
 
 def _matmul(ctx: EmitContext, a, b, dtype: torch.dtype, hint: str | None = None):
