@@ -53,7 +53,7 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
 
     >>> print(inspect_archive("model.nnef.tgz"))   # doctest: +SKIP
     """
-    files = read_archive_files(path)
+    files = read_archive_files(path, dat_headers_only=True)
     if "graph.nnef" not in files:
         raise ArchiveFormatError(f"{os.fspath(path)} has no graph.nnef")
     text = files["graph.nnef"].decode("utf-8", errors="replace")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from t2n_core.errors import ArchiveExistsError, ArchiveFormatError
+from t2n_core.nnef.dat import HEADER_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +135,27 @@ def _write_tar(
             gz.close()
 
 
-def read_archive_files(path: str | os.PathLike) -> dict[str, bytes]:
-    """All files of an archive (directory or tar), by relative path."""
+def read_archive_files(
+    path: str | os.PathLike, *, dat_headers_only: bool = False
+) -> dict[str, bytes]:
+    """All files of an archive (directory or tar), by relative path.
+
+    With ``dat_headers_only``, ``.dat`` files are read up to the end of their 128-byte header
+    only, so describing a large archive does not load its weights.
+    """
+
+    def size(name: str) -> int:
+        return HEADER_SIZE if dat_headers_only and name.endswith(".dat") else -1
+
     src = Path(path)
     if src.is_dir():
-        return {
-            str(p.relative_to(src)): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()
-        }
+        out = {}
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                name = str(p.relative_to(src))
+                with open(p, "rb") as f:
+                    out[name] = f.read(size(name))
+        return out
     if not src.exists():
         raise ArchiveFormatError(f"{src} does not exist")
     try:
@@ -150,7 +165,8 @@ def read_archive_files(path: str | os.PathLike) -> dict[str, bytes]:
                 if member.isfile():
                     f = tar.extractfile(member)
                     assert f is not None
-                    out[member.name.removeprefix("./")] = f.read()
+                    name = member.name.removeprefix("./")
+                    out[name] = f.read(size(name))
             return out
     except tarfile.TarError as exc:
         raise ArchiveFormatError(f"{src} is neither a directory nor a tar archive: {exc}") from exc
