@@ -26,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--codecs", nargs="+", default=list(DEMO_SPECS), metavar="SPEC",
         help=f"quantization specs to try (default: {' '.join(DEMO_SPECS)})",
     )  # fmt: skip
+    p.add_argument(
+        "--fallback", metavar="SPEC",
+        help="codec for weights a spec cannot take (e.g. minmax:4:pc for q4_0's odd row sizes)",
+    )  # fmt: skip
     p.set_defaults(func=run_demo)
 
     p = subparsers.add_parser(
@@ -73,7 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(result)
     for spec in args.codecs:
         qmodel = copy.deepcopy(model)
-        summary = quantize_model(qmodel, spec)
+        summary = quantize_model(qmodel, spec, fallback=args.fallback)
         print(f"\n{summary}")
         path = out / f"{spec.replace(':', '_')}.nnef.tgz"
         result = t2n_core.export(qmodel, (audio,), path, **export_kw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 
 from t2n_core.summary import human_bytes
@@ -30,6 +31,7 @@ class SkippedWeight:
     module_type: str
     shape: tuple[int, ...]
     reason: str
+    nbytes: int = 0  # as stored (float bytes for a weight left in float)
 
 
 @dataclass
@@ -45,6 +47,21 @@ class QuantizationSummary:
     calibration: str
     quantized: list[QuantizedWeight] = field(default_factory=list)
     skipped: list[SkippedWeight] = field(default_factory=list)
+    fallback: str | None = None  # the codec for weights the main codec cannot take
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per value over every weight considered, skipped ones included."""
+        values = sum(math.prod(q.shape) for q in self.quantized)
+        values += sum(math.prod(s.shape) for s in self.skipped)
+        stored = self.bytes_after + sum(s.nbytes for s in self.skipped)
+        return 8 * stored / values if values else 0.0
+
+    @property
+    def quantized_fraction(self) -> float:
+        """Share of the considered weights' original bytes that were quantized."""
+        total = self.bytes_before + sum(s.nbytes for s in self.skipped)
+        return self.bytes_before / total if total else 0.0
 
     @property
     def bytes_before(self) -> int:
@@ -59,11 +76,16 @@ class QuantizationSummary:
         return self.bytes_before / self.bytes_after if self.bytes_after else 1.0
 
     def headline(self) -> str:
+        codec = self.codec
+        if self.fallback is not None:
+            n_fallback = sum(q.codec == self.fallback for q in self.quantized)
+            codec += f" ({n_fallback} with fallback {self.fallback})"
         return (
-            f"{len(self.quantized)} weight(s) quantized with {self.codec} "
+            f"{len(self.quantized)} weight(s) quantized with {codec} "
             f"(calibration: {self.calibration}): {human_bytes(self.bytes_before)} -> "
             f"{human_bytes(self.bytes_after)} ({self.ratio:.2f}x smaller); "
-            f"{len(self.skipped)} skipped"
+            f"{len(self.skipped)} skipped; {self.bits_per_weight:.2f} bits per weight overall, "
+            f"{100 * self.quantized_fraction:.1f}% of weight bytes quantized"
         )
 
     def rows(self) -> tuple[list[list[str]], list[list[str]]]:

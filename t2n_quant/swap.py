@@ -88,6 +88,16 @@ def _skip_reason(w: _Weight, codec: Codec, min_numel: int) -> str | None:
     return codec.incompatibility(tuple(p.shape))
 
 
+def _codec_misfit(w: _Weight, codec: Codec, min_numel: int) -> bool:
+    """Whether ``w`` is skipped only because of ``codec`` (a fallback codec may take it)."""
+    p = w.param
+    if isinstance(p, QTensor) or not p.dtype.is_floating_point or p.device.type == "meta":
+        return False
+    if p.numel() < min_numel:
+        return False
+    return not any(isinstance(m, nn.Embedding) and m.max_norm is not None for _, m in w.users)
+
+
 def _collect(model: nn.Module) -> list[_Weight]:
     weights: dict[int, _Weight] = {}
     for path, module in model.named_modules(remove_duplicate=False):
@@ -113,6 +123,7 @@ def quantize_model(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     min_numel: int = 0,
+    fallback: str | QuantConfig | Codec | None = None,
     progress: bool = True,
 ) -> QuantizationSummary:
     """Quantize, in place, the weights of ``model``'s Linear / Embedding / Conv modules
@@ -125,6 +136,9 @@ def quantize_model(
     ``calibration`` is ``"minmax"``, ``"mse"``, ``"hqq"`` or a function. Weights the codec
     cannot take stay in float and are listed, with the reason, in the returned summary; a
     weight shared by several modules is quantized once and stays shared.
+    ``fallback`` (e.g. ``"minmax:4:pc"``) quantizes the weights the main codec cannot take
+    (a shape q4_0's blocks of 32 do not divide, a transposed conv); the summary lists the
+    codec of each weight and the overall bits per weight.
 
     >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     >>> s = quantize_model(model, "minmax", bits=4, group_size=32, exclude="2", progress=False)
@@ -132,12 +146,13 @@ def quantize_model(
     (['0.weight'], ['2.weight'])
     """
     codec = resolve(codec_or_config, bits=bits, group_size=group_size)
+    second = resolve(fallback) if fallback is not None else None
     calibrate = get_calibration(calibration)
     cal_name = getattr(calibration, "__name__", "custom")
     cal_name = calibration if isinstance(calibration, str) else cal_name
-    summary = QuantizationSummary(codec.spec, cal_name)
+    summary = QuantizationSummary(codec.spec, cal_name, fallback=second and second.spec)
     inc, exc = _patterns(include), _patterns(exclude)
-    todo: list[_Weight] = []
+    todo: list[tuple[_Weight, Codec]] = []
     for w in _collect(model):
         reasons = [(p, _filter_reason(p, inc, exc)) for p, _ in w.users]
         blocked = [(p, r) for p, r in reasons if r is not None]
@@ -146,16 +161,25 @@ def quantize_model(
             reason = blocked[0][1]
         elif blocked:
             reason = f"tied with {blocked[0][0] or 'the model'!r}, left in float ({blocked[0][1]})"
-        reason = reason or _skip_reason(w, codec, min_numel)
+        chosen = codec
+        if reason is None and (reason := _skip_reason(w, codec, min_numel)) is not None:
+            if second is not None and _codec_misfit(w, codec, min_numel):
+                fallback_reason = _skip_reason(w, second, min_numel)
+                if fallback_reason is None:
+                    chosen, reason = second, None
+                else:
+                    reason = f"{reason}; fallback {second.spec}: {fallback_reason}"
         if reason is not None:
+            nbytes = getattr(w.param, "nbytes", w.param.numel() * w.param.element_size())
             summary.skipped.append(
-                SkippedWeight(w.name, w.module_type, tuple(w.param.shape), reason)
+                SkippedWeight(w.name, w.module_type, tuple(w.param.shape), reason, nbytes)
             )
         else:
-            todo.append(w)
-    for w in tqdm(todo, desc=f"quantizing ({codec.spec})", unit="weight", disable=not progress):
+            todo.append((w, chosen))
+    bar = tqdm(todo, desc=f"quantizing ({codec.spec})", unit="weight", disable=not progress)
+    for w, chosen in bar:
         before = w.param.numel() * w.param.element_size()
-        qt = quantize_tensor(w.param, codec, calibration=calibrate, name=w.name)
+        qt = quantize_tensor(w.param, chosen, calibration=calibrate, name=w.name)
         new = nn.Parameter(qt, requires_grad=False)
         for _, module in w.users:
             module._parameters[w.attr] = new
@@ -163,7 +187,7 @@ def quantize_model(
         summary.quantized.append(
             QuantizedWeight(
                 w.name, tuple(p for p, _ in w.users), w.module_type, tuple(qt.shape),
-                codec.spec, qt.bits_per_weight, before, qt.nbytes,
+                chosen.spec, qt.bits_per_weight, before, qt.nbytes,
             )
         )  # fmt: skip
     logger.info("%s", summary.headline())

@@ -152,3 +152,36 @@ def test_multihead_attention_input_projections_are_quantized(tmp_path):
     assert "self_attn.in_proj_weight" in names and "self_attn.out_proj.weight" in names
     result = export_and_check(layer, (torch.randn(1, 6, 64),), tmp_path)
     assert result.tensor_bytes["q4_0"] > 0
+
+
+def test_fallback_codec_takes_what_q4_0_cannot(model: Tiny, tmp_path) -> None:
+    import t2n_core
+
+    idx, img = inputs()
+    with torch.no_grad():
+        ref = model(idx, img)
+    summary = quantize_model(model, "q4_0", fallback="minmax:4:pc", progress=False)
+    codecs = {q.name: q.codec for q in summary.quantized}
+    assert codecs == {
+        "embed.weight": "q4_0", "conv1.weight": "q4_0", "conv2.weight": "q4_0",
+        "up.weight": "minmax:4:pc", "odd.weight": "minmax:4:pc",
+    }  # fmt: skip
+    assert summary.skipped == [] and summary.quantized_fraction == 1.0
+    assert 4.0 < summary.bits_per_weight < 5.0
+    assert "with fallback minmax:4:pc" in summary.headline()
+    assert "bits per weight overall" in summary.headline()
+    with torch.no_grad():
+        out = model(idx, img)
+    for a, b in zip(ref, out):
+        assert sqnr_db(a, b) > 12
+    result = t2n_core.export(model, (idx, img), tmp_path / "m.nnef.tgz", check=True, progress=False)
+    assert result.check is not None and result.check.passed, str(result.check)
+
+
+def test_overall_bits_count_float_weights() -> None:
+    model = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Linear(48, 64, bias=False))
+    summary = quantize_model(model, "q4_0", progress=False)
+    assert summary.skipped[0].nbytes == 48 * 64 * 4
+    expected = 8 * (summary.bytes_after + 48 * 64 * 4) / (64 * 64 + 48 * 64)
+    assert summary.bits_per_weight == pytest.approx(expected)
+    assert summary.quantized_fraction == pytest.approx(64 * 64 / (64 * 64 + 48 * 64))
