@@ -46,6 +46,7 @@ class ExportResult:
     tensor_bytes: dict[str, int]  # by .dat item type name
     files: list[str] = field(default_factory=list)
     check: CheckReport | None = None
+    notes: list[str] = field(default_factory=list)  # graph rewrites worth knowing about
 
     @property
     def total_tensor_bytes(self) -> int:
@@ -177,6 +178,7 @@ def export(
         op_histogram=graph.op_histogram(),
         tensor_bytes=tensor_bytes_by_type(graph),
         files=[name for name, _ in files],
+        notes=list(graph.notes),
     )
     logger.info("exported %s to %s", type(model).__name__, target)
     if check:

@@ -73,6 +73,7 @@ class Graph:
     extensions: set[str] = field(default_factory=set)
     symbols: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what passes changed, for the summary
     _taken: Counter = field(default_factory=Counter)
 
     def fresh_name(self, hint: str) -> str:

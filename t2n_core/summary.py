@@ -33,6 +33,10 @@ def format_summary(result: Any) -> str:
     lines.append(f"tensors ({human_bytes(sum(result.tensor_bytes.values()))}):")
     for dtype, n in result.tensor_bytes.items():
         lines.append(f"  {dtype:<8} {human_bytes(n)}")
+    notes = getattr(result, "notes", None) or []
+    if notes:
+        lines.append("notes:")
+        lines += [f"  {n}" for n in notes]
     check = getattr(result, "check", None)
     if check is not None:
         lines.append(str(check))

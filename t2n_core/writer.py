@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from t2n_core.fold import fold_row_slices
+from t2n_core.fold_scale import fold_channel_affine
 from t2n_core.ir import Graph, Ref, Variable
 from t2n_core.nnef import dat, text
 from t2n_core.storage import EncodedVariable, Encoding, NNEFStorage
@@ -97,10 +98,12 @@ def check_native_uses(graph: Graph) -> None:
 def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     """``(relative path, bytes producer)`` for every file of the archive, in a fixed order.
 
-    Row slices of stored tensors that can cut their own rows are folded first (this changes
-    ``graph``'s variables).
+    Row slices of stored tensors that can cut their own rows are folded first, then
+    per-channel affine ops after a conv with a tract-native filter (this changes ``graph``'s
+    variables; :mod:`t2n_core.fold_scale` notes go to ``graph.notes``).
     """
     fold_row_slices(graph, is_native)
+    graph.notes += fold_channel_affine(graph, is_native)
     attach_encodings(graph)
     check_native_uses(graph)
     graph_text = text.render(graph)

@@ -286,6 +286,32 @@ class QTensor(torch.Tensor):
         shape = (end - begin, *self.shape[1:])
         return QTensor(self.codec, cut(self.packed), cut(self.scale), zero, shape, self.dtype, name)
 
+    def nnef_scale_rows(self, factors: torch.Tensor) -> QTensor | None:
+        """Row ``r`` multiplied by ``factors[r]``, still encoded (for folding a batch norm).
+
+        ``value = (code - zero) * scale`` is linear in the block scale, so this scales the
+        block scales of each row and keeps the codes: what quantizing the scaled weight
+        would give, up to the rounding of the stored scale. ``None`` when a scaled block
+        scale would not fit the stored scale dtype.
+
+        >>> from t2n_quant import quantize_tensor
+        >>> q = quantize_tensor(torch.randn(2, 64), "q4_0")
+        >>> f = torch.tensor([2.0, -0.5])
+        >>> torch.allclose(q.nnef_scale_rows(f).dequantize(), q.dequantize() * f[:, None])
+        True
+        """
+        factors = factors.reshape(-1).to(torch.float32)
+        if factors.numel() != self.rows:
+            raise ValueError(f"{factors.numel()} factors for {self.rows} rows")
+        per_row = self.k // self.block_size
+        per_block = factors.repeat_interleave(per_row).reshape(self.scale.shape)
+        scaled = (self.scale.float() * per_block).to(self.scale.dtype)
+        if not torch.isfinite(scaled).all():
+            return None
+        return QTensor(
+            self.codec, self.packed, scaled, self.zero, self.shape, self.dtype, self.tensor_name
+        )
+
     def nnef_float_proxy(self) -> torch.Tensor:
         """A plain tensor of this shape and dtype, used in place of this one while capturing.
 
