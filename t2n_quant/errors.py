@@ -21,6 +21,10 @@ class ConfigSpecError(T2NError, ValueError):
     """A quantization spec string (``"minmax:4:g32"``) could not be parsed."""
 
 
+class FixedCodecOptionError(UnsupportedCodecOptionError, ConfigSpecError):
+    """A codec was given another value for an option it fixes (q4_0's ``bits=4``)."""
+
+
 class IncompatibleShapeError(T2NError, ValueError):
     """A codec cannot take a tensor of that shape (e.g. ``k`` not a multiple of 32 for q4_0)."""
 

@@ -58,7 +58,7 @@ def hqq_params(
             safe = torch.where(s == 0, torch.ones_like(s), s)
             zero = (q - target / safe).mean(dim=-1, keepdim=True)
         else:
-            c = q - float(codec.offset)  # type: ignore[arg-type]
+            c = codec.levels()[codes.long()]
             den = (c * c).sum(dim=-1, keepdim=True)
             num = (target * c).sum(dim=-1, keepdim=True)
             scale = torch.where(den > 0, num / den.clamp(min=1e-30), scale)

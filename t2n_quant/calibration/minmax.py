@@ -4,10 +4,14 @@
   ``0 .. qmax``: ``scale = (hi - lo) / qmax`` rounded *up* to f16, ``zero = -lo / scale``
   (fractional, in ``[0, qmax]``). Rounding up means no value is clipped, so the error is at
   most half a step.
-- symmetric codecs with ``scale_rule == "absmax"``: ``scale = max|x| / (2**(bits-1) - 1)``,
-  rounded up to f16.
-- ``scale_rule == "signed_max"`` (q4_0): ggml's rule, ``d = m / -2**(bits-1)`` where ``m`` is
-  the signed value of largest magnitude (the first one on ties), left in f32.
+- codecs without a zero point and ``scale_rule == "absmax"``: ``scale = max|x| / top`` with
+  ``top`` the codec's largest level (``2**(bits-1) - 1`` for ``symmetric``, 1 for ``nf4``),
+  rounded up to the stored dtype.
+- ``scale_rule == "signed_max"`` (q4_0): ggml's rule, ``d = m / bottom`` with ``bottom`` the
+  codec's most negative level (``-2**(bits-1)``) and ``m`` the signed value of largest
+  magnitude (the first one on ties), left in f32.
+
+The levels come from the codec itself (:meth:`t2n_quant.codecs.Codec.levels`).
 """
 
 from __future__ import annotations
@@ -18,16 +22,20 @@ from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
 
-def f16_ceil(x: torch.Tensor) -> torch.Tensor:
-    """The smallest f16 value ``>= x`` (for ``x >= 0``), returned as float32.
+def f16_ceil(x: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """The smallest ``dtype`` (f16) value ``>= x`` (for ``x >= 0``), returned as float32.
+
+    With ``dtype=torch.float32`` this is ``x`` itself.
 
     >>> f16_ceil(torch.tensor([1e-9, 1.0, 1.0001])).tolist()
     [5.960464477539063e-08, 1.0, 1.0009765625]
     """
-    h = x.to(torch.float16)
+    if dtype == torch.float32:
+        return x.float()
+    h = x.to(dtype)
     bits = h.view(torch.int16)
     bumped = torch.where(h.float() < x, bits + 1, bits)
-    return bumped.view(torch.float16).float()
+    return bumped.view(dtype).float()
 
 
 def signed_max(blocks: torch.Tensor) -> torch.Tensor:
@@ -54,15 +62,15 @@ def minmax_from_stats(
     if codec.has_zero:
         lo = lo.clamp(max=0.0) * shrink
         hi = hi.clamp(min=0.0) * shrink
-        scale = f16_ceil((hi - lo) / codec.qmax)
+        scale = f16_ceil((hi - lo) / codec.qmax, codec.storage_dtype)
         zero = torch.where(scale == 0, torch.zeros_like(scale), -lo / scale)
         return QParams(scale, zero)
-    half = 1 << (codec.bits - 1)
+    levels = codec.levels()
     if codec.scale_rule == "signed_max":
         assert m is not None
-        return QParams((m * shrink if shrink != 1.0 else m) / -float(half))
+        return QParams((m * shrink if shrink != 1.0 else m) / float(levels.min()))
     absmax = torch.maximum(hi, -lo) * shrink
-    return QParams(f16_ceil(absmax / (half - 1)))
+    return QParams(f16_ceil(absmax / float(levels.max()), codec.storage_dtype))
 
 
 @register("minmax")

@@ -3,10 +3,10 @@
 For every block, candidates are the min-max parameters themselves (so the result is
 never worse than min-max) and min-max parameters of the range shrunk by factors
 ``1.0 .. min_shrink`` (``grid`` steps). For symmetric codecs (q4_0 included) each factor
-is tried in both orientations: the signed value of largest magnitude on the lowest code
-(ggml's choice) or on the highest code. The candidate with the least
-``sum |fake_quantize(x) - x| ** norm`` wins, block by block. Candidate scales are
-f16 values, so what is measured is what gets stored.
+is tried in both orientations: the signed value of largest magnitude on the lowest level
+(ggml's choice) or on the highest level (:meth:`~t2n_quant.codecs.Codec.levels`). The
+candidate with the least ``sum |fake_quantize(x) - x| ** norm`` wins, block by block.
+Candidate scales are f16 values, so what is measured is what gets stored.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def _candidates(codec: Codec, blocks: torch.Tensor, shrinks: torch.Tensor) -> It
             yield minmax_from_stats(codec, lo, hi, None, s)
         return
     m = signed_max(blocks)
-    half = 1 << (codec.bits - 1)
+    levels = codec.levels()
     for s in shrinks.tolist():
-        for top in (-float(half), float(half - 1)):
+        for top in (float(levels.min()), float(levels.max())):
             scale = (m * s / top).to(codec.storage_dtype).float()
             yield QParams(scale)
 

@@ -7,15 +7,22 @@ block of floats plus its :class:`QParams` into unsigned integer codes, packs cod
 bytes, and computes ``value = (code - zero) * scale`` back. It never chooses the
 parameters (that is a calibration's job), never writes files and knows no engine.
 
-Codecs register by subclassing with a name::
+Codecs register by subclassing with a name (and optional spec aliases)::
 
     @dataclass(frozen=True)
-    class MyCodec(Codec, name="mine"):
+    class MyCodec(Codec, name="mine", aliases=("my",)):
         ...
+
+The registry is the one source of truth: spec strings (:meth:`Codec.from_spec`), option
+overrides (:meth:`Codec.with_options`), calibration scale rules (:meth:`Codec.levels`) and
+encoder lookup (:func:`t2n_quant.encoders.encoder_for`) all derive from the codec class, so a
+new codec is one module in ``t2n_quant/codecs/`` plus one in ``t2n_quant/encoders/``; both
+packages import their modules on import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -23,7 +30,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from t2n_quant.errors import IncompatibleShapeError, UnknownCodecError
+from t2n_quant.errors import (
+    ConfigSpecError,
+    FixedCodecOptionError,
+    IncompatibleShapeError,
+    UnknownCodecError,
+    UnsupportedCodecOptionError,
+)
+
+SPEC_GRAMMAR = (
+    "codec[:bits[:group]], e.g. 'q4_0', 'minmax:4:g32', 'symmetric:8:pc', 'nf4:4:g64'; "
+    "group: g<N> / <N>, or pc / per-channel / -1 for one group per row"
+)
 
 
 @dataclass(frozen=True)
@@ -47,23 +65,47 @@ class Codec(ABC):
 
     name: ClassVar[str] = ""
     registry: ClassVar[dict[str, type[Codec]]] = {}
+    #: other names a spec may use for a codec (``"sym"`` for ``"symmetric"``)
+    alias_of: ClassVar[dict[str, str]] = {}
     has_zero: ClassVar[bool] = False
-    #: how min-max calibration picks a symmetric scale: "absmax" (largest magnitude to the
-    #: top code) or "signed_max" (ggml: the signed value of largest magnitude to code 0)
+    #: how min-max calibration picks the scale of a codec without a stored zero point:
+    #: "absmax" (largest magnitude onto the largest level of :meth:`levels`) or "signed_max"
+    #: (ggml: the signed value of largest magnitude onto the smallest, most negative level)
     scale_rule: ClassVar[str] = "absmax"
     storage_dtype: ClassVar[torch.dtype] = torch.float16
 
     bits: int
     group_size: int | None
 
-    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, name: str | None = None, aliases: tuple[str, ...] = (), **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
         if name is None:
             return
-        if name in Codec.registry:
-            raise TypeError(f"codec name {name!r} is already taken by {Codec.registry[name]}")
+        for key in (name, *aliases):
+            if key in Codec.registry or key in Codec.alias_of:
+                taken = Codec.registry.get(key) or Codec.alias_of[key]
+                raise TypeError(f"codec name {key!r} is already taken by {taken}")
         cls.name = name
         Codec.registry[name] = cls
+        Codec.alias_of.update({a: name for a in aliases})
+
+    @classmethod
+    def lookup(cls, name: str) -> type[Codec]:
+        """The codec class registered as ``name`` (or one of its aliases).
+
+        >>> Codec.lookup("sym").name
+        'symmetric'
+        """
+        key = Codec.alias_of.get(name, name)
+        try:
+            return Codec.registry[key]
+        except KeyError:
+            raise UnknownCodecError(
+                f"unknown codec {name!r}; registered codecs: {sorted(Codec.registry)}"
+                f" (aliases: {sorted(Codec.alias_of)})"
+            ) from None
 
     @classmethod
     def create(cls, name: str, **options: Any) -> Codec:
@@ -72,13 +114,67 @@ class Codec(ABC):
         >>> Codec.create("minmax", bits=3, group_size=64).spec
         'minmax:3:g64'
         """
+        return Codec.lookup(name)(**options)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> Codec:
+        """The codec a spec string names (grammar: :data:`SPEC_GRAMMAR`).
+
+        >>> Codec.from_spec("minmax:3:g128").spec, Codec.from_spec("q4_0:4").spec
+        ('minmax:3:g128', 'q4_0')
+        """
+        parts = spec.strip().lower().split(":")
         try:
-            codec_cls = Codec.registry[name]
-        except KeyError:
-            raise UnknownCodecError(
-                f"unknown codec {name!r}; registered codecs: {sorted(Codec.registry)}"
-            ) from None
-        return codec_cls(**options)
+            codec_cls = Codec.lookup(parts[0])
+        except UnknownCodecError as e:
+            raise ConfigSpecError(f"{e}, in spec {spec!r}; expected {SPEC_GRAMMAR}") from None
+        if len(parts) > 3:
+            raise ConfigSpecError(f"too many fields in spec {spec!r}; expected {SPEC_GRAMMAR}")
+        options: dict[str, int] = {}
+        if len(parts) > 1:
+            if not parts[1].lstrip("b").isdigit():
+                raise ConfigSpecError(
+                    f"bad bits {parts[1]!r} in spec {spec!r}; expected {SPEC_GRAMMAR}"
+                )
+            options["bits"] = int(parts[1].lstrip("b"))
+        if len(parts) > 2:
+            options["group_size"] = _parse_group(parts[2], spec)
+        try:
+            return codec_cls().with_options(**options)
+        except UnsupportedCodecOptionError as e:
+            raise type(e)(f"{e} (in spec {spec!r})") from None
+
+    def with_options(self, **options: int | None) -> Codec:
+        """This codec with the options given (``None`` keeps the current value).
+
+        An option the codec fixes (q4_0's ``bits``) may only be given its fixed value;
+        ``group_size=-1`` asks for one group per row.
+
+        >>> Codec.create("minmax").with_options(bits=3, group_size=-1).spec
+        'minmax:3:pc'
+        """
+        changes = {k: v for k, v in options.items() if v is not None}
+        fields = {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        for key, value in changes.items():
+            if key in fields:
+                continue
+            if not hasattr(self, key):
+                raise UnsupportedCodecOptionError(f"{self.name} has no option {key!r}")
+            fixed = getattr(self, key)
+            if value != fixed and not (key == "group_size" and value == -1 and fixed is None):
+                fixed_opts = ", ".join(
+                    f"{k}={getattr(self, k)}" for k in ("bits", "group_size") if k not in fields
+                )
+                raise FixedCodecOptionError(
+                    f"{self.name} has fixed {fixed_opts}; got {key}={value}. Codecs with a "
+                    f"choice of {key}: {_codes_with_field(key)}"
+                )
+        free = {k: v for k, v in changes.items() if k in fields}
+        return dataclasses.replace(self, **free) if free else self  # type: ignore[type-var]
+
+    def codec(self) -> Codec:
+        """A codec is its own config (configs are anything with a ``codec()`` method)."""
+        return self
 
     # ---- description -------------------------------------------------------------------
 
@@ -96,6 +192,20 @@ class Codec(ABC):
     def offset(self) -> int | None:
         """The constant zero point of a symmetric codec; ``None`` when zero is stored."""
         return None if self.has_zero else 1 << (self.bits - 1)
+
+    def levels(self) -> torch.Tensor:
+        """The value of every code at scale 1, ``(2**bits,)`` float32 (codecs without zero).
+
+        Calibrations derive their scale rules from it (absmax onto ``levels().max()``,
+        ggml's signed max onto ``levels().min()``, HQQ's least-squares scale).
+
+        >>> Codec.create("symmetric", bits=3).levels().tolist()
+        [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+        """
+        if self.has_zero:
+            raise TypeError(f"{self.spec} stores a zero point per block; levels depend on it")
+        codes = torch.arange(1 << self.bits, dtype=torch.uint8).reshape(1, -1)
+        return self.dequantize_blocks(codes, QParams(torch.ones(1, 1))).reshape(-1)
 
     def __str__(self) -> str:
         return self.spec
@@ -163,3 +273,21 @@ class Codec(ABC):
         True
         """
         return self.dequantize_blocks(self.quantize_blocks(blocks, params), self.store(params))
+
+
+def _parse_group(text: str, spec: str) -> int:
+    t = text.lower()
+    if t in ("pc", "per-channel", "per_channel", "-1", "none"):
+        return -1
+    digits = t[1:] if t.startswith("g") else t
+    if not digits.isdigit():
+        raise ConfigSpecError(f"bad group {text!r} in spec {spec!r}; expected {SPEC_GRAMMAR}")
+    return int(digits)
+
+
+def _codes_with_field(key: str) -> list[str]:
+    return sorted(
+        name
+        for name, cls in Codec.registry.items()
+        if key in {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    )

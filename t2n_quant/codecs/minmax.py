@@ -25,7 +25,7 @@ from t2n_quant.codecs.grouped import GroupedCodec
 
 
 @dataclass(frozen=True)
-class MinMaxCodec(GroupedCodec, name="minmax"):
+class MinMaxCodec(GroupedCodec, name="minmax", aliases=("asym",)):
     """Asymmetric ``bits``-bit codes per group of ``group_size`` (``None``: per row).
 
     >>> MinMaxCodec(bits=3, group_size=32).bytes_per_block(32)

@@ -29,7 +29,7 @@ BLOCK_BYTES = 18
 
 
 @dataclass(frozen=True)
-class Q4_0Codec(Codec, name="q4_0"):
+class Q4_0Codec(Codec, name="q4_0", aliases=("q4",)):
     """Q4_0 with its 4.5 bits per weight (see the module docstring for the layout).
 
     >>> c = Q4_0Codec()

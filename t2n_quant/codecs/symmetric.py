@@ -21,7 +21,7 @@ from t2n_quant.codecs.grouped import GroupedCodec
 
 
 @dataclass(frozen=True)
-class SymmetricCodec(GroupedCodec, name="symmetric"):
+class SymmetricCodec(GroupedCodec, name="symmetric", aliases=("sym",)):
     """Symmetric ``bits``-bit codes per group of ``group_size`` (``None``: per row).
 
     >>> SymmetricCodec(bits=4, group_size=None).offset

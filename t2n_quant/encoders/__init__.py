@@ -1,7 +1,9 @@
-"""NNEF encoders, one per codec, looked up by codec name.
+"""NNEF encoders, one per codec, looked up by codec class.
 
 An encoder is a function ``(qtensor, label) -> t2n_core.storage.Encoding``; it is the only
-place that knows how a codec's bytes become ``.dat`` files and graph.nnef text.
+place that knows how a codec's bytes become ``.dat`` files and graph.nnef text. Every module
+of this package is imported here (registration by existing). A codec without an encoder of
+its own uses the one of the nearest registered codec class it derives from.
 
 >>> from t2n_quant.codecs import Q4_0Codec
 >>> encoder_for(Q4_0Codec()).__name__
@@ -10,6 +12,8 @@ place that knows how a codec's bytes become ``.dat`` files and graph.nnef text.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -38,13 +42,15 @@ def register_encoder(*codec_names: str) -> Callable[[Encoder], Encoder]:
 
 
 def encoder_for(codec: Codec) -> Encoder:
-    """The encoder registered for ``codec``'s name."""
-    try:
-        return ENCODERS[codec.name]
-    except KeyError:
-        raise EncodingError(
-            f"codec {codec.spec} has no NNEF encoder; codecs with one: {sorted(ENCODERS)}"
-        ) from None
+    """The encoder registered for ``codec``'s class, or for the nearest base class with one."""
+    for cls in type(codec).__mro__:
+        fn = ENCODERS.get(getattr(cls, "name", ""))
+        if fn is not None and issubclass(cls, Codec) and Codec.registry.get(cls.name) is cls:
+            return fn
+    raise EncodingError(
+        f"codec {codec.spec} has no NNEF encoder; codecs with one: {sorted(ENCODERS)}"
+    )
 
 
-from t2n_quant.encoders import packed, q4_0  # noqa: E402, F401  (registration)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -5,8 +5,8 @@ Variables, for a weight of ``rows`` x ``k`` in ``G`` groups of ``g`` values:
 
 - ``<label>_codes``: u8 ``[rows, G, chunks, chunk_bytes]`` (see
   :mod:`t2n_quant.codecs.bitpack`);
-- ``<label>_scale``: f16 ``[rows, G, 1]``;
-- ``<label>_zero``: f16 ``[rows, G, 1]`` (``minmax`` only).
+- ``<label>_scale``: ``[rows, G, 1]`` in the codec's storage dtype (f16; f32 for ``int8``);
+- ``<label>_zero``: f16 ``[rows, G, 1]`` (codecs with a zero point only).
 
 Call: ``t2n_<codec>_b<bits>(codes, scale[, zero], group_size = g, shape = [...],
 dtype = 'f32')``. Fragment text lives in the ``.nnef`` files next to this module; one
@@ -74,8 +74,9 @@ def dequant_fragment(codec: Codec) -> tuple[str, str]:
     >>> dequant_fragment(SymmetricCodec(bits=3))[0]
     't2n_symmetric_b3'
     """
-    text = _template(f"dequant_{codec.name}").substitute(bits=codec.bits, offset=codec.offset)
-    return f"t2n_{codec.name}_b{codec.bits}", text
+    family = "minmax" if codec.has_zero else "symmetric"
+    text = _template(f"dequant_{family}").substitute(bits=codec.bits, offset=codec.offset)
+    return f"t2n_{family}_b{codec.bits}", text
 
 
 def out_dtype(dtype: torch.dtype) -> str:
@@ -102,14 +103,14 @@ def encode_packed(qt: QTensor, label: str) -> Encoding:
         ),
         EncodedVariable(
             "_scale", (qt.rows, groups, 1), data=lambda: tensor_bytes(qt.scale),
-            dtype=torch.float16,
+            dtype=qt.scale.dtype,
         ),
     ]  # fmt: skip
     if qt.zero is not None:
         zero = qt.zero
         variables.append(
             EncodedVariable(
-                "_zero", (qt.rows, groups, 1), data=lambda: tensor_bytes(zero), dtype=torch.float16
+                "_zero", (qt.rows, groups, 1), data=lambda: tensor_bytes(zero), dtype=zero.dtype
             )
         )
     name, text = dequant_fragment(codec)

@@ -109,3 +109,33 @@ def test_fast_fake_quantize_equals_round_trip(codec: Codec) -> None:
         params = calibrate(codec, blocks / 3, method)  # most values get clipped
         slow = codec.dequantize_blocks(codec.quantize_blocks(blocks, params), codec.store(params))
         assert torch.equal(codec.fake_quantize(blocks, params), slow)
+
+
+def test_a_new_codec_is_one_class() -> None:
+    """Spec parsing, option overrides, calibration and encoder lookup come from the class."""
+    from t2n_quant import parse_spec, quantize_model
+    from t2n_quant.config import resolve
+    from t2n_quant.encoders import encoder_for
+
+    @dataclass(frozen=True)
+    class WideScale(SymmetricCodec, name="wide-test", aliases=("wt",)):
+        storage_dtype = torch.float32
+
+    try:
+        codec = parse_spec("wt:3:g16")
+        assert codec == WideScale(3, 16) and resolve(codec, group_size=-1) == WideScale(3, None)
+        assert encoder_for(codec).__name__ == "encode_packed"
+        model = torch.nn.Sequential(torch.nn.Linear(32, 8))
+        w = model[0].weight.detach().clone()
+        quantize_model(model, "wide-test:4:g16", progress=False)
+        q = model[0].weight
+        assert q.codec == WideScale(4, 16) and q.scale.dtype == torch.float32
+        # absmax onto the top level 7, from the codec's levels: at most half a step of error
+        assert bool(
+            (
+                (q.dequantize() - w).abs()
+                <= q.scale.repeat_interleave(16, 0).reshape(8, 32) / 2 + 1e-7
+            ).all()
+        )
+    finally:
+        del Codec.registry["wide-test"], Codec.alias_of["wt"]

@@ -8,7 +8,7 @@ import torch
 from t2n_core.nnef.dat import TractItemType
 from t2n_core.storage import Encoding, NNEFStorage
 from t2n_quant import quantize_tensor
-from t2n_quant.codecs import SUPPORTED_BITS, MinMaxCodec, SymmetricCodec
+from t2n_quant.codecs import SUPPORTED_BITS, Codec, MinMaxCodec, SymmetricCodec
 from t2n_quant.encoders import ENCODERS, encoder_for
 from t2n_quant.encoders.packed import dequant_fragment, unpack_fragment
 
@@ -70,5 +70,7 @@ def test_fragment_text_is_complete(bits: int) -> None:
 
 
 def test_every_codec_has_an_encoder() -> None:
-    assert set(ENCODERS) == {"q4_0", "minmax", "symmetric"}
+    for name, cls in Codec.registry.items():
+        assert callable(encoder_for(cls())), name
+    assert {"q4_0", "minmax", "symmetric"} <= set(ENCODERS)
     assert encoder_for(MinMaxCodec()).__name__ == "encode_packed"
