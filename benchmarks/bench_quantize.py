@@ -36,9 +36,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--quick", action="store_true", help="only q4_0 against gguf")
+    parser.add_argument(
+        "--calibration-cost", action="store_true",
+        help="only the cost of the mse / hqq calibrations relative to minmax, per codec",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.calibration_cost:
+        _calibration_cost(args.size, args.repeat)
+        return
 
     import gguf
 
@@ -75,6 +82,25 @@ def main() -> None:
         print(f"{name:<32} {sec:>9.4f} {n / sec / 1e6:>10.1f} {base / sec:>7.2f}x")
     if not args.quick:
         _same_codec_in_numpy(w, args.repeat)
+
+
+def _calibration_cost(size: int, repeat: int) -> None:
+    """quantize_tensor seconds with mse / hqq over minmax, and the squared error they keep."""
+    w = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
+    print(f"{size}x{size} float32 (normal), torch threads: {torch.get_num_threads()}")
+    print("| codec | minmax s | mse s (x minmax) | hqq s (x minmax) | mse / hqq error vs minmax |")
+    print("|---|---|---|---|---|")
+    for spec in ["q4_0", "minmax:4:g32", "symmetric:4:g32", "minmax:3:g64", "minmax:2:g16",
+                 "symmetric:8:pc"]:  # fmt: skip
+        t, err = {}, {}
+        for cal in ("minmax", "mse", "hqq"):
+            t[cal] = best_of(lambda s=spec, c=cal: quantize_tensor(w, s, calibration=c), repeat)
+            err[cal] = (quantize_tensor(w, spec, calibration=cal).dequantize() - w).square().sum()
+        print(
+            f"| {spec} | {t['minmax']:.4f} | {t['mse']:.4f} ({t['mse'] / t['minmax']:.1f}x) | "
+            f"{t['hqq']:.4f} ({t['hqq'] / t['minmax']:.1f}x) | "
+            f"{err['mse'] / err['minmax']:.3f} / {err['hqq'] / err['minmax']:.3f} |"
+        )
 
 
 def _same_codec_in_numpy(w: torch.Tensor, repeat: int) -> None:

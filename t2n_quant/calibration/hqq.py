@@ -4,8 +4,9 @@ After Badri & Shaji, "Half-Quadratic Quantization of Large Machine Learning Mode
 (2023): starting from min-max, alternate (1) quantizing, (2) a sparse ``l_p`` (p < 1)
 estimate ``e`` of the outliers of the residual by generalized soft-thresholding, and
 (3) a closed-form update of the zero point (asymmetric codecs) or of the scale
-(symmetric codecs) fitting ``x - e``. Each block keeps the iterate with the least
-squared error, so the result is never worse than min-max in MSE.
+(symmetric codecs) fitting ``x - e``. Vectorised over all blocks; every iterate is scored
+by :class:`~t2n_quant.calibration.mse.BlockFit` with the stored f16
+values, and each block keeps the best one, so the result is never worse than min-max.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from t2n_quant.calibration.minmax import minmax_params
-from t2n_quant.calibration.mse import block_error
+from t2n_quant.calibration.mse import BlockFit, Scored, keep_better, rowdot
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
@@ -25,7 +26,25 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     [0.0, 0.0, -9.0]
     """
     a = x.abs()
-    return torch.sign(x) * torch.relu(a - a.pow(p - 1.0) / beta)
+    return a.sub_(a.pow(p - 1.0).div_(beta)).relu_().copysign_(x)
+
+
+def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> QParams:
+    codec, blocks = fit.codec, fit.blocks
+    stored = codec.store(cur.params)
+    assert cur.q is not None
+    s = stored.scale.float()
+    z = stored.zero.float() if stored.zero is not None else 0.0
+    e = shrink_lp(torch.sub(cur.q, z).mul_(s).sub_(blocks).neg_(), beta, p)
+    se = e.sum(dim=-1, keepdim=True)
+    if codec.has_zero:
+        assert cur.sq is not None and fit.sx is not None
+        safe = torch.where(s == 0, torch.ones_like(s), s)
+        zero = (cur.sq - (fit.sx - se) / safe) / fit.n
+        return QParams(cur.params.scale, zero.clamp(0.0, float(codec.qmax)))
+    num = cur.sxq - rowdot(e, cur.q)
+    s = torch.where(cur.sqq > 0, num / cur.sqq.clamp(min=1e-30), cur.params.scale)
+    return QParams(s.to(codec.storage_dtype).float())
 
 
 @register("hqq")
@@ -33,7 +52,7 @@ def hqq_params(
     codec: Codec,
     blocks: torch.Tensor,
     *,
-    iters: int = 20,
+    iters: int = 2,
     p: float = 0.7,
     beta: float = 10.0,
     kappa: float = 1.01,
@@ -44,29 +63,10 @@ def hqq_params(
     >>> hqq_params(MinMaxCodec(bits=3, group_size=64), torch.randn(16, 64)).zero.shape
     torch.Size([16, 1])
     """
-    params = minmax_params(codec, blocks)
-    best, best_err = params, block_error(codec, blocks, params, 2.0)
-    scale, zero = params.scale.clone(), params.zero
+    fit = BlockFit(codec, blocks)
+    best = cur = fit.score(minmax_params(codec, blocks))
     for _ in range(iters):
-        codes = codec.quantize_blocks(blocks, params)
-        stored = codec.store(params)
-        residual = blocks - codec.dequantize_blocks(codes, stored)
-        target = blocks - shrink_lp(residual, beta, p)
-        q = codes.float()
-        if codec.has_zero:
-            s = stored.scale.float()
-            safe = torch.where(s == 0, torch.ones_like(s), s)
-            zero = (q - target / safe).mean(dim=-1, keepdim=True)
-        else:
-            c = codec.levels()[codes.long()]
-            den = (c * c).sum(dim=-1, keepdim=True)
-            num = (target * c).sum(dim=-1, keepdim=True)
-            scale = torch.where(den > 0, num / den.clamp(min=1e-30), scale)
-        params = QParams(scale, zero)
-        err = block_error(codec, blocks, params, 2.0)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_zero = None if zero is None else torch.where(better, zero, best.zero)  # type: ignore[arg-type]
-        best = QParams(torch.where(better, scale, best.scale), best_zero)
+        cur = fit.score(_half_quadratic_step(fit, cur, beta, p))
+        best = keep_better(best, cur)
         beta *= kappa
-    return best
+    return best.params

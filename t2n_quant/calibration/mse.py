@@ -1,23 +1,39 @@
-"""MSE calibration: search shrunk ranges for the parameters with the least error.
+"""MSE calibration: least-squares refinement of min-max parameters, block by block.
 
-For every block, candidates are the min-max parameters themselves (so the result is
-never worse than min-max) and min-max parameters of the range shrunk by factors
-``1.0 .. min_shrink`` (``grid`` steps). For symmetric codecs (q4_0 included) each factor
-is tried in both orientations: the signed value of largest magnitude on the lowest level
-(ggml's choice) or on the highest level (:meth:`~t2n_quant.codecs.Codec.levels`). The
-candidate with the least ``sum |fake_quantize(x) - x| ** norm`` wins, block by block.
-Candidate scales are f16 values, so what is measured is what gets stored.
+Vectorised over all blocks and cheap: a handful of candidates, each scored with one pass
+that also takes the per-block sums (``sum x*q``, ``sum q*q``, ...) the next candidate is
+fitted from, instead of a grid of fake-quantized copies.
+
+1. Starts: the min-max parameters (so the result is never worse than min-max); for
+   codecs without a zero point (q4_0 included) also the other orientation of the signed
+   value of largest magnitude ``m``: ``m`` on the lowest level (ggml's choice) and ``m`` on
+   the highest (:meth:`~t2n_quant.codecs.Codec.levels`). The best start is kept per block.
+2. ``iters`` Lloyd steps: with the codes fixed, the scale (and zero point) with the least
+   squared error has a closed form (linear least squares); the codes are then re-taken with
+   the codec's own rounding rule, which is optimal for the new parameters. Each block keeps
+   the best iterate, scored with the f16 values that are stored, so what is measured is
+   what gets stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-from t2n_quant.calibration.minmax import minmax_from_stats, minmax_params, signed_max
+from t2n_quant.calibration.minmax import minmax_params, signed_max
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
+
+
+def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1, keepdim=True)`` for ``(n, k)`` tensors, without the ``(n, k)``
+    temporary (a batched matmul).
+
+    >>> rowdot(torch.ones(2, 3), torch.ones(2, 3)).tolist()
+    [[3.0], [3.0]]
+    """
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1, 1)
 
 
 def block_error(codec: Codec, blocks: torch.Tensor, params: QParams, norm: float) -> torch.Tensor:
@@ -27,51 +43,93 @@ def block_error(codec: Codec, blocks: torch.Tensor, params: QParams, norm: float
     return diff.sum(dim=-1, keepdim=True)
 
 
-def _candidates(codec: Codec, blocks: torch.Tensor, shrinks: torch.Tensor) -> Iterator[QParams]:
-    yield minmax_params(codec, blocks)
-    lo = blocks.amin(dim=-1, keepdim=True)
-    hi = blocks.amax(dim=-1, keepdim=True)
-    if codec.has_zero:
-        for s in shrinks.tolist()[1:]:
-            yield minmax_from_stats(codec, lo, hi, None, s)
-        return
+@dataclass
+class Scored:
+    """Parameters, the codes they give, the sums that score them, and their error."""
+
+    params: QParams
+    q: torch.Tensor | None
+    error: torch.Tensor
+    sxq: torch.Tensor
+    sqq: torch.Tensor
+    sq: torch.Tensor | None
+
+
+class BlockFit:
+    """Per-block squared errors and the sums that fit parameters (see the module docstring).
+
+    ``q`` are the codes as the dequantization sees them (:meth:`Codec.float_codes`):
+    ``value = (q - zero) * scale``.
+    """
+
+    def __init__(self, codec: Codec, blocks: torch.Tensor) -> None:
+        self.codec, self.blocks = codec, blocks
+        self.n = blocks.shape[-1]
+        self.sx = blocks.sum(dim=-1, keepdim=True) if codec.has_zero else None
+
+    def score(self, params: QParams) -> Scored:
+        codec = self.codec
+        q = codec.float_codes(self.blocks, params)
+        stored = codec.store(params)
+        residual = q if stored.zero is None else torch.sub(q, stored.zero.float())
+        residual = residual.mul(stored.scale.float()).sub_(self.blocks)
+        sq = q.sum(dim=-1, keepdim=True) if codec.has_zero else None
+        error = rowdot(residual, residual)
+        return Scored(params, q, error, rowdot(self.blocks, q), rowdot(q, q), sq)
+
+    def least_squares(self, cur: Scored) -> QParams:
+        """The parameters with the least squared error for ``cur``'s codes."""
+        if not self.codec.has_zero:
+            s = torch.where(cur.sqq > 0, cur.sxq / cur.sqq.clamp(min=1e-30), cur.params.scale)
+            return QParams(s.to(self.codec.storage_dtype).float())
+        assert cur.sq is not None and self.sx is not None and cur.params.zero is not None
+        n = float(self.n)
+        var = cur.sqq - cur.sq * cur.sq / n
+        cov = cur.sxq - self.sx * cur.sq / n
+        s = torch.where(var > 0, cov / var.clamp(min=1e-30), cur.params.scale)
+        s = torch.where(s > 0, s, cur.params.scale).to(self.codec.storage_dtype).float()
+        safe = torch.where(s > 0, s, torch.ones_like(s))
+        zero = ((cur.sq * s - self.sx) / (n * safe)).clamp(0.0, float(self.codec.qmax))
+        return QParams(s, torch.where(s > 0, zero, cur.params.zero))
+
+
+def keep_better(best: Scored, cand: Scored) -> Scored:
+    """Block by block, the candidate with the smaller error."""
+    b = cand.error < best.error
+
+    def pick(new: torch.Tensor | None, old: torch.Tensor | None) -> torch.Tensor | None:
+        return None if new is None or old is None else torch.where(b, new, old)
+
+    zero = pick(cand.params.zero, best.params.zero)
+    return Scored(
+        QParams(torch.where(b, cand.params.scale, best.params.scale), zero), None,
+        torch.where(b, cand.error, best.error), torch.where(b, cand.sxq, best.sxq),
+        torch.where(b, cand.sqq, best.sqq), pick(cand.sq, best.sq),
+    )  # fmt: skip
+
+
+def _other_orientation(codec: Codec, blocks: torch.Tensor) -> QParams:
     m = signed_max(blocks)
     levels = codec.levels()
-    for s in shrinks.tolist():
-        for top in (float(levels.min()), float(levels.max())):
-            scale = (m * s / top).to(codec.storage_dtype).float()
-            yield QParams(scale)
+    top = float(levels.max() if codec.scale_rule == "signed_max" else levels.min())
+    return QParams((m / top).to(codec.storage_dtype).float())
 
 
 @register("mse")
-def mse_search(
-    codec: Codec,
-    blocks: torch.Tensor,
-    *,
-    grid: int = 20,
-    min_shrink: float = 0.5,
-    norm: float = 2.0,
-) -> QParams:
-    """Per-block parameters minimizing the quantization error over a shrink grid.
+def mse_search(codec: Codec, blocks: torch.Tensor, *, iters: int = 2) -> QParams:
+    """Per-block parameters with the least squared error (see the module docstring).
 
     >>> from t2n_quant.codecs import Q4_0Codec
     >>> x = torch.randn(64, 32)
     >>> mse_search(Q4_0Codec(), x).scale.shape
     torch.Size([64, 1])
     """
-    shrinks = torch.linspace(1.0, min_shrink, grid)
-    best: QParams | None = None
-    best_err = torch.full((blocks.shape[0], 1), float("inf"), device=blocks.device)
-    for cand in _candidates(codec, blocks, shrinks):
-        err = block_error(codec, blocks, cand, norm)
-        if best is None:
-            best, best_err = cand, err
-            continue
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        zero = None
-        if best.zero is not None and cand.zero is not None:
-            zero = torch.where(better, cand.zero, best.zero)
-        best = QParams(torch.where(better, cand.scale, best.scale), zero)
-    assert best is not None
-    return best
+    fit = BlockFit(codec, blocks)
+    best = fit.score(minmax_params(codec, blocks))
+    if not codec.has_zero:
+        best = keep_better(best, fit.score(_other_orientation(codec, blocks)))
+    cur = best
+    for _ in range(iters):
+        cur = fit.score(fit.least_squares(cur))
+        best = keep_better(best, cur)
+    return best.params

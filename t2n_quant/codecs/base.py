@@ -264,6 +264,18 @@ class Codec(ABC):
     def unpack(self, packed: torch.Tensor, block_size: int) -> torch.Tensor:
         """Inverse of :meth:`pack`."""
 
+    def float_codes(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
+        """The codes of ``blocks`` as float32 ``q`` with ``value = (q - zero) * scale``: the
+        stored codes for codecs with a zero point, their :meth:`levels` for the others
+        (calibrations score and fit with them).
+
+        >>> Codec.create("symmetric", bits=4, group_size=16).float_codes(
+        ...     torch.full((1, 16), -1.0), QParams(torch.ones(1, 1)))[0, 0].item()
+        -1.0
+        """
+        codes = self.quantize_blocks(blocks, params)
+        return codes.float() if self.has_zero else self.levels()[codes.long()]
+
     def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         """Quantize then dequantize with stored parameters (what the weight becomes).
 

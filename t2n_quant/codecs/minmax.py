@@ -52,6 +52,9 @@ class MinMaxCodec(GroupedCodec, name="minmax", aliases=("asym",)):
         assert stored.zero is not None
         return (codes.float() - stored.zero.float()) * stored.scale.float()
 
+    def float_codes(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
+        return self._codes_float(blocks, params)[0]
+
     def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         codes, scale, zero = self._codes_float(blocks, params)
         return codes.sub_(zero).mul_(scale)

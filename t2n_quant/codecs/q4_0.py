@@ -58,12 +58,14 @@ class Q4_0Codec(Codec, name="q4_0", aliases=("q4",)):
     def dequantize_blocks(self, codes: torch.Tensor, stored: QParams) -> torch.Tensor:
         return (codes.float() - 8.0) * stored.scale.float()
 
-    def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
+    def float_codes(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         d = params.scale.float()
         inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
         t = blocks * inv
-        t.add_(8.5).clamp_(0.0, 15.0).trunc_()
-        return t.sub_(8.0).mul_(self.store(params).scale.float())
+        return t.add_(8.5).clamp_(0.0, 15.0).trunc_().sub_(8.0)
+
+    def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
+        return self.float_codes(blocks, params).mul_(self.store(params).scale.float())
 
     def pack(self, codes: torch.Tensor) -> torch.Tensor:
         half = codes.shape[1] // 2

@@ -47,6 +47,9 @@ class SymmetricCodec(GroupedCodec, name="symmetric", aliases=("sym",)):
     def dequantize_blocks(self, codes: torch.Tensor, stored: QParams) -> torch.Tensor:
         return (codes.float() - float(self.offset)) * stored.scale.float()
 
+    def float_codes(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
+        return self._codes_float(blocks, params)[0].sub_(float(self.offset))
+
     def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         codes, scale = self._codes_float(blocks, params)
         return codes.sub_(float(self.offset)).mul_(scale)
