@@ -39,9 +39,10 @@ from t2n_quant.errors import (
 )
 
 SPEC_GRAMMAR = (
-    "codec[:bits[:group]], e.g. 'q4_0', 'minmax:4:g32', 'symmetric:8:pc', 'nf4:4:g64'; "
-    "group: g<N> / <N>, or pc / per-channel / -1 for one group per row"
+    "codec[:bits][:group], e.g. 'q4_0', 'minmax:4:g32', 'symmetric:8:pc', 'nf4:g64'; "
+    "group: g<N> (or <N> after bits), or pc / per-channel / -1 for one group per row"
 )
+_PER_ROW = ("pc", "per-channel", "per_channel", "-1", "none")
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,20 @@ class Codec(ABC):
         if len(parts) > 3:
             raise ConfigSpecError(f"too many fields in spec {spec!r}; expected {SPEC_GRAMMAR}")
         options: dict[str, int] = {}
-        if len(parts) > 1:
-            if not parts[1].lstrip("b").isdigit():
+        for field in parts[1:]:
+            is_group = field.startswith("g") or field in _PER_ROW
+            if not is_group and "bits" not in options and "group_size" not in options:
+                if not field.lstrip("b").isdigit():
+                    raise ConfigSpecError(
+                        f"bad bits {field!r} in spec {spec!r}; expected {SPEC_GRAMMAR}"
+                    )
+                options["bits"] = int(field.lstrip("b"))
+            elif "group_size" not in options:
+                options["group_size"] = _parse_group(field, spec)
+            else:
                 raise ConfigSpecError(
-                    f"bad bits {parts[1]!r} in spec {spec!r}; expected {SPEC_GRAMMAR}"
+                    f"bad field {field!r} in spec {spec!r}; expected {SPEC_GRAMMAR}"
                 )
-            options["bits"] = int(parts[1].lstrip("b"))
-        if len(parts) > 2:
-            options["group_size"] = _parse_group(parts[2], spec)
         try:
             return codec_cls().with_options(**options)
         except UnsupportedCodecOptionError as e:
@@ -289,7 +296,7 @@ class Codec(ABC):
 
 def _parse_group(text: str, spec: str) -> int:
     t = text.lower()
-    if t in ("pc", "per-channel", "per_channel", "-1", "none"):
+    if t in _PER_ROW:
         return -1
     digits = t[1:] if t.startswith("g") else t
     if not digits.isdigit():
