@@ -49,6 +49,7 @@ class Variable:
     name: str
     label: str
     tensor: Any  # a torch.Tensor or an NNEFStorage
+    declared_in: str | None = None  # a fragment that declares it (see t2n_core.loop_weights)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class Graph:
                 live.update(_refs(list(op.attrs.values())))
         dropped = len(self.operations) - len(kept)
         self.operations = kept[::-1]
-        for name in [n for n in self.variables if n not in live]:
+        for name in [n for n, v in self.variables.items() if n not in live and not v.declared_in]:
             del self.variables[name]
         return dropped
 

@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from t2n_core.concat_guard import guard_concat_before_native_matmul
 from t2n_core.fold import fold_row_slices
 from t2n_core.fold_scale import fold_channel_affine
 from t2n_core.ir import Graph, Ref, Variable
+from t2n_core.loop_weights import inline_native_loop_weights
 from t2n_core.nnef import dat, text
 from t2n_core.storage import EncodedVariable, Encoding, NNEFStorage
 
@@ -104,6 +106,8 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     """
     fold_row_slices(graph, is_native)
     graph.notes += fold_channel_affine(graph, is_native)
+    inline_native_loop_weights(graph, is_native)
+    guard_concat_before_native_matmul(graph, is_native)
     attach_encodings(graph)
     check_native_uses(graph)
     graph_text = text.render(graph)

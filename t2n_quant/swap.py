@@ -1,4 +1,5 @@
-"""``quantize_model``: replace the weights of Linear / Embedding / Conv modules by QTensors.
+"""``quantize_model``: replace the weights of Linear / Embedding / Conv / recurrent modules by
+QTensors.
 
 Each new weight is ``nn.Parameter(qtensor, requires_grad=False)``, which for a tensor
 subclass *is* the QTensor flagged as a parameter: it stays in ``module._parameters``,
@@ -29,13 +30,20 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-    nn.MultiheadAttention,
+    nn.MultiheadAttention, nn.RNNBase,
 )  # fmt: skip
 #: the parameters of a module that are matmul weights ("weight" for the others)
 _WEIGHT_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
     nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
 }
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+def _weight_attrs(module: nn.Module) -> tuple[str, ...]:
+    if isinstance(module, nn.RNNBase):  # LSTM / GRU / RNN: input, hidden (and projection)
+        # matrices of every layer and direction; the biases stay float
+        return tuple(n for n in module._flat_weights_names if n.startswith("weight_"))
+    return _WEIGHT_ATTRS.get(type(module), ("weight",))
 
 
 @dataclass
@@ -103,7 +111,7 @@ def _collect(model: nn.Module) -> list[_Weight]:
     for path, module in model.named_modules(remove_duplicate=False):
         if not isinstance(module, SUPPORTED_MODULES):
             continue
-        for attr in _WEIGHT_ATTRS.get(type(module), ("weight",)):
+        for attr in _weight_attrs(module):
             param = module._parameters.get(attr)
             if param is None:
                 continue
@@ -127,7 +135,8 @@ def quantize_model(
     progress: bool = True,
 ) -> QuantizationSummary:
     """Quantize, in place, the weights of ``model``'s Linear / Embedding / Conv modules
-    (and the input projections of ``nn.MultiheadAttention``).
+    (and the input projections of ``nn.MultiheadAttention``, and the input, hidden and
+    projection matrices of every layer and direction of ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``).
 
     ``codec_or_config`` is a spec (``"q4_0"``, ``"minmax:4:g32"``), a config
     (:class:`~t2n_quant.config.MinMaxConfig`, ...) or a codec; ``bits`` / ``group_size``
@@ -183,6 +192,8 @@ def quantize_model(
         new = nn.Parameter(qt, requires_grad=False)
         for _, module in w.users:
             module._parameters[w.attr] = new
+            if isinstance(module, nn.RNNBase):
+                module._init_flat_weights()  # its forward reads this cached list
         w.param = new  # drop our reference to the float weight as we go
         summary.quantized.append(
             QuantizedWeight(

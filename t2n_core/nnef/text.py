@@ -119,7 +119,8 @@ def render(graph: Graph) -> str:
             f"  {value.name} = tract_core_external(shape = {shape}, datum_type = '{dtype}');"
         )
     for var in graph.variables.values():
-        lines.extend("  " + line for line in variable_lines(graph, var.name))
+        if var.declared_in is None:
+            lines.extend("  " + line for line in variable_lines(graph, var.name))
     for op in graph.operations:
         lines.append("  " + format_operation(op))
     lines.append("}")

@@ -58,7 +58,7 @@ def linear(ctx: EmitContext, node: torch.fx.Node):
     if vector:
         x, rank = _unsqueeze(ctx, x, 0), 2
         out_shape = [1, *out_shape]
-    y = _times_matrix(ctx, x, w, dtype, out_shape, transpose_b=True, hint="linear")
+    y = times_matrix(ctx, x, w, dtype, out_shape, transpose_b=True, hint="linear")
     if b is not None:
         y = ctx.emit(
             "add", broadcastable(ctx, y, b, dtype=dtype), dtype=dtype, shape=out_shape,
@@ -69,7 +69,7 @@ def linear(ctx: EmitContext, node: torch.fx.Node):
     return y
 
 
-def _times_matrix(ctx: EmitContext, x, w, dtype, out_shape, *, transpose_b: bool, hint: str | None):
+def times_matrix(ctx: EmitContext, x, w, dtype, out_shape, *, transpose_b: bool, hint: str | None):
     """``x @ w`` (or ``x @ w.T``) for a rank-2 ``w``, the leading axes of ``x`` folded into one.
 
     The matrix then reaches ``matmul`` untouched: tract keeps a Q4_0 weight compressed, and
@@ -111,7 +111,7 @@ def _matmul(ctx: EmitContext, a, b, dtype: torch.dtype, hint: str | None = None)
         # x @ W or x @ W.T with a stored W: keep W as matmul's direct operand
         stored = _stored_transpose(ctx, b)
         w, transpose_b = (stored, True) if stored is not None else (b, False)
-        return _times_matrix(ctx, a, w, dtype, out_shape, transpose_b=transpose_b, hint=hint)
+        return times_matrix(ctx, a, w, dtype, out_shape, transpose_b=transpose_b, hint=hint)
     a_vec, b_vec = ctx.rank(a) == 1, ctx.rank(b) == 1
     inner = list(out_shape)
     if a_vec:

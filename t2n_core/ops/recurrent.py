@@ -2,12 +2,14 @@
 
 The input projection of all time steps is one matmul over the whole sequence, outside the
 loop; the loop body (``fragments/t2n_<cell>.nnef``) does only the recurrent matmuls and the gate
-arithmetic. Each gate gets its own slice of the projection and of the recurrent weight, so the
-body text does not depend on the hidden size. The loop runs along the time axis of the input
-as laid out (axis 1 when ``batch_first``, else 0; backwards for the reverse direction), with
-the states carried as ``[1, B, H]`` (``[B, 1, H]`` when ``batch_first``), so no transpose of the
-sequence is needed. While capturing, these ops get a shape rule instead of their
-decomposition (which loops over time), so a dynamic time axis stays a symbol.
+arithmetic. Each gate gets its own row range of the recurrent weight (and its own slice of the
+projection), so the body text does not depend on the hidden size. Every weight matrix reaches
+its ``matmul`` as the stored rank-2 variable (the input projection folds the sequence's leading
+axes instead, the loop body squeezes the state ``[1, B, H]`` to ``[B, H]``): tract then keeps
+a Q4_0 weight compressed and an f32 weight once (see docs/tract-facts.md). The loop runs along
+axis 0 of a time-major sequence (a ``batch_first`` input is transposed once on the way in and
+out; backwards for the reverse direction). While capturing, these ops get a shape rule instead
+of their decomposition (which loops over time), so a dynamic time axis stays a symbol.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.fx
 
 from t2n_core.ir import Ref
+from t2n_core.ops.linear import times_matrix
 from t2n_core.ops.registry import register
 from t2n_core.shape_rules import register_shape_rule
 from t2n_core.translate import EmitContext
@@ -78,9 +81,7 @@ def _recurrent(ctx: EmitContext, cell: _Cell, h0: Ref, c0: Ref | None):
     if rest or not (per_direction == 2 + 2 * has_biases or (projected and cell is _LSTM)):
         raise ctx.error(f"unexpected parameter list of {len(params)} tensors for "
                         f"{num_layers} layer(s) x {directions} direction(s)")  # fmt: skip
-    time_axis = 1 if batch_first else 0
-
-    layer_input = x
+    layer_input = _swap_batch_time(ctx, x, "time_major") if batch_first else x
     h_last: list[Ref] = []
     c_last: list[Ref] = []
     for layer in range(num_layers):
@@ -91,15 +92,17 @@ def _recurrent(ctx: EmitContext, cell: _Cell, h0: Ref, c0: Ref | None):
             tag = f"l{layer}{'_reverse' if direction else ''}"
             y, h, c = _direction(
                 ctx, cell, layer_input, weights, has_biases, projected,
-                _initial_state(ctx, h0, index, batch_first, tag + "_h0"),
-                None if c0 is None else _initial_state(ctx, c0, index, batch_first, tag + "_c0"),
-                time_axis=time_axis, reverse=bool(direction), tag=tag,
+                _initial_state(ctx, h0, index, tag + "_h0"),
+                None if c0 is None else _initial_state(ctx, c0, index, tag + "_c0"),
+                reverse=bool(direction), tag=tag,
             )  # fmt: skip
             outputs.append(y)
             h_last.append(h)
             if c is not None:
                 c_last.append(c)
         layer_input = _concat(ctx, outputs, axis=2, hint=f"l{layer}_output")
+    if batch_first:
+        layer_input = _swap_batch_time(ctx, layer_input, "batch_first")
     results = [layer_input, _concat(ctx, h_last, axis=0, hint="h_n")]
     if c0 is not None:
         results.append(_concat(ctx, c_last, axis=0, hint="c_n"))
@@ -116,11 +119,13 @@ def _direction(
     h0: Ref,
     c0: Ref | None,
     *,
-    time_axis: int,
     reverse: bool,
     tag: str,
 ) -> tuple[Ref, Ref, Ref | None]:
-    """One layer in one direction: input projection, then the scan. Returns (y, h_T, c_T)."""
+    """One layer in one direction of a time-major ``x``: input projection, then the scan.
+
+    Returns (y, h_T, c_T).
+    """
     dtype = ctx.dtype(x)
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_biases else (None, None)
@@ -128,19 +133,17 @@ def _direction(
     out_size = ctx.shape(w_hh)[1]  # h size (the projection size for a projected LSTM)
     seq = ctx.shape(x)
 
-    # input projection of every time step at once: [T, B, gates * hidden] (or [B, T, ...])
-    w_ih = _unsqueeze(ctx, w_ih, [0], f"{tag}_w_ih")
-    proj = ctx.emit(
-        "matmul", [x, w_ih], {"transposeA": False, "transposeB": True},
-        dtype=dtype, shape=(seq[0], seq[1], cell.gates * hidden), hint=f"{tag}_input_proj",
+    # input projection of every time step at once: [T, B, gates * hidden]
+    proj = times_matrix(
+        ctx, x, w_ih, dtype, (seq[0], seq[1], cell.gates * hidden), transpose_b=True,
+        hint=f"{tag}_input_proj",
     )  # fmt: skip
     if has_biases:
         # GRU keeps its recurrent bias of the candidate gate n inside r * (W_hn h + b_hn)
         bias = b_ih if cell is _GRU else _add(ctx, b_ih, b_hh, f"{tag}_bias")
         proj = _add(ctx, proj, _unsqueeze(ctx, bias, [0, 1], f"{tag}_bias"), f"{tag}_input_proj")
     xs = [_gate(ctx, proj, 2, k, hidden, f"{tag}_x") for k in range(cell.gates)]
-    w3 = _unsqueeze(ctx, w_hh, [0], f"{tag}_w_hh")
-    ws = [_gate(ctx, w3, 1, k, hidden, f"{tag}_w") for k in range(cell.gates)]
+    ws = [_gate(ctx, w_hh, 0, k, hidden, f"{tag}_w") for k in range(cell.gates)]
     extra: list[Ref] = []
     if cell is _GRU:
         if has_biases:
@@ -152,7 +155,7 @@ def _direction(
         else:
             extra.append(ctx.constant(torch.zeros(1, 1, hidden, dtype=dtype), f"{tag}_bn"))
     if projected:
-        extra.append(_unsqueeze(ctx, weights[4], [0], f"{tag}_w_hr"))
+        extra.append(weights[4])
 
     fragment = cell.fragment + ("_proj" if projected else "")
     ctx.fragment(fragment)
@@ -165,38 +168,29 @@ def _direction(
         outputs.append((dtype, ctx.shape(c0)))
         states.append(c0)
     refs = ctx.emit_multi(
-        fragment, [*xs, *states, *ws, *extra], {"axis": time_axis, "step": -1 if reverse else 1},
+        fragment, [*xs, *states, *ws, *extra], {"axis": 0, "step": -1 if reverse else 1},
         outputs, hint=f"{tag}_scan",
     )  # fmt: skip
-    batch_first = time_axis == 1
-    h = _to_time_major(ctx, refs[1], batch_first, f"{tag}_h_n")
-    c = _to_time_major(ctx, refs[2], batch_first, f"{tag}_c_n") if c0 is not None else None
-    return refs[0], h, c
+    return refs[0], refs[1], refs[2] if c0 is not None else None
 
 
-def _initial_state(ctx: EmitContext, state: Ref, index: int, batch_first: bool, hint: str) -> Ref:
-    """Row ``index`` of a ``[layers * directions, B, H]`` state as ``[1, B, H]`` / ``[B, 1, H]``."""
+def _initial_state(ctx: EmitContext, state: Ref, index: int, hint: str) -> Ref:
+    """Row ``index`` of a ``[layers * directions, B, H]`` state as ``[1, B, H]``."""
     shape = ctx.shape(state)
     if shape[0] != 1:
         state = ctx.emit(
             "slice", [state], {"axes": [0], "begin": [index], "end": [index + 1]},
             dtype=ctx.dtype(state), shape=(1, *shape[1:]), hint=hint,
         )  # fmt: skip
-    if batch_first:
-        state = ctx.emit(
-            "transpose", [state], {"axes": [1, 0, 2]},
-            dtype=ctx.dtype(state), shape=(shape[1], 1, shape[2]), hint=hint,
-        )  # fmt: skip
     return state
 
 
-def _to_time_major(ctx: EmitContext, state: Ref, batch_first: bool, hint: str) -> Ref:
-    if not batch_first:
-        return state
-    shape = ctx.shape(state)
+def _swap_batch_time(ctx: EmitContext, seq: Ref, hint: str) -> Ref:
+    """``[B, T, F]`` <-> ``[T, B, F]``."""
+    shape = ctx.shape(seq)
     return ctx.emit(
-        "transpose", [state], {"axes": [1, 0, 2]},
-        dtype=ctx.dtype(state), shape=(1, shape[0], shape[2]), hint=hint,
+        "transpose", [seq], {"axes": [1, 0, 2]},
+        dtype=ctx.dtype(seq), shape=(shape[1], shape[0], shape[2]), hint=hint,
     )  # fmt: skip
 
 
