@@ -51,3 +51,11 @@ class EncodingError(T2NError, NotImplementedError):
 
 class MissingDependencyError(T2NError, ImportError):
     """An optional extra is needed (matplotlib for plots: ``pip install 't2n[plots]'``)."""
+
+
+class CalibrationDataError(T2NError, ValueError):
+    """Calibration data is empty, malformed, or rejected by the model."""
+
+
+class PlanError(T2NError, ValueError):
+    """A quantization plan names modules that do not exist or codecs that do not fit."""

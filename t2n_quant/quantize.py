@@ -48,11 +48,14 @@ def quantize_tensor(
     *,
     calibration: str | Calibration = "minmax",
     name: str | None = None,
+    params: QParams | None = None,
 ) -> QTensor:
     """Quantize ``weight`` with ``codec`` (a :class:`Codec` or a spec such as ``"q4_0"``).
 
     ``weight`` is read as rows = dim 0 by k = the product of the other dims.
-    ``calibration`` chooses the scales (``"minmax"``, ``"mse"``, ``"hqq"`` or a function).
+    ``calibration`` chooses the scales (``"minmax"``, ``"mse"``, ``"hqq"`` or a function);
+    ``params`` gives them instead, one row per block in row-major order (what a data-aware
+    calibration such as GPTQ chose while it updated the weight).
 
     >>> q = quantize_tensor(torch.randn(16, 64), "minmax:4:g32", calibration="mse")
     >>> q.codec.spec, q.shape
@@ -76,6 +79,14 @@ def quantize_tensor(
     bs = codec.block_size(k)
     per_row = k // bs
     n_blocks = rows * per_row
+    if params is not None:
+        if params.scale.shape[0] != n_blocks or (params.zero is None) == codec.has_zero:
+            raise ValueError(
+                f"params for {name or 'the tensor'} must hold {n_blocks} block(s) "
+                f"{'with' if codec.has_zero else 'without'} zero points for {codec.spec}; got "
+                f"{params.scale.shape[0]} {'without' if params.zero is None else 'with'}"
+            )
+        calibrate = _given(params)
     packed = torch.empty(n_blocks, codec.bytes_per_block(bs), dtype=torch.uint8, device=w.device)
     scale = torch.empty(n_blocks, 1, dtype=codec.storage_dtype, device=w.device)
     zero = torch.empty_like(scale) if codec.has_zero else None
@@ -93,6 +104,19 @@ def quantize_tensor(
     _check_range(QParams(scale, zero), name, codec)
     logger.debug("quantized %s %s with %s", name or "tensor", tuple(w.shape), codec.spec)
     return QTensor(codec, packed, scale, zero, tuple(w.shape), w.dtype, name)
+
+
+def _given(params: QParams) -> Calibration:
+    """A calibration handing out ``params`` slab after slab, in the order they are asked."""
+    cursor = [0]
+
+    def given(codec: Codec, blocks: torch.Tensor) -> QParams:
+        b0, b1 = cursor[0], cursor[0] + blocks.shape[0]
+        cursor[0] = b1
+        zero = None if params.zero is None else params.zero[b0:b1].float()
+        return QParams(params.scale[b0:b1].float(), zero)
+
+    return given
 
 
 def _check_range(stored: QParams, name: str | None, codec: Codec) -> None:

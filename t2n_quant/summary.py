@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from t2n_core.summary import human_bytes
 
@@ -48,6 +50,24 @@ class QuantizationSummary:
     quantized: list[QuantizedWeight] = field(default_factory=list)
     skipped: list[SkippedWeight] = field(default_factory=list)
     fallback: str | None = None  # the codec for weights the main codec cannot take
+    calibration_options: dict[str, Any] = field(default_factory=dict)
+    data_hash: str | None = None  # fingerprint of the calibration data (data-aware only)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """How the weights were made, as text: codec(s), calibration and its options, the
+        calibration data's hash (what export records in the archive's properties)."""
+        out = {"codec": self.codec, "calibration": self.calibration}
+        codecs = sorted({q.codec for q in self.quantized})
+        if codecs and codecs != [self.codec]:
+            out["codecs"] = ",".join(codecs)
+        if self.calibration_options:
+            out["calibration_options"] = json.dumps(self.calibration_options, sort_keys=True,
+                                                    default=str)  # fmt: skip
+        if self.data_hash:
+            out["calibration_data_sha256"] = self.data_hash
+        return out
 
     @property
     def bits_per_weight(self) -> float:
@@ -75,6 +95,15 @@ class QuantizationSummary:
     def ratio(self) -> float:
         return self.bytes_before / self.bytes_after if self.bytes_after else 1.0
 
+    def calibration_label(self) -> str:
+        """``gptq {"damp": 0.01} on data 1a2b...``: the calibration with its provenance."""
+        label = self.calibration
+        if self.calibration_options:
+            label += " " + json.dumps(self.calibration_options, sort_keys=True, default=str)
+        if self.data_hash:
+            label += f" on data sha256:{self.data_hash}"
+        return label
+
     def headline(self) -> str:
         codec = self.codec
         if self.fallback is not None:
@@ -82,7 +111,7 @@ class QuantizationSummary:
             codec += f" ({n_fallback} with fallback {self.fallback})"
         return (
             f"{len(self.quantized)} weight(s) quantized with {codec} "
-            f"(calibration: {self.calibration}): {human_bytes(self.bytes_before)} -> "
+            f"(calibration: {self.calibration_label()}): {human_bytes(self.bytes_before)} -> "
             f"{human_bytes(self.bytes_after)} ({self.ratio:.2f}x smaller); "
             f"{len(self.skipped)} skipped; {self.bits_per_weight:.2f} bits per weight overall, "
             f"{100 * self.quantized_fraction:.1f}% of weight bytes quantized"
@@ -106,6 +135,7 @@ class QuantizationSummary:
         if skipped:
             lines.append("skipped:")
             lines += _table(["weight", "module", "shape", "reason"], skipped)
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -117,6 +147,7 @@ class QuantizationSummary:
         if skipped:
             parts.append("<p>skipped:</p>")
             parts.append(_html_table(["weight", "module", "shape", "reason"], skipped))
+        parts += [f"<p>note: {html.escape(n)}</p>" for n in self.notes]
         return "\n".join(parts)
 
 

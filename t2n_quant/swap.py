@@ -14,14 +14,18 @@ import fnmatch
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from t2n_quant.calibration import Calibration, get_calibration
+from t2n_quant.calibration_data import batches as calibration_batches
+from t2n_quant.calibration_data import fingerprint
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
+from t2n_quant.layerwise import DATA_AWARE, quantize_with_data
 from t2n_quant.qtensor import QTensor
 from t2n_quant.quantize import quantize_tensor
 from t2n_quant.summary import QuantizationSummary, QuantizedWeight, SkippedWeight
@@ -132,6 +136,9 @@ def quantize_model(
     exclude: str | Sequence[str] | None = None,
     min_numel: int = 0,
     fallback: str | QuantConfig | Codec | None = None,
+    data: Any = None,
+    calibration_options: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> QuantizationSummary:
     """Quantize, in place, the weights of ``model``'s Linear / Embedding / Conv modules
@@ -148,6 +155,12 @@ def quantize_model(
     ``fallback`` (e.g. ``"minmax:4:pc"``) quantizes the weights the main codec cannot take
     (a shape q4_0's blocks of 32 do not divide, a transposed conv); the summary lists the
     codec of each weight and the overall bits per weight.
+    ``calibration="gptq"`` is data-aware: ``data`` (tensors, batches or a DataLoader, see
+    :mod:`t2n_quant.calibration_data`) is run through the model and each Linear weight is
+    rounded with GPTQ's error compensation (:mod:`t2n_quant.layerwise`), on ``device``
+    (``"cuda"``) block by block; ``calibration_options`` go to the method (``damp``,
+    ``inner`` = the weight-only calibration choosing each group's scale, ``block``).
+    The summary records the calibration, its options and a hash of the data.
 
     >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     >>> s = quantize_model(model, "minmax", bits=4, group_size=32, exclude="2", progress=False)
@@ -156,10 +169,25 @@ def quantize_model(
     """
     codec = resolve(codec_or_config, bits=bits, group_size=group_size)
     second = resolve(fallback) if fallback is not None else None
-    calibrate = get_calibration(calibration)
+    options = dict(calibration_options or {})
+    data_aware = isinstance(calibration, str) and calibration in DATA_AWARE
+    calibrate = get_calibration(options.get("inner", "minmax") if data_aware else calibration)
+    if not data_aware and options:
+        raise TypeError(
+            f"calibration_options {sorted(options)} given to weight-only {calibration!r}"
+        )
     cal_name = getattr(calibration, "__name__", "custom")
     cal_name = calibration if isinstance(calibration, str) else cal_name
     summary = QuantizationSummary(codec.spec, cal_name, fallback=second and second.spec)
+    summary.calibration_options = options
+    batches = None
+    if data_aware:
+        batches = calibration_batches(data)
+        summary.data_hash = fingerprint(batches)
+    elif data is not None:
+        note = f"data ignored: calibration {cal_name!r} looks at weights only (use 'gptq')"
+        logger.warning("%s", note)
+        summary.notes.append(note)
     inc, exc = _patterns(include), _patterns(exclude)
     todo: list[tuple[_Weight, Codec]] = []
     for w in _collect(model):
@@ -185,21 +213,31 @@ def quantize_model(
             )
         else:
             todo.append((w, chosen))
+    if batches is not None:
+        todo = quantize_with_data(
+            model, todo, batches, lambda w, c, qt: _install(w, c, qt, summary), summary,
+            method=str(calibration), options=options, device=device, progress=progress,
+        )  # fmt: skip
     bar = tqdm(todo, desc=f"quantizing ({codec.spec})", unit="weight", disable=not progress)
     for w, chosen in bar:
-        before = w.param.numel() * w.param.element_size()
         qt = quantize_tensor(w.param, chosen, calibration=calibrate, name=w.name)
-        new = nn.Parameter(qt, requires_grad=False)
-        for _, module in w.users:
-            module._parameters[w.attr] = new
-            if isinstance(module, nn.RNNBase):
-                module._init_flat_weights()  # its forward reads this cached list
-        w.param = new  # drop our reference to the float weight as we go
-        summary.quantized.append(
-            QuantizedWeight(
-                w.name, tuple(p for p, _ in w.users), w.module_type, tuple(qt.shape),
-                chosen.spec, qt.bits_per_weight, before, qt.nbytes,
-            )
-        )  # fmt: skip
+        _install(w, chosen, qt, summary)
     logger.info("%s", summary.headline())
     return summary
+
+
+def _install(w: _Weight, codec: Codec, qt: QTensor, summary: QuantizationSummary) -> None:
+    """``qt`` in place of ``w`` in every module using it, recorded in ``summary``."""
+    before = w.param.numel() * w.param.element_size()
+    new = nn.Parameter(qt, requires_grad=False)
+    for _, module in w.users:
+        module._parameters[w.attr] = new
+        if isinstance(module, nn.RNNBase):
+            module._init_flat_weights()  # its forward reads this cached list
+    w.param = new  # drop our reference to the float weight as we go
+    summary.quantized.append(
+        QuantizedWeight(
+            w.name, tuple(p for p, _ in w.users), w.module_type, tuple(qt.shape),
+            codec.spec, qt.bits_per_weight, before, qt.nbytes,
+        )
+    )  # fmt: skip

@@ -1,0 +1,107 @@
+"""GPTQ: data-aware rounding with second-order error compensation, column by column.
+
+After Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers" (2022). For a weight ``W`` (rows x k) whose module sees inputs
+``X`` (k features), the goal is the quantized ``Q`` with the least ``||W X - Q X||^2``.
+With ``H = X^T X`` (plus a small damping on its diagonal), the input columns are quantized
+left to right; each column's rounding error is spread over the columns not yet quantized,
+weighted by the upper Cholesky factor of ``H^-1`` (lazily, ``block`` columns at a time).
+
+The codec and its rounding rule are untouched: each group's scale (and zero point) is
+chosen by a weight-only calibration (``inner``: ``"minmax"``, ``"mse"``, ...) on the
+*updated* values of the group when its first column is reached (per-channel codecs: on the
+whole row, up front), and every value is quantized by the codec's own rule (ggml's for
+q4_0). :func:`gptq` returns the updated weight and those parameters; quantizing the one
+with the other (``quantize_tensor(w, codec, params=p)``) gives exactly the codes GPTQ chose,
+in the codec's unchanged byte layout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from t2n_quant.calibration.registry import Calibration, get_calibration
+from t2n_quant.codecs.base import Codec, QParams
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """The upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, damping more if
+    ``H`` is too ill-conditioned to factor (a few tries, then an error)."""
+    h = hessian.double()
+    mean_diag = float(h.diagonal().mean()) or 1.0
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for attempt in range(6):
+        chol, info = torch.linalg.cholesky_ex(h + (damp * 10**attempt) * mean_diag * eye)
+        if int(info) == 0:
+            inv = torch.cholesky_inverse(chol)
+            return torch.linalg.cholesky(inv, upper=True).float()
+    raise ValueError("the input Hessian cannot be factored even with 10000x damping")
+
+
+def gptq(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    codec: Codec,
+    *,
+    inner: str | Calibration = "minmax",
+    damp: float = 0.01,
+    block: int = 128,
+) -> tuple[torch.Tensor, QParams]:
+    """``(w, params)``: the error-compensated weight (rows x k, float32) as it stood when
+    each column was quantized, and the per-block parameters, row-major (see the module
+    docstring). ``hessian`` is ``X^T X`` over the module's inputs, ``k x k``.
+
+    >>> _ = torch.manual_seed(0); x = torch.randn(256, 64); w = torch.randn(8, 64)
+    >>> from t2n_quant.codecs import Q4_0Codec
+    >>> from t2n_quant.quantize import quantize_tensor
+    >>> w2, p = gptq(w, x.T @ x, Q4_0Codec())
+    >>> q = quantize_tensor(w2, Q4_0Codec(), params=p).dequantize()
+    >>> plain = quantize_tensor(w, Q4_0Codec()).dequantize()
+    >>> bool(((w - q) @ x.T).norm() < ((w - plain) @ x.T).norm())
+    True
+    """
+    calibrate = get_calibration(inner)
+    w = weight.detach().reshape(weight.shape[0], -1).float().clone()
+    rows, k = w.shape
+    if hessian.shape != (k, k):
+        raise ValueError(f"Hessian of shape {tuple(hessian.shape)} for a weight with k = {k}")
+    h = hessian.float().clone()
+    dead = h.diagonal() == 0  # inputs that were always zero: their columns do not matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    hinv = inverse_hessian_factor(h, damp)
+    bs = codec.block_size(k)
+    n_groups = k // bs
+    scale = torch.zeros(rows, n_groups, device=w.device)
+    zero = torch.zeros(rows, n_groups, device=w.device) if codec.has_zero else None
+    taken = torch.empty_like(w)  # each column as it stood when quantized
+    if n_groups == 1:
+        p = calibrate(codec, w)
+        scale[:, 0:1] = p.scale
+        if zero is not None:
+            zero[:, 0:1] = p.zero  # type: ignore[index]
+    step = bs * -(-block // bs) if n_groups > 1 else block
+    for i1 in range(0, k, step):
+        i2 = min(i1 + step, k)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        params = QParams(scale[:, :1], None if zero is None else zero[:, :1])
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = col // bs
+            if n_groups > 1 and col % bs == 0:
+                p = calibrate(codec, w1[:, i : i + bs].contiguous())
+                scale[:, g : g + 1] = p.scale
+                if zero is not None:
+                    zero[:, g : g + 1] = p.zero  # type: ignore[index]
+            params = QParams(scale[:, g : g + 1], None if zero is None else zero[:, g : g + 1])
+            column = w1[:, i : i + 1]
+            taken[:, col : col + 1] = column
+            q = codec.fake_quantize(column, params)
+            e = (column - q) / hinv1[i, i]
+            w1[:, i:] -= e * hinv1[i : i + 1, i:]
+            err1[:, i : i + 1] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    flat_zero = None if zero is None else zero.reshape(-1, 1)
+    return taken, QParams(scale.reshape(-1, 1), flat_zero)

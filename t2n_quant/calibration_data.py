@@ -1,0 +1,131 @@
+"""Calibration data for data-aware calibrations (GPTQ, AWQ), and its fingerprint.
+
+Accepted forms (:func:`batches`):
+
+- one tensor: one batch, passed as the model's only positional argument;
+- a tuple: one batch of positional arguments; a dict: one batch of keyword arguments;
+- a list or any iterable (a ``DataLoader``): several batches, each of the forms above
+  (a list or tuple item is that batch's positional arguments).
+
+For causal language models, :func:`text_batches` tokenizes text (strings or a file) with
+the model's tokenizer and cuts it into sequences of ``seq_len`` tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t2n_quant.errors import CalibrationDataError
+
+Batch = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _one(item: Any) -> Batch:
+    if isinstance(item, dict):
+        return (), dict(item)
+    if isinstance(item, (tuple, list)):
+        return tuple(item), {}
+    return (item,), {}
+
+
+def batches(data: Any) -> list[Batch]:
+    """The batches of ``data`` as ``(args, kwargs)`` pairs (see the module docstring).
+
+    >>> [len(a) for a, _ in batches([torch.zeros(2, 3), torch.zeros(1, 3)])]
+    [1, 1]
+    >>> batches(torch.zeros(2, 3))[0][0][0].shape
+    torch.Size([2, 3])
+    """
+    if data is None:
+        raise CalibrationDataError(
+            "this calibration needs data: pass data= (a tensor, a tuple of inputs, a list of "
+            "batches or a DataLoader; for a causal LM, text_batches(tokenizer, text))"
+        )
+    if isinstance(data, (torch.Tensor, tuple, dict)):
+        found = [_one(data)]
+    elif isinstance(data, (str, bytes, Path)):
+        raise CalibrationDataError(
+            "calibration data is text: tokenize it first with "
+            "t2n_quant.calibration_data.text_batches(tokenizer, text)"
+        )
+    elif isinstance(data, Iterable):
+        found = [_one(item) for item in data]
+    else:
+        raise CalibrationDataError(f"cannot read calibration data of type {type(data).__name__}")
+    if not found:
+        raise CalibrationDataError("calibration data is empty: give at least one batch")
+    for i, (args, kwargs) in enumerate(found):
+        tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        if not tensors:
+            raise CalibrationDataError(f"calibration batch {i} holds no tensor")
+        if any(t.numel() == 0 for t in tensors):
+            raise CalibrationDataError(f"calibration batch {i} holds an empty tensor")
+    return found
+
+
+def read_text(text: str | Path | Sequence[str]) -> str:
+    """The text of a file path, a string, or several strings joined by blank lines."""
+    if isinstance(text, Path):
+        return text.read_text(encoding="utf-8")
+    if isinstance(text, str):
+        return text
+    return "\n\n".join(text)
+
+
+def text_batches(
+    tokenizer: Any,
+    text: str | Path | Sequence[str],
+    *,
+    seq_len: int = 512,
+    n_sequences: int | None = 128,
+    batch_size: int = 8,
+) -> list[torch.Tensor]:
+    """``input_ids`` batches (``batch_size x seq_len``) cut from ``text`` tokenized with
+    ``tokenizer`` (a Hugging Face tokenizer, or any callable ``str -> list[int]``), at most
+    ``n_sequences`` sequences; a text shorter than one sequence gives one shorter sequence.
+
+    >>> ids = text_batches(lambda s: [ord(c) for c in s], "abcdefgh" * 4, seq_len=8)
+    >>> [tuple(b.shape) for b in ids]
+    [(4, 8)]
+    """
+    body = read_text(text)
+    if not body.strip():
+        raise CalibrationDataError("calibration text is empty")
+    if hasattr(tokenizer, "encode"):
+        ids = tokenizer.encode(body, add_special_tokens=False)
+    else:
+        ids = list(tokenizer(body))
+    if not ids:
+        raise CalibrationDataError("the tokenizer turned the calibration text into no tokens")
+    tokens = torch.tensor(ids, dtype=torch.long)
+    if tokens.numel() < seq_len:
+        return [tokens[None]]
+    seqs = tokens[: tokens.numel() // seq_len * seq_len].reshape(-1, seq_len)
+    if n_sequences is not None:
+        seqs = seqs[:n_sequences]
+    return list(seqs.split(batch_size))
+
+
+def fingerprint(data: list[Batch]) -> str:
+    """SHA-256 (first 16 hex digits) of every tensor of ``data``: shapes, dtypes and bytes.
+
+    >>> fingerprint(batches(torch.zeros(2))) == fingerprint(batches(torch.zeros(2)))
+    True
+    """
+    h = hashlib.sha256()
+    for args, kwargs in data:
+        items = list(enumerate(args)) + sorted(kwargs.items())
+        for key, value in items:
+            h.update(str(key).encode())
+            if isinstance(value, torch.Tensor):
+                t = value.detach().cpu().contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(repr(value).encode())
+    return h.hexdigest()[:16]
