@@ -8,11 +8,13 @@ from t2n_core.errors import (
     CaptureError,
     CheckMismatchError,
     ExportInputError,
+    PulseError,
     T2NError,
     TranslationError,
     UnsupportedOpsError,
 )
 from t2n_core.export import ExportResult, IOSpec, export
+from t2n_core.pulse import PulseReport, check_pulsed
 
 __all__ = [
     "ArchiveExistsError",
@@ -22,11 +24,14 @@ __all__ = [
     "ExportInputError",
     "ExportResult",
     "IOSpec",
+    "PulseError",
+    "PulseReport",
     "T2NError",
     "TranslationError",
     "UnsupportedOpsError",
     "__version__",
     "check_archive",
+    "check_pulsed",
     "export",
     "run_tract",
 ]

@@ -43,6 +43,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"{len(info.inputs)} inputs: {[str(i) for i in info.inputs]}"
         )
     names = [o.name for o in info.outputs]
+    if args.pulse is not None:
+        from t2n_core.pulse import check_pulsed
+
+        expected = _load_npz(args.outputs) if args.outputs else None
+        pulsed = check_pulsed(
+            args.archive, inputs, expected, pulse=args.pulse, symbol=args.symbol, names=names,
+            atol=args.atol, rtol=args.rtol, raise_on_mismatch=False,
+        )  # fmt: skip
+        print(pulsed)
+        return 0 if pulsed.passed else 1
     if args.outputs:
         report = check_archive(
             args.archive, inputs, _load_npz(args.outputs), names=names,
@@ -80,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", help="write tract's outputs to this .npz")
     p.add_argument("--atol", type=float, default=1e-4)
     p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument(
+        "--pulse", type=int, metavar="N",
+        help="stream the archive in tract in chunks of N frames of its streaming axis and "
+        "compare with the whole-sequence output (--outputs, or tract's whole run) shifted by "
+        "the pulse delay",
+    )  # fmt: skip
+    p.add_argument(
+        "--symbol",
+        help="with --pulse: the symbol of the streaming axis (default: the one recorded by "
+        "export(streaming_axis=...))",
+    )
     p.set_defaults(func=_cmd_check)
 
     for entry in sorted(entry_points(group="t2n.commands"), key=lambda e: e.name):

@@ -56,3 +56,7 @@ class CheckMismatchError(T2NError, AssertionError):
 
 class TractRunError(T2NError, RuntimeError):
     """tract refused to load or run an archive."""
+
+
+class PulseError(T2NError, RuntimeError):
+    """tract cannot pulse (stream) an archive, or the pulsed run cannot be fed as asked."""

@@ -77,6 +77,7 @@ def export(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic_axes: DynamicAxes | None = None,
+    streaming_axis: Mapping[str, int] | None = None,
     check: bool = False,
     atol: float = 1e-4,
     rtol: float = 1e-4,
@@ -88,7 +89,10 @@ def export(
     """Export ``model`` called on ``args`` to an NNEF archive that tract loads.
 
     ``path`` ending in ``.tgz``/``.tar.gz``/``.tar`` gives a tar archive, anything else a
-    directory. ``dynamic_axes`` maps input names to ``{axis: symbol}``; ``check=True`` runs the
+    directory. ``dynamic_axes`` maps input names to ``{axis: symbol}``; ``streaming_axis`` maps
+    input names to their time axis (``{"audio": 2}``): that axis becomes dynamic, on one symbol
+    recorded in the archive, so that :func:`t2n_core.pulse.check_pulsed` and
+    ``t2n check --pulse N`` can stream it in tract. ``check=True`` runs the
     archive in tract on ``args`` and raises :class:`CheckMismatchError` if it disagrees with
     PyTorch beyond ``atol + rtol * max|reference|``. Tar archives are stored uncompressed
     inside gzip by default (``compresslevel=0``: weights barely compress and level 1 runs at
@@ -109,6 +113,12 @@ def export(
             f"{len(input_names)} input_names given for {n_tensors} tensor input(s): {input_names}"
         )
     _check_names(input_names, "input_names")
+    streaming_properties: dict[str, str] = {}
+    if streaming_axis is not None:
+        from t2n_core.pulse import STREAMING_PROPERTY, with_streaming_axis
+
+        dynamic_axes, symbol = with_streaming_axis(dynamic_axes, streaming_axis, input_names)
+        streaming_properties[STREAMING_PROPERTY] = symbol
     target = Path(path)
     if target.exists() and not overwrite:
         from t2n_core.errors import ArchiveExistsError
@@ -155,6 +165,7 @@ def export(
         "t2n_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "tract_version_checked": _tract_version(),
+        **streaming_properties,
         **(properties or {}),
     }
     files = list(archive_files(graph))

@@ -1,0 +1,296 @@
+"""Streaming: run an archive in tract after its pulse transform and prove it equals the whole run.
+
+tract turns a model with a symbolic time axis into a *pulsed* one that takes fixed-size chunks
+of that axis and keeps whatever it needs of the past (convolution windows, recurrent states)
+between calls; its outputs come ``pulse.delay`` frames late (a centred convolution needs to
+see ahead). :func:`check_pulsed` feeds an input chunk by chunk (zeros after its end, to flush
+the delay), drops the first ``delay`` output frames and compares the rest with the
+whole-sequence output, except its last ``delay`` frames: those look past the end of the input,
+where the whole model pads each layer's input with zeros while the stream goes on (zeros fed
+to the first layer are not zeros after a layer with a bias), so they legitimately differ.
+``t2n_core.export(..., streaming_axis={"audio": 2})`` records the streaming symbol in the
+archive (property ``t2n_streaming_symbol``), so neither this function nor
+``t2n check --pulse N`` needs to be told it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from t2n_core.check import CheckReport, compare, run_tract, tract_message
+from t2n_core.errors import CheckMismatchError, ExportInputError, PulseError, TractRunError
+
+logger = logging.getLogger(__name__)
+
+#: archive property naming the symbol that ``streaming_axis`` made the streaming axis
+STREAMING_PROPERTY = "t2n_streaming_symbol"
+
+
+@dataclass
+class PulseReport:
+    """How the chunked run compared with the whole-sequence one."""
+
+    pulse: int
+    symbol: str
+    delay: int  # output frames
+    input_axes: list[int]
+    output_axes: list[int]
+    chunks: int
+    compared_frames: list[int] = field(default_factory=list)  # per output
+    check: CheckReport = field(default_factory=CheckReport)
+
+    @property
+    def passed(self) -> bool:
+        return self.check.passed
+
+    def __str__(self) -> str:
+        head = (
+            f"pulsed on {self.symbol} in chunks of {self.pulse} ({self.chunks} chunks), "
+            f"delay {self.delay} output frame(s), {self.compared_frames} frame(s) compared"
+        )
+        return head + "\n" + str(self.check)
+
+
+@dataclass
+class PulsedModel:
+    """A runnable pulsed tract model and what its pulse transform reported."""
+
+    runnable: object
+    pulse: int
+    symbol: str
+    delay: int
+    input_axes: list[int]
+    output_axes: list[int]
+    input_pulses: list[int]
+    output_pulses: list[int]
+
+    def state(self):
+        """A fresh streaming state: call ``state.run([chunk, ...])`` once per chunk."""
+        return self.runnable.spawn_state()
+
+
+def streaming_symbol(path: str | os.PathLike) -> str | None:
+    """The streaming symbol recorded by ``export(..., streaming_axis=...)``, if any."""
+    from t2n_core.inspect import inspect_archive
+
+    return inspect_archive(path).properties.get(STREAMING_PROPERTY)
+
+
+def load_pulsed(path: str | os.PathLike, pulse: int, symbol: str | None = None) -> PulsedModel:
+    """Load ``path`` in tract and pulse it over ``symbol`` in chunks of ``pulse`` frames.
+
+    Raises :class:`PulseError` naming the tract node (and op) that cannot be pulsed.
+
+    >>> pulsed = load_pulsed("kws.nnef.tgz", 4)             # doctest: +SKIP
+    >>> state = pulsed.state(); y = state.run([chunk])[0]   # doctest: +SKIP
+    """
+    import tract
+
+    if pulse < 1:
+        raise PulseError(f"the pulse must be a positive number of frames, got {pulse}")
+    where = os.fspath(path)
+    symbol = symbol or streaming_symbol(path)
+    if symbol is None:
+        raise PulseError(
+            f"{where} records no streaming symbol: export it with streaming_axis=... or name "
+            "the symbol to pulse (symbol=... / --symbol)"
+        )
+    try:
+        model = tract.nnef().with_tract_transformers().with_tract_extra().with_pulse().load(where)
+    except Exception as exc:
+        raise TractRunError(f"tract could not load {where}: {tract_message(exc)}") from exc
+    try:
+        model.transform(tract.Pulse(str(pulse), symbol=symbol))
+    except Exception as exc:
+        raise PulseError(_pulse_failure(where, symbol, tract_message(exc))) from exc
+
+    def ints(key: str) -> list[int]:
+        return [int(v) for v in np.atleast_1d(model.property(key).to_numpy())]
+
+    input_axes, output_axes = ints("pulse.input_axes"), ints("pulse.output_axes")
+    input_pulses = [_dims(model.input_fact(i))[a] for i, a in enumerate(input_axes)]
+    output_pulses = [_dims(model.output_fact(i))[a] for i, a in enumerate(output_axes)]
+    delay = ints("pulse.delay")[0]
+    return PulsedModel(
+        model.into_runnable(), pulse, symbol, delay, input_axes, output_axes, input_pulses,
+        output_pulses,
+    )  # fmt: skip
+
+
+def run_pulsed(
+    pulsed: PulsedModel, inputs: Sequence[np.ndarray], lengths: Sequence[int]
+) -> tuple[list[np.ndarray], int]:
+    """Feed ``inputs`` chunk by chunk (zeros after their end) until every output has
+    ``delay + lengths[j]`` frames; returns the outputs with the delay dropped, and the number of
+    chunks fed."""
+    inputs = [np.asarray(x) for x in inputs]
+    total = {x.shape[a] for x, a in zip(inputs, pulsed.input_axes)}
+    if len(total) != 1:
+        raise PulseError(f"inputs differ in length along their streaming axes: {sorted(total)}")
+    length = total.pop()
+    needed = [pulsed.delay + n for n in lengths]
+    limit = math.ceil(length / pulsed.input_pulses[0]) + max(needed) + 1
+    state = pulsed.state()
+    collected: list[list[np.ndarray]] = [[] for _ in lengths]
+    have = [0] * len(lengths)
+    chunks = 0
+    while any(h < n for h, n in zip(have, needed)):
+        if chunks >= limit:
+            raise PulseError(
+                f"after {chunks} chunks the outputs have {have} frames, expected {needed}"
+            )
+        feed = [
+            _chunk(x, a, chunks * p, p)
+            for x, a, p in zip(inputs, pulsed.input_axes, pulsed.input_pulses)
+        ]
+        try:
+            outs = [o.to_numpy() for o in state.run(feed)]
+        except Exception as exc:
+            raise TractRunError(f"the pulsed model failed on chunk {chunks}: "
+                                f"{tract_message(exc)}") from exc  # fmt: skip
+        for j, (out, axis) in enumerate(zip(outs, pulsed.output_axes)):
+            collected[j].append(out)
+            have[j] += out.shape[axis]
+        chunks += 1
+    results = []
+    for parts, axis, n in zip(collected, pulsed.output_axes, lengths):
+        whole = np.concatenate(parts, axis=axis)
+        results.append(np.take(whole, np.arange(pulsed.delay, pulsed.delay + n), axis=axis))
+    return results, chunks
+
+
+def check_pulsed(
+    path: str | os.PathLike,
+    inputs: Sequence[np.ndarray],
+    expected: Sequence[np.ndarray] | None = None,
+    *,
+    pulse: int,
+    symbol: str | None = None,
+    names: Sequence[str] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    raise_on_mismatch: bool = True,
+) -> PulseReport:
+    """Prove that ``path`` streams: chunks of ``pulse`` frames give the whole-sequence output.
+
+    ``expected`` defaults to tract's own whole-sequence run of ``inputs``; pass PyTorch's
+    outputs to compare with those instead. Raises :class:`PulseError` (naming the op) when
+    tract cannot pulse the graph, :class:`CheckMismatchError` when the outputs differ.
+
+    >>> report = check_pulsed("kws.nnef.tgz", [audio], pulse=160)   # doctest: +SKIP
+    >>> report.delay, report.passed                                 # doctest: +SKIP
+    (0, True)
+    """
+    pulsed = load_pulsed(path, pulse, symbol)
+    if expected is None:
+        expected = run_tract(path, inputs)
+    expected = [np.asarray(e) for e in expected]
+    if len(expected) != len(pulsed.output_axes):
+        raise PulseError(
+            f"{len(expected)} reference outputs for {len(pulsed.output_axes)} pulsed outputs"
+        )
+    lengths = [e.shape[a] for e, a in zip(expected, pulsed.output_axes)]
+    actual, chunks = run_pulsed(pulsed, inputs, lengths)
+    # frames whose receptive field ends inside the input: all but the last `delay`
+    kept = [max(n - pulsed.delay, 0) for n in lengths]
+    actual = [_head(a, axis, k) for a, axis, k in zip(actual, pulsed.output_axes, kept)]
+    expected = [_head(e, axis, k) for e, axis, k in zip(expected, pulsed.output_axes, kept)]
+    names = list(names) if names is not None else _output_names(path, len(actual))
+    report = PulseReport(
+        pulse, pulsed.symbol, pulsed.delay, pulsed.input_axes, pulsed.output_axes, chunks, kept,
+        compare(names, actual, expected, atol=atol, rtol=rtol),
+    )  # fmt: skip
+    logger.info("%s", report)
+    if raise_on_mismatch and not report.passed:
+        raise CheckMismatchError(
+            f"the pulsed run of {os.fspath(path)} differs from the whole run:\n{report}", report
+        )
+    return report
+
+
+def _head(x: np.ndarray, axis: int, n: int) -> np.ndarray:
+    return np.take(x, np.arange(n), axis=axis)
+
+
+def _chunk(x: np.ndarray, axis: int, start: int, size: int) -> np.ndarray:
+    """Frames ``start:start + size`` of ``x`` along ``axis``, zero-padded past its end."""
+    shape = list(x.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=x.dtype)
+    stop = min(start + size, x.shape[axis])
+    if stop > start:
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(start, stop)
+        target = [slice(None)] * x.ndim
+        target[axis] = slice(0, stop - start)
+        out[tuple(target)] = x[tuple(index)]
+    return np.ascontiguousarray(out)
+
+
+def _dims(fact: object) -> list[int]:
+    """The sizes of a tract fact string such as ``'1,8,4,f32'``."""
+    return [int(d) for d in str(fact).split(",")[:-1]]
+
+
+def _output_names(path: str | os.PathLike, n: int) -> list[str]:
+    from t2n_core.inspect import inspect_archive
+
+    names = [o.name for o in inspect_archive(path).outputs]
+    return names if len(names) == n else [f"output_{i}" for i in range(n)]
+
+
+def _pulse_failure(where: str, symbol: str, message: str) -> str:
+    node = re.search(r'node #\d+ "([^"]+)" (\S+)', message)
+    if node is None:
+        return f"tract cannot pulse {where} over {symbol}: {message}"
+    name, op = node.groups()
+    return (
+        f"tract cannot pulse {where} over {symbol}: op {op} at node '{name}' cannot stream "
+        f"(an op that needs the whole time axis, such as a mean or softmax over time, a "
+        f"backward recurrence or a global pool). tract says: {message}"
+    )
+
+
+def with_streaming_axis(
+    dynamic_axes: Mapping[str, Mapping[int, str] | Sequence[int]] | None,
+    streaming_axis: Mapping[str, int],
+    input_names: Sequence[str],
+) -> tuple[dict[str, Mapping[int, str] | Sequence[int]], str]:
+    """``dynamic_axes`` with every streaming axis on one symbol, and that symbol.
+
+    An axis already named in ``dynamic_axes`` keeps its name (all streaming axes must share
+    it); otherwise the symbol is ``"S"``.
+
+    >>> with_streaming_axis({"audio": {0: "B"}}, {"audio": 2}, ["audio"])
+    ({'audio': {0: 'B', 2: 'S'}}, 'S')
+    """
+    axes: dict[str, dict[int, str]] = {}
+    for name, spec in (dynamic_axes or {}).items():
+        axes[name] = dict(spec) if isinstance(spec, Mapping) else {int(a): f"{name}_{int(a)}"
+                                                                    for a in spec}  # fmt: skip
+    unknown = [k for k in streaming_axis if k not in input_names]
+    if unknown or not streaming_axis:
+        raise ExportInputError(
+            f"streaming_axis must map input names to their time axis, e.g. {{'audio': 2}}; "
+            f"got {dict(streaming_axis)} for inputs {list(input_names)}"
+        )
+    named = {axes.get(n, {}).get(int(a)) for n, a in streaming_axis.items()} - {None}
+    if len(named) > 1:
+        raise ExportInputError(
+            f"streaming axes must share one symbol; dynamic_axes names them {sorted(named)}"
+        )
+    symbol = named.pop() if named else "S"
+    for name, axis in streaming_axis.items():
+        if int(axis) < 0:
+            raise ExportInputError(
+                f"streaming axis of {name!r} must be given as a non-negative index, got {axis}"
+            )
+        axes.setdefault(name, {})[int(axis)] = symbol
+    return dict(axes), symbol
