@@ -68,6 +68,22 @@ def _tensor_leaves(value: Any, what: str) -> list[torch.Tensor]:
     return leaves
 
 
+def model_properties(model: nn.Module) -> dict[str, str]:
+    """The ``t2n_properties`` dicts carried by ``model``'s modules (``quantize_model`` leaves
+    one with the codec, calibration and calibration data hash), merged; differing values of
+    one key are joined with ``" | "``.
+
+    >>> m = nn.Sequential(nn.Linear(2, 2)); m[0].t2n_properties = {"a": "1"}
+    >>> model_properties(m)
+    {'a': '1'}
+    """
+    out: dict[str, str] = {}
+    for module in model.modules():
+        for key, value in (getattr(module, "t2n_properties", None) or {}).items():
+            out[key] = value if out.get(key, value) == value else f"{out[key]} | {value}"
+    return out
+
+
 def export(
     model: nn.Module,
     args: Any,
@@ -166,6 +182,7 @@ def export(
         "torch_version": torch.__version__.split("+")[0],
         "tract_version_checked": _tract_version(),
         **streaming_properties,
+        **model_properties(model),
         **(properties or {}),
     }
     files = list(archive_files(graph))

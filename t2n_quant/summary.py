@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,8 +62,9 @@ class QuantizationSummary:
         if codecs and codecs != [self.codec]:
             out["codecs"] = ",".join(codecs)
         if self.calibration_options:
-            out["calibration_options"] = json.dumps(self.calibration_options, sort_keys=True,
-                                                    default=str)  # fmt: skip
+            out["calibration_options"] = ",".join(
+                f"{k}={v}" for k, v in sorted(self.calibration_options.items())
+            )
         if self.data_hash:
             out["calibration_data_sha256"] = self.data_hash
         return out
@@ -96,10 +96,10 @@ class QuantizationSummary:
         return self.bytes_before / self.bytes_after if self.bytes_after else 1.0
 
     def calibration_label(self) -> str:
-        """``gptq {"damp": 0.01} on data 1a2b...``: the calibration with its provenance."""
+        """``gptq (damp=0.01) on data sha256:1a2b...``: the calibration and its provenance."""
         label = self.calibration
         if self.calibration_options:
-            label += " " + json.dumps(self.calibration_options, sort_keys=True, default=str)
+            label += f" ({self.provenance['calibration_options']})"
         if self.data_hash:
             label += f" on data sha256:{self.data_hash}"
         return label

@@ -160,7 +160,8 @@ def quantize_model(
     rounded with GPTQ's error compensation (:mod:`t2n_quant.layerwise`), on ``device``
     (``"cuda"``) block by block; ``calibration_options`` go to the method (``damp``,
     ``inner`` = the weight-only calibration choosing each group's scale, ``block``).
-    The summary records the calibration, its options and a hash of the data.
+    The summary records the calibration, its options and a hash of the data, and so does
+    ``model.t2n_properties``, which export writes into the archive's properties.
 
     >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     >>> s = quantize_model(model, "minmax", bits=4, group_size=32, exclude="2", progress=False)
@@ -222,6 +223,9 @@ def quantize_model(
     for w, chosen in bar:
         qt = quantize_tensor(w.param, chosen, calibration=calibrate, name=w.name)
         _install(w, chosen, qt, summary)
+    if summary.quantized:
+        props = {f"quantization.{k}": v for k, v in summary.provenance.items()}
+        model.t2n_properties = {**(getattr(model, "t2n_properties", None) or {}), **props}
     logger.info("%s", summary.headline())
     return summary
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from t2n_core.inspect import inspect_archive
 from t2n_quant import quantize_model, quantize_tensor
 from t2n_quant.calibration.gptq import gptq
 from t2n_quant.calibration_data import text_batches
@@ -83,7 +84,11 @@ def test_tiny_llama_gptq_block_by_block_and_in_tract(tmp_path):
     assert len(summary.quantized) == 2 * 7 + 2
     # random weights and tokens give near-isotropic inputs, where GPTQ gains least
     assert _logit_error(model, gq, test_ids) < _logit_error(model, plain, test_ids)
-    export_llama(gq, tmp_path)  # compared with the quantized model in tract
+    result = export_llama(gq, tmp_path)  # compared with the quantized model in tract
+    props = inspect_archive(result.path).properties
+    assert props["quantization.calibration"] == "gptq"
+    assert props["quantization.codec"] == "minmax:3:g32"
+    assert props["quantization.calibration_data_sha256"] == summary.data_hash
 
 
 def test_all_at_once_without_blocks():
@@ -94,7 +99,7 @@ def test_all_at_once_without_blocks():
     s = quantize_model(model, "q4_0", calibration="gptq", data=data,
                        calibration_options=options, progress=False)  # fmt: skip
     assert len(s.quantized) == 2 and any("all at once" in n for n in s.notes)
-    assert s.provenance["calibration_options"] == '{"damp": 0.02, "inner": "mse"}'
+    assert s.provenance["calibration_options"] == "damp=0.02,inner=mse"
 
 
 def test_text_batches_with_a_tokenizer_like_callable():
