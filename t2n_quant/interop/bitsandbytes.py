@@ -1,0 +1,345 @@
+"""bitsandbytes models in: ``Linear4bit`` and ``Linear8bitLt`` -> ``nn.Linear`` with a QTensor.
+
+``convert_bitsandbytes(model)`` replaces, in place, every bitsandbytes linear layer by an
+``nn.Linear`` whose weight is a :class:`~t2n_quant.qtensor.QTensor` holding the same codes:
+
+- ``Linear4bit`` (``quant_type`` ``"nf4"`` or ``"fp4"``, any ``blocksize``, with or without
+  double quantization of the absmax) -> codec ``nf4`` / ``fp4``. The 4-bit codes are moved
+  as integers (bitsandbytes keeps the first code of a byte in its high nibble, we in the low
+  one); the block scales are bitsandbytes' f32 absmax, the nested ones resolved once as
+  bitsandbytes resolves them (``code2[q] * absmax2 + offset``, in f32). A block that runs
+  across rows (``in_features`` not a multiple of ``blocksize``) is cut at row ends, each
+  piece keeping its block's scale, so the values stay the same.
+- ``Linear8bitLt`` -> codec ``int8``: codes ``CB``, row scales ``SCB * (1 / 127)`` as
+  bitsandbytes' dequantizing forward computes them.
+
+The dequantized weight equals bitsandbytes' own (``dequantize_4bit``; ``CB * (SCB / 127)``)
+bit for bit. ``reencode="q4_0"`` re-quantizes each converted weight to another codec (q4_0
+keeps tract's weights compressed in memory) and reports the error that adds, per layer.
+Any other bitsandbytes layer, or an option we cannot reproduce, raises
+:class:`BitsAndBytesConversionError` naming the layer and its type before anything changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from t2n_core.errors import T2NError
+from t2n_core.summary import human_bytes
+from t2n_quant.calibration import Calibration
+from t2n_quant.codecs.base import Codec
+from t2n_quant.codecs.codebook import CodebookCodec, FP4Codec, NF4Codec
+from t2n_quant.codecs.int8 import Int8Codec
+from t2n_quant.compare import sqnr
+from t2n_quant.config import resolve
+from t2n_quant.qtensor import QTensor
+from t2n_quant.quantize import quantize_tensor
+
+logger = logging.getLogger(__name__)
+
+_CODECS: dict[str, type[CodebookCodec]] = {"nf4": NF4Codec, "fp4": FP4Codec}
+
+
+class BitsAndBytesConversionError(T2NError, NotImplementedError):
+    """A bitsandbytes layer or option that cannot be converted exactly."""
+
+
+@dataclass(frozen=True)
+class ConvertedLayer:
+    """One bitsandbytes layer and the QTensor it became.
+
+    ``added_sqnr_db`` / ``added_max_abs``: the error re-encoding added against the
+    bitsandbytes weight (``inf`` / 0 when the codes were kept as they were).
+    """
+
+    name: str
+    bnb_type: str
+    shape: tuple[int, ...]
+    source: str
+    codec: str
+    bits_per_weight: float
+    added_sqnr_db: float = math.inf
+    added_max_abs: float = 0.0
+
+
+@dataclass
+class BitsAndBytesConversion:
+    """The result of :func:`convert_bitsandbytes`; ``print()`` it."""
+
+    layers: list[ConvertedLayer] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def headline(self) -> str:
+        reenc = [x for x in self.layers if x.codec != x.source]
+        text = f"{len(self.layers)} bitsandbytes layer(s) converted"
+        if reenc:
+            worst = min(reenc, key=lambda x: x.added_sqnr_db)
+            text += (
+                f", {len(reenc)} re-encoded (worst added error: {worst.name} "
+                f"{worst.added_sqnr_db:.1f} dB SQNR, max |diff| {worst.added_max_abs:.3g})"
+            )
+        return text
+
+    def __str__(self) -> str:
+        lines = [self.headline()]
+        for x in self.layers:
+            added = "exact" if x.codec == x.source else f"+err {x.added_sqnr_db:.1f} dB"
+            lines.append(
+                f"  {x.name}: {x.bnb_type} {x.shape} {x.source} -> {x.codec} "
+                f"({x.bits_per_weight:.3g} bits/w, {added})"
+            )
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _bnb() -> object:
+    try:
+        import bitsandbytes
+    except ImportError as e:  # pragma: no cover - bitsandbytes is a dev dependency
+        from t2n_quant.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "converting bitsandbytes layers needs bitsandbytes: pip install 't2n[interop]'"
+        ) from e
+    return bitsandbytes
+
+
+def is_bitsandbytes_module(module: nn.Module) -> bool:
+    """Whether ``module``'s class comes from the bitsandbytes package."""
+    return type(module).__module__.split(".")[0] == "bitsandbytes"
+
+
+# ---- 4-bit ---------------------------------------------------------------------------------
+
+
+def _absmax(qs: object) -> torch.Tensor:
+    """bitsandbytes' f32 block absmax, nested (double-quantized) statistics resolved."""
+    absmax = qs.absmax  # type: ignore[attr-defined]
+    if getattr(qs, "nested", False):
+        s2 = qs.state2  # type: ignore[attr-defined]
+        per = s2.absmax.repeat_interleave(s2.blocksize)[: absmax.numel()]
+        absmax = s2.code[absmax.reshape(-1).long()] * per
+        absmax = absmax + qs.offset  # type: ignore[attr-defined]
+    return absmax.reshape(-1).float()
+
+
+def _check_codebook(qs: object, codec_cls: type[CodebookCodec], where: str) -> None:
+    code = qs.code.float().cpu()  # type: ignore[attr-defined]
+    if not torch.equal(code, codec_cls().table()):
+        raise BitsAndBytesConversionError(
+            f"{where}: its {codec_cls.name} code book differs from bitsandbytes' standard one "
+            f"({code.tolist()})"
+        )
+
+
+def _codec_class(qs: object, where: str) -> type[CodebookCodec]:
+    quant_type = getattr(qs, "quant_type", None)
+    if quant_type not in _CODECS:
+        raise BitsAndBytesConversionError(
+            f"{where}: quant_type {quant_type!r} is not supported (supported: {sorted(_CODECS)})"
+        )
+    codec_cls = _CODECS[quant_type]
+    _check_codebook(qs, codec_cls, where)
+    return codec_cls
+
+
+def _qtensor(
+    codec_cls: type[CodebookCodec],
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    blocksize: int,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    name: str | None,
+) -> QTensor:
+    """Flat codes and one absmax per ``blocksize`` flat values -> a QTensor (blocks cut at
+    row ends keep their block's scale)."""
+    k, n = math.prod(shape[1:]), math.prod(shape)
+    g = math.gcd(k, blocksize)
+    per_block = absmax.repeat_interleave(blocksize // g)[: n // g].reshape(-1, 1)
+    codec = codec_cls(group_size=g)
+    packed = codec.pack(codes.reshape(-1, g))
+    return QTensor(codec, packed, per_block.contiguous(), None, shape, dtype, name)
+
+
+def qtensor_from_4bit(
+    packed: torch.Tensor, qs: object, name: str | None = None, bnb_type: str = "Linear4bit"
+) -> QTensor:
+    """The QTensor of bitsandbytes' packed 4-bit ``packed`` (any storage dtype) and state."""
+    where = f"{bnb_type} {name!r}"
+    codec_cls = _codec_class(qs, where)
+    shape = tuple(qs.shape)  # type: ignore[attr-defined]
+    if len(shape) < 2:
+        raise BitsAndBytesConversionError(f"{where}: weight of rank {len(shape)}")
+    n = math.prod(shape)
+    raw = packed.detach().cpu().contiguous().view(torch.uint8).reshape(-1)
+    if raw.numel() * 2 < n:
+        raise BitsAndBytesConversionError(
+            f"{where}: {raw.numel()} packed bytes cannot hold {n} 4-bit codes"
+        )
+    codes = torch.stack([raw >> 4, raw & 0x0F], dim=1).reshape(-1)[:n]
+    dtype = getattr(qs, "dtype", torch.float32)
+    blocksize = int(qs.blocksize)  # type: ignore[attr-defined]
+    return _qtensor(codec_cls, codes, _absmax(qs).cpu(), blocksize, shape, dtype, name)
+
+
+def qtensor_from_cpu_packed(packed: torch.Tensor, qs: object, name: str | None = None) -> QTensor:
+    """The QTensor of a ``Linear4bit`` that bitsandbytes repacked for its AVX512-BF16 CPU
+    kernel (``quant_state.packing_format_for_cpu``, done by its first eval forward there).
+
+    That repacking interleaves the codes of 32 rows and rounds the absmax to bf16 in place;
+    the bf16 absmax is what bitsandbytes computes with from then on, so it is what we keep.
+    """
+    where = f"Linear4bit {name!r}"
+    codec_cls = _codec_class(qs, where)
+    rows, half = packed.shape
+    k, lanes = 2 * half, 32
+    p = packed.detach().cpu().view(torch.uint8).reshape(-1, lanes)
+    codes = torch.cat([p & 0x0F, p >> 4], dim=-1)
+    codes = codes.reshape(rows // lanes, half, lanes, 2).transpose(1, 2).reshape(rows, k)
+    absmax = qs.absmax.detach().cpu().T.reshape(-1).float()  # type: ignore[attr-defined]
+    dtype = getattr(qs, "original_dtype", torch.float32)
+    blocksize = int(qs.blocksize)  # type: ignore[attr-defined]
+    return _qtensor(codec_cls, codes.reshape(-1), absmax, blocksize, (rows, k), dtype, name)
+
+
+def _linear4bit(module: nn.Module, name: str, notes: list[str]) -> QTensor:
+    weight = module.weight
+    qs = getattr(weight, "quant_state", None)
+    if qs is None:
+        raise BitsAndBytesConversionError(
+            f"Linear4bit {name!r} is not quantized yet (no quant_state): move the model to a "
+            "device (model.to('cpu')) so bitsandbytes quantizes it, then convert"
+        )
+    if getattr(qs, "packing_format_for_cpu", False):
+        notes.append(
+            f"{name}: bitsandbytes had repacked this layer for its AVX512-BF16 CPU kernel, "
+            "which rounded its block absmax to bf16; converted with those bf16 scales "
+            "(convert before an eval forward on such a CPU to keep bitsandbytes' f32 ones)"
+        )
+        return qtensor_from_cpu_packed(weight.data, qs, name)
+    return qtensor_from_4bit(weight.data, qs, name)
+
+
+# ---- 8-bit ---------------------------------------------------------------------------------
+
+
+def qtensor_from_int8(
+    cb: torch.Tensor, scb: torch.Tensor, dtype: torch.dtype, name: str | None = None
+) -> QTensor:
+    """The ``int8`` QTensor of bitsandbytes' row-wise ``CB`` (int8) and ``SCB`` (f32 absmax)."""
+    if cb.dtype != torch.int8 or cb.dim() != 2 or scb.numel() != cb.shape[0]:
+        raise BitsAndBytesConversionError(
+            f"Linear8bitLt {name!r}: expected int8 CB [rows, k] and one SCB per row, got "
+            f"{cb.dtype} {tuple(cb.shape)} and {tuple(scb.shape)}"
+        )
+    codes = (cb.detach().cpu().to(torch.int16) + 128).to(torch.uint8)
+    scale = scb.detach().cpu().float().reshape(-1, 1).mul(1.0 / 127.0)
+    codec = Int8Codec()
+    return QTensor(codec, codes.contiguous(), scale, None, tuple(cb.shape), dtype, name)
+
+
+def _linear8bit(module: nn.Module, name: str) -> QTensor:
+    state = module.state  # type: ignore[attr-defined]
+    if state.has_fp16_weights:
+        raise BitsAndBytesConversionError(
+            f"Linear8bitLt {name!r} has has_fp16_weights=True: its weights are float, not "
+            "int8; load it with has_fp16_weights=False (or quantize the float model with t2n)"
+        )
+    cb = state.CB if state.CB is not None else module.weight.data
+    scb = state.SCB if state.SCB is not None else getattr(module.weight, "SCB", None)
+    if scb is None or cb.dtype != torch.int8:
+        raise BitsAndBytesConversionError(
+            f"Linear8bitLt {name!r} is not quantized yet (no SCB): move the model to a device "
+            "(model.to('cpu')) so bitsandbytes quantizes it, then convert"
+        )
+    dtype = module.bias.dtype if module.bias is not None else torch.float32
+    return qtensor_from_int8(cb, scb, dtype, name)
+
+
+# ---- the model -----------------------------------------------------------------------------
+
+
+def _bnb_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    for name, module in model.named_modules():
+        if is_bitsandbytes_module(module):
+            yield name, module
+
+
+def _convert_one(name: str, module: nn.Module, notes: list[str]) -> tuple[QTensor, str]:
+    bnb = _bnb()
+    nn_mod = bnb.nn  # type: ignore[attr-defined]
+    if isinstance(module, nn_mod.Linear4bit):
+        return _linear4bit(module, name, notes), "Linear4bit"
+    if isinstance(module, nn_mod.Linear8bitLt):
+        return _linear8bit(module, name), "Linear8bitLt"
+    raise BitsAndBytesConversionError(
+        f"bitsandbytes layer {name!r} of type {type(module).__name__} is not supported; "
+        "supported: Linear4bit (nf4, fp4) and Linear8bitLt"
+    )
+
+
+def convert_bitsandbytes(
+    model: nn.Module,
+    *,
+    reencode: str | Codec | None = None,
+    calibration: str | Calibration = "minmax",
+) -> BitsAndBytesConversion:
+    """Replace, in place, every bitsandbytes linear layer of ``model`` (see the module doc).
+
+    ``reencode``: a spec (``"q4_0"``) to re-quantize each converted weight with; the added
+    error against the bitsandbytes weight is reported per layer. Every layer is converted
+    before any is replaced, so an error leaves ``model`` unchanged.
+
+    >>> import bitsandbytes as bnb
+    >>> m = nn.Sequential(bnb.nn.Linear4bit(64, 32, quant_type="nf4")).to("cpu")
+    >>> print(convert_bitsandbytes(m).headline())
+    1 bitsandbytes layer(s) converted
+    >>> type(m[0]).__name__, m[0].weight.codec.spec
+    ('Linear', 'nf4:g64')
+    """
+    target = None if reencode is None else resolve(reencode)
+    result = BitsAndBytesConversion()
+    replacements: list[tuple[str, nn.Module, nn.Linear]] = []
+    for name, module in _bnb_layers(model):
+        qt, bnb_type = _convert_one(name, module, result.notes)
+        record = ConvertedLayer(
+            name, bnb_type, tuple(qt.shape), qt.codec.spec, qt.codec.spec, qt.bits_per_weight
+        )
+        if target is not None:
+            exact = qt.dequantize(torch.float32)
+            new = quantize_tensor(exact, target, calibration=calibration, name=name)
+            got = new.dequantize(torch.float32)
+            qt = new if new.dtype == qt.dtype else new.with_inner(lambda t: t, dtype=qt.dtype)
+            record = ConvertedLayer(
+                name, bnb_type, record.shape, record.source, new.codec.spec, new.bits_per_weight,
+                sqnr(exact, got), float((exact - got).abs().max()),
+            )  # fmt: skip
+        if bnb_type == "Linear4bit":
+            cdt = getattr(module, "compute_dtype", None)
+            if cdt is not None and cdt != qt.dtype:
+                result.notes.append(
+                    f"{name}: bitsandbytes computed in {cdt}; the converted layer computes in "
+                    f"{qt.dtype}, its weight's dtype"
+                )
+        linear = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+        linear.weight = nn.Parameter(qt, requires_grad=False)
+        bias = module.bias
+        linear.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        replacements.append((name, module, linear))
+        result.layers.append(record)
+    for name, _, linear in replacements:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, linear)
+    for note in result.notes:
+        logger.warning("%s", note)
+    logger.info("%s", result.headline())
+    total = sum(r[2].weight.nbytes for r in replacements)
+    logger.debug("converted weights hold %s", human_bytes(total))
+    return result
