@@ -15,6 +15,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from t2n_core.errors import CaptureError, ExportInputError
+from t2n_core.ir import is_identifier
 from t2n_core.ops import registry
 from t2n_core.shape_rules import shape_rules
 from t2n_core.storage import NNEFStorage
@@ -34,7 +35,7 @@ class Captured:
 
 
 def _is_identifier(name: str) -> bool:
-    return name.isidentifier() and name.isascii()
+    return is_identifier(name)
 
 
 def normalize_args(args: Any) -> tuple[Any, ...]:

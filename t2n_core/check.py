@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from t2n_core.errors import CheckMismatchError, TractRunError
+from t2n_core.tract_child import LOAD_FAILED, RUN_FAILED, tract_message
 
 logger = logging.getLogger(__name__)
 
@@ -22,13 +30,16 @@ class OutputComparison:
     max_abs_error: float
     max_rel_error: float  # max |a - b| / max |b|
     passed: bool
+    #: why this comparison proves little or failed on its own (constant reference, NaN, ...)
+    note: str = ""
 
     def __str__(self) -> str:
         mark = "ok" if self.passed else "MISMATCH"
-        return (
+        text = (
             f"{self.name}: {mark}  shape={list(self.shape)} dtype={self.dtype} "
             f"max_abs={self.max_abs_error:.3g} max_rel={self.max_rel_error:.3g}"
         )
+        return f"{text}  ({self.note})" if self.note else text
 
 
 @dataclass
@@ -47,13 +58,11 @@ class CheckReport:
         return "\n".join([head, *("  " + str(o) for o in self.outputs)])
 
 
-def tract_message(exc: BaseException) -> str:
-    """tract's error text without its Rust stack backtrace."""
-    return str(exc).split("Stack backtrace:")[0].strip()
-
-
 def load_runnable(path: str | os.PathLike):
-    """Load an archive with every tract registry we may emit, ready to run."""
+    """Load an archive in this process with every tract registry we may emit, ready to run.
+
+    A tract panic here ends the process: :func:`run_tract` runs tract in a child instead.
+    """
     import tract
 
     try:
@@ -70,13 +79,64 @@ def load_runnable(path: str | os.PathLike):
         ) from exc
 
 
-def run_tract(path: str | os.PathLike, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    runnable = load_runnable(path)
-    try:
-        outputs = runnable.run([np.asarray(x, order="C") for x in inputs])  # keeps 0-d
-    except Exception as exc:
-        raise TractRunError(f"tract could not run {os.fspath(path)}: {tract_message(exc)}") from exc
-    return [o.to_numpy() for o in outputs]
+_CHILD = Path(__file__).with_name("tract_child.py")
+# drop the current directory from the child's path, then run the script by its path
+_BOOT = "import runpy, sys; del sys.path[0]; sys.argv[:] = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"  # noqa: E501
+
+
+_FRAME = re.compile(r"\s+(\d+:|at )|stack backtrace:|note: ")  # Rust backtrace lines
+
+
+def in_tract_child(command: str, path: str | os.PathLike, workdir: Path, shown: str) -> None:
+    """Run ``tract_child.py COMMAND`` on ``path``; a tract error or crash -> TractRunError."""
+    from t2n_core.nnef.archive import validate_for_tract
+
+    validate_for_tract(path)
+    argv = [sys.executable, "-c", _BOOT, str(_CHILD), command, os.fspath(path), str(workdir)]
+    env = {**os.environ, "RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}  # tract's text only
+    proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env)
+    if proc.returncode == 0:
+        return
+    text = proc.stderr.strip()
+    if proc.returncode == LOAD_FAILED:
+        raise TractRunError(f"tract could not load {shown}: {text}")
+    if proc.returncode == RUN_FAILED:
+        raise TractRunError(f"tract could not run {shown}: {text}")
+    if proc.returncode < 0:
+        try:
+            how = signal.Signals(-proc.returncode).name
+        except ValueError:
+            how = f"signal {-proc.returncode}"
+        lines = [ln for ln in text.splitlines() if ln.strip() and not _FRAME.match(ln)]
+        tail = "\n".join(lines[-20:])
+        raise TractRunError(
+            f"tract crashed ({how}) on {shown}; it ran in a child process, so this one goes on. "
+            f"This is a tract bug; what tract printed:\n{tail}"
+        )
+    raise TractRunError(
+        f"the tract child process failed on {shown} (exit {proc.returncode}):\n{text}"
+    )
+
+
+def run_tract(
+    path: str | os.PathLike, inputs: Sequence[np.ndarray], *, shown_as: str | None = None
+) -> list[np.ndarray]:
+    """Run ``path`` in tract (in a child process) on ``inputs``; tract's outputs, in order."""
+    shown = shown_as or os.fspath(path)
+    with tempfile.TemporaryDirectory(prefix="t2n-tract-") as tmp:
+        work = Path(tmp)
+        np.savez(work / "inputs.npz", *[np.asarray(x) for x in inputs])
+        in_tract_child("run", path, work, shown)
+        with np.load(work / "outputs.npz") as data:
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def tract_facts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """tract's input and output facts (``"2,S,f32"``) of an archive, loaded in a child."""
+    with tempfile.TemporaryDirectory(prefix="t2n-tract-") as tmp:
+        in_tract_child("facts", path, Path(tmp), os.fspath(path))
+        facts = json.loads((Path(tmp) / "facts.json").read_text())
+    return facts["inputs"], facts["outputs"]
 
 
 def compare(
@@ -86,8 +146,15 @@ def compare(
     *,
     atol: float,
     rtol: float,
+    allow_nan: bool = False,
 ) -> CheckReport:
-    """Compare outputs; floats pass when ``max|a-b| <= atol + rtol * max|b|``, others exactly."""
+    """Compare outputs; floats pass when ``max|a-b| <= atol + rtol * max|b|``, others exactly.
+
+    A NaN in either output fails, unless ``allow_nan`` and both have NaN at the same places.
+    Infinities must match exactly. A reference that is constant, or whose largest value is
+    within ``atol`` of zero, cannot tell a wrong graph from a right one: the comparison says
+    so in its ``note`` (and a warning is logged).
+    """
     report = CheckReport(atol=atol, rtol=rtol)
     if len(actual) != len(expected):
         raise CheckMismatchError(
@@ -97,10 +164,12 @@ def compare(
         b = np.asarray(b)
         a = np.asarray(a)
         if a.shape != b.shape:
+            note = f"tract's shape {list(a.shape)}, expected {list(b.shape)}"
             report.outputs.append(
-                OutputComparison(name, a.shape, str(a.dtype), float("inf"), float("inf"), False)
+                OutputComparison(name, a.shape, str(a.dtype), np.inf, np.inf, False, note)
             )
             continue
+        note = ""
         if b.dtype.kind in "fc":
             finite = np.isfinite(b)
             diff = np.abs(a[finite].astype(np.float64) - b[finite].astype(np.float64))
@@ -111,13 +180,28 @@ def compare(
             scale = float(np.abs(b[finite]).max()) if finite.any() else 0.0
             max_rel = max_abs / scale if scale > 0 else max_abs
             ok = same_nonfinite and max_abs <= atol + rtol * scale
+            nan_a, nan_b = int(np.isnan(a).sum()), int(np.isnan(b).sum())
+            if nan_a or nan_b:
+                if not (allow_nan and same_nonfinite):
+                    ok = False
+                note = f"NaN: {nan_b} in the reference, {nan_a} in tract's output" + (
+                    "" if allow_nan else "; pass allow_nan=True if NaN is expected"
+                )
+            elif finite.any() and b.size > 1 and np.ptp(b[finite]) == 0:
+                note = f"reference is constant ({b[finite].flat[0]:.3g}): this check proves little"
+            elif scale <= atol:
+                note = f"reference is vanishing (max|y| = {scale:.3g} <= atol): proves little"
         else:
             mismatch = a != b.astype(a.dtype, copy=False)
             max_abs = float(mismatch.sum())
             max_rel = max_abs / max(b.size, 1)
             ok = not mismatch.any()
+            if b.size > 1 and (b == b.flat[0]).all():
+                note = f"reference is constant ({b.flat[0]}): this check proves little"
+        if note:
+            logger.warning("tract check of %s: %s", name, note)
         report.outputs.append(
-            OutputComparison(name, tuple(b.shape), str(b.dtype), max_abs, max_rel, bool(ok))
+            OutputComparison(name, tuple(b.shape), str(b.dtype), max_abs, max_rel, bool(ok), note)
         )
     return report
 
@@ -131,19 +215,42 @@ def check_archive(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     raise_on_mismatch: bool = True,
+    allow_nan: bool = False,
+    shown_as: str | None = None,
 ) -> CheckReport:
-    """Run ``path`` in tract on ``inputs`` and compare with ``expected``.
+    """Run ``path`` in tract on ``inputs`` and compare with ``expected`` (see :func:`compare`).
+
+    tract runs in a child process: a tract crash raises :class:`TractRunError` with tract's
+    text instead of ending this process. Outputs are named ``names``, by default the
+    archive's own output names. ``shown_as`` is the path to name in messages.
 
     >>> report = check_archive("model.nnef.tgz", [x], [y])   # doctest: +SKIP
     >>> report.passed                                        # doctest: +SKIP
     True
     """
-    actual = run_tract(path, inputs)
-    names = list(names) if names is not None else [f"output_{i}" for i in range(len(actual))]
-    report = compare(names, actual, expected, atol=atol, rtol=rtol)
+    shown = shown_as or os.fspath(path)
+    actual = run_tract(path, inputs, shown_as=shown)
+    if names is None:
+        names = archive_output_names(path)
+        if len(names) != len(actual):
+            names = [f"output_{i}" for i in range(len(actual))]
+    report = compare(list(names), actual, expected, atol=atol, rtol=rtol, allow_nan=allow_nan)
     logger.info("%s", report)
     if raise_on_mismatch and not report.passed:
         raise CheckMismatchError(
-            f"tract's outputs of {os.fspath(path)} differ from the reference:\n{report}", report
+            f"tract's outputs of {shown} differ from the reference:\n{report}", report
         )
     return report
+
+
+def archive_output_names(path: str | os.PathLike) -> list[str]:
+    """The output names graph.nnef declares (``graph g(x) -> (y, z)`` gives ``[y, z]``)."""
+    from t2n_core.nnef.archive import read_archive_files
+
+    text = (
+        read_archive_files(path, dat_headers_only=True)
+        .get("graph.nnef", b"")
+        .decode("utf-8", errors="replace")
+    )
+    match = re.search(r"graph\s+\w+\s*\([^)]*\)\s*->\s*\(([^)]*)\)", text)
+    return [n.strip() for n in match.group(1).split(",") if n.strip()] if match else []

@@ -42,6 +42,10 @@ class ArchiveExistsError(T2NError, FileExistsError):
     """The export target already exists and ``overwrite`` was not set."""
 
 
+class ArchiveTargetError(T2NError, OSError):
+    """The export target cannot be written, or must not be replaced (it is not an archive)."""
+
+
 class ArchiveFormatError(T2NError, ValueError):
     """A file does not look like an NNEF archive or a ``.dat`` tensor."""
 

@@ -18,7 +18,8 @@ from t2n_core import __version__
 from t2n_core.capture import DynamicAxes, capture, default_input_names, normalize_args
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.errors import ExportInputError
-from t2n_core.nnef.archive import write_archive
+from t2n_core.ir import IDENTIFIER_RULE, is_identifier, sanitize
+from t2n_core.nnef.archive import check_target, write_archive
 from t2n_core.translate import translate
 from t2n_core.writer import archive_files, tensor_bytes_by_type
 
@@ -135,11 +136,7 @@ def export(
 
         dynamic_axes, symbol = with_streaming_axis(dynamic_axes, streaming_axis, input_names)
         streaming_properties[STREAMING_PROPERTY] = symbol
-    target = Path(path)
-    if target.exists() and not overwrite:
-        from t2n_core.errors import ArchiveExistsError
-
-        raise ArchiveExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    check_target(path, overwrite=overwrite)  # before the capture: fail fast, name the target
 
     with torch.no_grad():
         was_training = model.training
@@ -150,9 +147,7 @@ def export(
             model.train(was_training)
     ref_leaves = _tensor_leaves(reference, "outputs")
     if output_names is None:
-        output_names = ["output"] if len(ref_leaves) == 1 else [
-            f"output_{i}" for i in range(len(ref_leaves))
-        ]  # fmt: skip
+        output_names = default_output_names(reference)
     output_names = list(output_names)
     if len(output_names) != len(ref_leaves):
         raise ExportInputError(
@@ -174,7 +169,7 @@ def export(
             symbols=captured.symbols,
             progress=bar,
         )
-    graph.symbols = _symbols_in_order(dynamic_axes)
+    graph.symbols = list(dict.fromkeys(captured.symbols.names.values()))  # as bound
     graph.remove_dead_code()
     graph.extensions.add("tract_registry tract_core")
     graph.properties = {
@@ -186,18 +181,31 @@ def export(
         **(properties or {}),
     }
     files = list(archive_files(graph))
+    check_report: list[CheckReport] = []
+
+    def verify(staged: Path) -> None:
+        """Run the staged archive in tract before it replaces anything at ``path``."""
+        inputs = [a.detach().cpu().numpy() for a in args if isinstance(a, torch.Tensor)]
+        expected = [r.detach().cpu().numpy() for r in ref_leaves]
+        report = check_archive(
+            staged, inputs, expected, names=output_names, atol=atol, rtol=rtol,
+            shown_as=os.fspath(path),
+        )  # fmt: skip
+        check_report.append(report)
+
     with tqdm(
         total=len(files), desc="write", unit="file", disable=not progress, leave=False
     ) as bar:
         write_archive(
-            target,
+            path,
             files,
             overwrite=overwrite,
             compresslevel=compresslevel,
             progress=lambda _name: bar.update(1),
+            verify=verify if check else None,
         )
     result = ExportResult(
-        path=target,
+        path=Path(path),
         inputs=[IOSpec(v.name, v.shape, _dtype_name(v.dtype)) for v in graph.inputs],
         outputs=[
             IOSpec(n, graph.values[n].shape, _dtype_name(graph.values[n].dtype))
@@ -207,34 +215,45 @@ def export(
         tensor_bytes=tensor_bytes_by_type(graph),
         files=[name for name, _ in files],
         notes=list(graph.notes),
+        check=check_report[0] if check_report else None,
     )
-    logger.info("exported %s to %s", type(model).__name__, target)
-    if check:
-        inputs = [a.detach().cpu().numpy() for a in args if isinstance(a, torch.Tensor)]
-        expected = [r.detach().cpu().numpy() for r in ref_leaves]
-        result.check = check_archive(
-            target, inputs, expected, names=output_names, atol=atol, rtol=rtol
-        )
+    logger.info("exported %s to %s", type(model).__name__, path)
     return result
 
 
+def default_output_names(reference: Any) -> list[str]:
+    """Output names from the structure the model returns.
+
+    One tensor: ``output``; a tuple/list: ``output_0, output_1, ...``; a dict (or a Hugging
+    Face ``ModelOutput``): its keys, joined with ``_`` when nested (``{"a": (x, y)}`` gives
+    ``a_0, a_1``).
+
+    >>> default_output_names({"logits": torch.zeros(1), "hidden": (torch.zeros(1),)})
+    ['logits', 'hidden_0']
+    """
+    from torch.utils._pytree import tree_flatten_with_path
+
+    paths = [path for path, _ in tree_flatten_with_path(reference)[0]]
+    keyed = any(hasattr(k, "key") or hasattr(k, "name") for p in paths for k in p)
+    if not keyed:
+        return ["output"] if len(paths) == 1 else [f"output_{i}" for i in range(len(paths))]
+    names: list[str] = []
+    for i, path in enumerate(paths):
+        parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", "")))) for k in path]
+        name = sanitize("_".join(parts))
+        if not is_identifier(name) or name in names:
+            name = f"output_{i}"
+        names.append(name)
+    return names
+
+
 def _check_names(names: list[str], what: str) -> None:
-    bad = [n for n in names if not (n.isidentifier() and n.isascii())]
+    bad = [n for n in names if not is_identifier(n)]
     if bad:
-        raise ExportInputError(f"{what} must be identifiers (letters, digits, _): {bad}")
+        raise ExportInputError(f"{what} {bad}: each name must be {IDENTIFIER_RULE}")
     dup = [n for n, c in Counter(names).items() if c > 1]
     if dup:
         raise ExportInputError(f"{what} has duplicates: {dup}")
-
-
-def _symbols_in_order(dynamic_axes: DynamicAxes | None) -> list[str]:
-    out: list[str] = []
-    for axes in (dynamic_axes or {}).values():
-        names = axes.values() if isinstance(axes, Mapping) else []
-        for sym in names:
-            if sym not in out:
-                out.append(sym)
-    return out
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -12,9 +12,12 @@ from t2n_core.errors import ArchiveFormatError
 from t2n_core.export import IOSpec
 from t2n_core.nnef.archive import read_archive_files
 from t2n_core.nnef.dat import DatHeader
+from t2n_core.nnef.text import unescape_string
 
 _GRAPH_RE = re.compile(r"graph\s+(\w+)\s*\(([^)]*)\)\s*->\s*\(([^)]*)\)")
 _ASSIGN_RE = re.compile(r"^\s*(?:[\w\[\](), ]+?)\s*=\s*([A-Za-z_]\w*)\s*(?:<\w+>)?\s*\(", re.M)
+_STRING = r"""(?:\\.|[^"\\])*"""
+_PROPERTY_RE = re.compile(rf'\(\s*"({_STRING})"\s*,\s*"({_STRING})"\s*\)', re.S)
 _DECLS = {"external", "tract_core_external", "variable"}
 
 
@@ -71,7 +74,7 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
             sizes[header.type_name()] += header.data_length
     inputs, outputs = _io_from_tract(path, input_names, output_names)
     extensions = re.findall(r"^extension\s+([^;]+);", text, re.M)
-    properties = dict(re.findall(r'\(\s*"([^"]*)"\s*,\s*"([^"]*)"\s*\)', text))
+    properties = {unescape_string(k): unescape_string(v) for k, v in _PROPERTY_RE.findall(text)}
     return ArchiveInfo(
         Path(path), graph_name, inputs, outputs, dict(sorted(ops.items())),
         dict(sorted(sizes.items())), extensions, properties,
@@ -81,22 +84,22 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
 def _io_from_tract(
     path: str | os.PathLike, input_names: list[str], output_names: list[str]
 ) -> tuple[list[IOSpec], list[IOSpec]]:
-    """Shapes and dtypes as tract infers them; names as graph.nnef declares them."""
-    import tract
+    """Shapes and dtypes as tract infers them (in a child process); names from graph.nnef."""
+    from t2n_core.check import tract_facts
+    from t2n_core.errors import TractRunError
 
     try:
-        model = tract.nnef().with_tract_transformers().with_tract_extra().load(str(path))
-    except Exception as exc:
-        from t2n_core.check import tract_message
+        in_facts, out_facts = tract_facts(path)
+    except TractRunError as exc:
+        raise ArchiveFormatError(str(exc)) from exc
 
-        msg = f"tract could not load {os.fspath(path)}: {tract_message(exc)}"
-        raise ArchiveFormatError(msg) from exc
-
-    def spec(name: str, fact) -> IOSpec:
-        *dims, dtype = str(fact).split(",")
+    def spec(name: str, fact: str) -> IOSpec:
+        *dims, dtype = fact.split(",")
         shape = tuple(int(d) if d.lstrip("-").isdigit() else d for d in dims)
         return IOSpec(name, shape, dtype)
 
-    inputs = [spec(input_names[i], model.input_fact(i)) for i in range(model.input_count())]
-    outputs = [spec(output_names[i], model.output_fact(i)) for i in range(model.output_count())]
+    names_in = input_names + [f"input_{i}" for i in range(len(input_names), len(in_facts))]
+    names_out = output_names + [f"output_{i}" for i in range(len(output_names), len(out_facts))]
+    inputs = [spec(n, f) for n, f in zip(names_in, in_facts)]
+    outputs = [spec(n, f) for n, f in zip(names_out, out_facts)]
     return inputs, outputs

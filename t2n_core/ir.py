@@ -76,14 +76,22 @@ class Graph:
     properties: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what passes changed, for the summary
     _taken: Counter = field(default_factory=Counter)
+    _reserved: set[str] = field(default_factory=set)
+
+    def reserve(self, names: list[str]) -> None:
+        """Keep ``names`` (the user's input and output names) out of :meth:`fresh_name`."""
+        self._reserved.update(names)
 
     def fresh_name(self, hint: str) -> str:
-        """A unique identifier derived from ``hint`` (e.g. a module path)."""
+        """A unique identifier derived from ``hint`` (e.g. a module path).
+
+        Never one of the :meth:`reserve`-d names: user names win, generated names yield.
+        """
         base = sanitize(hint)
         count = self._taken[base]
         self._taken[base] += 1
         name = base if count == 0 else f"{base}_{count}"
-        while name in self.values or name in self.variables:
+        while name in self.values or name in self.variables or name in self._reserved:
             count += 1
             self._taken[base] += 1
             name = f"{base}_{count}"
@@ -136,11 +144,21 @@ class Graph:
 
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9_]")
+IDENTIFIER_RULE = (
+    "an NNEF identifier: ASCII letters, digits and '_', not starting with a digit, "
+    "and not an NNEF keyword"
+)
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED = {
     "version", "extension", "fragment", "graph", "tensor", "integer", "scalar", "logical",
     "string", "true", "false", "for", "in", "if", "else", "yield", "length_of", "shape_of",
     "range_of",
 }  # fmt: skip
+
+
+def is_identifier(name: str) -> bool:
+    """Whether ``name`` can be written as is in graph.nnef (see :data:`IDENTIFIER_RULE`)."""
+    return bool(_IDENTIFIER_RE.fullmatch(name)) and name not in _RESERVED
 
 
 def sanitize(hint: str) -> str:

@@ -290,6 +290,7 @@ def translate(
     if problems:
         raise UnsupportedOpsError(problems)
     graph = Graph()
+    graph.reserve([*input_names, *output_names])
     ctx = EmitContext(graph, symbols)
     kinds = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
     user_index = 0

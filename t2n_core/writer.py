@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -105,9 +107,11 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     variables; :mod:`t2n_core.fold_scale` notes go to ``graph.notes``).
     """
     fold_row_slices(graph, is_native)
+    labelled = assign_file_labels(graph)  # the passes below may print labels
     graph.notes += fold_channel_affine(graph, is_native)
     inline_native_loop_weights(graph, is_native)
     guard_concat_before_native_matmul(graph, is_native)
+    assign_file_labels(graph, keep_first=labelled)  # variables the passes added
     attach_encodings(graph)
     check_native_uses(graph)
     graph_text = text.render(graph)
@@ -115,6 +119,49 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     for var in graph.variables.values():
         for ev in encoding_of(var).variables:
             yield f"{var.label}{ev.suffix}.dat", _dat_producer(ev)
+
+
+_SAFE_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+#: longest label kept as is: with a codec suffix and ".dat" it stays under 255 bytes
+MAX_LABEL = 200
+
+
+def assign_file_labels(graph: Graph, keep_first: set[str] = frozenset()) -> set[str]:
+    """Give every variable a label that is a safe, unique file name (the ``.dat`` stem).
+
+    A label (the state-dict name, e.g. ``encoder.0.weight``) is kept when it is made of
+    letters, digits, ``_``, ``.``, ``-`` only, does not start with ``.`` or ``-``, is not
+    too long and none of its files clashes with another's (compared case-insensitively, as
+    on macOS and Windows file systems). Otherwise the variable's identifier is used (a module
+    named ``/some/dir/head`` gets ``some_dir_head_weight``), with a ``_<n>`` suffix if taken.
+    So no file of the archive can land outside it or overwrite another. Variables named in
+    ``keep_first`` (labelled by an earlier call) are served first, so their labels hold.
+    Returns the names of all variables.
+    """
+    taken: set[str] = set()
+    ordered = sorted(graph.variables.values(), key=lambda v: v.name not in keep_first)
+    for var in ordered:
+        suffixes = [ev.suffix for ev in encoding_of(var).variables]
+
+        def files(label: str, suffixes: list[str] = suffixes) -> set[str]:
+            return {f"{label}{s}.dat".lower() for s in suffixes}
+
+        label = var.label
+        if not (_SAFE_LABEL.fullmatch(label) and len(label) <= MAX_LABEL) or files(label) & taken:
+            base = var.name if len(var.name) <= MAX_LABEL else _shortened(var.name)
+            label, n = base, 0
+            while files(label) & taken:
+                n += 1
+                label = f"{base}_{n}"
+            logger.info("tensor %r is stored as %s.dat", var.label, label)
+        var.label = label
+        taken |= files(label)
+    return set(graph.variables)
+
+
+def _shortened(name: str) -> str:
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return f"{name[: MAX_LABEL - 13]}_{digest}"
 
 
 def header_of(ev: EncodedVariable, payload_size: int | None = None) -> dat.DatHeader:

@@ -1,22 +1,36 @@
 """Write and read NNEF archives: a directory or a ``.tgz``/``.tar.gz`` file.
 
-Writing is atomic (a temporary sibling path, then a rename) and byte-reproducible
-(sorted-free fixed order given by the caller, zero mtimes, no owner names).
+Writing is atomic and byte-reproducible (fixed order given by the caller, zero mtimes, no
+owner names, POSIX pax tar so that names of any length fit). Everything is staged in a
+temporary sibling folder named ``.<target name>.t2n-tmp-<pid>-<random>``, checked (the
+caller's ``verify``), then moved in place with one rename: a ``.tgz`` path is never missing,
+a directory is swapped in with ``renameat2(RENAME_EXCHANGE)`` where the OS has it. A folder
+that does not look like an NNEF archive is never replaced, and temporary folders left by a
+killed export are removed by the next export to the same target.
+
+Readers trust nothing in an archive: members outside it, links that leave it and special
+files (FIFOs, devices) are refused, and only ``graph.nnef`` (bounded) and the 128-byte
+headers of ``.dat`` files are read to describe it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gzip
 import io
 import logging
 import os
+import posixpath
+import re
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from t2n_core.errors import ArchiveExistsError, ArchiveFormatError
+from t2n_core.errors import ArchiveExistsError, ArchiveFormatError, ArchiveTargetError
 from t2n_core.nnef.dat import HEADER_SIZE
 
 logger = logging.getLogger(__name__)
@@ -61,6 +75,89 @@ def is_tar_path(path: Path) -> bool:
     return path.name.endswith((".tgz", ".tar.gz", ".tar"))
 
 
+#: marks the temporary folders of an export: ``.<target name>.t2n-tmp-<pid>-<random>``
+TMP_MARK = ".t2n-tmp-"
+#: files an NNEF archive folder may hold (anything else there belongs to someone else)
+_ARCHIVE_FILE = re.compile(r"graph\.nnef|graph\.quant|.*\.dat")
+#: graph.nnef larger than this is refused (a 1B-parameter LLM's is a few MB)
+MAX_GRAPH_BYTES = 256 << 20
+#: a member that graph.nnef does not reference and that is larger than this is refused:
+#: tract would read it whole
+MAX_UNREFERENCED_BYTES = 16 << 20
+
+
+def resolve_target(path: str | os.PathLike) -> Path:
+    """The path an export writes: a symlink is followed, so the link keeps pointing at it."""
+    target = Path(path)
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
+
+
+def check_target(path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Refuse, before any work, a target that cannot or must not be written; return it.
+
+    Raises :class:`ArchiveExistsError` when it exists and ``overwrite`` is False, and
+    :class:`ArchiveTargetError` when its folder is not writable or when it exists but is not
+    an NNEF archive of the same kind (a folder holding other files, a file that is not a tar).
+    """
+    target = resolve_target(path)
+    if target.exists():
+        if not overwrite:
+            raise ArchiveExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        _check_replaceable(target, shown=str(path))
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArchiveTargetError(
+            f"cannot write {path}: folder {parent} is not writable; choose another path"
+        )
+    return target
+
+
+def _check_replaceable(target: Path, shown: str) -> None:
+    if is_tar_path(target):
+        if not target.is_file():
+            raise ArchiveTargetError(
+                f"{shown} exists and is not a file; a {target.suffix} archive cannot replace "
+                "it. Remove it or choose another path"
+            )
+        if target.stat().st_size and not tarfile.is_tarfile(target):
+            raise ArchiveTargetError(
+                f"{shown} exists and is not a tar archive: refusing to overwrite it"
+            )
+        return
+    if not target.is_dir():
+        raise ArchiveTargetError(
+            f"{shown} exists and is not a folder; an NNEF folder archive cannot replace it. "
+            "Remove it, or give a path ending in .tgz for a tar archive"
+        )
+    foreign = [
+        str(p.relative_to(target))
+        for p in sorted(target.rglob("*"))
+        if p.is_symlink()
+        or (p.is_file() and not _ARCHIVE_FILE.fullmatch(p.name))
+        or not (p.is_file() or p.is_dir())
+    ]
+    entries = [p for p in target.iterdir()]
+    if foreign or (entries and not (target / "graph.nnef").is_file()):
+        what = f"it holds {foreign[:5]}" if foreign else "it has no graph.nnef"
+        raise ArchiveTargetError(
+            f"{shown} is a folder that is not an NNEF archive ({what}): refusing to overwrite "
+            "it and lose those files. Remove them or choose another path"
+        )
+
+
+def member_path(name: str) -> str:
+    """``name`` as a path relative to the archive root; refused when it would leave it."""
+    norm = posixpath.normpath(name.replace("\\", "/")) if name else ""
+    if (
+        not norm or norm == "." or norm.startswith(("/", "../")) or norm == ".."
+        or "\0" in norm or re.match(r"[A-Za-z]:", norm)
+    ):  # fmt: skip
+        raise ArchiveFormatError(f"archive member {name!r} lies outside the archive")
+    return norm.removeprefix("./")
+
+
 def write_archive(
     path: str | os.PathLike,
     files: Iterable[FileProducer],
@@ -68,13 +165,21 @@ def write_archive(
     overwrite: bool = False,
     compresslevel: int = 0,
     progress: Callable[[str], None] | None = None,
+    verify: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``files`` to ``path`` (directory, ``.tar``, ``.tgz`` or ``.tar.gz``) atomically."""
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise ArchiveExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    """Write ``files`` to ``path`` (directory, ``.tar``, ``.tgz`` or ``.tar.gz``) atomically.
+
+    ``verify`` is called on the complete staged archive before it replaces anything; if it
+    raises, the target is left as it was.
+    """
+    target = check_target(path, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp = Path(
+        tempfile.mkdtemp(
+            prefix=f".{target.name}{TMP_MARK}{os.getpid()}-", suffix="", dir=target.parent
+        )
+    )
     try:
         if is_tar_path(target):
             staged = tmp / target.name
@@ -82,28 +187,85 @@ def write_archive(
         else:
             staged = tmp / "archive"
             staged.mkdir()
+            root = staged.resolve()
             for name, produce in files:
-                with open(staged / name, "wb") as f:
+                dest = staged / member_path(name)
+                if root not in dest.resolve().parents:
+                    raise ArchiveFormatError(f"file {name!r} would be written outside {target}")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "xb") as f:
                     for chunk in _chunks(produce()):
                         f.write(chunk)
                 if progress:
                     progress(name)
-        _replace(staged, target)
+        if verify is not None:
+            verify(staged)
+        if target.exists():
+            _check_replaceable(target, shown=str(path))  # it may have changed meanwhile
+        _replace(staged, target, tmp)
+    except PermissionError as exc:
+        raise ArchiveTargetError(f"cannot write {path}: {exc.strerror}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _replace(staged: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        target.rename(old)
-        staged.rename(target)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        staged.rename(target)
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporary folders of exports to ``target`` whose process is gone."""
+    removed = []
+    prefix = f".{target.name}{TMP_MARK}"
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.info("removed %s, left by an interrupted export", entry)
+        removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another export of this process, in another thread
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _replace(staged: Path, target: Path, tmp: Path) -> None:
+    """Move ``staged`` to ``target``; any old ``target`` ends up inside ``tmp``."""
+    if not staged.is_dir() or not target.exists():
+        os.replace(staged, target)  # one atomic rename: the file path is never missing
+        return
+    if _exchange(staged, target):
+        return  # the old archive is now at ``staged``, removed with ``tmp``
+    os.rename(target, tmp / "old")
+    os.rename(staged, target)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); False where the OS cannot."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
 
 
 def _write_tar(
@@ -118,10 +280,11 @@ def _write_tar(
             if path.name.endswith(("gz",))
             else None
         )
-        with tarfile.open(fileobj=gz or raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        # pax: names longer than 100 characters get a pax header (ustar cannot hold them)
+        with tarfile.open(fileobj=gz or raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for name, produce in files:
                 chunks = _chunks(produce())
-                info = tarfile.TarInfo(name)
+                info = tarfile.TarInfo(member_path(name))
                 info.size = sum(len(c) for c in chunks)
                 info.mtime = 0
                 info.mode = 0o644
@@ -135,38 +298,144 @@ def _write_tar(
             gz.close()
 
 
+def list_archive(path: str | os.PathLike) -> dict[str, int]:
+    """The regular files of an archive (directory or tar) with their sizes, by relative path.
+
+    Refuses (:class:`ArchiveFormatError`) members outside the archive, links that leave it
+    and anything that is not a regular file or a folder (FIFO, device, socket).
+    """
+    src = Path(path)
+    if src.is_dir():
+        return _list_dir(src)
+    if not src.exists():
+        raise ArchiveFormatError(f"{src} does not exist")
+    if not src.is_file():
+        raise ArchiveFormatError(f"{src} is neither a folder nor a tar file")
+    out: dict[str, int] = {}
+    with _open_tar(src) as tar:
+        for member in tar:
+            _check_member(src, member)
+            if member.isfile():
+                out[member_path(member.name)] = member.size
+    return out
+
+
+def _list_dir(root: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
+                real = p.resolve()
+                if real_root not in real.parents:
+                    raise ArchiveFormatError(f"{root}: {rel} is a link that leaves the archive")
+                mode = os.stat(p).st_mode
+            if stat.S_ISREG(mode):
+                out[rel] = os.stat(p).st_size
+            elif not stat.S_ISDIR(mode):
+                raise ArchiveFormatError(
+                    f"{root}: {rel} is not a regular file ({_kind(mode)}); remove it"
+                )
+    return dict(sorted(out.items()))
+
+
+_SPECIAL_KINDS = [
+    (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+]  # fmt: skip
+
+
+def _kind(mode: int) -> str:
+    for test, name in _SPECIAL_KINDS:
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _open_tar(src: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(src, "r|*")  # one streaming pass: nothing is kept in memory
+    except tarfile.TarError as exc:
+        raise ArchiveFormatError(f"{src} is neither a directory nor a tar archive: {exc}") from exc
+
+
+def _check_member(src: Path, member: tarfile.TarInfo) -> None:
+    member_path(member.name)
+    if not (member.isfile() or member.isdir()):
+        kind = "link" if member.issym() or member.islnk() else "special file"
+        raise ArchiveFormatError(
+            f"{src}: member {member.name!r} is a {kind}; NNEF archives hold regular files only"
+        )
+
+
+def referenced_labels(graph_text: str) -> set[str]:
+    """The ``.dat`` files (relative paths) that graph.nnef's variables name."""
+    from t2n_core.nnef.text import unescape_string
+
+    labels = re.findall(r"""label\s*=\s*(?:'((?:\\.|[^'\\])*)'|"((?:\\.|[^"\\])*)")""", graph_text)
+    return {member_path(unescape_string(a or b)) + ".dat" for a, b in labels}
+
+
 def read_archive_files(
     path: str | os.PathLike, *, dat_headers_only: bool = False
 ) -> dict[str, bytes]:
-    """All files of an archive (directory or tar), by relative path.
+    """Files of an archive (directory or tar), by relative path, after :func:`list_archive`.
 
-    With ``dat_headers_only``, ``.dat`` files are read up to the end of their 128-byte header
-    only, so describing a large archive does not load its weights.
+    With ``dat_headers_only``, only graph.nnef and the 128-byte header of each ``.dat`` file
+    are read (other files are left out), so describing a large archive reads little.
+    graph.nnef over :data:`MAX_GRAPH_BYTES` is refused.
     """
-
-    def size(name: str) -> int:
-        return HEADER_SIZE if dat_headers_only and name.endswith(".dat") else -1
-
     src = Path(path)
+    sizes = list_archive(src)
+    if sizes.get("graph.nnef", 0) > MAX_GRAPH_BYTES:
+        raise ArchiveFormatError(
+            f"{src}: graph.nnef has {sizes['graph.nnef']} bytes, more than the "
+            f"{MAX_GRAPH_BYTES} bytes a graph may have"
+        )
+
+    def limit(name: str) -> int | None:
+        """How much of ``name`` to read: -1 all, None nothing."""
+        if name == "graph.nnef" or not dat_headers_only:
+            return -1
+        return HEADER_SIZE if name.endswith(".dat") else None
+
+    out: dict[str, bytes] = {}
     if src.is_dir():
-        out = {}
-        for p in sorted(src.rglob("*")):
-            if p.is_file():
-                name = str(p.relative_to(src))
-                with open(p, "rb") as f:
-                    out[name] = f.read(size(name))
+        for name in sizes:
+            n = limit(name)
+            if n is not None:
+                with open(src / name, "rb") as f:
+                    out[name] = f.read(n)
         return out
-    if not src.exists():
-        raise ArchiveFormatError(f"{src} does not exist")
-    try:
-        with tarfile.open(src, "r:*") as tar:
-            out = {}
-            for member in tar.getmembers():
-                if member.isfile():
-                    f = tar.extractfile(member)
-                    assert f is not None
-                    name = member.name.removeprefix("./")
-                    out[name] = f.read(size(name))
-            return out
-    except tarfile.TarError as exc:
-        raise ArchiveFormatError(f"{src} is neither a directory nor a tar archive: {exc}") from exc
+    with _open_tar(src) as tar:
+        for member in tar:
+            if member.isfile():
+                name = member_path(member.name)
+                n = limit(name)
+                f = tar.extractfile(member)
+                if n is not None and f is not None:
+                    out[name] = f.read(n)
+    return out
+
+
+def validate_for_tract(path: str | os.PathLike) -> None:
+    """Refuse an archive tract must not be given: see :func:`list_archive`, plus unreferenced
+    members over :data:`MAX_UNREFERENCED_BYTES` (tract would read them whole)."""
+    files = read_archive_files(path, dat_headers_only=True)
+    if "graph.nnef" not in files:
+        raise ArchiveFormatError(f"{os.fspath(path)} has no graph.nnef")
+    wanted = referenced_labels(files["graph.nnef"].decode("utf-8", errors="replace"))
+    wanted |= {"graph.nnef", "graph.quant"}
+    big = [
+        f"{name} ({size} bytes)"
+        for name, size in list_archive(path).items()
+        if name not in wanted and size > MAX_UNREFERENCED_BYTES
+    ]
+    if big:
+        raise ArchiveFormatError(
+            f"{os.fspath(path)} holds {big[:5]}, which graph.nnef does not reference; tract "
+            "would read them whole. Remove them from the archive"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -60,7 +61,7 @@ def literal(value: Any) -> str:
             text = text.replace("e", ".0e") if "e" in text else text + ".0"
         return text
     if isinstance(value, str):
-        return "'" + value.replace("'", "\\'") + "'"
+        return "'" + escape_string(value) + "'"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(literal(v) for v in value) + "]"
     if isinstance(value, torch.dtype):
@@ -80,9 +81,26 @@ def format_operation(op: Operation) -> str:
     return f"{lhs} = {op.op}({', '.join(parts)});"
 
 
+def escape_string(text: str) -> str:
+    """``text`` for an NNEF string literal as tract parses it.
+
+    tract ends a string at any quote, ``'`` or ``"``, and reads ``\\c`` as ``c``: every
+    backslash and quote gets a backslash in front; everything else is written as is.
+    """
+    return _ESCAPED.sub(r"\\\g<0>", text)
+
+
+def unescape_string(text: str) -> str:
+    """The inverse of :func:`escape_string` (``\\c`` -> ``c``)."""
+    return re.sub(r"\\(.)", r"\1", text, flags=re.S)
+
+
+_ESCAPED = re.compile(r"[\\'\"]")
+
+
 def properties_fragment(properties: dict[str, str]) -> str:
     def clean(text: str) -> str:
-        return str(text).replace("\\", "/").replace('"', "'").replace("\n", " ")
+        return escape_string(str(text))
 
     items = ",\n".join(f'    ("{clean(k)}", "{clean(v)}")' for k, v in properties.items())
     return (

@@ -7,6 +7,7 @@ from torch import nn
 import t2n_core
 from t2n_core.errors import (
     ArchiveExistsError,
+    ArchiveTargetError,
     CaptureError,
     ExportInputError,
     UnsupportedOpsError,
@@ -69,7 +70,7 @@ def test_data_dependent_control_flow_is_refused(tmp_path):
         ({"dynamic_axes": {"y": {0: "B"}}}, "unknown input"),
         ({"dynamic_axes": {"input": {5: "B"}}}, "out of range"),
         ({"dynamic_axes": {"input": {0: "not a name"}}}, "must be an identifier"),
-        ({"input_names": ["bad-name"]}, "must be identifiers"),
+        ({"input_names": ["bad-name"]}, "must be an NNEF identifier"),
     ],
     ids=["input-count", "output-count", "unknown-axis-input", "axis-range", "axis-name", "name"],
 )
@@ -98,8 +99,14 @@ def test_existing_target_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(ArchiveExistsError, match="overwrite=True"):
         t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, progress=False)
     assert target.read_bytes() == b"keep me"
-    t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, overwrite=True, progress=False)
-    assert target.read_bytes() != b"keep me"
+    with pytest.raises(ArchiveTargetError, match="not a tar archive"):  # not ours to replace
+        t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, overwrite=True)
+    assert target.read_bytes() == b"keep me"
+    target.unlink()
+    t2n_core.export(nn.Linear(4, 2), (torch.randn(3, 4),), target, progress=False)
+    first = target.read_bytes()
+    t2n_core.export(nn.Linear(4, 3), (torch.randn(3, 4),), target, overwrite=True, progress=False)
+    assert target.read_bytes() != first
 
 
 def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
