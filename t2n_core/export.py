@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from t2n_core import __version__
 from t2n_core.capture import DynamicAxes, capture, default_input_names, normalize_args
@@ -20,6 +19,7 @@ from t2n_core.check import CheckReport, check_archive
 from t2n_core.errors import ExportInputError
 from t2n_core.ir import IDENTIFIER_RULE, is_identifier, sanitize
 from t2n_core.nnef.archive import check_target, write_archive
+from t2n_core.progress import progress_bar
 from t2n_core.translate import translate
 from t2n_core.writer import archive_files, tensor_bytes_by_type
 
@@ -160,7 +160,9 @@ def export(
 
     captured = capture(model, args, kwargs, input_names, dynamic_axes)
     n_nodes = sum(1 for n in captured.program.graph.nodes if n.op == "call_function")
-    with tqdm(total=n_nodes, desc="translate", unit="op", disable=not progress, leave=False) as bar:
+    with progress_bar(
+        total=n_nodes, desc="translate", unit="op", disable=not progress, leave=False
+    ) as bar:
         graph = translate(
             captured.program,
             tensors=captured.tensors,
@@ -193,7 +195,7 @@ def export(
         )  # fmt: skip
         check_report.append(report)
 
-    with tqdm(
+    with progress_bar(
         total=len(files), desc="write", unit="file", disable=not progress, leave=False
     ) as bar:
         write_archive(

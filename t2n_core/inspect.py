@@ -70,7 +70,7 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
     sizes: Counter = Counter()
     for name, raw in files.items():
         if name.endswith(".dat"):
-            header = DatHeader.unpack(raw)
+            header = DatHeader.unpack(raw, name=f"{os.fspath(path)}: {name}")
             sizes[header.type_name()] += header.data_length
     inputs, outputs = _io_from_tract(path, input_names, output_names)
     extensions = re.findall(r"^extension\s+([^;]+);", text, re.M)

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import torch
 
@@ -126,7 +126,7 @@ _SAFE_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_LABEL = 200
 
 
-def assign_file_labels(graph: Graph, keep_first: set[str] = frozenset()) -> set[str]:
+def assign_file_labels(graph: Graph, keep_first: Collection[str] = ()) -> set[str]:
     """Give every variable a label that is a safe, unique file name (the ``.dat`` stem).
 
     A label (the state-dict name, e.g. ``encoder.0.weight``) is kept when it is made of

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from t2n_core.progress import progress_bar
 from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint
@@ -214,20 +214,38 @@ def quantize_model(
             )
         else:
             todo.append((w, chosen))
-    if batches is not None:
-        todo = quantize_with_data(
-            model, todo, batches, lambda w, c, qt: _install(w, c, qt, summary), summary,
-            method=str(calibration), options=options, device=device, progress=progress,
-        )  # fmt: skip
-    bar = tqdm(todo, desc=f"quantizing ({codec.spec})", unit="weight", disable=not progress)
-    for w, chosen in bar:
-        qt = quantize_tensor(w.param, chosen, calibration=calibrate, name=w.name)
-        _install(w, chosen, qt, summary)
+    originals = [(w, w.param) for w, _ in todo]
+    try:  # all or nothing: on any error every weight gets its float tensor back
+        if batches is not None:
+            todo = quantize_with_data(
+                model, todo, batches, lambda w, c, qt: _install(w, c, qt, summary), summary,
+                method=str(calibration), options=options, device=device, progress=progress,
+            )  # fmt: skip
+        desc = f"quantizing ({codec.spec})"
+        for w, chosen in progress_bar(todo, desc=desc, unit="weight", disable=not progress):
+            qt = quantize_tensor(w.param, chosen, calibration=calibrate, name=w.name)
+            _install(w, chosen, qt, summary)
+    except Exception as exc:
+        for w, param in originals:
+            _restore(w, param)
+        if hasattr(exc, "add_note"):
+            exc.add_note("quantize_model put every float weight back: the model is unchanged")
+        logger.error("quantize_model failed, the model is unchanged: %s", exc)
+        raise
     if summary.quantized:
         props = {f"quantization.{k}": v for k, v in summary.provenance.items()}
         model.t2n_properties = {**(getattr(model, "t2n_properties", None) or {}), **props}
     logger.info("%s", summary.headline())
     return summary
+
+
+def _restore(w: _Weight, param: torch.Tensor) -> None:
+    """Put ``param`` (the float weight) back in every module using ``w``."""
+    for _, module in w.users:
+        module._parameters[w.attr] = param
+        if isinstance(module, nn.RNNBase):
+            module._init_flat_weights()
+    w.param = param
 
 
 def _install(w: _Weight, codec: Codec, qt: QTensor, summary: QuantizationSummary) -> None:
@@ -238,7 +256,7 @@ def _install(w: _Weight, codec: Codec, qt: QTensor, summary: QuantizationSummary
         module._parameters[w.attr] = new
         if isinstance(module, nn.RNNBase):
             module._init_flat_weights()  # its forward reads this cached list
-    w.param = new  # drop our reference to the float weight as we go
+    w.param = new
     summary.quantized.append(
         QuantizedWeight(
             w.name, tuple(p for p, _ in w.users), w.module_type, tuple(qt.shape),

@@ -127,9 +127,17 @@ class DatHeader:
         )  # fmt: skip
 
     @classmethod
-    def unpack(cls, raw: bytes) -> DatHeader:
-        if len(raw) < HEADER_SIZE or raw[:2] != MAGIC:
-            raise ArchiveFormatError("not an NNEF .dat file (bad magic)")
+    def unpack(cls, raw: bytes, name: str = "tensor") -> DatHeader:
+        """The header at the start of ``raw``; ``name`` (the file) is named in errors."""
+        if len(raw) < HEADER_SIZE:
+            raise ArchiveFormatError(
+                f"{name} is truncated: {len(raw)} bytes, a .dat header alone has {HEADER_SIZE}"
+            )
+        if raw[:2] != MAGIC:
+            raise ArchiveFormatError(
+                f"{name} is not an NNEF .dat file (it starts with {bytes(raw[:2])!r}, not "
+                f"{MAGIC!r})"
+            )
         fields = _HEADER.unpack(raw[:HEADER_SIZE])
         length, rank = fields[3], fields[4]
         dims = fields[5 : 5 + 8]

@@ -185,3 +185,17 @@ def test_overall_bits_count_float_weights() -> None:
     expected = 8 * (summary.bytes_after + 48 * 64 * 4) / (64 * 64 + 48 * 64)
     assert summary.bits_per_weight == pytest.approx(expected)
     assert summary.quantized_fraction == pytest.approx(64 * 64 / (64 * 64 + 48 * 64))
+
+
+def test_error_in_a_middle_layer_leaves_the_model_unchanged() -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.Linear(64, 64))
+    with torch.no_grad():
+        model[2].weight[3, 5] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteWeightError, match=r"'2.weight'") as info:
+        quantize_model(model, "q4_0", progress=False)
+    assert "the model is unchanged" in "".join(getattr(info.value, "__notes__", []))
+    assert not any(isinstance(p, QTensor) for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or k == "2.weight" for k in before)
+    assert torch.equal(before["2.weight"].nan_to_num(), after["2.weight"].nan_to_num())
