@@ -52,6 +52,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.set_defaults(func=run_compare)
 
+    p = subparsers.add_parser(
+        "quantize",
+        help="quantize a float safetensors checkpoint into a t2n quantized safetensors file, "
+        "tensor by tensor, without building the model",
+    )
+    p.add_argument("src", help="a .safetensors file, its .index.json, or a directory of shards")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    p.add_argument("--codec", default="q4_0", metavar="SPEC",
+                   help="quantization spec, e.g. q4_0, minmax:4:g32, nf4:g64 (default q4_0)")
+    p.add_argument("--calibration", default="minmax",
+                   help="how scales are chosen: minmax, mse or hqq (default minmax)")
+    p.add_argument("--include", nargs="+", metavar="GLOB",
+                   help="quantize only tensors whose name matches one of these globs")
+    p.add_argument("--exclude", nargs="+", metavar="GLOB", default=[],
+                   help="keep tensors matching these globs as they are (e.g. 'lm_head.*')")
+    p.add_argument("--min-numel", type=int, default=0,
+                   help="keep tensors with fewer values as they are (default 0)")
+    p.add_argument("--max-shard-size", metavar="SIZE",
+                   help="write shards of at most this size (bytes, or with KB/MB/GB) and an index")
+    p.set_defaults(func=run_quantize)  # fmt: skip
+
 
 def run_demo(args: argparse.Namespace) -> int:
     import t2n_core
@@ -126,3 +147,30 @@ def _row(name: str, bits: float, result, sqnr: float) -> list[str]:
     err = max(o.max_abs_error for o in result.check.outputs)
     return [name, f"{bits:.2f}", f"{size / 1024:.0f} KiB", f"{err:.2e}",
             "exact" if math.isinf(sqnr) else f"{sqnr:.1f}"]  # fmt: skip
+
+
+def _size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    for unit, mult in units.items():
+        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * mult)
+    if not t.isdigit():
+        from t2n_quant.errors import ConfigSpecError
+
+        raise ConfigSpecError(f"--max-shard-size {text!r}: expected bytes, e.g. 2GB or 500MB")
+    return int(t)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from t2n_quant.interop.safetensors import quantize_safetensors
+
+    summary = quantize_safetensors(
+        args.src, args.output, args.codec, calibration=args.calibration, include=args.include,
+        exclude=args.exclude, min_numel=args.min_numel,
+        max_shard_size=_size(args.max_shard_size),
+    )  # fmt: skip
+    print(summary)
+    return 0
