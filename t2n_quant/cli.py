@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from t2n_quant.errors import CalibrationDataError
+
 logger = logging.getLogger(__name__)
 
 DEMO_SPECS = ("q4_0", "minmax:4:g32", "symmetric:8:g32", "minmax:3:g64")
@@ -34,7 +36,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "compare",
-        help="compare codecs and calibrations on the included example, per layer and end to end",
+        help="compare codecs and calibrations on a causal LM checkpoint (with --text) or on "
+        "the included example, end to end and per layer",
+    )
+    p.add_argument(
+        "checkpoint", nargs="?", default=None,
+        help="a Hugging Face causal LM checkpoint folder (config, weights, tokenizer); "
+        "default: the included keyword-spotter example",
+    )  # fmt: skip
+    p.add_argument(
+        "--text", metavar="FILE",
+        help="text the LM metrics (KL, top-1, perplexity) are measured on (with a checkpoint)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-text", metavar="FILE",
+        help="text for data-aware calibrations (gptq); keep it apart from --text",
+    )  # fmt: skip
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    p.add_argument(
+        "--max-sequences", type=int, default=32,
+        help="sequences taken from each text at most (default 32)",
+    )  # fmt: skip
+    p.add_argument(
+        "--device", default=None, help="device for data-aware calibration (e.g. cuda)"
     )
     p.add_argument(
         "--codecs", nargs="+", default=list(COMPARE_SPECS), metavar="SPEC",
@@ -42,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--calibrations", nargs="+", default=["minmax"], metavar="NAME",
-        help="calibrations to try with each spec (minmax, mse, hqq; default: minmax)",
+        help="calibrations to try with each spec (minmax, mse, hqq, gptq; default: minmax)",
     )  # fmt: skip
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
     p.add_argument("--plot", metavar="PNG", help="save a figure (needs matplotlib)")
@@ -118,12 +142,21 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from t2n_core.examples import keyword_spotter
     from t2n_quant.compare import compare
 
-    model, audio = keyword_spotter()
-    print(f"example: {type(model).__name__}, input audio {list(audio.shape)}")
-    comparison = compare(model, audio, args.codecs, calibrations=args.calibrations)
+    if args.checkpoint is None:
+        from t2n_core.examples import keyword_spotter
+
+        if args.text or args.calibration_text:
+            raise CalibrationDataError("--text / --calibration-text need a checkpoint folder")
+        model, inputs = keyword_spotter()
+        data = None
+        print(f"example: {type(model).__name__}, input audio {list(inputs.shape)}")
+    else:
+        model, inputs, data = _lm_inputs(args)
+    metric = "kl" if args.checkpoint else "sqnr"
+    comparison = compare(model, inputs, args.codecs, calibrations=args.calibrations, data=data,
+                         device=args.device, metric=metric)  # fmt: skip
     print(comparison)
     if args.layers:
         print("\nper-layer output SQNR (dB) vs the float model, errors accumulated:")
@@ -132,6 +165,32 @@ def run_compare(args: argparse.Namespace) -> int:
         comparison.plot(args.plot_kind).savefig(args.plot, dpi=120)
         print(f"\n{args.plot_kind} figure written to {args.plot}")
     return 0
+
+
+def _lm_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, object]:
+    """The checkpoint's model, the token ids of ``--text`` and the calibration batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from t2n_quant.calibration_data import text_batches
+
+    folder = Path(args.checkpoint)
+    if not (folder / "config.json").is_file():
+        raise CalibrationDataError(f"{folder} is not a checkpoint folder (no config.json)")
+    if not args.text:
+        raise CalibrationDataError("comparing a checkpoint needs --text FILE (evaluation text)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    ids = torch.cat(text_batches(tokenizer, Path(args.text), seq_len=args.seq_len,
+                                 n_sequences=args.max_sequences))  # fmt: skip
+    data = None
+    if "gptq" in args.calibrations:
+        if not args.calibration_text:
+            raise CalibrationDataError("calibration gptq needs --calibration-text FILE")
+        data = text_batches(tokenizer, Path(args.calibration_text), seq_len=args.seq_len,
+                            n_sequences=args.max_sequences)  # fmt: skip
+    print(f"{folder.name}: {type(model).__name__}, {ids.shape[0]} sequence(s) of "
+          f"{ids.shape[1]} tokens from {args.text}")  # fmt: skip
+    return model, ids, data
 
 
 def _second_length(path: Path, model: torch.nn.Module, audio: torch.Tensor) -> None:

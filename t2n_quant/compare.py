@@ -34,11 +34,59 @@ from tqdm.auto import tqdm
 from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
+from t2n_quant.errors import CalibrationDataError
+from t2n_quant.layerwise import DATA_AWARE
 from t2n_quant.qtensor import QTensor
 from t2n_quant.summary import QuantizationSummary, _html_table, _table, human_bytes
 from t2n_quant.swap import _collect, quantize_model
 
-METRICS = ("sqnr", "cosine")
+METRICS = ("sqnr", "cosine", "kl")
+
+
+@dataclass(frozen=True)
+class LMMetrics:
+    """What a language-model user checks: next-token distributions against the float model.
+
+    ``kl``: mean KL divergence ``KL(p_float || p_quantized)`` over positions (nats, lower is
+    better); ``top1``: share of positions where both models predict the same next token;
+    ``perplexity``: of the quantized model on the text itself (the float model's is in
+    :attr:`Comparison.reference_perplexity`).
+    """
+
+    kl: float
+    top1: float
+    perplexity: float
+
+
+def lm_metrics(ref_logits: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor) -> LMMetrics:
+    """:class:`LMMetrics` of ``logits`` against ``ref_logits`` (both ``B x T x V``) on the
+    token ids ``tokens`` (``B x T``): position ``t`` predicts token ``t + 1``.
+
+    >>> x = torch.randn(1, 5, 7); ids = torch.randint(0, 7, (1, 5))
+    >>> m = lm_metrics(x, x, ids); (m.kl, m.top1)
+    (0.0, 1.0)
+    """
+    ref = ref_logits[:, :-1].float().log_softmax(-1)
+    got = logits[:, :-1].float().log_softmax(-1)
+    kl = (ref.exp() * (ref - got)).sum(-1).mean().clamp(min=0.0).item()
+    top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    nll = -got.gather(-1, tokens[:, 1:, None].long()).mean().item()
+    return LMMetrics(round(kl, 9), top1, math.exp(nll))
+
+
+def perplexity(logits: torch.Tensor, tokens: torch.Tensor) -> float:
+    """``exp`` of the mean next-token negative log-likelihood of ``tokens`` under ``logits``."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    return math.exp(-logp.gather(-1, tokens[:, 1:, None].long()).mean().item())
+
+
+def _logits(out: Any) -> torch.Tensor | None:
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, dict):
+        logits = out.get("logits")
+    if logits is None and isinstance(out, torch.Tensor) and out.dim() == 3:
+        logits = out
+    return logits.detach() if isinstance(logits, torch.Tensor) else None
 
 
 def sqnr(ref: torch.Tensor, approx: torch.Tensor) -> float:
@@ -103,6 +151,7 @@ class ConfigResult:
     cosine: float
     layers: list[LayerResult]
     summary: QuantizationSummary
+    lm: LMMetrics | None = None
 
     @property
     def label(self) -> str:
@@ -115,6 +164,11 @@ class ConfigResult:
         return min(measured, key=lambda layer: layer.output_sqnr, default=None)
 
     def score(self, metric: str = "sqnr") -> float:
+        """Higher is better: SQNR, cosine, or minus the KL divergence."""
+        if metric == "kl":
+            if self.lm is None:
+                raise ValueError("metric 'kl' needs a causal LM compared on token ids (lm=True)")
+            return -self.lm.kl
         return self.sqnr if metric == "sqnr" else self.cosine
 
     def quantize(self, model: nn.Module, **kwargs: Any) -> QuantizationSummary:
@@ -153,27 +207,40 @@ class Comparison:
     model: str
     results: list[ConfigResult]
     metric: str = "sqnr"
+    #: the float model's perplexity on the token ids compared on (causal LMs only)
+    reference_perplexity: float | None = None
 
     def headline(self) -> str:
         before = self.results[0].model_bytes_before if self.results else 0
-        return (
+        text = (
             f"{self.model} ({human_bytes(before)} of float parameters): "
             f"{len(self.results)} config(s), accuracy against the float model's outputs"
         )
+        if self.reference_perplexity is not None:
+            text += f"; float perplexity {self.reference_perplexity:.3f}"
+        return text
 
     def table(self) -> Table:
-        heads = ["spec", "calibration", "bits/w", "size", "SQNR (dB)", "cosine",
-                 "worst layer", "its SQNR (dB)"]  # fmt: skip
+        lm = any(r.lm is not None for r in self.results)
+        heads = ["spec", "calibration", "bits/w", "size"]
+        heads += ["KL (nats)", "top-1", "perplexity"] if lm else []
+        heads += ["SQNR (dB)", "cosine", "worst layer", "its SQNR (dB)"]
         rows, cells = [], []
         for r in self.results:
             worst = r.worst_layer
-            rows.append([r.spec, r.calibration, r.bits_per_weight, r.model_bytes_after, r.sqnr,
-                         r.cosine, worst.module if worst else None,
-                         worst.output_sqnr if worst else None])  # fmt: skip
-            cells.append([r.spec, r.calibration, f"{r.bits_per_weight:.2f}",
-                          human_bytes(r.model_bytes_after), _db(r.sqnr), f"{r.cosine:.4f}",
-                          worst.module if worst else "-",
-                          _db(worst.output_sqnr if worst else None)])  # fmt: skip
+            m = r.lm
+            row = [r.spec, r.calibration, r.bits_per_weight, r.model_bytes_after]
+            cell = [r.spec, r.calibration, f"{r.bits_per_weight:.2f}",
+                    human_bytes(r.model_bytes_after)]  # fmt: skip
+            if lm:
+                row += [m.kl, m.top1, m.perplexity] if m else [None] * 3
+                cell += [f"{m.kl:.5f}", f"{m.top1:.4f}", f"{m.perplexity:.3f}"] if m else ["-"] * 3
+            row += [r.sqnr, r.cosine, worst.module if worst else None,
+                    worst.output_sqnr if worst else None]  # fmt: skip
+            cell += [_db(r.sqnr), f"{r.cosine:.4f}", worst.module if worst else "-",
+                     _db(worst.output_sqnr if worst else None)]  # fmt: skip
+            rows.append(row)
+            cells.append(cell)
         return Table(heads, rows, cells)
 
     def to_rows(self) -> list[dict[str, Any]]:
@@ -309,6 +376,8 @@ def compare(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     metric: str = "sqnr",
+    data: Any = None,
+    device: str | torch.device | None = None,
     progress: bool = True,
 ) -> Comparison:
     """Quantize a copy of ``model`` with every spec and calibration and measure what it costs.
@@ -317,8 +386,15 @@ def compare(
     quantized weight against its float values, and SQNR / cosine of its module's output
     against the float model's; end to end: SQNR and mean cosine of the model outputs; plus
     the bits per weight actually stored and the bytes before / after. ``include`` /
-    ``exclude`` go to :func:`~t2n_quant.quantize_model`; ``metric`` (``"sqnr"`` or
-    ``"cosine"``) ranks configs in :meth:`Comparison.best`. ``model`` is left as it was.
+    ``exclude`` go to :func:`~t2n_quant.quantize_model`; ``metric`` (``"sqnr"``,
+    ``"cosine"`` or ``"kl"``) ranks configs in :meth:`Comparison.best`. ``model`` is left as
+    it was. Data-aware calibrations (``"gptq"``) calibrate on ``data`` (on ``device``); keep
+    ``inputs`` out of it so the figures are measured on unseen inputs.
+
+    Causal language models (the output has ``logits``, ``inputs`` are token ids ``B x T``)
+    also get :class:`LMMetrics` per config: KL divergence of the next-token distributions
+    against the float model, top-1 agreement and perplexity on ``inputs``; the table shows
+    them first.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
@@ -328,7 +404,10 @@ def compare(
         (c, c if isinstance(c, str) else getattr(c, "__name__", "custom")) for c in calibrations
     ]
     for c, _ in cals:
-        get_calibration(c)
+        if not (isinstance(c, str) and c in DATA_AWARE):
+            get_calibration(c)
+    if data is None and any(isinstance(c, str) and c in DATA_AWARE for c, _ in cals):
+        raise CalibrationDataError(f"calibrations {DATA_AWARE} need data= (calibration batches)")
     args = _as_args(inputs)
 
     float_weights = {w.name: w for w in _collect(model)}
@@ -342,7 +421,14 @@ def compare(
 
     with torch.no_grad(), _no_fastpath():
         with _recording(model, candidates) as seen:
-            ref_out = _float_leaves(model(*args))
+            raw = model(*args)
+            ref_out = _float_leaves(raw)
+        tokens = args[0] if len(args) == 1 else None
+        ref_logits = _logits(raw)
+        if tokens is None or tokens.dtype.is_floating_point or tokens.dim() != 2:
+            ref_logits = None
+        ref_ppl = None if ref_logits is None else perplexity(ref_logits, tokens)
+        del raw
         where: dict[str, str | None] = {}
         for name, w in float_weights.items():
             path = w.users[0][0]
@@ -360,10 +446,17 @@ def compare(
         for codec, (cal, cal_name) in bar:
             bar.set_postfix_str(f"{codec.spec} + {cal_name}")
             qmodel = copy.deepcopy(model)
+            aware = isinstance(cal, str) and cal in DATA_AWARE
             summary = quantize_model(qmodel, codec, calibration=cal, include=include,
-                                     exclude=exclude, progress=False)  # fmt: skip
+                                     exclude=exclude, data=data if aware else None,
+                                     device=device, progress=False)  # fmt: skip
             with _recording(qmodel, measured) as acts:
-                out = _float_leaves(qmodel(*args))
+                raw = qmodel(*args)
+                out = _float_leaves(raw)
+            lm = None
+            if ref_logits is not None and (got := _logits(raw)) is not None:
+                lm = lm_metrics(ref_logits, got, tokens)
+            del raw
             e2e_sqnr, e2e_cos = _outputs_close(ref_out, out)
             qweights = {w.name: w for w in _collect(qmodel)}
             layers = []
@@ -389,7 +482,7 @@ def compare(
             results.append(ConfigResult(
                 codec.spec, cal_name, 8.0 * summary.bytes_after / numel if numel else 32.0,
                 summary.bytes_before, summary.bytes_after, before, _model_bytes(qmodel),
-                e2e_sqnr, e2e_cos, layers, summary,
+                e2e_sqnr, e2e_cos, layers, summary, lm,
             ))  # fmt: skip
             del qmodel, acts
-    return Comparison(type(model).__name__, results, metric)
+    return Comparison(type(model).__name__, results, metric, ref_ppl)
