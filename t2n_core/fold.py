@@ -1,8 +1,10 @@
 """Graph passes on stored tensors, run by the writer before it checks and prints the graph.
 
-:func:`fold_row_slices` turns ``slice`` of a stored tensor along dim 0 into a new stored
-tensor holding those rows, when the tensor can cut its own rows (the optional
-``nnef_slice_rows`` method of the storage protocol, :mod:`t2n_core.storage`). This is what
+:func:`fold_row_slices` turns ``slice`` of a stored tensor along dim 0 (or dim 1) into a new
+stored tensor holding those rows (columns), when the tensor can cut its own rows (the
+optional ``nnef_slice_rows`` / ``nnef_slice_cols`` methods of the storage protocol,
+:mod:`t2n_core.storage`). Column ranges come from a matmul or conv whose input is a concat
+along its input features, which the translation splits per piece. This is what
 lets ``nn.MultiheadAttention`` cross-attention, which splits its packed ``in_proj_weight``
 into query and key/value rows before the matmuls, keep a tract-native weight (Q4_0)
 compressed: tract can feed such a weight to matmul but not to ``slice``.
@@ -24,7 +26,8 @@ def fold_row_slices(graph: Graph, is_native: Callable[[Variable], bool]) -> int:
     A ``slice(v, axes = [0], begin = [b], end = [e])`` (static bounds, stride 1) of a variable
     ``v`` whose tensor has ``nnef_slice_rows`` becomes a variable labelled
     ``'<v label>.rows_<b>_<e>'`` (one per distinct range; a slice of a slice counts rows in
-    the first tensor), declared right after ``v``. The
+    the first tensor), declared right after ``v``; ``axes = [1]`` likewise gives
+    ``'<v label>.cols_<b>_<e>'`` through ``nnef_slice_cols``. The
     slices of ``v`` are folded when ``is_native(v)`` (tract could not run the slice) or when
     every use of ``v`` is such a slice (so ``v`` itself is no longer written); otherwise they
     are left alone, so that a weight also used whole is not stored twice. Variables no longer
@@ -65,13 +68,12 @@ class _RowFolder:
         renames: dict[str, str] = {}
         for name, ops in uses.items():
             var = graph.variables[name]
-            if not callable(getattr(var.tensor, "nnef_slice_rows", None)):
-                continue
-            slices = [(op, r) for op in ops if op is not None and (r := _row_range(op, name))]
+            slices = [(op, r) for op in ops if op is not None and (r := _dim_range(op, name))]
+            slices = [(o, r) for o, r in slices if callable(getattr(var.tensor, _CUT[r[0]], None))]
             if not slices or (len(slices) != len(ops) and not self.is_native(var)):
                 continue
-            for op, (begin, end) in slices:
-                target = self.row_variable(var, begin, end, op)
+            for op, (axis, begin, end) in slices:
+                target = self.range_variable(var, axis, begin, end, op)
                 if target is not None:
                     renames[op.outputs[0]] = target
         graph.operations = [
@@ -79,16 +81,22 @@ class _RowFolder:
         ]
         return renames
 
-    def row_variable(self, var: Variable, begin: int, end: int, op: Operation) -> str | None:
-        """The variable holding rows ``begin:end`` of ``var`` (created once per range)."""
+    def range_variable(
+        self, var: Variable, axis: int, begin: int, end: int, op: Operation
+    ) -> str | None:
+        """The variable holding ``begin:end`` of dim ``axis`` of ``var`` (once per range)."""
         graph = self.graph
-        if not 0 <= begin < end <= var.tensor.shape[0] or op.outputs[0] in graph.outputs:
+        if not 0 <= begin < end <= var.tensor.shape[axis] or op.outputs[0] in graph.outputs:
             return None
-        root, offset = self.root.get(var.name, (var.label, 0))
-        label = f"{root}.rows_{offset + begin}_{offset + end}"
+        if axis == 0:
+            root, offset = self.root.get(var.name, (var.label, 0))
+            label = f"{root}.rows_{offset + begin}_{offset + end}"
+        else:
+            root, offset = var.label, 0
+            label = f"{root}.cols_{begin}_{end}"
         if label in self.by_label:
             return self.by_label[label]
-        tensor = var.tensor.nnef_slice_rows(begin, end)
+        tensor = getattr(var.tensor, _CUT[axis])(begin, end)
         if tensor is None:
             return None
         out = graph.values[op.outputs[0]]
@@ -97,7 +105,8 @@ class _RowFolder:
         graph.add_value(Value(name, out.dtype, out.shape))
         self.by_label[label] = name
         self.origin[name] = var.name
-        self.root[name] = (root, offset + begin)
+        if axis == 0:
+            self.root[name] = (root, offset + begin)
         return name
 
     def place_after_origin(self) -> None:
@@ -118,12 +127,16 @@ class _RowFolder:
         self.graph.variables = ordered
 
 
-def _row_range(op: Operation, name: str) -> tuple[int, int] | None:
-    """``(begin, end)`` when ``op`` slices whole rows of ``name`` (dim 0, stride 1)."""
+#: the storage-protocol method that cuts a range of each dim
+_CUT = {0: "nnef_slice_rows", 1: "nnef_slice_cols"}
+
+
+def _dim_range(op: Operation, name: str) -> tuple[int, int, int] | None:
+    """``(axis, begin, end)`` when ``op`` slices ``name`` on dim 0 or 1 with stride 1."""
     if op.op != "slice" or op.args != [Ref(name)] or len(op.outputs) != 1:
         return None
     attrs = op.attrs
-    if set(attrs) - {"axes", "begin", "end", "stride"} or attrs.get("axes") != [0]:
+    if set(attrs) - {"axes", "begin", "end", "stride"} or attrs.get("axes") not in ([0], [1]):
         return None
     if attrs.get("stride", [1]) != [1]:
         return None
@@ -133,4 +146,4 @@ def _row_range(op: Operation, name: str) -> tuple[int, int] | None:
     b, e = begin[0], end[0]
     if type(b) is not int or type(e) is not int:
         return None
-    return b, e
+    return attrs["axes"][0], b, e

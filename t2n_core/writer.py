@@ -64,6 +64,49 @@ NATIVE_CONSUMERS = {"matmul": 1, "conv": 1, "tract_core_gather": 0}
 _SLICE_HINT = " (only a slice of whole rows, on dim 0 with stride 1, stays compressed)"
 
 
+def give_native_views(graph: Graph) -> list[str]:
+    """Point each use of a tract-native tensor that tract cannot run on it (anything but the
+    :data:`NATIVE_CONSUMERS` positions) at a view of the same values in a fragment encoding
+    (the storage protocol's optional ``nnef_fragment_view``), labelled ``'<label>.view'``;
+    matmul / conv / gather uses stay native. Returns one note per tensor given a view.
+    """
+    notes: list[str] = []
+    for name, var in list(graph.variables.items()):
+        if not is_native(var) or not callable(getattr(var.tensor, "nnef_fragment_view", None)):
+            continue
+        ops = [
+            op for op in graph.operations
+            if any(isinstance(a, Ref) and a.name == name and NATIVE_CONSUMERS.get(op.op) != i
+                   for i, a in enumerate(op.args))
+        ]  # fmt: skip
+        if not ops:
+            continue
+        tensor = var.tensor.nnef_fragment_view()
+        if tensor is None:
+            continue
+        label = f"{var.label}.view"
+        view = graph.fresh_name(label)
+        graph.variables[view] = Variable(view, label, tensor)
+        value = graph.values[name]
+        graph.values[view] = type(value)(view, value.dtype, value.shape)
+        for op in ops:
+            op.args = [
+                Ref(view) if isinstance(a, Ref) and a.name == name and
+                NATIVE_CONSUMERS.get(op.op) != i else a
+                for i, a in enumerate(op.args)
+            ]  # fmt: skip
+        used = sorted({op.op for op in ops})
+        note = (
+            f"tensor {var.label!r} is tract-native but also used by {used} (from "
+            f"'{ops[0].source or '<root module>'}'): those uses read a dequantized view "
+            f"{label!r} (the same values in a fragment encoding, decoded to float when tract "
+            "loads it); matmul/conv/gather uses stay native"
+        )
+        logger.info("%s", note)
+        notes.append(note)
+    return notes
+
+
 def check_native_uses(graph: Graph) -> None:
     """Refuse a tract-native encoded tensor (e.g. Q4_0) fed to an op tract cannot run on it.
 
@@ -111,6 +154,7 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     graph.notes += fold_channel_affine(graph, is_native)
     inline_native_loop_weights(graph, is_native)
     guard_concat_before_native_matmul(graph, is_native)
+    graph.notes += give_native_views(graph)
     assign_file_labels(graph, keep_first=labelled)  # variables the passes added
     attach_encodings(graph)
     check_native_uses(graph)

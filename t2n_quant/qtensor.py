@@ -286,6 +286,55 @@ class QTensor(torch.Tensor):
         shape = (end - begin, *self.shape[1:])
         return QTensor(self.codec, cut(self.packed), cut(self.scale), zero, shape, self.dtype, name)
 
+    def nnef_slice_cols(self, begin: int, end: int) -> QTensor | None:
+        """Indices ``begin:end`` of dim 1, still encoded, when they cut whole blocks.
+
+        Dims 1.. of a row are laid out in order, so ``[:, begin:end]`` is a contiguous run
+        of each row; ``None`` when that run does not start and end on block boundaries.
+
+        >>> from t2n_quant import quantize_tensor
+        >>> q = quantize_tensor(torch.randn(3, 4, 16), "q4_0")
+        >>> torch.equal(q.nnef_slice_cols(2, 4).dequantize(), q.dequantize()[:, 2:4])
+        True
+        """
+        if self.dim() < 2 or not 0 <= begin < end <= self.shape[1]:
+            raise ValueError(f"columns {begin}:{end} out of range for shape {tuple(self.shape)}")
+        inner = math.prod(self.shape[2:])
+        bs = self.block_size
+        shape = (self.shape[0], end - begin, *self.shape[2:])
+        if (begin * inner) % bs or (end * inner) % bs:
+            return None
+        if self.codec.block_size(math.prod(shape[1:])) != bs:
+            return None
+        per_row = self.k // bs
+        b0, b1 = begin * inner // bs, end * inner // bs
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            picked = t.reshape(self.rows, per_row, -1)[:, b0:b1]
+            return picked.reshape(self.rows * (b1 - b0), -1).contiguous()
+
+        zero = None if self.zero is None else cut(self.zero)
+        return QTensor(self.codec, cut(self.packed), cut(self.scale), zero, shape, self.dtype,
+                       self.tensor_name)  # fmt: skip
+
+    def nnef_fragment_view(self) -> QTensor | None:
+        """The same values in a fragment codec that tract decodes to float at load (for uses
+        tract cannot run on the native type), or ``None`` when the codec has no such twin.
+
+        >>> from t2n_quant import quantize_tensor
+        >>> q = quantize_tensor(torch.randn(4, 64), "q4_0")
+        >>> v = q.nnef_fragment_view()
+        >>> v.codec.spec, torch.equal(v.dequantize(), q.dequantize())
+        ('symmetric:4:g32', True)
+        """
+        twin = getattr(self.codec, "fragment_twin", None)
+        if twin is None:
+            return None
+        codec = twin()
+        codes = self.codec.unpack(self.packed, self.block_size)
+        return QTensor(codec, codec.pack(codes), self.scale, self.zero, self.shape, self.dtype,
+                       self.tensor_name)  # fmt: skip
+
     def nnef_scale_rows(self, factors: torch.Tensor) -> QTensor | None:
         """Row ``r`` multiplied by ``factors[r]``, still encoded (for folding a batch norm).
 

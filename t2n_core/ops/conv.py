@@ -19,6 +19,7 @@ import torch.fx
 
 from t2n_core.ir import Ref
 from t2n_core.ops._common import as_operand, int_list, out_dtype, per_channel
+from t2n_core.ops.linear import split_concat_product
 from t2n_core.ops.registry import register
 from t2n_core.translate import EmitContext
 
@@ -65,6 +66,16 @@ def convolution(ctx: EmitContext, node: torch.fx.Node):
         "dilation": dilation,
         "groups": groups,
     }
+    if groups == 1:  # a concat along channels: one conv per piece, summed
+        biases = [_bias(ctx, bias, dtype)]
+
+        def piece_conv(piece: Ref, w_piece: Ref) -> Ref:
+            b = biases.pop() if biases else 0.0
+            return ctx.emit_like("conv", [piece, w_piece, b], attrs)
+
+        split = split_concat_product(ctx, x, 1, weight, 1, piece_conv)
+        if split is not None:
+            return split
     return ctx.emit_like("conv", [x, weight, _bias(ctx, bias, dtype)], attrs)
 
 

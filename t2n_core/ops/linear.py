@@ -17,6 +17,8 @@ tract facts these translations rely on (0.23.9):
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx
@@ -74,7 +76,19 @@ def times_matrix(ctx: EmitContext, x, w, dtype, out_shape, *, transpose_b: bool,
 
     The matrix then reaches ``matmul`` untouched: tract keeps a Q4_0 weight compressed, and
     holds an f32 weight once (an ``unsqueeze`` of it would be a second copy).
+    An ``x`` that is a concat along its features is split (:func:`split_concat_product`).
     """
+    axis = 1 if transpose_b else 0
+    split = split_concat_product(
+        ctx, x, ctx.rank(x) - 1, w, axis,
+        lambda piece, w_piece: times_matrix(
+            ctx, piece, w_piece, dtype, [*ctx.shape(piece)[:-1], out_shape[-1]],
+            transpose_b=transpose_b, hint=hint,
+        ),
+        pointwise=True,
+    )  # fmt: skip
+    if split is not None:
+        return split
     rank = ctx.rank(x)
     lead = list(out_shape[:-1])
     if rank > 2:
@@ -90,6 +104,74 @@ def times_matrix(ctx: EmitContext, x, w, dtype, out_shape, *, transpose_b: bool,
         unflat = {"axis_start": 0, "axis_count": 1, "shape": [dim_attr(d) for d in lead]}
         y = ctx.emit("reshape", [y], unflat, dtype=dtype, shape=out_shape, hint="unflatten")
     return y
+
+
+def split_concat_product(
+    ctx: EmitContext,
+    x: Any,
+    x_axis: int,
+    w: Any,
+    w_axis: int,
+    product: Callable[[Ref, Ref], Ref],
+    *,
+    pointwise: bool = False,
+) -> Ref | None:
+    """``sum_i product(piece_i, slice_i(w))`` when ``x`` is a concat along ``x_axis``, the
+    axis that the product contracts with dim ``w_axis`` of a stored ``w``; else ``None``.
+
+    tract rewrites ``matmul(concat(a, b), W)`` into a sum over slices of ``W`` itself while
+    optimising; on a Q4_0 ``W`` that aborts the process, and with a broadcast piece
+    (``cat(h, cls.expand_as(h))``) it fails to load. Emitting the sum directly avoids both;
+    the writer stores each ``slice`` of a quantized weight as its own encoded range
+    (:func:`t2n_core.fold.fold_row_slices`). When the product acts on each position of the
+    other axes alone (``pointwise``: a matmul, not a conv), a broadcast piece is multiplied
+    before its broadcast (tract cannot load a matmul of a reshaped broadcast).
+    """
+    if not isinstance(x, Ref) or not isinstance(w, Ref) or w.name not in ctx.graph.variables:
+        return None
+    op = ctx.graph.producer(x.name)
+    if op is None or op.op != "concat" or op.attrs.get("axis") != x_axis:
+        return None
+    pieces = op.args[0]
+    sizes = [ctx.shape(p)[x_axis] for p in pieces]
+    if not all(isinstance(n, int) for n in sizes) or sum(sizes) != ctx.shape(w)[w_axis]:
+        return None
+    total, begin = None, 0
+    w_shape = list(ctx.shape(w))
+    for piece, size in zip(pieces, sizes):
+        if size == 0:
+            continue
+        shape = [*w_shape[:w_axis], size, *w_shape[w_axis + 1 :]]
+        w_piece = w if size == w_shape[w_axis] else ctx.emit(
+            "slice", [w], {"axes": [w_axis], "begin": [begin], "end": [begin + size]},
+            dtype=ctx.dtype(w), shape=shape, hint="concat_split",
+        )  # fmt: skip
+        y = _broadcast_product(ctx, piece, x_axis, w_piece, product) if pointwise else None
+        y = product(piece, w_piece) if y is None else y
+        total = y if total is None else ctx.emit(
+            "add", [total, y], dtype=ctx.dtype(y), shape=ctx.shape(y), hint="concat_split_sum"
+        )  # fmt: skip
+        begin += size
+    return total
+
+
+def _broadcast_product(
+    ctx: EmitContext, piece: Ref, axis: int, w: Ref, product: Callable[[Ref, Ref], Ref]
+) -> Ref | None:
+    """``broadcast(product(src))`` for a ``piece = broadcast(src)`` that keeps ``axis``."""
+    op = ctx.graph.producer(piece.name)
+    if op is None or op.op != "tract_core_broadcast" or not isinstance(op.args[0], Ref):
+        return None
+    src = op.args[0]
+    if ctx.rank(src) != ctx.rank(piece) or ctx.shape(src)[axis] != ctx.shape(piece)[axis]:
+        return None
+    y = product(src, w)
+    shape = list(ctx.shape(piece))
+    shape[axis] = ctx.shape(y)[axis]
+    return ctx.emit(
+        "tract_core_broadcast", [y], {"shape": [dim_attr(d) for d in shape]},
+        dtype=ctx.dtype(y), shape=shape, hint="concat_split_broadcast",
+    )  # fmt: skip
 
 
 def _stored_transpose(ctx: EmitContext, ref) -> Ref | None:

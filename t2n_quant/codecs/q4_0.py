@@ -67,6 +67,17 @@ class Q4_0Codec(Codec, name="q4_0", aliases=("q4",)):
     def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         return self.float_codes(blocks, params).mul_(self.store(params).scale.float())
 
+    def fragment_twin(self) -> Codec:
+        """The fragment codec whose ``(code - 8) * scale`` gives the same values from the same
+        codes and f16 scales (``symmetric:4:g32``); it decodes Q4_0 where tract cannot.
+
+        >>> Q4_0Codec().fragment_twin().spec
+        'symmetric:4:g32'
+        """
+        from t2n_quant.codecs.symmetric import SymmetricCodec
+
+        return SymmetricCodec(bits=4, group_size=BLOCK)
+
     def pack(self, codes: torch.Tensor) -> torch.Tensor:
         half = codes.shape[1] // 2
         # low | high << 4 as one uint8 kernel (high < 16, so nothing overflows)

@@ -19,9 +19,20 @@ class WeightAlsoScales(nn.Module):
         return self.fc(x) * self.fc.weight.abs().mean()
 
 
-def test_q4_0_weight_fed_to_a_non_matmul_op_is_refused(tmp_path):
+def test_q4_0_weight_fed_to_a_non_matmul_op_reads_a_view(tmp_path):
     model = WeightAlsoScales().eval()
     quantize_model(model, "q4_0", progress=False)
+    result = export_and_check(model, (torch.randn(2, 32),), tmp_path)
+    assert "fc.weight.dat" in result.files and "fc.weight.view_codes.dat" in result.files
+    assert any("'abs'" in n and "'fc.weight.view'" in n for n in result.notes), result.notes
+
+
+def test_native_tensor_without_a_view_is_refused(tmp_path, monkeypatch):
+    from t2n_quant.qtensor import QTensor
+
+    model = WeightAlsoScales().eval()
+    quantize_model(model, "q4_0", progress=False)
+    monkeypatch.setattr(QTensor, "nnef_fragment_view", lambda self: None)
     with pytest.raises(TranslationError, match=r"'fc\.weight'.*tract-native.*'abs'"):
         t2n_core.export(model, (torch.randn(2, 32),), tmp_path / "m.tgz", progress=False)
     assert list(tmp_path.iterdir()) == []
