@@ -51,17 +51,49 @@ def normalize_args(args: Any) -> tuple[Any, ...]:
 
 
 def default_input_names(model: nn.Module, args: tuple[Any, ...]) -> list[str]:
+    """Names of the tensor arguments: the ``forward`` parameter names (``xs_0``, ``xs_1``,
+    ... for the tensors passed to ``*xs``), else ``input_<i>``."""
     try:
-        params = list(inspect.signature(model.forward).parameters)
+        params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         params = []
     names = []
     for i, arg in enumerate(args):
-        if isinstance(arg, torch.Tensor):
-            names.append(
-                params[i] if i < len(params) and _is_identifier(params[i]) else f"input_{i}"
-            )
+        if not isinstance(arg, torch.Tensor):
+            continue
+        name = f"input_{i}"
+        var = _varargs_index(params)
+        if var is not None and i >= var:
+            candidate = f"{params[var].name}_{i - var}"
+        elif i < len(params):
+            candidate = params[i].name
+        else:
+            candidate = name
+        names.append(candidate if _is_identifier(candidate) else name)
     return names
+
+
+def _varargs_index(params: list[inspect.Parameter]) -> int | None:
+    """Position of the ``*args`` parameter of a signature, if any."""
+    for i, p in enumerate(params):
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return i
+    return None
+
+
+def group_varargs(model: nn.Module, shapes: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """``dynamic_shapes`` per argument, regrouped as ``torch.export`` wants them for a
+    ``forward(self, a, *xs)``: one entry per parameter, a tuple for ``*xs``."""
+    if shapes is None:
+        return None
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return shapes
+    var = _varargs_index(params)
+    if var is None or var > len(shapes):
+        return shapes
+    return (*shapes[:var], tuple(shapes[var:]))
 
 
 def dynamic_shapes_for(
@@ -172,7 +204,7 @@ def capture(
     dynamic_axes: DynamicAxes | None,
 ) -> Captured:
     """``torch.export`` the model (eval mode, QTensors as proxies) and decompose it."""
-    dynamic_shapes = dynamic_shapes_for(args, input_names, dynamic_axes)
+    dynamic_shapes = group_varargs(model, dynamic_shapes_for(args, input_names, dynamic_axes))
     with (
         eval_mode(model),
         float_proxies(model) as originals,
@@ -243,5 +275,14 @@ def _export(model: nn.Module, args, kwargs, dynamic_shapes) -> ExportedProgram:
     except torch._dynamo.exc.UserError as exc:
         if dynamic_shapes is None or "Constraints violated" not in str(exc):
             raise
-    relaxed = tuple(None if s is None else {a: Dim.DYNAMIC for a in s} for s in dynamic_shapes)
+    relaxed = _relaxed(dynamic_shapes)
     return torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=relaxed, strict=False)
+
+
+def _relaxed(shapes: Any) -> Any:
+    """The same dynamic axes, each ``Dim.DYNAMIC`` (through ``*args`` groups too)."""
+    if isinstance(shapes, dict):
+        return {a: Dim.DYNAMIC for a in shapes}
+    if isinstance(shapes, tuple):
+        return tuple(_relaxed(s) for s in shapes)
+    return shapes

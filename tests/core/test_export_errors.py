@@ -138,3 +138,26 @@ def test_failed_overwrite_keeps_the_old_archive(tmp_path, monkeypatch):
 def test_not_a_module_is_refused(tmp_path):
     with pytest.raises(ExportInputError, match=r"nn\.Module"):
         t2n_core.export(lambda x: x, (torch.randn(2),), tmp_path / "m.tgz")
+
+
+class VarArgs(nn.Module):
+    """``forward(self, scale, *xs)``: tensors passed through ``*xs``."""
+
+    def forward(self, scale: torch.Tensor, *xs: torch.Tensor) -> torch.Tensor:
+        return scale * sum(torch.nn.functional.avg_pool1d(x, 3) * (i + 1) for i, x in enumerate(xs))
+
+
+def test_varargs_forward_with_dynamic_axes(tmp_path) -> None:
+    from tests.helpers import export_and_check
+
+    g = torch.Generator().manual_seed(0)
+    args = (
+        torch.randn(1, 1, 1, generator=g) + 2,
+        *(torch.randn(2, 3, 9, generator=g) for _ in range(3)),
+    )
+    axes = {f"xs_{i}": {2: "T"} for i in range(3)}
+    result = export_and_check(
+        VarArgs(), args, tmp_path, dynamic_axes=axes,
+        check_inputs=[(args[0], *(torch.randn(2, 3, 12, generator=g) for _ in range(3)))],
+    )  # fmt: skip
+    assert [i.name for i in result.inputs] == ["scale", "xs_0", "xs_1", "xs_2"]
