@@ -10,8 +10,10 @@
 
 from t2n_quant import qtensor_ops as _qtensor_ops  # noqa: F401  (registers QTensor ops)
 from t2n_quant.calibration import calibrate
+from t2n_quant.calibration_data import text_batches
 from t2n_quant.codecs import Codec, MinMaxCodec, Q4_0Codec, QParams, SymmetricCodec
 from t2n_quant.config import MinMaxConfig, Q4_0Config, QuantConfig, SymmetricConfig, parse_spec
+from t2n_quant.plan import Plan, plan
 from t2n_quant.qtensor import QTensor
 from t2n_quant.quantize import quantize_tensor
 from t2n_quant.summary import QuantizationSummary
@@ -21,6 +23,7 @@ __all__ = [
     "Codec",
     "MinMaxCodec",
     "MinMaxConfig",
+    "Plan",
     "Q4_0Codec",
     "Q4_0Config",
     "QParams",
@@ -31,6 +34,8 @@ __all__ = [
     "SymmetricConfig",
     "calibrate",
     "parse_spec",
+    "plan",
     "quantize_model",
     "quantize_tensor",
+    "text_batches",
 ]

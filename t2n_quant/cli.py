@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--calibrations", nargs="+", default=["minmax"], metavar="NAME",
-        help="calibrations to try with each spec (minmax, mse, hqq, gptq; default: minmax)",
+        help="calibrations to try with each spec (minmax, mse, hqq, gptq, gptq:mse = GPTQ "
+        "with mse group scales; default: minmax)",
     )  # fmt: skip
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
     p.add_argument("--plot", metavar="PNG", help="save a figure (needs matplotlib)")
@@ -183,7 +184,7 @@ def _lm_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor,
     ids = torch.cat(text_batches(tokenizer, Path(args.text), seq_len=args.seq_len,
                                  n_sequences=args.max_sequences))  # fmt: skip
     data = None
-    if "gptq" in args.calibrations:
+    if any(c.split(":")[0] == "gptq" for c in args.calibrations):
         if not args.calibration_text:
             raise CalibrationDataError("calibration gptq needs --calibration-text FILE")
         data = text_batches(tokenizer, Path(args.calibration_text), seq_len=args.seq_len,

@@ -35,7 +35,7 @@ from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.errors import CalibrationDataError
-from t2n_quant.layerwise import DATA_AWARE
+from t2n_quant.layerwise import DATA_AWARE, is_data_aware
 from t2n_quant.qtensor import QTensor
 from t2n_quant.summary import QuantizationSummary, _html_table, _table, human_bytes
 from t2n_quant.swap import _collect, quantize_model
@@ -404,9 +404,11 @@ def compare(
         (c, c if isinstance(c, str) else getattr(c, "__name__", "custom")) for c in calibrations
     ]
     for c, _ in cals:
-        if not (isinstance(c, str) and c in DATA_AWARE):
+        if not is_data_aware(c):
             get_calibration(c)
-    if data is None and any(isinstance(c, str) and c in DATA_AWARE for c, _ in cals):
+        elif str(c).count(":"):
+            get_calibration(str(c).split(":", 1)[1])
+    if data is None and any(is_data_aware(c) for c, _ in cals):
         raise CalibrationDataError(f"calibrations {DATA_AWARE} need data= (calibration batches)")
     args = _as_args(inputs)
 
@@ -446,7 +448,7 @@ def compare(
         for codec, (cal, cal_name) in bar:
             bar.set_postfix_str(f"{codec.spec} + {cal_name}")
             qmodel = copy.deepcopy(model)
-            aware = isinstance(cal, str) and cal in DATA_AWARE
+            aware = is_data_aware(cal)
             summary = quantize_model(qmodel, codec, calibration=cal, include=include,
                                      exclude=exclude, data=data if aware else None,
                                      device=device, progress=False)  # fmt: skip

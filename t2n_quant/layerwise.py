@@ -41,6 +41,15 @@ logger = logging.getLogger(__name__)
 DATA_AWARE = ("gptq",)
 
 
+def is_data_aware(calibration: object) -> bool:
+    """Whether ``calibration`` names a data-aware method (``"gptq"``, ``"gptq:mse"``).
+
+    >>> is_data_aware("gptq:mse"), is_data_aware("mse")
+    (True, False)
+    """
+    return isinstance(calibration, str) and calibration.split(":")[0] in DATA_AWARE
+
+
 class _Stop(Exception):
     pass
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,8 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
-from t2n_quant.layerwise import DATA_AWARE, quantize_with_data
+from t2n_quant.layerwise import is_data_aware, quantize_with_data
+from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
 from t2n_quant.quantize import quantize_tensor
 from t2n_quant.summary import QuantizationSummary, QuantizedWeight, SkippedWeight
@@ -127,7 +128,7 @@ def _collect(model: nn.Module) -> list[_Weight]:
 
 def quantize_model(
     model: nn.Module,
-    codec_or_config: str | QuantConfig | Codec,
+    codec_or_config: str | QuantConfig | Codec | Mapping[str, str],
     *,
     bits: int | None = None,
     group_size: int | None = None,
@@ -147,7 +148,11 @@ def quantize_model(
 
     ``codec_or_config`` is a spec (``"q4_0"``, ``"minmax:4:g32"``), a config
     (:class:`~t2n_quant.config.MinMaxConfig`, ...) or a codec; ``bits`` / ``group_size``
-    override it when given (``group_size=-1``: one group per output channel).
+    override it when given (``group_size=-1``: one group per output channel). It may also
+    be a plan, ``{module path glob: spec}`` (:mod:`t2n_quant.plan`): the first matching glob
+    gives each weight its codec; a plan naming modules that do not exist or codecs that do
+    not fit raises :class:`~t2n_quant.errors.PlanError` listing them all before anything
+    is quantized.
     ``include`` / ``exclude`` are ``fnmatch`` globs on module paths (``"layers.*.mlp.*"``).
     ``calibration`` is ``"minmax"``, ``"mse"``, ``"hqq"`` or a function. Weights the codec
     cannot take stay in float and are listed, with the reason, in the returned summary; a
@@ -159,7 +164,8 @@ def quantize_model(
     :mod:`t2n_quant.calibration_data`) is run through the model and each Linear weight is
     rounded with GPTQ's error compensation (:mod:`t2n_quant.layerwise`), on ``device``
     (``"cuda"``) block by block; ``calibration_options`` go to the method (``damp``,
-    ``inner`` = the weight-only calibration choosing each group's scale, ``block``).
+    ``inner`` = the weight-only calibration choosing each group's scale, ``block``);
+    ``"gptq:mse"`` is short for ``inner="mse"``.
     The summary records the calibration, its options and a hash of the data, and so does
     ``model.t2n_properties``, which export writes into the archive's properties.
 
@@ -168,10 +174,18 @@ def quantize_model(
     >>> [q.name for q in s.quantized], [k.name for k in s.skipped]
     (['0.weight'], ['2.weight'])
     """
-    codec = resolve(codec_or_config, bits=bits, group_size=group_size)
+    planned: dict[str, Codec | None] | None = None
+    if isinstance(codec_or_config, Mapping):  # a plan: {module glob: spec}, checked up front
+        planned = check_plan(codec_or_config, _collect(model))
+        specs = sorted({c.spec for c in planned.values() if c is not None})
+        codec = resolve(specs[0]) if specs else Q4_0Codec()
+    else:
+        codec = resolve(codec_or_config, bits=bits, group_size=group_size)
     second = resolve(fallback) if fallback is not None else None
     options = dict(calibration_options or {})
-    data_aware = isinstance(calibration, str) and calibration in DATA_AWARE
+    data_aware = is_data_aware(calibration)
+    if data_aware and ":" in str(calibration):  # "gptq:mse": the inner calibration
+        calibration, options["inner"] = str(calibration).split(":", 1)
     calibrate = get_calibration(options.get("inner", "minmax") if data_aware else calibration)
     if not data_aware and options:
         raise TypeError(
@@ -179,7 +193,8 @@ def quantize_model(
         )
     cal_name = getattr(calibration, "__name__", "custom")
     cal_name = calibration if isinstance(calibration, str) else cal_name
-    summary = QuantizationSummary(codec.spec, cal_name, fallback=second and second.spec)
+    label = codec.spec if planned is None else f"plan ({', '.join(specs) or 'all float'})"
+    summary = QuantizationSummary(label, cal_name, fallback=second and second.spec)
     summary.calibration_options = options
     batches = None
     if data_aware:
@@ -200,8 +215,12 @@ def quantize_model(
         elif blocked:
             reason = f"tied with {blocked[0][0] or 'the model'!r}, left in float ({blocked[0][1]})"
         chosen = codec
-        if reason is None and (reason := _skip_reason(w, codec, min_numel)) is not None:
-            if second is not None and _codec_misfit(w, codec, min_numel):
+        if planned is not None and reason is None:
+            chosen = planned.get(w.name)  # type: ignore[assignment]
+            if chosen is None:
+                reason = "the plan keeps it in float" if w.name in planned else "not in the plan"
+        if reason is None and (reason := _skip_reason(w, chosen, min_numel)) is not None:
+            if second is not None and _codec_misfit(w, chosen, min_numel):
                 fallback_reason = _skip_reason(w, second, min_numel)
                 if fallback_reason is None:
                     chosen, reason = second, None

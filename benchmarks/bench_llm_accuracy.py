@@ -1,0 +1,83 @@
+"""Language-model accuracy of each codec x calibration on a small Llama with trained weights.
+
+The model, tokenizer and the three disjoint text parts (train / calibration / eval: Python
+standard-library docstrings split by source file) come from :mod:`benchmarks.llm_fixture`.
+Every Linear weight is quantized (the token embedding stays float); figures are measured on
+the eval text, never seen by training or calibration: KL divergence of next-token
+distributions against the float model, top-1 agreement, perplexity. ``reference rule`` is
+the reference exporter's always-negative Q4_0 scale (``d = -max|x| / 8``) in the very same
+format, as a custom calibration.
+
+Run: ``python -m benchmarks.bench_llm_accuracy [--minutes 5] [--calib-seqs 64]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from benchmarks.llm_fixture import build, corpus
+from t2n_quant.calibration_data import text_batches
+from t2n_quant.codecs import QParams
+from t2n_quant.compare import compare
+
+CONFIGS: list[tuple[str, list[str]]] = [
+    ("q4_0", ["reference", "minmax", "mse", "hqq", "gptq", "gptq:mse"]),
+    ("minmax:3:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 4.0 bits/weight
+    ("symmetric:3:g32", ["mse", "gptq:mse"]),  # 3.5
+    ("minmax:2:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 3.0
+    ("symmetric:2:g16", ["mse", "gptq:mse"]),  # 3.0
+]
+
+
+def reference(codec, blocks: torch.Tensor) -> QParams:
+    """torch_to_nnef's Q4_0 scale: always negative, ``d = -max|x| / 8``."""
+    return QParams(-blocks.abs().amax(dim=1, keepdim=True) / 8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0, help="training budget")
+    parser.add_argument("--calib-seqs", type=int, default=64, help="calibration sequences")
+    parser.add_argument("--eval-seqs", type=int, default=32, help="evaluation sequences")
+    parser.add_argument("--seq-len", type=int, default=128)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = build(minutes=args.minutes)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    texts = corpus()
+    ids = torch.cat(text_batches(tok, texts["eval"], seq_len=args.seq_len,
+                                 n_sequences=args.eval_seqs))  # fmt: skip
+    calib = text_batches(tok, texts["calibration"], seq_len=args.seq_len,
+                         n_sequences=args.calib_seqs)  # fmt: skip
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{folder.name}: {n_params / 1e6:.2f}M parameters "
+          f"({(folder / 'train_log.txt').read_text().strip()}); eval {tuple(ids.shape)} tokens, "
+          f"calibration {sum(b.numel() for b in calib)} tokens; "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print("| codec | calibration | bits/weight | KL (nats) | top-1 | perplexity | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    base_ppl = None
+    for spec, cals in CONFIGS:
+        for cal in cals:
+            start = time.perf_counter()
+            c = compare(model, ids, [spec], calibrations=[reference if cal == "reference" else cal],
+                        exclude="model.embed_tokens", data=calib, progress=False)  # fmt: skip
+            seconds = time.perf_counter() - start
+            r = c.results[0]
+            base_ppl = c.reference_perplexity
+            label = "reference rule" if cal == "reference" else cal
+            assert r.lm is not None
+            print(f"| {spec} | {label} | {r.bits_per_weight:.2f} | {r.lm.kl:.5f} | "
+                  f"{r.lm.top1:.4f} | {r.lm.perplexity:.3f} | {seconds:.1f} |", flush=True)
+    print(f"float perplexity on the eval text: {base_ppl:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Mixed precision: a plan maps module-path globs to codec specs, and :func:`plan` makes one
+that meets a size budget with the least end-to-end error.
+
+A plan is a plain, editable mapping ``{glob: spec}`` (``{"model.layers.*.mlp.*": "q4_0",
+"lm_head": "symmetric:8:g32", "model.layers.0.*": "float"}``) that
+:func:`~t2n_quant.quantize_model` accepts in place of a codec; the first glob matching a
+weight's module path decides its codec (``"float"`` keeps it in float). It saves to and
+loads from JSON (:meth:`Plan.save`, :meth:`Plan.load`).
+
+:func:`plan` measures each layer's sensitivity: for every layer and candidate codec, the
+end-to-end error of the model with only that layer quantized (KL divergence of the
+next-token distributions for a model returning ``logits``, relative squared error of the
+outputs otherwise) on calibration data. It then starts every layer at its smallest
+candidate and upgrades, greedily, the layer with the largest error decrease per added bit,
+while the whole stays within ``budget_bits_per_weight`` (stored bits over the values of the
+planned weights; the errors of single layers are taken as adding up).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from t2n_quant.calibration_data import batches as calibration_batches
+from t2n_quant.codecs import Codec
+from t2n_quant.config import resolve
+from t2n_quant.errors import PlanError
+
+logger = logging.getLogger(__name__)
+
+FLOAT = "float"
+
+
+class Plan(dict[str, str]):
+    """``{module path glob: codec spec}``, first match wins; ``"float"`` keeps a weight float.
+
+    >>> p = Plan({"0": "q4_0", "*": "minmax:3:g32"})
+    >>> p.codec_for(["2"]).spec
+    'minmax:3:g32'
+    """
+
+    def codec_for(self, paths: Sequence[str]) -> Codec | None:
+        """The codec of the first entry matching one of ``paths`` (None: float or no match)."""
+        for glob, spec in self.items():
+            if any(fnmatch.fnmatchcase(p, glob) for p in paths):
+                return None if spec == FLOAT else resolve(spec)
+        return None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(dict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        """A plan from a JSON object of ``{glob: spec}`` strings."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise PlanError(f"cannot read plan {path}: {err}") from err
+        if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+        ):
+            raise PlanError(f"plan {path} must be a JSON object of glob -> codec spec strings")
+        return cls(raw)
+
+
+def bits_per_weight(codec: Codec, shape: Sequence[int]) -> float:
+    """Stored bits per value of a weight of ``shape`` under ``codec`` (codes, scales, zeros).
+
+    >>> bits_per_weight(Codec.from_spec("q4_0"), (64, 64))
+    4.5
+    """
+    rows, k = shape[0], math.prod(shape[1:])
+    bs = codec.block_size(k)
+    n_blocks = rows * (k // bs)
+    item = torch.empty(0, dtype=codec.storage_dtype).element_size()
+    per_block = codec.bytes_per_block(bs) + item * (2 if codec.has_zero else 1)
+    return 8.0 * n_blocks * per_block / (rows * k)
+
+
+def check_plan(plan: Mapping[str, str], weights: Sequence[Any]) -> dict[str, Codec | None]:
+    """Each weight's codec under ``plan`` (by weight name; None: float), or a
+    :class:`~t2n_quant.errors.PlanError` listing every problem: bad specs, globs matching no
+    weight, codecs that do not fit the weights they match."""
+    from t2n_quant.swap import _skip_reason
+
+    problems: list[str] = []
+    codecs: dict[str, Codec | None] = {}
+    for glob, spec in plan.items():
+        if spec != FLOAT:
+            try:
+                codecs[spec] = resolve(spec)
+            except ValueError as err:
+                problems.append(f"{glob!r}: bad codec spec {spec!r} ({err})")
+    used: set[str] = set()
+    chosen: dict[str, Codec | None] = {}
+    for w in weights:
+        paths = [p for p, _ in w.users]
+        for glob, spec in plan.items():
+            if any(fnmatch.fnmatchcase(p, glob) for p in paths):
+                used.add(glob)
+                codec = codecs.get(spec)
+                if spec != FLOAT and codec is not None:
+                    reason = _skip_reason(w, codec, 0)
+                    if reason is not None:
+                        problems.append(f"{w.name} {tuple(w.param.shape)}: {spec} does not fit "
+                                        f"({reason}) [entry {glob!r}]")  # fmt: skip
+                chosen[w.name] = codec if spec != FLOAT else None
+                break
+    for glob in plan:
+        if glob not in used:
+            problems.append(f"{glob!r} matches no quantizable module")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise PlanError(f"the plan has {len(problems)} problem(s); nothing was quantized:\n{lines}")
+    return chosen
+
+
+def _output(out: Any) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, torch.Tensor):
+        return out
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return leaves[0]
+
+
+def _error(ref: list[torch.Tensor], got: list[torch.Tensor], kl: bool) -> float:
+    total = 0.0
+    for a, b in zip(ref, got):
+        if kl:
+            pa, pb = a.float().log_softmax(-1), b.float().log_softmax(-1)
+            total += (pa.exp() * (pa - pb)).sum(-1).mean().item()
+        else:
+            total += ((a - b).float().square().sum() / a.float().square().sum()).item()
+    return total / len(ref)
+
+
+def plan(
+    model: nn.Module,
+    budget_bits_per_weight: float = 4.5,
+    candidates: Sequence[str] = ("q4_0", "minmax:3:g32", "minmax:2:g32", "symmetric:8:g32"),
+    *,
+    data: Any,
+    calibration: str = "mse",
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    max_batches: int = 4,
+    progress: bool = True,
+) -> Plan:
+    """A :class:`Plan` (one entry per weight) within ``budget_bits_per_weight``, least
+    end-to-end error first (see the module docstring). Layers are measured with the
+    weight-only ``calibration``; ``data`` takes the forms of
+    :mod:`t2n_quant.calibration_data` (its first ``max_batches`` batches are used).
+    ``model`` is left as it was.
+
+    >>> torch.manual_seed(0); m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    <torch._C.Generator object at ...>
+    >>> p = plan(m, 4.0, ["q4_0", "minmax:2:g32"], data=torch.randn(8, 64), progress=False)
+    >>> sorted(p.values())
+    ['minmax:2:g32', 'q4_0']
+    """
+    from t2n_quant.quantize import quantize_tensor
+    from t2n_quant.swap import _collect, _filter_reason, _patterns, _skip_reason
+
+    codecs = [resolve(c) for c in candidates]
+    if not codecs:
+        raise PlanError("plan needs at least one candidate codec")
+    batches = calibration_batches(data)[:max_batches]
+    inc, exc = _patterns(include), _patterns(exclude)
+    layers = []
+    for w in _collect(model):
+        if any(_filter_reason(p, inc, exc) for p, _ in w.users):
+            continue
+        fits = [c for c in codecs if _skip_reason(w, c, 0) is None]
+        if fits:
+            layers.append((w, fits))
+        else:
+            logger.info("plan: no candidate fits %s; it stays float", w.name)
+    if not layers:
+        raise PlanError("no weight of the model fits any candidate codec")
+
+    with torch.no_grad():
+        ref = [_output(model(*a, **k)).detach() for a, k in batches]
+        kl = any(getattr(model(*a, **k), "logits", None) is not None for a, k in batches[:1])
+        errors: dict[tuple[str, str], float] = {}
+        work = copy.deepcopy(model)
+        copies = {w.name: w for w in _collect(work)}
+        total = sum(len(f) for _, f in layers)
+        bar = tqdm(total=total, desc="plan: layer sensitivity", unit="trial", disable=not progress)
+        for w, fits in layers:
+            twin = copies[w.name]
+            original = twin.param
+            for codec in fits:
+                qt = quantize_tensor(original, codec, calibration=calibration, name=w.name)
+                for _, module in twin.users:
+                    module._parameters[twin.attr] = nn.Parameter(qt, requires_grad=False)
+                got = [_output(work(*a, **k)) for a, k in batches]
+                errors[(w.name, codec.spec)] = _error(ref, got, kl)
+                bar.update(1)
+            for _, module in twin.users:
+                module._parameters[twin.attr] = original
+        bar.close()
+
+    sizes = {w.name: w.param.numel() for w, _ in layers}
+    budget = budget_bits_per_weight * sum(sizes.values())
+    options = {}
+    for w, fits in layers:
+        opts = sorted((bits_per_weight(c, w.param.shape), errors[(w.name, c.spec)], c.spec)
+                       for c in fits)  # fmt: skip
+        options[w.name] = opts
+    pick = {name: 0 for name in options}  # index into the options sorted by bits
+    used = sum(options[n][0][0] * sizes[n] for n in options)
+    if used > budget:
+        raise PlanError(
+            f"even the smallest candidates need {used / sum(sizes.values()):.3f} bits per weight, "
+            f"over the budget of {budget_bits_per_weight}"
+        )
+    while True:
+        best = None
+        for name, i in pick.items():
+            bits0, err0, _ = options[name][i]
+            for j in range(i + 1, len(options[name])):
+                bits1, err1, _ = options[name][j]
+                extra = (bits1 - bits0) * sizes[name]
+                if err1 >= err0 or used + extra > budget:
+                    continue
+                gain = (err0 - err1) / max(extra, 1e-9)
+                if best is None or gain > best[0]:
+                    best = (gain, name, j, extra)
+        if best is None:
+            break
+        _, name, j, extra = best
+        pick[name] = j
+        used += extra
+    out = Plan()
+    for w, _ in layers:
+        out[w.users[0][0]] = options[w.name][pick[w.name]][2]
+    logger.info("plan: %.3f bits per weight (budget %s)", used / sum(sizes.values()),
+                budget_bits_per_weight)  # fmt: skip
+    return out

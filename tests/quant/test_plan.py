@@ -1,0 +1,99 @@
+"""Mixed-precision plans: budgeted, editable, saved as JSON, accepted by quantize_model, and
+checked up front (every bad entry listed, nothing quantized)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from t2n_quant import Plan, QTensor, plan, quantize_model
+from t2n_quant.errors import PlanError
+from t2n_quant.plan import bits_per_weight
+from tests.core.test_hf_llama import VOCAB, export_llama, tiny_llama
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64), nn.GELU(),
+                         nn.Linear(64, 32))  # fmt: skip
+
+
+@pytest.mark.parametrize("budget", [3.0, 4.0, 4.5])
+def test_plan_meets_the_budget(budget):
+    model = mlp()
+    x = torch.randn(32, 64)
+    p = plan(model, budget, ["q4_0", "minmax:3:g32", "minmax:2:g32", "symmetric:8:g32"],
+             data=x, progress=False)  # fmt: skip
+    assert set(p) == {"0", "2", "4"}
+    s = quantize_model(copy.deepcopy(model), p, progress=False)
+    assert s.bits_per_weight <= budget + 1e-9
+    assert {q.codec for q in s.quantized} == set(p.values())
+
+
+def test_more_bits_less_error():
+    model = mlp()
+    x = torch.randn(64, 64)
+    errs = []
+    for budget in (3.0, 4.5, 9.0):
+        q = copy.deepcopy(model)
+        quantize_model(q, plan(model, budget, ["minmax:2:g32", "q4_0", "symmetric:8:g32"],
+                               data=x, progress=False), progress=False)  # fmt: skip
+        with torch.no_grad():
+            errs.append((q(x) - model(x)).square().mean().item())
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_json_round_trip_and_edit(tmp_path):
+    p = Plan({"0": "q4_0", "2": "float", "*": "minmax:3:g32"})
+    path = p.save(tmp_path / "plan.json")
+    loaded = Plan.load(path)
+    assert loaded == p and list(loaded) == ["0", "2", "*"]
+    model = mlp()
+    s = quantize_model(model, loaded, progress=False)
+    assert isinstance(model[0].weight, QTensor) and model[0].weight.codec.spec == "q4_0"
+    assert not isinstance(model[2].weight, QTensor)
+    assert model[4].weight.codec.spec == "minmax:3:g32"
+    assert [k.reason for k in s.skipped] == ["the plan keeps it in float"]
+    assert "plan" in s.headline()
+
+
+def test_bad_plan_lists_every_problem_before_quantizing(tmp_path):
+    model = mlp()
+    bad = {"0": "q4_0", "nope.*": "q4_0", "2": "q9_9", "4": "minmax:3:g128"}
+    with pytest.raises(PlanError) as err:
+        quantize_model(model, bad, progress=False)
+    text = str(err.value)
+    assert "'nope.*' matches no quantizable module" in text
+    assert "q9_9" in text
+    assert "4.weight (32, 64): minmax:3:g128 does not fit" in text
+    assert not any(isinstance(p, QTensor) for p in model.parameters())
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(PlanError, match="JSON object"):
+        Plan.load(tmp_path / "x.json")
+
+
+def test_bits_per_weight_matches_what_is_stored():
+    model = mlp()
+    for spec in ["q4_0", "minmax:3:g32", "symmetric:8:pc", "minmax:2:g16"]:
+        q = copy.deepcopy(model)
+        s = quantize_model(q, spec, progress=False)
+        for row in s.quantized:
+            assert row.bits_per_weight == pytest.approx(
+                bits_per_weight(q[int(row.name.split(".")[0])].weight.codec, row.shape)
+            )
+
+
+def test_plan_on_a_causal_lm_exports(tmp_path):
+    model = tiny_llama()
+    data = [torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))]
+    p = plan(model, 4.25, ["q4_0", "minmax:3:g32", "symmetric:8:g32"], data=data,
+             exclude="model.embed_tokens", progress=False)  # fmt: skip
+    s = quantize_model(model, p, progress=False)
+    assert [k.name for k in s.skipped] == ["model.embed_tokens.weight"]
+    quantized_bits = 8 * s.bytes_after / sum(math.prod(q.shape) for q in s.quantized)
+    assert quantized_bits <= 4.25 + 1e-9 and len(set(p.values())) >= 2
+    export_llama(model, tmp_path)
