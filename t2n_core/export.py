@@ -137,6 +137,7 @@ def export(
         dynamic_axes, symbol = with_streaming_axis(dynamic_axes, streaming_axis, input_names)
         streaming_properties[STREAMING_PROPERTY] = symbol
     check_target(path, overwrite=overwrite)  # before the capture: fail fast, name the target
+    _refuse_dtypes_tract_lacks(args, input_names)
 
     with torch.no_grad():
         was_training = model.training
@@ -159,6 +160,7 @@ def export(
         raise ExportInputError(f"names used both as input and output: {sorted(clash)}")
 
     captured = capture(model, args, kwargs, input_names, dynamic_axes)
+    _refuse_dtypes_tract_lacks(args, input_names, captured.program)
     n_nodes = sum(1 for n in captured.program.graph.nodes if n.op == "call_function")
     with progress_bar(
         total=n_nodes, desc="translate", unit="op", disable=not progress, leave=False
@@ -247,6 +249,35 @@ def default_output_names(reference: Any) -> list[str]:
             name = f"output_{i}"
         names.append(name)
     return names
+
+
+def _refuse_dtypes_tract_lacks(args: tuple, input_names: list[str], program: Any = None) -> None:
+    """bf16 (or another dtype tract has no type for) in an input, or computed on by the
+    captured graph: one clear error, with what to do. (A bf16 weight the model converts to
+    float itself is fine: it is stored as f32.)"""
+    from t2n_core.nnef.text import _EXTERNAL_DTYPES
+    from t2n_core.translate import module_path
+
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    found = {
+        f"input {n!r}": str(a.dtype)
+        for n, a in zip(input_names, tensors)
+        if a.dtype not in _EXTERNAL_DTYPES
+    }
+    for node in program.graph.nodes if program is not None else []:
+        val = node.meta.get("val")
+        if node.op == "call_function" and isinstance(val, torch.Tensor):
+            if val.dtype not in _EXTERNAL_DTYPES:
+                found.setdefault(f"module '{module_path(node) or '<root>'}'", str(val.dtype))
+    if found:
+        where = ", ".join(list(found)[:5]) + (
+            f" and {len(found) - 5} more" if len(found) > 5 else ""
+        )
+        raise ExportInputError(
+            f"tract has no {' / '.join(sorted(set(found.values())))} type, used by {where}. "
+            "Convert the model and inputs first: model.float() with float32 inputs (or "
+            "model.half() with float16 inputs)"
+        )
 
 
 def _check_names(names: list[str], what: str) -> None:

@@ -65,9 +65,17 @@ def source_line(node: torch.fx.Node) -> str:
     return f"{file}:{line}"
 
 
+def user_op(node: torch.fx.Node) -> str:
+    """The op the user's code called: torch.export wraps side-effecting ops (``print``,
+    custom ops with effects) in ``with_effects(token, op, *args)``."""
+    if getattr(node.target, "__name__", "") == "with_effects" and len(node.args) > 1:
+        return f"{node.args[1]} (an op with side effects)"
+    return str(node.target)
+
+
 def describe(node: torch.fx.Node) -> str:
     where = module_path(node) or "<root module>"
-    return f"{node.target} in module '{where}' ({source_line(node)})"
+    return f"{user_op(node)} in module '{where}' ({source_line(node)})"
 
 
 def _short_op_name(target: Any) -> str:
@@ -344,11 +352,13 @@ def translate(
 def _bind_outputs(ctx: EmitContext, refs: list[Any], output_names: list[str]) -> None:
     graph = ctx.graph
     used: set[str] = set()
+    renamed: dict[str, str] = {}  # an output returned twice ((y, y)) was renamed the first time
     for ref, wanted in zip(refs, output_names):
         if not isinstance(ref, Ref):
             raise TranslationError(
                 f"output {wanted!r} is not a tensor computed by the graph ({ref!r})"
             )
+        ref = Ref(renamed.get(ref.name, ref.name))
         producer = graph.producer(ref.name)
         is_input = any(v.name == ref.name for v in graph.inputs)
         if producer is None or is_input or ref.name in used or ref.name in graph.variables:
@@ -357,6 +367,7 @@ def _bind_outputs(ctx: EmitContext, refs: list[Any], output_names: list[str]) ->
             graph.operations.append(Operation("copy", [wanted], [ref], source="output"))
         else:
             _rename(graph, ref.name, wanted)
+            renamed[ref.name] = wanted
         used.add(wanted)
         graph.outputs.append(wanted)
 

@@ -161,3 +161,52 @@ def test_varargs_forward_with_dynamic_axes(tmp_path) -> None:
         check_inputs=[(args[0], *(torch.randn(2, 3, 12, generator=g) for _ in range(3)))],
     )  # fmt: skip
     assert [i.name for i in result.inputs] == ["scale", "xs_0", "xs_1", "xs_2"]
+
+
+class SameTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.linear(x)
+        return y, y
+
+
+def test_an_output_returned_twice_exports(tmp_path):
+    from tests.helpers import export_and_check
+
+    result = export_and_check(SameTwice(), torch.randn(2, 4), tmp_path)
+    assert [o.name for o in result.outputs] == ["output_0", "output_1"]
+
+
+class ComputesInBF16(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3).to(torch.bfloat16)
+
+    def forward(self, x):
+        return self.lin(x.bfloat16()).float()
+
+
+def test_bf16_is_one_clear_error_with_the_fix(tmp_path, caplog):
+    with pytest.raises(ExportInputError, match=r"no torch.bfloat16 type, used by input 'x'.*"
+                       r"model\.float\(\)"):  # fmt: skip
+        t2n_core.export(nn.Linear(4, 3).bfloat16(), (torch.randn(2, 4).bfloat16(),),
+                        tmp_path / "a.tgz", input_names=["x"])  # fmt: skip
+    with pytest.raises(ExportInputError, match=r"bfloat16 type, used by .*module 'lin'"):
+        t2n_core.export(ComputesInBF16(), (torch.randn(2, 4),), tmp_path / "b.tgz")
+    assert "written as f32" not in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+class Prints(nn.Module):
+    def forward(self, x):
+        torch.ops.aten._print("hello")
+        return x * 2
+
+
+def test_unsupported_op_report_names_the_user_level_op(tmp_path):
+    with pytest.raises(UnsupportedOpsError, match=r"aten\._print\.default") as info:
+        t2n_core.export(Prints(), (torch.randn(2, 4),), tmp_path / "m.tgz")
+    assert "with_effects" not in str(info.value)
