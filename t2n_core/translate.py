@@ -198,9 +198,11 @@ class EmitContext:
     def emit_like(
         self, op: str, args: Sequence[Any], attrs: dict[str, Any] | None = None, **kw: Any
     ) -> Ref:
-        """Emit an op whose output has the current node's dtype and shape."""
+        """Emit an op whose output has the current node's dtype and shape (a complex one gets
+        the last axis of 2 that stores it)."""
         meta = self.meta()
-        return self.emit(op, args, attrs, dtype=meta.dtype, shape=self.out_shape(meta), **kw)
+        shape = self.out_shape(meta) + ((2,) if meta.dtype.is_complex else ())
+        return self.emit(op, args, attrs, dtype=meta.dtype, shape=shape, **kw)
 
     def cast(self, operand: Any, dtype: torch.dtype) -> Any:
         """``operand`` as ``dtype``: a literal for f32 python numbers, else a cast op if needed."""
@@ -269,6 +271,16 @@ def _is_size_node(node: torch.fx.Node) -> bool:
     return node.target in _SHAPE_ONLY or isinstance(val, (torch.SymInt, torch.SymFloat))
 
 
+def has_complex_input(node: torch.fx.Node) -> bool:
+    """Whether a tensor argument of ``node`` is complex (stored with a last axis of 2)."""
+    return any(
+        isinstance(a, torch.fx.Node)
+        and isinstance(val := a.meta.get("val"), torch.Tensor)
+        and val.dtype.is_complex
+        for a in node.all_input_nodes
+    )
+
+
 def find_unsupported(ep: ExportedProgram) -> list[str]:
     """Every op in the graph with no translation, with module path and source line."""
     problems: list[str] = []
@@ -276,11 +288,19 @@ def find_unsupported(ep: ExportedProgram) -> list[str]:
     for node in ep.graph.nodes:
         if node.op != "call_function" or node.target in _IGNORED or _is_size_node(node):
             continue
-        if registry.lookup(node.target) is None:
+        complex_inputs = has_complex_input(node)
+        if registry.lookup(node.target, complex_inputs) is None:
             key = (node.target, module_path(node), source_line(node))
             if key not in seen:
                 seen.add(key)
-                problems.append(f"{describe(node)}: no NNEF translation")
+                if complex_inputs:
+                    problems.append(
+                        f"{describe(node)}: no NNEF translation on complex tensors (take abs, "
+                        f"angle, real/imag or view_as_real first; complex ops: "
+                        f"{', '.join(registry.complex_ops())})"
+                    )
+                else:
+                    problems.append(f"{describe(node)}: no NNEF translation")
     return problems
 
 
@@ -332,7 +352,7 @@ def translate(
             if _is_size_node(node):
                 ctx.env[node] = ctx.convert(node.meta["val"])
                 continue
-            entry = registry.lookup(node.target)
+            entry = registry.lookup(node.target, has_complex_input(node))
             assert entry is not None
             try:
                 ctx.env[node] = entry.handler(ctx, node)

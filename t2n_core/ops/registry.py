@@ -28,6 +28,8 @@ class OpEntry:
 
 
 _REGISTRY: dict[Any, OpEntry] = {}
+#: handlers used instead when an input of the node is complex (see t2n_core/ops/spectral.py)
+_COMPLEX: dict[Any, OpEntry] = {}
 
 
 def register(*targets: Any) -> Callable[[Handler], Handler]:
@@ -38,33 +40,55 @@ def register(*targets: Any) -> Callable[[Handler], Handler]:
     ...     return ctx.emit_like("relu", [ctx.arg(0)])
     """
 
+    return _registrar(_REGISTRY, targets)
+
+
+def register_complex(*targets: Any) -> Callable[[Handler], Handler]:
+    """Register ``handler`` for each overload in ``targets`` when an input is complex.
+
+    Complex tensors are stored as real ones with a last axis of 2 (real, imaginary), tract's
+    convention; a node with a complex input goes to this table, never to the real handler.
+    """
+    return _registrar(_COMPLEX, targets)
+
+
+def _registrar(table: dict[Any, OpEntry], targets: tuple[Any, ...]) -> Callable[[Handler], Handler]:
     def deco(handler: Handler) -> Handler:
         family = handler.__module__.rsplit(".", 1)[-1]
         for target in targets:
-            if target in _REGISTRY:
+            if target in table:
                 raise ValueError(
-                    f"{target} is already registered by {_REGISTRY[target].handler.__qualname__}"
+                    f"{target} is already registered by {table[target].handler.__qualname__}"
                 )
-            _REGISTRY[target] = OpEntry(target, handler, family)
+            table[target] = OpEntry(target, handler, family)
         return handler
 
     return deco
 
 
-def lookup(target: Any) -> OpEntry | None:
+def lookup(target: Any, complex_inputs: bool = False) -> OpEntry | None:
+    """The handler of ``target``; with ``complex_inputs``, the one for complex inputs."""
     _ensure_loaded()
-    return _REGISTRY.get(target)
+    return (_COMPLEX if complex_inputs else _REGISTRY).get(target)
+
+
+def complex_ops() -> list[str]:
+    _ensure_loaded()
+    return sorted(str(t) for t in _COMPLEX)
 
 
 def entries() -> list[OpEntry]:
+    """Every handler (those for complex inputs too, in their module's family)."""
     _ensure_loaded()
-    return sorted(_REGISTRY.values(), key=lambda e: (e.family, str(e.target)))
+    return sorted(
+        [*_REGISTRY.values(), *_COMPLEX.values()], key=lambda e: (e.family, str(e.target))
+    )
 
 
 def kept_whole() -> set[torch._ops.OpOverload]:
     """Registered ATen overloads: capture must not decompose them."""
     _ensure_loaded()
-    return {t for t in _REGISTRY if isinstance(t, torch._ops.OpOverload)}
+    return {t for t in (*_REGISTRY, *_COMPLEX) if isinstance(t, torch._ops.OpOverload)}
 
 
 def _ensure_loaded() -> None:

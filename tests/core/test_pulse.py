@@ -189,3 +189,34 @@ def test_cli_check_pulse(tmp_path, capsys):
     path, _ = export_streaming(MeanOverTime(), tmp_path, name="mean.nnef.tgz")
     assert main(["check", str(path), "--inputs", str(tmp_path / "in.npz"), "--pulse", "4"]) == 2
     assert "Reduce<Sum>" in capsys.readouterr().err
+
+
+class LogMel(nn.Module):
+    """A not-centred STFT (frames of 32 samples every 8), power, a mel-like matmul, log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(32))
+        self.register_buffer("mel", torch.rand(17, 6, generator=torch.Generator().manual_seed(0)))
+        self.conv = nn.Conv1d(6, 4, 3, padding=1)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wave, 32, 8, window=self.window, center=False, return_complex=True)
+        mels = torch.matmul(spec.abs().pow(2).transpose(1, 2), self.mel)
+        return self.conv(torch.log(mels + 1e-6).transpose(1, 2))
+
+
+def test_spectrogram_front_end_streams(tmp_path):
+    torch.manual_seed(0)
+    model = LogMel().eval()
+    wave = torch.randn(1, 200)
+    path = tmp_path / "logmel.nnef.tgz"
+    t2n_core.export(model, (wave,), path, streaming_axis={"wave": 1}, progress=False)
+    for length in (200, 331):
+        x = torch.randn(1, length)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        report = t2n_core.check_pulsed(path, [x.numpy()], [expected], pulse=16, atol=1e-3)
+        assert report.passed, str(report)
+        assert report.output_axes == [2]
+        assert report.compared_frames == [expected.shape[2] - report.delay]
