@@ -27,10 +27,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_npz(path: str) -> list[np.ndarray]:
+def _load_npz(path: str, names: Sequence[str] = ()) -> list[np.ndarray]:
+    """The arrays of ``path``: in the order of ``names`` when its keys are exactly those
+    names (io samples written by export-llm), otherwise in the order they were saved."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            # keep the order the arrays were saved in (np.savez keeps insertion order)
+            if names and sorted(data.files) == sorted(names):
+                return [data[k] for k in names]
             return [data[k] for k in data.files]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -72,20 +75,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from t2n_core.inspect import inspect_archive
 
     info = inspect_archive(args.archive)
-    inputs = _load_npz(args.inputs)
+    inputs = _load_npz(args.inputs, [i.name for i in info.inputs])
     _check_inputs(args.inputs, inputs, info.inputs)
     names = [o.name for o in info.outputs]
     if args.pulse is not None:
         from t2n_core.pulse import check_pulsed
 
-        expected = _load_npz(args.outputs) if args.outputs else None
+        expected = _load_npz(args.outputs, names) if args.outputs else None
         pulsed = check_pulsed(
             args.archive, inputs, expected, pulse=args.pulse, symbol=args.symbol, names=names,
             atol=args.atol, rtol=args.rtol, raise_on_mismatch=False,
         )  # fmt: skip
         print(pulsed)
         return 0 if pulsed.passed else 1
-    expected = _load_npz(args.outputs) if args.outputs else None
+    expected = _load_npz(args.outputs, names) if args.outputs else None
     outputs = run_tract(args.archive, inputs)
     for name, out in zip(names, outputs):
         stats = ""
@@ -104,6 +107,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from t2n_core.llm.generate import generate_text
+
+    ids = None
+    if args.prompt_ids:
+        try:
+            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError as exc:
+            raise T2NError(f"--prompt-ids must be comma-separated integers: {exc}") from exc
+    if args.prompt is None and ids is None:
+        raise T2NError("give --prompt TEXT or --prompt-ids 1,2,3")
+    gen = generate_text(
+        args.directory, args.prompt, prompt_ids=ids, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )  # fmt: skip
+    if gen.text is not None:
+        print(f"{args.prompt or ''}{gen.text}")
+    print(f"tokens: {gen.tokens}")
+    if gen.stopped_at_eos:
+        print("stopped at the EOS token")
+    print(gen.speed())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2n", description="Quantize PyTorch models and export them to NNEF for tract."
@@ -118,8 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="run an archive in tract, optionally compare outputs")
     p.add_argument("archive", help="directory or .tgz")
-    p.add_argument("--inputs", required=True, help=".npz with one array per input, in order")
-    p.add_argument("--outputs", help=".npz of reference outputs to compare with")
+    p.add_argument(
+        "--inputs", required=True,
+        help=".npz with one array per input: keyed by the input names, or in input order",
+    )  # fmt: skip
+    p.add_argument("--outputs", help=".npz of reference outputs (keyed by name, or in order)")
     p.add_argument("--save", help="write tract's outputs to this .npz (with --outputs too)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
     p.add_argument(
@@ -141,6 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
         "export(streaming_axis=...))",
     )
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser(
+        "generate", help="generate text in tract from a directory written by export-llm"
+    )
+    p.add_argument("directory", help="output directory of `t2n export-llm`")
+    p.add_argument("--prompt", help="prompt text (tokenized with the directory's tokenizer)")
+    p.add_argument(
+        "--prompt-ids", help="prompt as comma-separated token ids (when there is no tokenizer)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate at most")
+    p.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="sampling temperature; 0 (default) picks the most likely token (greedy)",
+    )  # fmt: skip
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
+    p.add_argument(
+        "--top-p", type=float, default=1.0,
+        help="sample among the most likely tokens whose probabilities add up to p (1: all)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, help="random seed for sampling (reproducible output)")
+    p.set_defaults(func=_cmd_generate)
 
     for entry in sorted(entry_points(group="t2n.commands"), key=lambda e: e.name):
         entry.load()(sub)

@@ -38,6 +38,14 @@ class TranslationError(T2NError, ValueError):
     """A supported op was called with arguments NNEF/tract cannot express."""
 
 
+class CheckpointError(T2NError, ValueError):
+    """A checkpoint directory is incomplete or unreadable (names the file and what to do)."""
+
+
+class CheckpointLayoutError(CheckpointError):
+    """The checkpoint's tensor names do not match the parameters of the model its config builds."""
+
+
 class ArchiveExistsError(T2NError, FileExistsError):
     """The export target already exists and ``overwrite`` was not set."""
 

@@ -98,6 +98,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write shards of at most this size (bytes, or with KB/MB/GB) and an index")
     p.set_defaults(func=run_quantize)  # fmt: skip
 
+    p = subparsers.add_parser(
+        "export-llm",
+        help="export a Hugging Face causal LM checkpoint directory (optionally quantized), "
+        "checked in tract, with its tokenizer, manifest and io samples",
+    )
+    p.add_argument("checkpoint", help="local checkpoint directory (config.json, *.safetensors)")
+    p.add_argument("-o", "--output", required=True, help="output directory (must not exist)")
+    p.add_argument(
+        "--dtype", choices=["f32", "f16"], default="f32",
+        help="dtype of weights, activations and cache (bf16 checkpoints are converted)",
+    )  # fmt: skip
+    p.add_argument("--codec", help="quantize matmul weights with this spec (q4_0, minmax:4:g32)")
+    p.add_argument(
+        "--calibration", default="minmax", choices=["minmax", "mse", "hqq"],
+        help="how the codec's scales are chosen (default minmax)",
+    )  # fmt: skip
+    p.add_argument(
+        "--exclude", nargs="+", default=[], metavar="GLOB",
+        help="module paths left float (fnmatch globs, e.g. 'lm_head' 'model.embed_tokens')",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--no-check", action="store_true", help="do not run the io samples in tract"
+    )  # fmt: skip
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow modelling code shipped in the checkpoint directory to run",
+    )  # fmt: skip
+    p.add_argument(
+        "--all-logits", action="store_true",
+        help="return logits for every input position (default: the last one only)",
+    )  # fmt: skip
+    p.add_argument(
+        "--f32-attention", action="store_true", help="with --dtype f16: attention in f32"
+    )  # fmt: skip
+    p.add_argument(
+        "--f32-norm", action="store_true", help="with --dtype f16: normalisation layers in f32"
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_export_llm)
+
 
 def run_demo(args: argparse.Namespace) -> int:
     import t2n_core
@@ -140,6 +181,20 @@ def run_demo(args: argparse.Namespace) -> int:
         print("| " + " | ".join(row) + " |")
     print(f"\nall archives checked in tract at T=50 and T=80; written to {out}/")
     return 0
+
+
+def run_export_llm(args: argparse.Namespace) -> int:
+    from t2n_quant.llm import export_checkpoint
+
+    shipped = export_checkpoint(
+        args.checkpoint, args.output, dtype=args.dtype, codec=args.codec,
+        calibration=args.calibration, exclude=args.exclude or None, overwrite=args.overwrite,
+        check=not args.no_check, trust_remote_code=args.trust_remote_code,
+        all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
+        progress=not args.quiet,
+    )  # fmt: skip
+    print(shipped)
+    return 0 if shipped.check is None or shipped.check.passed else 1
 
 
 def run_compare(args: argparse.Namespace) -> int:

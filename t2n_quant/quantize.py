@@ -7,9 +7,11 @@ million values), calibrating, quantizing and packing each slab while it is in ca
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
+from t2n_core.deferred import DeferredTensor
 from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.codecs.base import Codec, QParams
 from t2n_quant.errors import AlreadyQuantizedError, NonFiniteWeightError, WeightRangeError
@@ -117,6 +119,51 @@ def _given(params: QParams) -> Calibration:
         return QParams(params.scale[b0:b1].float(), zero)
 
     return given
+
+
+def quantize_deferred(
+    weight: DeferredTensor,
+    codec: Codec | str,
+    *,
+    calibration: str | Calibration = "minmax",
+    name: str | None = None,
+) -> DeferredTensor:
+    """``weight`` to be quantized when it is read (by the writer, or by a PyTorch op).
+
+    Nothing is read now: the result knows its encoding from an empty QTensor of the same
+    shape (on the meta device). The rows are quantized as read, in their stored dtype (bf16
+    rows give the same codes as their f32 conversion); the QTensor reports ``weight.dtype``.
+
+    >>> from t2n_core.deferred import DeferredTensor
+    >>> w = torch.randn(4, 64)
+    >>> d = quantize_deferred(DeferredTensor(lambda b, e: w[b:e], (4, 64), torch.float32), "q4_0")
+    >>> torch.equal(d.materialize().dequantize(), quantize_tensor(w, "q4_0").dequantize())
+    True
+    """
+    codec = _codec_of(codec)
+    calibrate = get_calibration(calibration)
+    codec.check_shape(tuple(weight.shape), name)
+    dtype = weight.dtype
+
+    def quantize(rows: torch.Tensor) -> QTensor:
+        qt = quantize_tensor(rows, codec, calibration=calibrate, name=name)
+        return qt if qt.dtype == dtype else qt.with_inner(lambda t: t, dtype=dtype)
+
+    layout = empty_qtensor(tuple(weight.shape), dtype, codec, name)
+    return weight.with_transform(quantize, layout, dtype)
+
+
+def empty_qtensor(
+    shape: tuple[int, ...], dtype: torch.dtype, codec: Codec, name: str | None = None
+) -> QTensor:
+    """A QTensor of ``shape`` on the meta device: its layout, sizes and encoding, no values."""
+    k = math.prod(shape[1:])
+    bs = codec.block_size(k)
+    n_blocks = shape[0] * (k // bs)
+    packed = torch.empty(n_blocks, codec.bytes_per_block(bs), dtype=torch.uint8, device="meta")
+    scale = torch.empty(n_blocks, 1, dtype=codec.storage_dtype, device="meta")
+    zero = torch.empty_like(scale) if codec.has_zero else None
+    return QTensor(codec, packed, scale, zero, shape, dtype, name)
 
 
 def _check_range(stored: QParams, name: str | None, codec: Codec) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2n_core.deferred import DeferredTensor
 from t2n_core.progress import progress_bar
 from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.calibration_data import batches as calibration_batches
@@ -28,7 +29,7 @@ from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
-from t2n_quant.quantize import quantize_tensor
+from t2n_quant.quantize import quantize_deferred, quantize_tensor
 from t2n_quant.summary import QuantizationSummary, QuantizedWeight, SkippedWeight
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,10 @@ def quantize_model(
             )  # fmt: skip
         desc = f"quantizing ({codec.spec})"
         for w, chosen in progress_bar(todo, desc=desc, unit="weight", disable=not progress):
-            qt = quantize_tensor(w.param, chosen, calibration=calibrate, name=w.name)
+            if isinstance(w.param, DeferredTensor):  # not read yet: quantized when written
+                qt = quantize_deferred(w.param, chosen, calibration=calibrate, name=w.name)
+            else:
+                qt = quantize_tensor(w.param, chosen, calibration=calibrate, name=w.name)
             _install(w, chosen, qt, summary)
     except Exception as exc:
         for w, param in originals:
@@ -267,10 +271,14 @@ def _restore(w: _Weight, param: torch.Tensor) -> None:
     w.param = param
 
 
-def _install(w: _Weight, codec: Codec, qt: QTensor, summary: QuantizationSummary) -> None:
+def _install(
+    w: _Weight, codec: Codec, qt: QTensor | DeferredTensor, summary: QuantizationSummary
+) -> None:
     """``qt`` in place of ``w`` in every module using it, recorded in ``summary``."""
     before = w.param.numel() * w.param.element_size()
-    new = nn.Parameter(qt, requires_grad=False)
+    new = qt if isinstance(qt, DeferredTensor) else nn.Parameter(qt, requires_grad=False)
+    if isinstance(qt, DeferredTensor):
+        qt = qt.encoded_like  # an empty QTensor: the layout and sizes it will be written in
     for _, module in w.users:
         module._parameters[w.attr] = new
         if isinstance(module, nn.RNNBase):

@@ -43,6 +43,7 @@ def export_causal_lm(
     overwrite: bool = False,
     properties: Mapping[str, str] | None = None,
     progress: bool = True,
+    all_logits: bool = True,
 ) -> ExportResult:
     """Export one generation step of a Hugging Face causal LM, with its KV cache, to NNEF.
 
@@ -51,7 +52,10 @@ def export_causal_lm(
     ``logits [B, T, vocab]`` and ``present_key_i`` / ``present_value_i``
     ``[B, kv_heads, P + T, head_dim]``. ``T`` and ``P`` are symbols (P may be 0 in tract: the
     first call, the prompt, passes empty past tensors); ``B`` too unless
-    ``dynamic_batch=False`` (then B = 1). Feed the present tensors back as the next past.
+    ``dynamic_batch=False`` (then B = 1). With ``all_logits=False`` the logits are those of
+    the last position only, ``[B, 1, vocab]`` (what generation needs: a long prompt with a
+    large vocabulary otherwise returns T x vocab values). Feed the present tensors back as
+    the next past.
 
     ``dtype`` is the dtype of the cache and activations (``torch.float32`` or
     ``torch.float16``); by default the model's own. A dtype other than the model's exports a
@@ -81,7 +85,7 @@ def export_causal_lm(
     atol = tol if atol is None else atol
     rtol = tol if rtol is None else rtol
 
-    step = CausalLMWithCache(model).eval()
+    step = CausalLMWithCache(model, all_logits=all_logits).eval()
     n_layers = num_layers_of(model)
     input_names = input_names_for(n_layers)
     output_names = output_names_for(n_layers)

@@ -1,14 +1,19 @@
-"""Greedy generation with an archive written by ``export_causal_lm``, run in tract."""
+"""Generation in tract: greedy from an archive of ``export_causal_lm`` (``greedy_generate``), or
+text from a directory of ``export_checkpoint`` with sampling (``generate_text``)."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from t2n_core.check import load_runnable, tract_message
-from t2n_core.errors import TractRunError
+from t2n_core.errors import CheckpointError, ExportInputError, TractRunError
 
 
 @dataclass
@@ -55,3 +60,147 @@ def greedy_generate(
         ids = last.argmax(-1).astype(np.int64)[:, None]
         tokens.append(ids)
     return Generation(np.concatenate(tokens, axis=1), logits_per_step)
+
+
+@dataclass
+class TextGeneration:
+    """What :func:`generate_text` produced, with tract's speed for prefill and for decode."""
+
+    prompt_tokens: list[int]
+    tokens: list[int]  # the new tokens (the EOS token included when generation stopped on it)
+    text: str | None  # the continuation of the prompt; None without a tokenizer
+    prefill_seconds: float
+    decode_seconds: float
+    stopped_at_eos: bool
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return len(self.prompt_tokens) / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = len(self.tokens) - 1  # the first new token comes out of the prefill
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds else 0.0
+
+    def speed(self) -> str:
+        return (
+            f"prefill: {len(self.prompt_tokens)} tokens, {self.prefill_tokens_per_s:.1f} tokens/s;"
+            f" decode: {max(len(self.tokens) - 1, 0)} tokens, "
+            f"{self.decode_tokens_per_s:.1f} tokens/s"
+        )
+
+
+def sample_next(
+    logits: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> int:
+    """One token from the last-position ``logits [vocab]``: argmax when ``temperature`` is 0,
+    otherwise sampled from the softmax at that temperature, restricted to the ``top_k`` most
+    likely tokens (0: all) and to the smallest set whose probability reaches ``top_p``.
+
+    >>> sample_next(np.array([0.1, 3.0, 0.2]), np.random.default_rng(0))
+    1
+    """
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / temperature
+    order = np.argsort(-scaled)
+    if top_k > 0:
+        order = order[:top_k]
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    probs /= probs.sum()
+    if top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+    return int(rng.choice(order, p=probs))
+
+
+def generate_text(
+    directory: str | os.PathLike,
+    prompt: str | None = None,
+    *,
+    prompt_ids: list[int] | None = None,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> TextGeneration:
+    """Generate from a directory written by ``export_checkpoint``, in tract: prefill the
+    prompt with an empty cache, then decode one token at a time, feeding the cache back,
+    until ``max_new_tokens`` or the EOS token. The tokenizer is the one in the directory;
+    without it, pass ``prompt_ids`` (the text is then None).
+
+    >>> gen = generate_text("out/llama", "Once upon a time", max_new_tokens=16)  # doctest: +SKIP
+    >>> print(gen.text, gen.speed())                                            # doctest: +SKIP
+    """
+    root = Path(directory)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise CheckpointError(
+            f"{manifest_path} is missing: generate runs a directory written by "
+            "`t2n export-llm` (model.nnef.tgz, manifest.json, tokenizer files)"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    tokenizer = _tokenizer(root) if prompt_ids is None or prompt is None else None
+    if prompt_ids is None:
+        if prompt is None:
+            raise ExportInputError("give a prompt (text) or prompt_ids (token ids)")
+        if tokenizer is None:
+            raise CheckpointError(
+                f"{root} has no tokenizer (none of tokenizer.json, tokenizer.model, vocab.json,"
+                " vocab.txt; it was missing from the checkpoint): copy the checkpoint's "
+                "tokenizer files there, or pass token ids (--prompt-ids 1,2,3)"
+            )
+        prompt_ids = [int(t) for t in tokenizer(prompt)["input_ids"]]
+    if not prompt_ids:
+        raise ExportInputError("the prompt has no tokens")
+    eos = manifest.get("eos_token_id")
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    dtype = np.dtype({"f32": "float32", "f16": "float16"}[manifest["dtype"]])
+    shape = (1, manifest["kv_heads"], 0, manifest["head_dim"])
+    runnable = load_runnable(root / manifest["archive"])
+    rng = np.random.default_rng(seed)
+    past = [np.zeros(shape, dtype) for _ in range(2 * manifest["num_layers"])]
+    ids = np.asarray([prompt_ids], dtype=np.int64)
+    new: list[int] = []
+    times: list[float] = []
+    for _ in range(max_new_tokens):
+        start = time.perf_counter()
+        try:
+            outputs = [o.to_numpy() for o in runnable.run([ids, *past])]
+        except Exception as exc:
+            raise TractRunError(
+                f"tract could not run a step of {root}: {tract_message(exc)}"
+            ) from exc
+        times.append(time.perf_counter() - start)
+        logits, past = outputs[0], outputs[1:]
+        token = sample_next(logits[0, -1], rng, temperature=temperature, top_k=top_k, top_p=top_p)
+        new.append(token)
+        if token in eos_ids:
+            break
+        ids = np.asarray([[token]], dtype=np.int64)
+    text = None
+    if tokenizer is not None:  # decoded with the prompt, so that spacing at the seam is right
+        full = tokenizer.decode(list(prompt_ids) + new, skip_special_tokens=True)
+        head = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
+        text = full[len(head) :] if full.startswith(head) else tokenizer.decode(new)
+    return TextGeneration(
+        list(prompt_ids), new, text, times[0] if times else 0.0, sum(times[1:]),
+        bool(new) and new[-1] in eos_ids,
+    )  # fmt: skip
+
+
+def _tokenizer(root: Path) -> Any:
+    """The directory's tokenizer (transformers), or None when it has no tokenizer files."""
+    from t2n_core.llm.checkpoint import TOKENIZER_VOCAB_FILES
+
+    if not any((Path(root) / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(root, local_files_only=True)

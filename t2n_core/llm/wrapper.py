@@ -28,7 +28,8 @@ class CausalLMWithCache(nn.Module):
     """``forward(input_ids, past_key_0, past_value_0, ...) -> (logits, present_key_0, ...)``.
 
     ``input_ids`` is ``[B, T]`` (the new tokens), each past tensor ``[B, kv_heads, P, head_dim]``;
-    the present tensors are ``[B, kv_heads, P + T, head_dim]``. The wrapper builds a
+    the present tensors are ``[B, kv_heads, P + T, head_dim]``; ``logits`` is ``[B, T, vocab]``,
+    or ``[B, 1, vocab]`` (the last position only) with ``all_logits=False``. The wrapper builds a
     transformers ``DynamicCache`` from the past tensors and positions the new tokens at
     ``P .. P + T - 1``; the wrapped model is not changed.
 
@@ -36,10 +37,12 @@ class CausalLMWithCache(nn.Module):
     >>> logits, *present = step(ids, *past)                           # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, all_logits: bool = True):
         super().__init__()
         self.model = model
         self.num_layers = num_layers_of(model)
+        self.all_logits = all_logits
+        self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
         # torch.export binds inputs (and dynamic_shapes) by the forward signature: give this
         # instance one flat, named parameter per tensor instead of ``*past``.
         self.__class__ = _flat_signature_class(self.num_layers)
@@ -66,13 +69,15 @@ class CausalLMWithCache(nn.Module):
         start = past[0].shape[2]
         positions = torch.arange(new, device=input_ids.device) + start
         position_ids = positions.unsqueeze(0).expand(batch, new)
+        keep = {} if self.all_logits or not self._keep_arg else {"logits_to_keep": 1}
         out = self.model(
-            input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True
+            input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True, **keep
         )
+        logits = out.logits if self.all_logits else out.logits[:, -1:]
         present: list[torch.Tensor] = []
         for layer in cache.layers:
             present += [layer.keys, layer.values]
-        return (out.logits, *present)
+        return (logits, *present)
 
 
 def input_names_for(num_layers: int) -> list[str]:

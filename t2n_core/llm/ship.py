@@ -1,0 +1,396 @@
+"""``export_checkpoint``: a Hugging Face checkpoint directory -> a checked, tract-ready directory.
+
+The output directory holds ``model.nnef.tgz`` (one generation step with KV cache), the config,
+generation config and tokenizer files, ``manifest.json`` and io samples
+(``prompt_inputs.npz`` / ``prompt_outputs.npz``: a prompt with an empty cache;
+``step_inputs.npz`` / ``step_outputs.npz``: one token with the prompt's cache), keyed by the
+graph's io names, that ``t2n check`` replays.
+
+Weights are streamed: the model is built on the meta device from config.json and every weight
+is read from the shards (converted to the requested dtype, or quantized) only when written, so
+memory does not grow with the model. The directory is assembled under a hidden temporary name
+beside the target and renamed at the end: an interrupted export leaves nothing that looks
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from t2n_core import __version__
+from t2n_core.check import CheckReport, check_archive
+from t2n_core.errors import (
+    ArchiveExistsError,
+    CheckpointError,
+    CheckpointLayoutError,
+    ExportInputError,
+    UnsupportedOpsError,
+)
+from t2n_core.export import ExportResult
+from t2n_core.llm.checkpoint import Checkpoint, open_checkpoint, streamed_model
+from t2n_core.llm.export import DEFAULT_TOLERANCE, export_causal_lm
+from t2n_core.llm.precision import f32_attention as use_f32_attention
+from t2n_core.llm.precision import f32_norms, is_norm
+from t2n_core.llm.support import KNOWN_TO_WORK
+from t2n_core.llm.wrapper import (
+    CausalLMWithCache,
+    input_names_for,
+    kv_shape_of,
+    num_layers_of,
+    output_names_for,
+)
+from t2n_core.nnef.archive import read_archive_files, replace_path
+from t2n_core.nnef.dat import DatHeader
+from t2n_core.summary import human_bytes
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_NAME = "model.nnef.tgz"
+MANIFEST_NAME = "manifest.json"
+SAMPLE_PROMPT = "Once upon a time"
+#: files copied from the checkpoint beside the archive (tokenizer files are added)
+CONFIG_FILES = ("config.json", "generation_config.json")
+DTYPES = {"f32": torch.float32, "f16": torch.float16}
+
+#: ``quantize(model) -> summary``: replaces weights in place (t2n_quant.quantize_model)
+Quantizer = Callable[[nn.Module], Any]
+
+
+@dataclass
+class ShippedModel:
+    """What :func:`export_checkpoint` wrote (``print()`` it for the summary table)."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    export: ExportResult
+    check: CheckReport | None = None
+    quantization: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def archive(self) -> Path:
+        return self.directory / ARCHIVE_NAME
+
+    def __str__(self) -> str:
+        m = self.manifest
+        rows = [
+            ("output", str(self.directory)),
+            ("model", f"{m['architecture']} ({m['parameters'] / 1e6:.1f}M parameters, "
+                      f"{m['num_layers']} layers)"),
+            ("dtype", m["dtype"] + "".join(
+                f" +{k}" for k in ("f32_attention", "f32_norm") if m[k])),
+            ("codec", f"{m['codec'] or 'none'}" + (
+                f" ({m['calibration']}, {m['quantized_weights']} weights, "
+                f"{m['bits_per_weight']:.2f} bits/weight)" if m["codec"] else "")),
+            ("left float", f"{len(m['skipped'])} weight(s)" + "".join(
+                f"\n  {s['name']}: {s['reason']}" for s in m["skipped"])),
+            ("archive", f"{human_bytes(m['archive_bytes'])}, tensors "
+                        + ", ".join(f"{k} {human_bytes(v)}" for k, v in m["tensor_bytes"].items())),
+            ("logits", "all positions" if m["all_logits"] else "last position only"),
+            ("tokenizer", "copied" if m["tokenizer"] else "MISSING (generate needs --prompt-ids)"),
+            ("check", "skipped (--no-check)" if self.check is None else
+                      ("passed" if self.check.passed else "FAILED") +
+                      f" on {', '.join(m['samples'])} (max abs error "
+                      f"{max(o.max_abs_error for o in self.check.outputs):.3g})"),
+            ("time", ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())),
+        ]  # fmt: skip
+        width = max(len(k) for k, _ in rows)
+        lines = [f"{k:<{width}}  {v}" for k, v in rows]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "f32",
+    quantize: Quantizer | None = None,
+    quantization: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    check: bool = True,
+    trust_remote_code: bool = False,
+    all_logits: bool = False,
+    f32_attention: bool = False,
+    f32_norm: bool = False,
+    progress: bool = True,
+) -> ShippedModel:
+    """Export the causal LM of a local checkpoint directory to ``out`` (a new directory).
+
+    ``dtype`` (``"f32"``/``"f16"``) is what the weights (bf16, f16 or f32 in the checkpoint)
+    are converted to and what tract computes in; ``f32_attention`` / ``f32_norm`` keep those
+    parts in f32 in an f16 export. ``quantize`` (see :func:`t2n_quant.export_checkpoint`, which
+    passes ``quantize_model`` with its codec) replaces weights before export; ``quantization``
+    is recorded in the manifest. ``check`` runs both io samples in tract against PyTorch.
+    Raises :class:`~t2n_core.errors.CheckpointError` naming the file for a missing config or
+    weights, a truncated or corrupted shard; nothing is written then.
+
+    >>> shipped = export_checkpoint("llama-dir", "out/llama", dtype="f16")  # doctest: +SKIP
+    >>> print(shipped)                                                     # doctest: +SKIP
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise ArchiveExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    torch_dtype = _torch_dtype(dtype)
+    if (f32_attention or f32_norm) and torch_dtype != torch.float16:
+        raise ExportInputError("f32_attention / f32_norm only apply to an f16 export (dtype='f16')")
+    ckpt = open_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
+    notes: list[str] = []
+    if not ckpt.has_tokenizer:
+        notes.append(
+            f"no tokenizer in {ckpt.directory} (none of tokenizer.json, tokenizer.model, "
+            "vocab.json, vocab.txt): exported without one; `t2n generate` will need token ids"
+        )
+        logger.warning("%s", notes[-1])
+    model = _load(ckpt, torch_dtype, f32_norm, notes)
+    timings["load"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    summary = quantize(model) if quantize is not None else None
+    timings["quantize plan"] = time.perf_counter() - clock
+    if f32_attention:
+        use_f32_attention(model)
+    if f32_norm:
+        f32_norms(model)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    )
+    try:
+        clock = time.perf_counter()
+        archive = staging / ARCHIVE_NAME
+        try:
+            result = export_causal_lm(
+                model, archive, dtype=torch_dtype, check=False, all_logits=all_logits,
+                progress=progress, properties={"source_architecture": ckpt.architecture},
+            )  # fmt: skip
+        except UnsupportedOpsError as exc:
+            raise UnsupportedOpsError(
+                [*exc.problems, f"{ckpt.architecture} is not among the architectures known to "
+                 f"export: {', '.join(KNOWN_TO_WORK)}"]
+            ) from exc  # fmt: skip
+        timings["capture + write"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        samples = _samples(model, ckpt, torch_dtype, all_logits, progress)
+        for name, (inputs, outputs) in samples.items():
+            np.savez(staging / f"{name}_inputs.npz", **inputs)
+            np.savez(staging / f"{name}_outputs.npz", **outputs)
+        timings["reference"] = time.perf_counter() - clock
+        report = None
+        tol = DEFAULT_TOLERANCE[torch_dtype]
+        if check:
+            clock = time.perf_counter()
+            report = _check(archive, samples, tol, progress)
+            timings["check"] = time.perf_counter() - clock
+        for name in (*CONFIG_FILES, *ckpt.tokenizer_files):
+            if (ckpt.directory / name).is_file():
+                shutil.copyfile(ckpt.directory / name, staging / name)
+        manifest = _manifest(
+            ckpt, model, result, archive, torch_dtype, summary, quantization, all_logits,
+            f32_attention, f32_norm, list(samples), tol, report,
+        )  # fmt: skip
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+        replace_path(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.path = target / ARCHIVE_NAME
+    shipped = ShippedModel(target, manifest, result, report, summary, timings, notes)
+    logger.info("exported %s to %s", ckpt.architecture, target)
+    return shipped
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ExportInputError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+
+
+def _load(ckpt: Checkpoint, dtype: torch.dtype, f32_norm: bool, notes: list[str]) -> nn.Module:
+    """The streamed model; a checkpoint whose names need transformers' conversions (fused
+    experts, renamed keys) is loaded whole instead, with a warning."""
+    keep = is_norm if f32_norm else None
+    try:
+        return streamed_model(ckpt, dtype, keep_f32=keep)
+    except CheckpointLayoutError as exc:
+        notes.append(
+            f"{exc}; loading the checkpoint whole with transformers instead (memory grows "
+            "with the model)"
+        )
+        logger.warning("%s", notes[-1])
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(
+        ckpt.directory, dtype=dtype, local_files_only=True, output_loading_info=True,
+        trust_remote_code=ckpt.trust_remote_code,
+    )  # fmt: skip
+    if info.get("missing_keys"):
+        raise CheckpointError(
+            f"{ckpt.directory} lacks weights for {sorted(info['missing_keys'])[:8]}: the "
+            "checkpoint is incomplete or for another architecture"
+        )
+    if f32_norm:
+        for module in model.modules():
+            if is_norm(module):
+                module.float()
+    return model.eval()
+
+
+def _sample_prompt(ckpt: Checkpoint, vocab: int) -> np.ndarray:
+    if ckpt.has_tokenizer:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(ckpt.directory, local_files_only=True)
+            ids = tokenizer(SAMPLE_PROMPT, return_tensors="np")["input_ids"].astype(np.int64)
+            if ids.shape[1] >= 2:
+                return ids
+        except Exception as exc:  # a broken tokenizer is reported, the export goes on
+            logger.warning(
+                "tokenizer of %s unusable for the sample prompt: %s", ckpt.directory, exc
+            )
+    return np.random.default_rng(0).integers(0, vocab, (1, 8), dtype=np.int64)
+
+
+def _samples(
+    model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype, all_logits: bool, progress: bool
+) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """PyTorch's outputs on a prompt (empty cache) and on the next token (the prompt's cache)."""
+    n_layers = num_layers_of(model)
+    kv_heads, head_dim = kv_shape_of(model)
+    vocab = int(model.config.get_text_config(decoder=True).vocab_size)
+    in_names, out_names = input_names_for(n_layers), output_names_for(n_layers)
+    step = CausalLMWithCache(model, all_logits=all_logits).eval()
+    prompt = torch.from_numpy(_sample_prompt(ckpt, vocab))
+    empty = [torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype) for _ in range(2 * n_layers)]
+    samples = {}
+    with torch.no_grad(), tqdm(total=2, desc="reference", disable=not progress, leave=False) as bar:
+        args: list[torch.Tensor] = [prompt, *empty]
+        for name in ("prompt", "step"):
+            outputs = step(*args)
+            samples[name] = (
+                {n: a.numpy() for n, a in zip(in_names, args)},
+                {n: o.numpy() for n, o in zip(out_names, outputs)},
+            )
+            bar.update(1)
+            next_token = outputs[0][:, -1].float().argmax(-1, keepdim=True)
+            args = [next_token, *outputs[1:]]
+    return samples
+
+
+def _check(
+    archive: Path,
+    samples: Mapping[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
+    tol: float,
+    progress: bool,
+) -> CheckReport:
+    report = CheckReport(atol=tol, rtol=tol)
+    for name, (inputs, outputs) in tqdm(samples.items(), desc="check", disable=not progress,
+                                        leave=False):  # fmt: skip
+        part = check_archive(
+            archive, list(inputs.values()), list(outputs.values()),
+            names=[f"{o}@{name}" for o in outputs], atol=tol, rtol=tol,
+        )  # fmt: skip
+        report.outputs += part.outputs
+    return report
+
+
+def _manifest(
+    ckpt: Checkpoint,
+    model: nn.Module,
+    result: ExportResult,
+    archive: Path,
+    dtype: torch.dtype,
+    summary: Any,
+    quantization: Mapping[str, Any] | None,
+    all_logits: bool,
+    f32_attention: bool,
+    f32_norm: bool,
+    samples: list[str],
+    tol: float,
+    report: CheckReport | None,
+) -> dict[str, Any]:
+    tensors = {}
+    for name, raw in sorted(read_archive_files(archive, dat_headers_only=True).items()):
+        if name.endswith(".dat"):
+            header = DatHeader.unpack(raw)
+            shape = [int(d) for d in header.shape]
+            numel = max(int(np.prod(shape)), 1)
+            tensors[name.removesuffix(".dat")] = {
+                "type": header.type_name(), "shape": shape, "bytes": header.data_length,
+                "bits_per_weight": round(8 * header.data_length / numel, 4),
+            }  # fmt: skip
+    text = model.config.get_text_config(decoder=True)
+    generation = getattr(model, "generation_config", None)
+    eos = getattr(generation, "eos_token_id", None) or getattr(text, "eos_token_id", None)
+    kv_heads, head_dim = kv_shape_of(model)
+    quantized = list(getattr(summary, "quantized", []))
+    before = sum(q.bytes_before for q in quantized)
+    after = sum(q.bytes_after for q in quantized)
+    numel = sum(int(np.prod(q.shape)) for q in quantized)
+    return {
+        "format": "t2n-llm/1",
+        "archive": ARCHIVE_NAME,
+        "architecture": ckpt.architecture,
+        "model_type": getattr(text, "model_type", None),
+        "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+        "num_layers": num_layers_of(model),
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab_size": int(text.vocab_size),
+        "eos_token_id": eos,
+        "dtype": {torch.float32: "f32", torch.float16: "f16"}[dtype],
+        "f32_attention": f32_attention,
+        "f32_norm": f32_norm,
+        "all_logits": all_logits,
+        "codec": getattr(summary, "codec", None),
+        "calibration": getattr(summary, "calibration", None),
+        **{k: v for k, v in (quantization or {}).items() if k not in ("codec", "calibration")},
+        "quantized_weights": len(quantized),
+        "bits_per_weight": 8 * after / numel if numel else None,
+        "bytes_before_quantization": before,
+        "quantized": {q.name: q.codec for q in quantized},
+        "skipped": [{"name": s.name, "reason": s.reason} for s in getattr(summary, "skipped", [])],
+        "inputs": [str(s) for s in result.inputs],
+        "outputs": [str(s) for s in result.outputs],
+        "tensor_bytes": result.tensor_bytes,
+        "archive_bytes": archive.stat().st_size,
+        "tensors": tensors,
+        "tokenizer": ckpt.has_tokenizer,
+        "samples": samples,
+        "tolerance": {"atol": tol, "rtol": tol},
+        "checked": None if report is None else report.passed,
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"t2n": __version__, "torch": torch.__version__.split("+")[0]}
+    for package in ("transformers", "tract"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
