@@ -1,7 +1,8 @@
 """Causal LMs exported with their KV cache: one generation step per call."""
 
 from t2n_core.llm.export import DEFAULT_TOLERANCE, example_inputs, export_causal_lm
-from t2n_core.llm.generate import Generation, greedy_generate
+from t2n_core.llm.generate import Generation, TextGeneration, generate_text, greedy_generate
+from t2n_core.llm.ship import ShippedModel, export_checkpoint
 from t2n_core.llm.wrapper import (
     CausalLMWithCache,
     input_names_for,
@@ -14,8 +15,12 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "CausalLMWithCache",
     "Generation",
+    "ShippedModel",
+    "TextGeneration",
     "example_inputs",
     "export_causal_lm",
+    "export_checkpoint",
+    "generate_text",
     "greedy_generate",
     "input_names_for",
     "kv_shape_of",

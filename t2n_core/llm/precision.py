@@ -54,6 +54,7 @@ def f32_attention(model: nn.Module) -> None:
     """Run the model's attention (scores, softmax, weighted sum) in f32 through transformers'
     attention interface: queries, keys and values are cast up, the output cast back."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     current = getattr(model.config, "_attn_implementation", None)
@@ -61,6 +62,8 @@ def f32_attention(model: nn.Module) -> None:
         logger.info("f32 attention: switching %s from %r to sdpa", type(model).__name__, current)
     if F32_SDPA not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(F32_SDPA, _f32(ALL_ATTENTION_FUNCTIONS["sdpa"]))
+        # the masks sdpa needs; without an entry, transformers passes no mask at all
+        AttentionMaskInterface.register(F32_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     try:
         model.set_attn_implementation(F32_SDPA)
     except (ValueError, AttributeError) as exc:

@@ -3,8 +3,8 @@
 The output directory holds ``model.nnef.tgz`` (one generation step with KV cache), the config,
 generation config and tokenizer files, ``manifest.json`` and io samples
 (``prompt_inputs.npz`` / ``prompt_outputs.npz``: a prompt with an empty cache;
-``step_inputs.npz`` / ``step_outputs.npz``: one token with the prompt's cache), keyed by the
-graph's io names, that ``t2n check`` replays.
+``step_*.npz``: one token with the prompt's cache; ``chunk_*.npz``: two tokens with that
+cache), keyed by the graph's io names, that ``t2n check`` replays.
 
 Weights are streamed: the model is built on the meta device from config.json and every weight
 is read from the shards (converted to the requested dtype, or quantized) only when written, so
@@ -65,6 +65,10 @@ SAMPLE_PROMPT = "Once upon a time"
 #: files copied from the checkpoint beside the archive (tokenizer files are added)
 CONFIG_FILES = ("config.json", "generation_config.json")
 DTYPES = {"f32": torch.float32, "f16": torch.float16}
+
+#: io samples, each fed the cache of the one before: the prompt (empty cache), one token, then
+#: two tokens at once (a causal block after a cache); value: new tokens of the *next* sample
+SAMPLES = {"prompt": 1, "step": 2, "chunk": 0}
 
 #: ``quantize(model) -> summary``: replaces weights in place (t2n_quant.quantize_model)
 Quantizer = Callable[[nn.Module], Any]
@@ -275,7 +279,7 @@ def _sample_prompt(ckpt: Checkpoint, vocab: int) -> np.ndarray:
 def _samples(
     model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype, all_logits: bool, progress: bool
 ) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """PyTorch's outputs on a prompt (empty cache) and on the next token (the prompt's cache)."""
+    """PyTorch's inputs and outputs for :data:`SAMPLES`, keyed by the graph's io names."""
     n_layers = num_layers_of(model)
     kv_heads, head_dim = kv_shape_of(model)
     vocab = int(model.config.get_text_config(decoder=True).vocab_size)
@@ -284,9 +288,10 @@ def _samples(
     prompt = torch.from_numpy(_sample_prompt(ckpt, vocab))
     empty = [torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype) for _ in range(2 * n_layers)]
     samples = {}
-    with torch.no_grad(), tqdm(total=2, desc="reference", disable=not progress, leave=False) as bar:
+    bar = tqdm(total=len(SAMPLES), desc="reference", disable=not progress, leave=False)
+    with torch.no_grad(), bar:
         args: list[torch.Tensor] = [prompt, *empty]
-        for name in ("prompt", "step"):
+        for name, new in SAMPLES.items():
             outputs = step(*args)
             samples[name] = (
                 {n: a.numpy() for n, a in zip(in_names, args)},
@@ -294,7 +299,7 @@ def _samples(
             )
             bar.update(1)
             next_token = outputs[0][:, -1].float().argmax(-1, keepdim=True)
-            args = [next_token, *outputs[1:]]
+            args = [next_token.expand(1, new), *outputs[1:]]
     return samples
 
 

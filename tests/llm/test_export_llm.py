@@ -1,0 +1,160 @@
+"""``t2n export-llm`` / ``export_checkpoint`` on tiny checkpoints saved with ``save_pretrained``:
+bf16 and sharded, f32 / f16 / q4_0; each run in tract (the io samples replayed by ``t2n check``,
+generation equal to ``model.generate``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from t2n_core.cli import main
+from t2n_core.llm import export_checkpoint, generate_text
+from t2n_quant import quantize_model
+from t2n_quant.llm import export_checkpoint as export_quantized
+from tests.llm.checkpoints import save_tiny_llama, tiny_tokenizer
+
+PROMPT = "once upon a time there was"
+NEW_TOKENS = 6
+
+
+def torch_tokens(model: torch.nn.Module, prompt_ids: list[int], steps: int) -> list[int]:
+    """Greedy tokens of ``model.generate`` (no EOS stop)."""
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt_ids]), max_new_tokens=steps, min_new_tokens=steps,
+            do_sample=False, pad_token_id=0, eos_token_id=None,
+        )  # fmt: skip
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def assert_same_generation(directory, model: torch.nn.Module) -> None:
+    gen = generate_text(directory, PROMPT, max_new_tokens=NEW_TOKENS)
+    expected = torch_tokens(model, gen.prompt_tokens, NEW_TOKENS)
+    assert gen.tokens == expected[: len(gen.tokens)]
+    assert len(gen.tokens) == NEW_TOKENS or gen.stopped_at_eos
+    assert gen.text is not None and gen.prefill_tokens_per_s > 0
+
+
+@pytest.mark.slow
+def test_cli_bf16_sharded_export_generate_check(tmp_path, capsys):
+    """A sharded bf16 checkpoint -> f32 directory -> generate and check from the command line."""
+    model = save_tiny_llama(tmp_path / "ckpt", shard_size="40KB")
+    assert len(list((tmp_path / "ckpt").glob("*.safetensors"))) > 1
+    out = tmp_path / "out"
+    assert main(["export-llm", str(tmp_path / "ckpt"), "-o", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "check       passed on prompt, step, chunk" in printed and "last position only" in printed
+    )
+    names = {p.name for p in out.iterdir()}
+    assert {"model.nnef.tgz", "manifest.json", "config.json", "tokenizer.json"} <= names
+    assert {
+        f"{s}_{io}.npz" for s in ("prompt", "step", "chunk") for io in ("inputs", "outputs")
+    } <= names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype"] == "f32" and manifest["codec"] is None and manifest["checked"]
+    assert manifest["outputs"][0] == "logits: f32[B, 1, 128]"
+    assert set(manifest["versions"]) == {"t2n", "torch", "transformers", "tract"}
+    assert manifest["tensors"]["model.lm_head.weight"]["bytes"] == 128 * 64 * 4
+    assert str(tmp_path) not in (out / "manifest.json").read_text()  # no host paths
+    for sample in ("prompt", "step", "chunk"):
+        with np.load(out / f"{sample}_inputs.npz") as data:
+            assert data.files[0] == "input_ids"
+        args = ["check", str(out / "model.nnef.tgz"), "--inputs", str(out / f"{sample}_inputs.npz"),
+                "--outputs", str(out / f"{sample}_outputs.npz")]  # fmt: skip
+        assert main(args) == 0
+    capsys.readouterr()
+    args = ["generate", str(out), "--prompt", PROMPT, "--max-new-tokens", str(NEW_TOKENS)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(PROMPT) and "tokens/s" in printed
+    assert_same_generation(out, model)
+
+
+@pytest.mark.slow
+def test_q4_0_export_generates_like_quantized_torch(tmp_path):
+    model = save_tiny_llama(tmp_path / "ckpt", dtype=torch.float32)
+    shipped = export_quantized(tmp_path / "ckpt", tmp_path / "out", codec="q4_0", progress=False)
+    assert shipped.check is not None and shipped.check.passed
+    manifest = shipped.manifest
+    assert manifest["codec"] == "q4_0" and manifest["quantized_weights"] == 2 * 7 + 2
+    assert manifest["bits_per_weight"] == pytest.approx(4.5) and not manifest["skipped"]
+    assert manifest["tensors"]["model.lm_head.weight"]["type"] == "q4_0"
+    quantize_model(model, "q4_0", progress=False)
+    assert_same_generation(tmp_path / "out", model)
+
+
+@pytest.mark.slow
+def test_exclude_is_reported(tmp_path):
+    save_tiny_llama(tmp_path / "ckpt", tie_word_embeddings=True)
+    shipped = export_quantized(
+        tmp_path / "ckpt", tmp_path / "out", codec="minmax:4:g32", exclude="lm_head",
+        check=False, progress=False,
+    )  # fmt: skip
+    assert shipped.check is None
+    skipped = shipped.manifest["skipped"]
+    assert len(skipped) == 1 and "lm_head" in skipped[0]["reason"]
+    assert shipped.manifest["exclude"] == ["lm_head"]
+    assert "left float  1 weight(s)" in str(shipped)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [{}, {"f32_attention": True, "f32_norm": True}],
+                         ids=["f16", "f16-f32-attention-norm"])  # fmt: skip
+def test_f16_export_all_logits(flags, tmp_path):
+    model = save_tiny_llama(tmp_path / "ckpt", tokenizer=False)
+    shipped = export_checkpoint(
+        tmp_path / "ckpt", tmp_path / "out", dtype="f16", all_logits=True, progress=False, **flags
+    )
+    assert shipped.check is not None and shipped.check.passed
+    assert shipped.manifest["outputs"][0] == "logits: f16[B, T, 128]"
+    assert shipped.manifest["f32_norm"] == bool(flags)
+    norm = shipped.manifest["tensors"]["model.model.norm.weight"]
+    assert norm["type"] == ("f32" if flags else "f16")
+    if flags:
+        assert shipped.export.op_histogram["tract_core_cast"] > 0
+    assert not shipped.manifest["tokenizer"] and any("tokenizer" in w for w in shipped.warnings)
+    gen = generate_text(tmp_path / "out", prompt_ids=[3, 4, 5], max_new_tokens=NEW_TOKENS)
+    expected = torch_tokens(model.half(), [3, 4, 5], NEW_TOKENS)
+    assert gen.text is None and gen.tokens == expected[: len(gen.tokens)]
+
+
+def test_f32_options_need_f16(tmp_path):
+    save_tiny_llama(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="only apply to an f16 export"):
+        export_checkpoint(tmp_path / "ckpt", tmp_path / "out", f32_norm=True, progress=False)
+
+
+def test_sampling_is_seeded(tmp_path):
+    """Sampling options: same seed, same tokens; tokens are in the top-k of tract's logits."""
+    from t2n_core.llm.generate import sample_next
+
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 5.0, 4.9, -3.0, 1.0])
+    picks = {sample_next(logits, rng, temperature=1.0, top_k=2) for _ in range(50)}
+    assert picks == {1, 2}
+    picks = {sample_next(logits, rng, temperature=1.0, top_p=0.3) for _ in range(20)}
+    assert picks == {1}
+    assert sample_next(logits, rng) == 1
+
+
+def test_tokenizer_round_trip():
+    tok = tiny_tokenizer()
+    assert tok.decode(tok("once upon a time")["input_ids"]) == "once upon a time"
+
+
+def test_streamed_weights_match_from_pretrained(tmp_path):
+    """The meta-built, streamed model computes what from_pretrained's model computes."""
+    from t2n_core.llm.checkpoint import open_checkpoint, streamed_model
+
+    save_tiny_llama(tmp_path / "ckpt", shard_size="40KB", tie_word_embeddings=True)
+    streamed = streamed_model(open_checkpoint(tmp_path / "ckpt"), torch.float32)
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32)
+    assert streamed.lm_head.weight is streamed.model.embed_tokens.weight  # still tied
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(streamed(ids).logits, loaded(ids).logits)
