@@ -257,7 +257,8 @@ def meta_model(ckpt: Checkpoint, dtype: torch.dtype) -> nn.Module:
 
             raise CheckpointError(
                 f"{ckpt.directory}: transformers has no causal LM for {ckpt.architecture} "
-                f"(model_type {getattr(ckpt.config, 'model_type', '?')!r}): {exc}\n"
+                f"(model_type {getattr(ckpt.config, 'model_type', '?')!r}): "
+                f"{str(exc).splitlines()[0]}\n"
                 f"Known to export: {', '.join(KNOWN_TO_WORK)}. Pass trust_remote_code=True "
                 "(--trust-remote-code) if the checkpoint ships its own modelling code."
             ) from exc
