@@ -9,8 +9,8 @@ cache), keyed by the graph's io names, that ``t2n check`` replays.
 Weights are streamed: the model is built on the meta device from config.json and every weight
 is read from the shards (converted to the requested dtype, or quantized) only when written, so
 memory does not grow with the model. The directory is assembled under a hidden temporary name
-beside the target and renamed at the end: an interrupted export leaves nothing that looks
-complete.
+beside the target (``.<name>.t2n-tmp-<pid>-...``, removed by the next export once its process
+is gone) and renamed at the end: an interrupted export leaves nothing that looks complete.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from t2n_core import __version__
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.errors import (
     ArchiveExistsError,
+    ArchiveTargetError,
     CheckpointError,
     CheckpointLayoutError,
     ExportInputError,
@@ -53,7 +54,7 @@ from t2n_core.llm.wrapper import (
     num_layers_of,
     output_names_for,
 )
-from t2n_core.nnef.archive import read_archive_files, replace_path
+from t2n_core.nnef.archive import TMP_MARK, read_archive_files, remove_stale_temporaries
 from t2n_core.nnef.dat import DatHeader
 from t2n_core.summary import human_bytes
 
@@ -150,8 +151,7 @@ def export_checkpoint(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     target = Path(out)
-    if target.exists() and not overwrite:
-        raise ArchiveExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    _check_target(target, overwrite)
     torch_dtype = _torch_dtype(dtype)
     if (f32_attention or f32_norm) and torch_dtype != torch.float16:
         raise ExportInputError("f32_attention / f32_norm only apply to an f16 export (dtype='f16')")
@@ -175,9 +175,12 @@ def export_checkpoint(
         f32_norms(model)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    remove_stale_temporaries(target)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}{TMP_MARK}{os.getpid()}-", dir=target.parent)
     )
+    staging = tmp / "staging"
+    staging.mkdir()
     try:
         clock = time.perf_counter()
         archive = staging / ARCHIVE_NAME
@@ -213,13 +216,37 @@ def export_checkpoint(
             f32_attention, f32_norm, list(samples), tol, report,
         )  # fmt: skip
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-        replace_path(staging, target)
+        _check_target(target, overwrite)  # it may have appeared meanwhile
+        if target.exists():
+            os.rename(target, tmp / "old")  # removed with tmp once the new one is in place
+        os.rename(staging, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     result.path = target / ARCHIVE_NAME
     shipped = ShippedModel(target, manifest, result, report, summary, timings, notes)
     logger.info("exported %s to %s", ckpt.architecture, target)
     return shipped
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless ``overwrite``, and even then anything but a directory
+    written by ``export_checkpoint`` (or an empty one): its files would be lost."""
+    if not target.exists():
+        return
+    if not overwrite:
+        raise ArchiveExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    manifest = target / MANIFEST_NAME
+    try:
+        ours = json.loads(manifest.read_text()).get("format", "").startswith("t2n-llm/")
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise ArchiveTargetError(
+            f"{target} exists and is not a directory written by export-llm (no {MANIFEST_NAME} "
+            "of format t2n-llm): not replacing it; choose another output"
+        )
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -100,6 +100,12 @@ def test_exclude_is_reported(tmp_path):
     assert len(skipped) == 1 and "lm_head" in skipped[0]["reason"]
     assert shipped.manifest["exclude"] == ["lm_head"]
     assert "left float  1 weight(s)" in str(shipped)
+    again = export_quantized(
+        tmp_path / "ckpt", tmp_path / "out", codec="q4_0", overwrite=True, check=False,
+        progress=False,
+    )  # fmt: skip
+    assert not again.manifest["skipped"] and again.manifest["codec"] == "q4_0"
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["codec"] == "q4_0"
 
 
 @pytest.mark.slow

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from t2n_core.cli import main
-from t2n_core.errors import ArchiveExistsError, CheckpointError, ExportInputError
+from t2n_core.errors import (
+    ArchiveExistsError,
+    ArchiveTargetError,
+    CheckpointError,
+    ExportInputError,
+)
 from t2n_core.llm import export_checkpoint, generate_text
 from tests.llm.checkpoints import save_tiny_llama
 
@@ -106,6 +111,14 @@ def test_output_exists_is_kept(ckpt, tmp_path, capsys):
         export(ckpt, tmp_path)
     assert main(["export-llm", str(ckpt), "-o", str(tmp_path / "out"), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_a_foreign_directory(ckpt, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(ArchiveTargetError, match="not a directory written by export-llm"):
+        export(ckpt, tmp_path, overwrite=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
