@@ -267,7 +267,8 @@ def _refuse_dtypes_tract_lacks(args: tuple, input_names: list[str], program: Any
     for node in program.graph.nodes if program is not None else []:
         val = node.meta.get("val")
         if node.op == "call_function" and isinstance(val, torch.Tensor):
-            if val.dtype not in _EXTERNAL_DTYPES:
+            # complex64 values are stored as f32 with a last axis of 2 (t2n_core.ops.spectral)
+            if val.dtype not in _EXTERNAL_DTYPES and val.dtype != torch.complex64:
                 found.setdefault(f"module '{module_path(node) or '<root>'}'", str(val.dtype))
     if found:
         where = ", ".join(list(found)[:5]) + (
