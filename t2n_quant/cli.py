@@ -57,9 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-sequences", type=int, default=32,
         help="sequences taken from each text at most (default 32)",
     )  # fmt: skip
-    p.add_argument(
-        "--device", default=None, help="device for data-aware calibration (e.g. cuda)"
-    )
+    p.add_argument("--device", default=None, help="device for data-aware calibration (e.g. cuda)")
     p.add_argument(
         "--codecs", nargs="+", default=list(COMPARE_SPECS), metavar="SPEC",
         help=f"quantization specs to compare (default: {' '.join(COMPARE_SPECS)})",
@@ -84,19 +82,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", help="a .safetensors file, its .index.json, or a directory of shards")
     p.add_argument("-o", "--output", required=True, help="output .safetensors path")
-    p.add_argument("--codec", default="q4_0", metavar="SPEC",
-                   help="quantization spec, e.g. q4_0, minmax:4:g32, nf4:g64 (default q4_0)")
-    p.add_argument("--calibration", default="minmax",
-                   help="how scales are chosen: minmax, mse or hqq (default minmax)")
-    p.add_argument("--include", nargs="+", metavar="GLOB",
-                   help="quantize only tensors whose name matches one of these globs")
-    p.add_argument("--exclude", nargs="+", metavar="GLOB", default=[],
-                   help="keep tensors matching these globs as they are (e.g. 'lm_head.*')")
-    p.add_argument("--min-numel", type=int, default=0,
-                   help="keep tensors with fewer values as they are (default 0)")
-    p.add_argument("--max-shard-size", metavar="SIZE",
-                   help="write shards of at most this size (bytes, or with KB/MB/GB) and an index")
+    p.add_argument(
+        "--codec",
+        default="q4_0",
+        metavar="SPEC",
+        help="quantization spec, e.g. q4_0, minmax:4:g32, nf4:g64 (default q4_0)",
+    )
+    p.add_argument(
+        "--calibration",
+        default="minmax",
+        help="how scales are chosen: minmax, mse or hqq (default minmax)",
+    )
+    p.add_argument(
+        "--include",
+        nargs="+",
+        metavar="GLOB",
+        help="quantize only tensors whose name matches one of these globs",
+    )
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        metavar="GLOB",
+        default=[],
+        help="keep tensors matching these globs as they are (e.g. 'lm_head.*')",
+    )
+    p.add_argument(
+        "--min-numel",
+        type=int,
+        default=0,
+        help="keep tensors with fewer values as they are (default 0)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        metavar="SIZE",
+        help="write shards of at most this size (bytes, or with KB/MB/GB) and an index",
+    )
     p.set_defaults(func=run_quantize)  # fmt: skip
+
+    p = subparsers.add_parser(
+        "import-gptq",
+        help="convert a GPTQ or AWQ checkpoint (layout from its config.json) into a t2n "
+        "quantized safetensors file, exactly where the layout maps",
+    )
+    p.add_argument("src", help="checkpoint directory (config.json + safetensors) or file")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    p.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="the weights' logical dtype, the model's (default float16)",
+    )
+    p.add_argument(
+        "--requantize",
+        metavar="SPEC",
+        help="re-quantize every layer with this spec (e.g. q4_0) and report the error",
+    )
+    p.add_argument("--max-shard-size", metavar="SIZE", help="as for quantize")
+    p.set_defaults(func=run_import_gptq)  # fmt: skip
 
     p = subparsers.add_parser(
         "export-llm",
@@ -288,4 +330,15 @@ def run_quantize(args: argparse.Namespace) -> int:
         max_shard_size=_size(args.max_shard_size),
     )  # fmt: skip
     print(summary)
+    return 0
+
+
+def run_import_gptq(args: argparse.Namespace) -> int:
+    from t2n_quant.interop.gptq import import_gptq_checkpoint
+
+    result = import_gptq_checkpoint(
+        args.src, args.output, dtype=getattr(torch, args.dtype), requantize=args.requantize,
+        max_shard_size=_size(args.max_shard_size),
+    )  # fmt: skip
+    print(result)
     return 0

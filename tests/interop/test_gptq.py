@@ -167,3 +167,20 @@ def test_checkpoint_imported_loaded_and_run_in_tract(method: str, tmp_path: Path
     for name in ("up", "down"):
         assert torch.equal(getattr(model, name).weight.dequantize(), expected[name])
     export_and_check(model, (torch.randn(3, 256),), tmp_path, name="m.nnef")
+
+
+def test_cli_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from t2n_core.cli import main as t2n_main
+
+    _, tensors, _ = layer("gptq", 4, 64, n_in=128, out=64, act_order=True)
+    save_file({f"proj.{k}": v for k, v in tensors.items()}, tmp_path / "model.safetensors")
+    config = {"quant_method": "gptq", "bits": 4, "group_size": 64, "desc_act": True}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": config}))
+    dst = tmp_path / "t2n.safetensors"
+    assert t2n_main(["import-gptq", str(tmp_path), "-o", str(dst), "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "1 gptq layer(s) imported, 0 exactly" in out and "activation reordering" in out
+    model = nn.Sequential()
+    model.proj = nn.Linear(128, 64, bias=False)
+    load_quantized(dst, model)
+    assert model.proj.weight.codec.spec == "minmax:4:g64"
