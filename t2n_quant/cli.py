@@ -19,6 +19,9 @@ COMPARE_SPECS = ("q4_0", "minmax:4:g32", "symmetric:4:g32", "minmax:3:g64", "min
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from t2n_quant import export_command
+
+    export_command.register(subparsers)
     p = subparsers.add_parser(
         "demo",
         help="export the included example, quantize it, export again, check all in tract",
@@ -38,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="compare codecs and calibrations on a causal LM checkpoint (with --text) or on "
         "the included example, end to end and per layer",
+        epilog=export_command.spec_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "checkpoint", nargs="?", default=None,
@@ -79,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quantize",
         help="quantize a float safetensors checkpoint into a t2n quantized safetensors file, "
         "tensor by tensor, without building the model",
+        epilog=export_command.spec_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", help="a .safetensors file, its .index.json, or a directory of shards")
     p.add_argument("-o", "--output", required=True, help="output .safetensors path")

@@ -1,0 +1,150 @@
+"""``t2n export MODULE:FUNCTION OUT``: export (optionally quantize first) the user's own model.
+
+``FUNCTION`` (in an importable module, or in a ``.py`` file given by its path) takes no
+argument and returns ``(model, example_inputs)``: the ``nn.Module`` and one tensor or a
+tuple of its positional inputs, like the entry points of other Python tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from t2n_core.errors import ExportInputError
+
+
+def spec_help() -> str:
+    """The quantization spec grammar, with the codec names the registry knows."""
+    from t2n_quant.codecs import Codec
+
+    names = ", ".join(sorted(Codec.registry))
+    aliases = ", ".join(f"{a}={n}" for a, n in sorted(Codec.alias_of.items()))
+    return (
+        "SPEC grammar: codec[:bits[:group]]\n"
+        f"  codec: one of {names}" + (f" (aliases: {aliases})" if aliases else "") + "\n"
+        "  bits:  2, 3, 4, 5, 6 or 8 where the codec has a choice\n"
+        "  group: g32 / 32 (values per scale), pc / per-channel / -1 (one group per row)\n"
+        "  examples: q4_0, minmax:4:g32, minmax:3:g128, symmetric:8:pc, sym:4"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export your own model (MODULE:FUNCTION returning (model, example inputs)), "
+        "optionally quantized, and check it in tract",
+        description=__doc__,
+        epilog=spec_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "entry", metavar="MODULE:FUNCTION",
+        help="e.g. mypkg.models:build or path/to/file.py:build; FUNCTION() returns "
+        "(model, example_inputs)",
+    )  # fmt: skip
+    p.add_argument("out", help="archive path: a .tgz / .tar.gz / .tar file, else a folder")
+    p.add_argument("--codec", metavar="SPEC", help="quantize with this spec first (see below)")
+    p.add_argument("--fallback", metavar="SPEC", help="codec for weights --codec cannot take")
+    p.add_argument("--calibration", default="minmax", help="minmax, mse or hqq (default minmax)")
+    p.add_argument("--include", nargs="+", metavar="GLOB", help="quantize only these modules")
+    p.add_argument("--exclude", nargs="+", metavar="GLOB", help="keep these modules float")
+    p.add_argument(
+        "--dynamic", nargs="+", default=[], metavar="INPUT:AXIS:SYMBOL",
+        help="dynamic axes, e.g. audio:2:T input_ids:1:S (the symbol names the size in tract)",
+    )  # fmt: skip
+    p.add_argument("--input-names", nargs="+", metavar="NAME", help="default: forward's names")
+    p.add_argument("--output-names", nargs="+", metavar="NAME", help="default: output, ...")
+    p.add_argument("--no-check", action="store_true", help="skip running the archive in tract")
+    p.add_argument("--atol", type=float, default=1e-4, help="check tolerance (1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (1e-4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    p.add_argument(
+        "--compresslevel", type=int, default=0, metavar="0-9",
+        help="gzip level of a .tgz (default 0: stored uncompressed inside gzip)",
+    )  # fmt: skip
+    p.add_argument(
+        "--property", nargs="+", default=[], metavar="KEY=VALUE",
+        help="extra properties written into graph.nnef",
+    )  # fmt: skip
+    p.set_defaults(func=run_export)
+
+
+def load_entry(entry: str) -> Callable[[], Any]:
+    """The function ``MODULE:FUNCTION`` names (``MODULE`` a module or a ``.py`` path)."""
+    module_name, _, attr = entry.rpartition(":")
+    if not module_name or not attr:
+        raise ExportInputError(f"{entry!r}: expected MODULE:FUNCTION, e.g. mypkg.models:build")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            path = Path(module_name)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None or not path.is_file():
+                raise ExportInputError(f"{entry!r}: no Python file {path}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())  # like `python -m`: the current folder imports
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ExportInputError(f"{entry!r}: cannot import {module_name}: {exc}") from exc
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ExportInputError(f"{entry!r}: {module_name} has no function {attr!r}")
+    return function
+
+
+def _dynamic_axes(items: list[str]) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for item in items:
+        parts = item.split(":")
+        if len(parts) != 3 or not parts[1].lstrip("-").isdigit():
+            raise ExportInputError(f"--dynamic {item!r}: expected INPUT:AXIS:SYMBOL, e.g. x:0:B")
+        axes.setdefault(parts[0], {})[int(parts[1])] = parts[2]
+    return axes
+
+
+def _properties(items: list[str]) -> dict[str, str]:
+    bad = [i for i in items if "=" not in i]
+    if bad:
+        raise ExportInputError(f"--property {bad}: expected KEY=VALUE")
+    return dict(i.split("=", 1) for i in items)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    import t2n_core
+    from t2n_quant import quantize_model
+
+    built = load_entry(args.entry)()
+    if not (isinstance(built, tuple) and len(built) == 2):
+        raise ExportInputError(
+            f"{args.entry} returned {type(built).__name__}; it must return (model, example_inputs)"
+        )
+    model, example = built
+    inputs = example if isinstance(example, tuple) else (example,)
+    if not isinstance(model, torch.nn.Module):
+        raise ExportInputError(f"{args.entry} returned {type(model).__name__} as the model")
+    if args.codec:
+        model = copy.deepcopy(model)  # the function's model object stays float
+        summary = quantize_model(
+            model, args.codec, fallback=args.fallback, calibration=args.calibration,
+            include=args.include, exclude=args.exclude,
+        )  # fmt: skip
+        print(summary)
+    result = t2n_core.export(
+        model, inputs, args.out, input_names=args.input_names, output_names=args.output_names,
+        dynamic_axes=_dynamic_axes(args.dynamic) or None, check=not args.no_check,
+        atol=args.atol, rtol=args.rtol, overwrite=args.overwrite,
+        compresslevel=args.compresslevel, properties=_properties(args.property) or None,
+    )  # fmt: skip
+    print(result)
+    return 0

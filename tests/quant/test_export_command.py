@@ -1,0 +1,82 @@
+"""``t2n export MODULE:FUNCTION OUT``: a user's own model from the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import t2n_core
+from t2n_core.cli import main
+from t2n_core.inspect import inspect_archive
+
+MODEL_FILE = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 10)).eval()
+    return model, torch.randn(3, 64)
+"""
+
+
+@pytest.fixture
+def entry_file(tmp_path):
+    path = tmp_path / "my_models.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+def test_export_a_file_function_quantized_with_a_dynamic_axis(tmp_path, entry_file, capsys):
+    out = tmp_path / "m.nnef.tgz"
+    rc = main(["export", f"{entry_file}:build", str(out), "--codec", "q4_0",
+               "--dynamic", "input:0:B", "--property", "owner=me"])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "tract check passed" in text and "q4_0" in text
+    info = inspect_archive(out)
+    assert info.inputs[0].shape == ("B", 64) and info.properties["owner"] == "me"
+    assert info.tensor_bytes["q4_0"] == (64 + 10) * 64 // 32 * 18  # both Linear weights
+    ns: dict = {}
+    exec(MODEL_FILE, ns)
+    model, _ = ns["build"]()
+    from t2n_quant import quantize_model
+
+    quantize_model(model, "q4_0", progress=False)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    t2n_core.check_archive(out, [x.numpy()], [expected])
+
+
+def test_export_an_importable_module(tmp_path, entry_file, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "f32"
+    assert main(["export", "my_models:build", str(out), "--output-names", "logits"]) == 0
+    assert "logits" in capsys.readouterr().out
+    assert (out / "graph.nnef").is_file()
+    assert np.isfinite(t2n_core.run_tract(out, [np.ones((3, 64), np.float32)])[0]).all()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("nocolon", "expected MODULE:FUNCTION"),
+        ("no_such_module_xyz:build", "cannot import no_such_module_xyz"),
+        ("{file}:missing", "has no function 'missing'"),
+    ],
+)
+def test_bad_entries_are_clear_errors(tmp_path, entry_file, capsys, entry, message):
+    rc = main(["export", entry.format(file=entry_file), str(tmp_path / "m.tgz")])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_explains_the_spec_grammar(capsys):
+    for command in ("export", "compare"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "codec[:bits[:group]]" in out and "q4_0" in out and "minmax:4:g32" in out
