@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
-from tqdm.auto import tqdm
 
+from t2n_core.progress import progress_bar
 from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
@@ -149,8 +149,8 @@ class ConfigResult:
     model_bytes_after: int
     sqnr: float
     cosine: float
-    layers: list[LayerResult]
-    summary: QuantizationSummary
+    layers: list[LayerResult] = field(repr=False)  # repr stays one line (best() in a REPL)
+    summary: QuantizationSummary = field(repr=False)
     lm: LMMetrics | None = None
 
     @property
@@ -214,7 +214,9 @@ class Comparison:
         before = self.results[0].model_bytes_before if self.results else 0
         text = (
             f"{self.model} ({human_bytes(before)} of float parameters): "
-            f"{len(self.results)} config(s), accuracy against the float model's outputs"
+            f"{len(self.results)} config(s), accuracy against the float model's outputs; "
+            "param bytes = parameters and buffers as stored (an archive adds graph.nnef, "
+            "a 128-byte header per tensor and the graph's constants)"
         )
         if self.reference_perplexity is not None:
             text += f"; float perplexity {self.reference_perplexity:.3f}"
@@ -222,7 +224,7 @@ class Comparison:
 
     def table(self) -> Table:
         lm = any(r.lm is not None for r in self.results)
-        heads = ["spec", "calibration", "bits/w", "size"]
+        heads = ["spec", "calibration", "bits/w", "param bytes"]
         heads += ["KL (nats)", "top-1", "perplexity"] if lm else []
         heads += ["SQNR (dB)", "cosine", "worst layer", "its SQNR (dB)"]
         rows, cells = [], []
@@ -444,7 +446,7 @@ def compare(
 
         results = []
         configs = [(codec, cal) for codec in codecs for cal in cals]
-        bar = tqdm(configs, desc="comparing", unit="config", disable=not progress)
+        bar = progress_bar(configs, desc="comparing", unit="config", disable=not progress)
         for codec, (cal, cal_name) in bar:
             bar.set_postfix_str(f"{codec.spec} + {cal_name}")
             qmodel = copy.deepcopy(model)

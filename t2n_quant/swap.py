@@ -21,6 +21,7 @@ from torch import nn
 
 from t2n_core.deferred import DeferredTensor
 from t2n_core.progress import progress_bar
+from t2n_core.summary import human_bytes
 from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint
@@ -127,6 +128,47 @@ def _collect(model: nn.Module) -> list[_Weight]:
     return list(weights.values())
 
 
+def _warn_unmatched(
+    model: nn.Module, inc: list[str] | None, exc: list[str] | None, summary: QuantizationSummary
+) -> None:
+    """An include/exclude glob that matches no module path is most likely a typo: say so."""
+    paths = [p for p, _ in model.named_modules()]
+    for kind, globs in (("include", inc), ("exclude", exc)):
+        for g in globs or []:
+            if not any(fnmatch.fnmatchcase(p, g) for p in paths):
+                note = (
+                    f"{kind} pattern {g!r} matches no module (module paths look like {paths[1:4]})"
+                )
+                logger.warning("%s", note)
+                summary.notes.append(note)
+
+
+def _list_unreachable(
+    model: nn.Module, collected: list[_Weight], summary: QuantizationSummary
+) -> None:
+    """List, as skipped, every float matrix (2-D or more) that no supported module owns."""
+    seen = {id(w.param) for w in collected}
+    owners = {
+        id(p): (f"{path}.{name}" if path else name, type(m).__name__)
+        for path, m in model.named_modules()
+        for name, p in m.named_parameters(recurse=False)
+    }
+    for param in model.parameters():
+        if id(param) in seen or param.ndim < 2 or not param.dtype.is_floating_point:
+            continue
+        if isinstance(param, QTensor):
+            continue
+        seen.add(id(param))
+        name, module_type = owners[id(param)]
+        reason = (
+            f"a {module_type} parameter: quantize_model takes the weights of "
+            f"{', '.join(t.__name__ for t in SUPPORTED_MODULES)} only"
+        )
+        summary.skipped.append(
+            SkippedWeight(name, module_type, tuple(param.shape), reason, param.nbytes)
+        )
+
+
 def quantize_model(
     model: nn.Module,
     codec_or_config: str | QuantConfig | Codec | Mapping[str, str],
@@ -149,7 +191,8 @@ def quantize_model(
 
     ``codec_or_config`` is a spec (``"q4_0"``, ``"minmax:4:g32"``), a config
     (:class:`~t2n_quant.config.MinMaxConfig`, ...) or a codec; ``bits`` / ``group_size``
-    override it when given (``group_size=-1``: one group per output channel). It may also
+    override it when given (``group_size=None``, the default, keeps the spec's group size;
+    ``-1`` gives one group per output channel). It may also
     be a plan, ``{module path glob: spec}`` (:mod:`t2n_quant.plan`): the first matching glob
     gives each weight its codec; a plan naming modules that do not exist or codecs that do
     not fit raises :class:`~t2n_quant.errors.PlanError` listing them all before anything
@@ -206,8 +249,11 @@ def quantize_model(
         logger.warning("%s", note)
         summary.notes.append(note)
     inc, exc = _patterns(include), _patterns(exclude)
+    _warn_unmatched(model, inc, exc, summary)
     todo: list[tuple[_Weight, Codec]] = []
-    for w in _collect(model):
+    collected = _collect(model)
+    _list_unreachable(model, collected, summary)
+    for w in collected:
         reasons = [(p, _filter_reason(p, inc, exc)) for p, _ in w.users]
         blocked = [(p, r) for p, r in reasons if r is not None]
         reason = None
@@ -258,6 +304,15 @@ def quantize_model(
     if summary.quantized:
         props = {f"quantization.{k}": v for k, v in summary.provenance.items()}
         model.t2n_properties = {**(getattr(model, "t2n_properties", None) or {}), **props}
+    float_bytes = sum(k.nbytes for k in summary.skipped if not k.reason.startswith("already"))
+    if float_bytes > summary.bytes_before:
+        share = 100 * float_bytes / (float_bytes + summary.bytes_before)
+        note = (
+            f"most of the model stays float: {human_bytes(float_bytes)} of weights ({share:.0f}% "
+            "of weight bytes) left in float; see the skipped list for each one's reason"
+        )
+        logger.warning("%s", note)
+        summary.notes.append(note)
     logger.info("%s", summary.headline())
     return summary
 

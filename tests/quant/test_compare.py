@@ -134,3 +134,10 @@ def test_cli_compare_prints_a_table(capsys, tmp_path):
 def test_cli_compare_bad_spec_is_a_clear_error(capsys):
     assert main(["compare", "--codecs", "q5_k"]) == 2
     assert "unknown codec 'q5_k'" in capsys.readouterr().err
+
+
+def test_best_repr_is_one_short_line() -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    best = compare(model, (torch.randn(4, 64),), ["q4_0"], progress=False).best()
+    assert "\n" not in repr(best) and len(repr(best)) < 300, repr(best)
+    assert "layers=" not in repr(best) and best.layers  # still there, just not printed

@@ -200,3 +200,47 @@ def test_error_in_a_middle_layer_leaves_the_model_unchanged(calibration: str) ->
     assert not any(isinstance(p, QTensor) for p in model.parameters())
     after = model.state_dict()
     assert all(torch.equal(v.nan_to_num(), after[k].nan_to_num()) for k, v in before.items())
+
+
+class Unusual(nn.Module):
+    """Most weights sit where quantize_model cannot reach them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(64, 64))  # a bare parameter
+        self.bilinear = nn.Bilinear(64, 64, 32)  # a module type quantize_model does not take
+        self.out = nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.pos[: x.shape[0]]
+        return self.out(self.bilinear(h, h))
+
+
+def test_float_weights_left_behind_are_listed_and_warned(caplog) -> None:
+    with caplog.at_level("WARNING", logger="t2n_quant.swap"):
+        s = quantize_model(Unusual(), "q4_0", progress=False)
+    assert [q.name for q in s.quantized] == ["out.weight"]
+    skipped = {k.name: k for k in s.skipped}
+    assert {"pos", "bilinear.weight"} <= set(skipped)
+    assert "a Bilinear parameter" in skipped["bilinear.weight"].reason
+    assert "a Unusual parameter" in skipped["pos"].reason
+    assert "most of the model stays float" in caplog.text
+    assert any("most of the model stays float" in n for n in s.notes)
+    assert s.quantized_fraction < 0.1
+
+
+def test_a_pattern_matching_nothing_warns(caplog) -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    with caplog.at_level("WARNING", logger="t2n_quant.swap"):
+        s = quantize_model(model, "q4_0", exclude=["lm_head"], progress=False)
+    assert "exclude pattern 'lm_head' matches no module" in caplog.text
+    assert len(s.quantized) == 2 and "most of the model" not in caplog.text
+
+
+def test_quantizing_twice_is_not_called_mostly_float(caplog) -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    quantize_model(model, "q4_0", progress=False)
+    with caplog.at_level("WARNING", logger="t2n_quant.swap"):
+        s = quantize_model(model, "q4_0", progress=False)
+    assert all(k.reason.startswith("already quantized") for k in s.skipped)
+    assert "most of the model" not in caplog.text
