@@ -145,7 +145,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="re-quantize every layer with this spec (e.g. q4_0) and report the error",
     )
     p.add_argument("--max-shard-size", metavar="SIZE", help="as for quantize")
-    p.set_defaults(func=run_import_gptq)  # fmt: skip
+    p.set_defaults(func=run_import_gptq)
+
+    p = subparsers.add_parser(
+        "import-bnb",
+        help="convert a checkpoint saved from a bitsandbytes 4-bit / 8-bit model into a t2n "
+        "quantized safetensors file (nf4 / fp4 / int8, exactly bitsandbytes' values)",
+    )
+    p.add_argument("src", help="checkpoint directory or .safetensors file")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    p.add_argument(
+        "--dtype", choices=["float16", "float32"], default="float32",
+        help="logical dtype of the 8-bit layers' weights (4-bit ones record theirs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--reencode", metavar="SPEC",
+        help="re-quantize every layer with this spec (q4_0: compressed in tract) and report "
+        "the added error per layer",
+    )  # fmt: skip
+    p.add_argument("--max-shard-size", metavar="SIZE", help="as for quantize")
+    p.set_defaults(func=run_import_bnb)  # fmt: skip
 
     p = subparsers.add_parser(
         "export-llm",
@@ -345,6 +364,17 @@ def run_import_gptq(args: argparse.Namespace) -> int:
 
     result = import_gptq_checkpoint(
         args.src, args.output, dtype=getattr(torch, args.dtype), requantize=args.requantize,
+        max_shard_size=_size(args.max_shard_size),
+    )  # fmt: skip
+    print(result)
+    return 0
+
+
+def run_import_bnb(args: argparse.Namespace) -> int:
+    from t2n_quant.interop.bitsandbytes import import_bnb_checkpoint
+
+    result = import_bnb_checkpoint(
+        args.src, args.output, dtype=getattr(torch, args.dtype), reencode=args.reencode,
         max_shard_size=_size(args.max_shard_size),
     )  # fmt: skip
     print(result)

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -342,4 +345,148 @@ def convert_bitsandbytes(
     logger.info("%s", result.headline())
     total = sum(r[2].weight.nbytes for r in replacements)
     logger.debug("converted weights hold %s", human_bytes(total))
+    return result
+
+
+# ---- checkpoints saved by transformers / bitsandbytes ---------------------------------------
+
+_QS_MARK = ".quant_state.bitsandbytes__"
+
+
+@dataclass
+class BitsAndBytesImport:
+    """The result of :func:`import_bnb_checkpoint`; ``print()`` it."""
+
+    layers: list[ConvertedLayer] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        head = BitsAndBytesConversion(self.layers).headline().replace("converted", "imported")
+        lines = [f"{head}; {len(self.copied)} other tensor(s) copied"]
+        if self.dropped:
+            lines.append(f"  dropped (bitsandbytes bookkeeping): {', '.join(self.dropped)}")
+        lines += (
+            [str(BitsAndBytesConversion(self.layers)).split("\n", 1)[-1]] if self.layers else []
+        )
+        return "\n".join(lines)
+
+
+def import_bnb_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    reencode: str | Codec | None = None,
+    calibration: str | Calibration = "minmax",
+    max_shard_size: int | None = None,
+    progress: bool = True,
+) -> BitsAndBytesImport:
+    """Convert a checkpoint saved from a bitsandbytes model (``save_pretrained`` of a model
+    loaded in 4-bit or 8-bit) into our quantized safetensors file, layer by layer.
+
+    4-bit layers (``<P>.weight`` plus ``<P>.weight.absmax``, ``.quant_map``, nested
+    statistics and ``.quant_state.bitsandbytes__nf4|fp4``) become ``nf4`` / ``fp4``
+    QTensors; 8-bit layers (``<P>.weight`` int8 and ``<P>.SCB``) ``int8`` ones, with logical
+    dtype ``dtype`` (the 4-bit state records its own). ``reencode`` as in
+    :func:`convert_bitsandbytes`. ``load_quantized(dst, model)`` then fills the float model.
+    """
+    from bitsandbytes.functional import QuantState
+
+    from t2n_quant.interop.safetensors import _Logical, _qtensor_parts, _write, shard_files
+    from t2n_quant.interop.stfile import Planned, read_header, tensor_at, tensor_bytes
+
+    entries = {}
+    for file in shard_files(src):
+        header = read_header(file)
+        entries.update({name: (header, info) for name, info in header.tensors.items()})
+
+    def load(name: str) -> torch.Tensor:
+        header, info = entries[name]
+        return tensor_at(header.path, info).clone()
+
+    target = None if reencode is None else resolve(reencode)
+    result = BitsAndBytesImport()
+    layers: dict[str, Any] = {}  # weight name -> () -> QTensor
+    used: set[str] = set()
+    for key in entries:
+        if _QS_MARK in key:
+            weight = key.split(_QS_MARK)[0]
+            own = [k for k in entries if k.startswith(weight + ".") and k != weight]
+            used.update([*own, weight])
+
+            def make4(weight: str = weight, own: list[str] = own) -> QTensor:
+                qs_dict = {k[len(weight) + 1 :]: load(k) for k in own}
+                try:
+                    qs = QuantState.from_dict(qs_dict, device=torch.device("cpu"))
+                except (ValueError, AssertionError, KeyError) as e:
+                    raise BitsAndBytesConversionError(
+                        f"4-bit weight {weight!r} in {src}: unreadable quant state ({e})"
+                    ) from e
+                return qtensor_from_4bit(load(weight), qs, weight)
+
+            layers[weight] = make4
+        elif key.endswith(".SCB"):
+            prefix = key[: -len(".SCB")]
+            weight = f"{prefix}.weight"
+            if weight not in entries:
+                raise BitsAndBytesConversionError(f"{key} in {src} has no int8 {weight}")
+            used.update([key, weight])
+            if f"{prefix}.weight_format" in entries:
+                used.add(f"{prefix}.weight_format")
+                result.dropped.append(f"{prefix}.weight_format")
+
+            def make8(weight: str = weight, key: str = key) -> QTensor:
+                return qtensor_from_int8(load(weight), load(key), dtype, weight)
+
+            layers[weight] = make8
+    if not layers:
+        raise BitsAndBytesConversionError(
+            f"{src}: no bitsandbytes 4-bit quant state nor int8 SCB: not a bitsandbytes checkpoint"
+        )
+    items = []
+    for weight, make in layers.items():
+        held: dict[str, torch.Tensor] = {}
+        qt = make()  # held until written: memory grows with the packed checkpoint, not f32
+        record = ConvertedLayer(weight, "Linear4bit" if isinstance(qt.codec, CodebookCodec)
+                                else "Linear8bitLt", tuple(qt.shape), qt.codec.spec,
+                                qt.codec.spec, qt.bits_per_weight)  # fmt: skip
+        if target is not None:
+            exact = qt.dequantize(torch.float32)
+            new = quantize_tensor(exact, target, calibration=calibration, name=weight)
+            got = new.dequantize(torch.float32)
+            record = ConvertedLayer(
+                weight, record.bnb_type, record.shape, record.source, new.codec.spec,
+                new.bits_per_weight, sqnr(exact, got), float((exact - got).abs().max()),
+            )  # fmt: skip
+            qt = new.with_inner(lambda t: t, dtype=qt.dtype)
+        result.layers.append(record)
+        parts = _qtensor_parts(qt.codec, tuple(qt.shape))
+        held.update(packed=qt.packed, scale=qt.scale)
+        if qt.zero is not None:
+            held["zero"] = qt.zero
+        lg = _Logical(weight, tuple(qt.shape), qt.dtype, qt.codec,
+                      f"bitsandbytes {record.source}", [], parts)  # fmt: skip
+        keys = lg.keys()
+        planned = [Planned(keys[k], dt, sh, (lambda t: lambda: tensor_bytes(t))(held[k]))
+                   for k, (dt, sh) in parts.items()]  # fmt: skip
+        items.append((lg, planned))
+    for name, (header, info) in entries.items():
+        if name in used:
+            continue
+        result.copied.append(name)
+        lg = _Logical(name, info.shape, info.dtype, None, None, [], {})
+        planned = [
+            Planned(
+                name,
+                info.dtype,
+                info.shape,
+                (lambda h, i: lambda: tensor_bytes(tensor_at(h.path, i)))(header, info),
+            )
+        ]
+        items.append((lg, planned))  # fmt: skip
+    props = {"quantization.codec": ",".join(sorted({x.codec for x in result.layers})),
+             "quantization.calibration": "bitsandbytes"}  # fmt: skip
+    _write(Path(dst), items, props, max_shard_size, progress, "importing bitsandbytes")
+    logger.info("%s", str(result).splitlines()[0])
     return result

@@ -41,3 +41,29 @@ def test_hf_llama_loaded_with_bitsandbytes(kind: str, tmp_path: Path) -> None:
     assert result.check is not None and result.check.passed, str(result.check)
     graph = result.path.name  # the archive holds the codes and the dequantizing fragment
     assert result.tensor_bytes.get("u8", 0) > 0, graph
+
+
+@pytest.mark.parametrize("kind", ["nf4-dq", "int8"])
+def test_checkpoint_saved_by_transformers_imports(kind: str, tmp_path: Path, capsys) -> None:
+    """save_pretrained of a bitsandbytes model -> t2n import-bnb -> load_quantized: the same
+    QTensors as converting the loaded model."""
+    from t2n_core.cli import main as t2n_main
+    from t2n_quant.interop.safetensors import load_quantized
+
+    tiny_llama().save_pretrained(tmp_path / "float")
+    config = BitsAndBytesConfig(**CONFIGS[kind], bnb_4bit_compute_dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(
+        tmp_path / "float", quantization_config=config, dtype=torch.float32
+    )
+    model.save_pretrained(tmp_path / "bnb")
+    convert_bitsandbytes(model)
+    dst = tmp_path / "t2n.safetensors"
+    assert t2n_main(["import-bnb", str(tmp_path / "bnb"), "-o", str(dst)]) == 0
+    assert "14 bitsandbytes layer(s) imported" in capsys.readouterr().out
+    fresh = tiny_llama()
+    load_quantized(dst, fresh)
+    for name, t in model.state_dict(keep_vars=True).items():
+        got = fresh.state_dict(keep_vars=True)[name]
+        assert type(got) is type(t) and torch.equal(got.dequantize() if hasattr(got, "codec")
+                                                    else got, t.dequantize() if hasattr(t, "codec")
+                                                    else t), name  # fmt: skip
