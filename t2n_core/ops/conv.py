@@ -66,7 +66,10 @@ def convolution(ctx: EmitContext, node: torch.fx.Node):
         "dilation": dilation,
         "groups": groups,
     }
-    if groups == 1:  # a concat along channels: one conv per piece, summed
+    if groups == 1 and all(k == 1 for k in ctx.shape(weight)[2:]):
+        # a 1x1 conv of a channel concat: tract makes it an einsum and splits its filter per
+        # piece, which aborts on Q4_0; one conv per piece, summed. (A larger kernel is left
+        # whole: tract keeps it a conv, and a sum of such convs trips its axis pass.)
         biases = [_bias(ctx, bias, dtype)]
 
         def piece_conv(piece: Ref, w_piece: Ref) -> Ref:
