@@ -33,6 +33,27 @@ SPECS: list[tuple[str, str, str]] = [
 ]
 
 
+#: Linear layers only (the embeddings stay float), data-aware calibrations and mixed plans
+LINEAR_SPECS: list[tuple[str, str]] = [
+    ("q4_0", "reference"), ("q4_0", "minmax"), ("q4_0", "mse"), ("q4_0", "gptq"),
+    ("q4_0", "gptq:mse"), ("minmax:3:g32", "mse"), ("minmax:3:g32", "gptq:mse"),
+    ("plan<=4.0", "gptq:mse"), ("minmax:2:g32", "mse"), ("minmax:2:g32", "gptq:mse"),
+    ("symmetric:2:g16", "gptq:mse"), ("plan<=3.0", "gptq:mse"),
+]  # fmt: skip
+PLAN_CANDIDATES = ["q4_0", "symmetric:4:g64", "minmax:3:g32", "minmax:3:g64", "symmetric:3:g64",
+                   "minmax:2:g32", "minmax:2:g64"]  # fmt: skip
+
+
+def calibration_sentences(n: int = 128) -> list[str]:
+    """Sentences of the Python standard library's docstrings: a text apart from the
+    evaluation sentences."""
+    from benchmarks.llm_fixture import corpus
+
+    text = corpus()["calibration"].replace("\n", " ")
+    parts = [p.strip() for p in text.split(". ") if 30 < len(p.strip()) < 200]
+    return parts[:n]
+
+
 def reference_q4_0(codec, blocks: torch.Tensor) -> QParams:
     """torch_to_nnef's Q4_0 scale: always negative, d = -max|x| / 8."""
     return QParams(-blocks.abs().amax(dim=1, keepdim=True) / 8)
@@ -106,6 +127,45 @@ def main() -> None:
             emb = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True)
         cos = (emb * ref).sum(dim=1)
         print(f"| {label} | {cal} | {bits:.2f} | {cos.mean():.4f} | {cos.min():.4f} |")
+    _linear_only(base, texts, ref)
+
+
+def _linear_only(base, texts: list[str], ref: torch.Tensor) -> None:
+    import time
+
+    from t2n_quant import plan
+
+    bert = base[0].auto_model
+    calib = dict(base[0].tokenizer(calibration_sentences(), padding=True, truncation=True,
+                                   max_length=128, return_tensors="pt"))  # fmt: skip
+    plans = {}
+    for budget in (4.0, 3.0):
+        start = time.perf_counter()
+        plans[f"plan<={budget:g}"] = plan(bert, budget, PLAN_CANDIDATES, data=calib,
+                                          exclude="embeddings.*", progress=False)  # fmt: skip
+        print(f"plan<={budget:g}: {time.perf_counter() - start:.1f} s, codecs "
+              f"{sorted(set(plans[f'plan<={budget:g}'].values()))}")  # fmt: skip
+    print(f"\nLinear layers only (embeddings float); data-aware calibrations and plans use "
+          f"{calib['input_ids'].shape[0]} docstring sentences, apart from the evaluation ones")
+    print("| codec | calibration | bits/weight | mean cosine | min cosine | seconds |")
+    print("|---|---|---|---|---|---|")
+    for spec, cal in LINEAR_SPECS:
+        model = copy.deepcopy(base)
+        calibration = reference_q4_0 if cal == "reference" else cal
+        start = time.perf_counter()
+        summary = quantize_model(model[0].auto_model, plans.get(spec, spec),
+                                 calibration=calibration, exclude="embeddings.*",
+                                 data=calib if cal.startswith("gptq") else None,
+                                 progress=False)  # fmt: skip
+        seconds = time.perf_counter() - start
+        numel = sum(int(torch.tensor(q.shape).prod()) for q in summary.quantized)
+        bits = 8 * summary.bytes_after / numel
+        with torch.no_grad():
+            emb = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True)
+        cos = (emb * ref).sum(dim=1)
+        label = "reference rule" if cal == "reference" else cal
+        print(f"| {spec} | {label} | {bits:.2f} | {cos.mean():.4f} | {cos.min():.4f} | "
+              f"{seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from benchmarks.llm_fixture import build, corpus
 from t2n_quant.calibration_data import text_batches
 from t2n_quant.codecs import QParams
 from t2n_quant.compare import compare
+from t2n_quant.plan import plan
 
 CONFIGS: list[tuple[str, list[str]]] = [
     ("q4_0", ["reference", "minmax", "mse", "hqq", "gptq", "gptq:mse"]),
@@ -30,6 +31,11 @@ CONFIGS: list[tuple[str, list[str]]] = [
     ("symmetric:3:g32", ["mse", "gptq:mse"]),  # 3.5
     ("minmax:2:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 3.0
     ("symmetric:2:g16", ["mse", "gptq:mse"]),  # 3.0
+]
+#: mixed plans: budget (bits per weight) -> candidate codecs
+PLANS: list[tuple[float, list[str]]] = [
+    (4.0, ["q4_0", "symmetric:4:g64", "minmax:3:g32", "minmax:3:g64", "symmetric:3:g64"]),
+    (3.0, ["minmax:3:g32", "minmax:3:g64", "symmetric:3:g64", "minmax:2:g32", "minmax:2:g64"]),
 ]
 
 
@@ -44,6 +50,7 @@ def main() -> None:
     parser.add_argument("--calib-seqs", type=int, default=64, help="calibration sequences")
     parser.add_argument("--eval-seqs", type=int, default=32, help="evaluation sequences")
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--plans-only", action="store_true", help="only the mixed plans")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,7 +71,7 @@ def main() -> None:
     print("| codec | calibration | bits/weight | KL (nats) | top-1 | perplexity | seconds |")
     print("|---|---|---|---|---|---|---|")
     base_ppl = None
-    for spec, cals in CONFIGS:
+    for spec, cals in [] if args.plans_only else CONFIGS:
         for cal in cals:
             start = time.perf_counter()
             c = compare(model, ids, [spec], calibrations=[reference if cal == "reference" else cal],
@@ -76,6 +83,25 @@ def main() -> None:
             assert r.lm is not None
             print(f"| {spec} | {label} | {r.bits_per_weight:.2f} | {r.lm.kl:.5f} | "
                   f"{r.lm.top1:.4f} | {r.lm.perplexity:.3f} | {seconds:.1f} |", flush=True)
+    for budget, candidates in PLANS:
+        start = time.perf_counter()
+        p = plan(model, budget, candidates, data=calib, exclude="model.embed_tokens",
+                 progress=False)  # fmt: skip
+        plan_s = time.perf_counter() - start
+        for cal in ("mse", "gptq:mse"):
+            start = time.perf_counter()
+            c = compare(model, ids, [p], calibrations=[cal], exclude="model.embed_tokens",
+                        data=calib, progress=False)  # fmt: skip
+            r = c.results[0]
+            base_ppl = c.reference_perplexity
+            assert r.lm is not None
+            print(f"| {p.label} (plan {plan_s:.0f} s) | {cal} | {r.bits_per_weight:.2f} | "
+                  f"{r.lm.kl:.5f} | {r.lm.top1:.4f} | {r.lm.perplexity:.3f} | "
+                  f"{time.perf_counter() - start:.1f} |", flush=True)
+        counts: dict[str, int] = {}
+        for spec in p.values():
+            counts[spec] = counts.get(spec, 0) + 1
+        print(f"|   {p.label} codecs: {counts} | | | | | | |")
     print(f"float perplexity on the eval text: {base_ppl:.3f}")
 
 

@@ -22,7 +22,7 @@ import contextlib
 import copy
 import html
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,8 @@ from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.errors import CalibrationDataError
-from t2n_quant.layerwise import DATA_AWARE, is_data_aware
+from t2n_quant.layerwise import DATA_AWARE, is_data_aware, no_fastpath
+from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
 from t2n_quant.summary import QuantizationSummary, _html_table, _table, human_bytes
 from t2n_quant.swap import _collect, quantize_model
@@ -331,22 +332,6 @@ def _recording(model: nn.Module, paths: Sequence[str]) -> Iterator[dict[str, lis
             h.remove()
 
 
-@contextlib.contextmanager
-def _no_fastpath() -> Iterator[None]:
-    """PyTorch's fused transformer fast path skips submodule hooks (and the quantized copy
-    never takes it): turn it off so both models run the same code."""
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
-        yield
-        return
-    before = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        mha.set_fastpath_enabled(before)
-
-
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
 
@@ -372,7 +357,7 @@ def _outputs_close(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[fl
 def compare(
     model: nn.Module,
     inputs: Any,
-    specs: Sequence[str | QuantConfig | Codec],
+    specs: Sequence[str | QuantConfig | Codec | Mapping[str, str]],
     *,
     calibrations: Sequence[str | Calibration] = ("minmax",),
     include: str | Sequence[str] | None = None,
@@ -384,7 +369,8 @@ def compare(
 ) -> Comparison:
     """Quantize a copy of ``model`` with every spec and calibration and measure what it costs.
 
-    ``inputs`` is one tensor or a tuple of positional arguments. Per layer: SQNR of each
+    ``inputs`` is one tensor or a tuple of positional arguments; ``specs`` may include
+    plans (:class:`~t2n_quant.plan.Plan`, labelled by their ``label``). Per layer: SQNR of each
     quantized weight against its float values, and SQNR / cosine of its module's output
     against the float model's; end to end: SQNR and mean cosine of the model outputs; plus
     the bits per weight actually stored and the bytes before / after. ``include`` /
@@ -401,7 +387,10 @@ def compare(
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     # resolve everything first: a typo fails before any work is done
-    codecs = [resolve(s) for s in specs]
+    codecs = [s if isinstance(s, Mapping) else resolve(s) for s in specs]
+    for s in codecs:
+        if isinstance(s, Mapping):
+            check_plan(s, _collect(model))
     cals = [
         (c, c if isinstance(c, str) else getattr(c, "__name__", "custom")) for c in calibrations
     ]
@@ -423,7 +412,7 @@ def compare(
             candidates += [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
     candidates = list(dict.fromkeys(p for p in candidates if p in modules))
 
-    with torch.no_grad(), _no_fastpath():
+    with torch.no_grad(), no_fastpath():
         with _recording(model, candidates) as seen:
             raw = model(*args)
             ref_out = _float_leaves(raw)
@@ -448,7 +437,8 @@ def compare(
         configs = [(codec, cal) for codec in codecs for cal in cals]
         bar = progress_bar(configs, desc="comparing", unit="config", disable=not progress)
         for codec, (cal, cal_name) in bar:
-            bar.set_postfix_str(f"{codec.spec} + {cal_name}")
+            label = codec.spec if isinstance(codec, Codec) else getattr(codec, "label", "plan")
+            bar.set_postfix_str(f"{label} + {cal_name}")
             qmodel = copy.deepcopy(model)
             aware = is_data_aware(cal)
             summary = quantize_model(qmodel, codec, calibration=cal, include=include,
@@ -484,7 +474,7 @@ def compare(
                 ))  # fmt: skip
             numel = sum(math.prod(q.shape) for q in summary.quantized)
             results.append(ConfigResult(
-                codec.spec, cal_name, 8.0 * summary.bytes_after / numel if numel else 32.0,
+                label, cal_name, 8.0 * summary.bytes_after / numel if numel else 32.0,
                 summary.bytes_before, summary.bytes_after, before, _model_bytes(qmodel),
                 e2e_sqnr, e2e_cos, layers, summary, lm,
             ))  # fmt: skip

@@ -161,6 +161,22 @@ def no_kv_cache(model: nn.Module) -> Iterator[None]:
             config.use_cache = before  # type: ignore[union-attr]
 
 
+@contextlib.contextmanager
+def no_fastpath() -> Iterator[None]:
+    """PyTorch's fused transformer fast path skips submodule hooks (and a quantized model
+    never takes it): turn it off so hooks see every Linear's input."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def _to(value: Any, device: torch.device | None) -> Any:
     if device is None:
         return value
@@ -263,7 +279,7 @@ def calibrate_with_data(
     paths = [t.path for t in targets]
     found = find_blocks(model, paths)
     mode = "all at once"
-    with torch.no_grad(), no_kv_cache(model):
+    with torch.no_grad(), no_kv_cache(model), no_fastpath():
         if found is not None:
             name, blocks = found
             inputs = _capture_first_block(model, blocks, data, device, _what(targets, method))

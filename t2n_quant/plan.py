@@ -49,6 +49,9 @@ class Plan(dict[str, str]):
     'minmax:3:g32'
     """
 
+    #: how compare tables name this plan (plan() sets ``plan<=BUDGET``)
+    label: str = "plan"
+
     def codec_for(self, paths: Sequence[str]) -> Codec | None:
         """The codec of the first entry matching one of ``paths`` (None: float or no match)."""
         for glob, spec in self.items():
@@ -246,6 +249,7 @@ def plan(
         pick[name] = j
         used += extra
     out = Plan()
+    out.label = f"plan<={budget_bits_per_weight:g}"
     for w, _ in layers:
         out[w.users[0][0]] = options[w.name][pick[w.name]][2]
     logger.info("plan: %.3f bits per weight (budget %s)", used / sum(sizes.values()),

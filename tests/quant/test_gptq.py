@@ -127,3 +127,18 @@ def test_weight_only_calibration_says_data_is_ignored():
     model = nn.Sequential(nn.Linear(32, 32))
     s = quantize_model(model, "q4_0", data=torch.randn(4, 32), progress=False)
     assert any("data ignored" in n for n in s.notes)
+
+
+def test_torch_transformer_encoder_blocks_reach_every_linear():
+    from benchmarks.models import TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(vocab=64, dim=32, layers=2, heads=2, ff=64).eval()
+    data = [torch.randint(0, 64, (2, 8)) for _ in range(2)]
+    s = quantize_model(model, "q4_0", calibration="gptq", data=data, progress=False)
+    assert any("block by block (encoder.layers, 2 blocks)" in n for n in s.notes)
+    unreached = [n.split(":")[0] for n in s.notes if "never reached" in n]
+    # the fused fast path is off, so linear1/linear2 are seen; MultiheadAttention reads
+    # out_proj.weight without calling out_proj, so that one is calibrated weight-only
+    assert unreached == [f"encoder.layers.{i}.self_attn.out_proj.weight" for i in range(2)]
+    assert any("self_attn.in_proj_weight" in n and "Linear weights only" in n for n in s.notes)
