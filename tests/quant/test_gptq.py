@@ -69,6 +69,7 @@ def _logit_error(model, qmodel, ids):
     return ((ref - got).square().mean() / ref.square().mean()).item()
 
 
+@pytest.mark.slow  # exports and runs in tract
 def test_tiny_llama_gptq_block_by_block_and_in_tract(tmp_path):
     model = tiny_llama()
     g = torch.Generator().manual_seed(3)

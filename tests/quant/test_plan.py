@@ -87,6 +87,7 @@ def test_bits_per_weight_matches_what_is_stored():
             )
 
 
+@pytest.mark.slow  # exports and runs in tract
 def test_plan_on_a_causal_lm_exports(tmp_path):
     model = tiny_llama()
     data = [torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))]
