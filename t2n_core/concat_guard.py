@@ -5,8 +5,12 @@ concatenation on the summed axis, into ``matmul(a, slice(W)) + matmul(b, slice(W
 slices the weight along its columns, which a block-quantized tensor cannot be: the tract
 process aborts ("Tensor storage is not plain"). This happens after any ``torch.cat`` of
 features feeding a quantized Linear, and between the layers of a bidirectional LSTM/GRU.
-``max(x, x)`` between them is an identity that tract does not look through (measured), so
-the matmul keeps its whole compressed weight.
+The translation already splits such a product per piece when the concat is its direct input
+(:func:`t2n_core.ops.linear.split_concat_product`); this pass is the net for a concat that
+reaches the matmul through axis ops, which tract folds away (a bidirectional batch-first LSTM
+feeding a GRU: concat, transpose to batch-first, transpose back to time-major). ``max(x, x)``
+between them is an identity that tract does not look through (measured), so the matmul keeps
+its whole compressed weight.
 """
 
 from __future__ import annotations

@@ -79,11 +79,41 @@ class PulsedModel:
         return self.runnable.spawn_state()
 
 
+def _graph_text(path: str | os.PathLike) -> str:
+    from t2n_core.nnef.archive import read_archive_files
+
+    files = read_archive_files(path, dat_headers_only=True)
+    if "graph.nnef" not in files:
+        raise PulseError(f"{os.fspath(path)} has no graph.nnef")
+    return files["graph.nnef"].decode("utf-8", errors="replace")
+
+
 def streaming_symbol(path: str | os.PathLike) -> str | None:
     """The streaming symbol recorded by ``export(..., streaming_axis=...)``, if any."""
-    from t2n_core.inspect import inspect_archive
+    from t2n_core.inspect import _PROPERTY_RE
+    from t2n_core.nnef.text import unescape_string
 
-    return inspect_archive(path).properties.get(STREAMING_PROPERTY)
+    properties = {unescape_string(k): unescape_string(v)
+                  for k, v in _PROPERTY_RE.findall(_graph_text(path))}  # fmt: skip
+    return properties.get(STREAMING_PROPERTY)
+
+
+_BACKWARD_LOOP = re.compile(r"^\s*\(?\s*(\w+)[^=\n]*=\s*(\w+)\(.*\bstep = -1\b.*$", re.M)
+
+
+def _refuse_backward_loops(path: str | os.PathLike) -> None:
+    """tract 0.23.9 pulses a loop that runs backwards over the sequence without a word and
+    then computes something else (measured on a bidirectional GRU), so we refuse it."""
+    from t2n_core.inspect import _body
+
+    match = _BACKWARD_LOOP.search(_body(_graph_text(path)))
+    if match is not None:
+        name, op = match.groups()
+        raise PulseError(
+            f"{os.fspath(path)} cannot stream: op {op} at node '{name}' runs backwards over the "
+            "sequence (a reverse or bidirectional recurrent layer needs the end of the input "
+            "first); use a unidirectional layer for streaming"
+        )
 
 
 def load_pulsed(path: str | os.PathLike, pulse: int, symbol: str | None = None) -> PulsedModel:
@@ -100,6 +130,7 @@ def load_pulsed(path: str | os.PathLike, pulse: int, symbol: str | None = None) 
         raise PulseError(f"the pulse must be a positive number of frames, got {pulse}")
     where = os.fspath(path)
     symbol = symbol or streaming_symbol(path)
+    _refuse_backward_loops(path)
     if symbol is None:
         raise PulseError(
             f"{where} records no streaming symbol: export it with streaming_axis=... or name "
@@ -247,9 +278,10 @@ def _dims(fact: object) -> list[int]:
 
 
 def _output_names(path: str | os.PathLike, n: int) -> list[str]:
-    from t2n_core.inspect import inspect_archive
+    from t2n_core.inspect import _GRAPH_RE
 
-    names = [o.name for o in inspect_archive(path).outputs]
+    match = _GRAPH_RE.search(_graph_text(path))
+    names = [o.strip() for o in match.group(3).split(",") if o.strip()] if match else []
     return names if len(names) == n else [f"output_{i}" for i in range(n)]
 
 

@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dynamic", nargs="+", default=[], metavar="INPUT:AXIS:SYMBOL",
         help="dynamic axes, e.g. audio:2:T input_ids:1:S (the symbol names the size in tract)",
     )  # fmt: skip
+    p.add_argument(
+        "--streaming", nargs="+", default=[], metavar="INPUT:AXIS",
+        help="the time axis to stream, e.g. wave:1 (dynamic, recorded for t2n check --pulse N)",
+    )  # fmt: skip
     p.add_argument("--input-names", nargs="+", metavar="NAME", help="default: forward's names")
     p.add_argument("--output-names", nargs="+", metavar="NAME", help="default: output, ...")
     p.add_argument("--no-check", action="store_true", help="skip running the archive in tract")
@@ -111,6 +115,16 @@ def _dynamic_axes(items: list[str]) -> dict[str, dict[int, str]]:
     return axes
 
 
+def _streaming_axis(items: list[str]) -> dict[str, int]:
+    axes: dict[str, int] = {}
+    for item in items:
+        name, _, axis = item.rpartition(":")
+        if not name or not axis.isdigit():
+            raise ExportInputError(f"--streaming {item!r}: expected INPUT:AXIS, e.g. wave:1")
+        axes[name] = int(axis)
+    return axes
+
+
 def _properties(items: list[str]) -> dict[str, str]:
     bad = [i for i in items if "=" not in i]
     if bad:
@@ -142,7 +156,8 @@ def run_export(args: argparse.Namespace) -> int:
         print(summary)
     result = t2n_core.export(
         model, inputs, args.out, input_names=args.input_names, output_names=args.output_names,
-        dynamic_axes=_dynamic_axes(args.dynamic) or None, check=not args.no_check,
+        dynamic_axes=_dynamic_axes(args.dynamic) or None,
+        streaming_axis=_streaming_axis(args.streaming) or None, check=not args.no_check,
         atol=args.atol, rtol=args.rtol, overwrite=args.overwrite,
         compresslevel=args.compresslevel, properties=_properties(args.property) or None,
     )  # fmt: skip

@@ -140,9 +140,24 @@ class MeanOverTime(nn.Module):
         return audio - audio.mean(dim=2, keepdim=True)
 
 
-def test_a_graph_that_cannot_stream_names_the_op(tmp_path):
-    path, audio = export_streaming(MeanOverTime(), tmp_path)
-    with pytest.raises(PulseError, match=r"op Reduce<Sum> at node '\w*mean\w*'"):
+class BackwardGRU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(C, 8, bidirectional=True, batch_first=True)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.gru(audio.transpose(1, 2))[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [(MeanOverTime, r"op Reduce<Sum> at node '\w*mean\w*'"),
+     (BackwardGRU, r"op t2n_gru at node 'gru_l0_reverse\w*' runs backwards")],
+    ids=["mean-over-time", "backward-recurrence"],
+)  # fmt: skip
+def test_a_graph_that_cannot_stream_names_the_op(model, message, tmp_path):
+    path, audio = export_streaming(model(), tmp_path)
+    with pytest.raises(PulseError, match=message):
         t2n_core.check_pulsed(path, [audio.numpy()], pulse=4)
 
 

@@ -3,6 +3,8 @@ tract in 10 ms chunks (the pulsed outputs equal the whole-sequence ones after th
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 import t2n_core
@@ -44,3 +46,18 @@ def test_streaming_keyword_spotter_q4_0(tmp_path):
     assert quantized == {"conv.weight", "gru.weight_ih_l0", "gru.weight_hh_l0", "head.weight"}
     result = _export_and_stream(model, wave, tmp_path / "kws_q4_0.nnef.tgz")
     assert result.tensor_bytes["q4_0"] > 0
+
+
+@pytest.mark.slow  # ~20 s: export, whole check and pulsed check of the example from the CLI
+def test_streaming_example_from_the_command_line(tmp_path, capsys):
+    from t2n_core.cli import main
+
+    out = tmp_path / "kws.nnef.tgz"
+    rc = main(["export", "t2n_core.examples:streaming_keyword_spotter", str(out), "--codec",
+               "q4_0", "--streaming", "wave:1", "--atol", "1e-3", "--rtol", "1e-3"])  # fmt: skip
+    assert rc == 0 and "tract check passed" in capsys.readouterr().out
+    _, wave = streaming_keyword_spotter()
+    np.savez(tmp_path / "wave.npz", wave=wave.numpy())
+    rc = main(["check", str(out), "--inputs", str(tmp_path / "wave.npz"), "--pulse", str(HOP)])
+    text = capsys.readouterr().out
+    assert rc == 0 and f"pulsed on S in chunks of {HOP}" in text and "passed" in text
