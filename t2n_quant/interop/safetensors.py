@@ -380,13 +380,19 @@ def load_quantized(path: str | os.PathLike, model: nn.Module, *, strict: bool = 
     Every tensor is read and checked, and its name and shape matched against ``model``,
     before anything in ``model`` changes; ``model`` may live on the meta device (parameters
     are replaced, not copied into). ``strict``: the file and the model must hold the same
-    names. Tied names in the file get one shared tensor.
+    names. Tied names in the file, and names the model ties to a loaded one (an LM head tied to
+    the embedding, absent from the checkpoint), get one shared tensor.
     """
     state = model.state_dict(keep_vars=True)
+    tied: dict[int, list[str]] = {}  # names the model itself ties (one tensor, several names)
+    for key, t in state.items():
+        tied.setdefault(id(t), []).append(key)
     loaded: dict[str, torch.Tensor] = {}
     files = shard_files(path)
     for name, t, aliases in iter_quantized(path):
-        for key in (name, *aliases):
+        keys = [name, *aliases]
+        keys += [k for key in keys if key in state for k in tied[id(state[key])] if k not in keys]
+        for key in keys:
             if key not in state:
                 if strict:
                     raise QuantizedFileError(

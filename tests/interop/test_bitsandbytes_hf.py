@@ -43,6 +43,7 @@ def test_hf_llama_loaded_with_bitsandbytes(kind: str, tmp_path: Path) -> None:
     assert result.tensor_bytes.get("u8", 0) > 0, graph
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nf4-dq", "int8"])
 def test_checkpoint_saved_by_transformers_imports(kind: str, tmp_path: Path, capsys) -> None:
     """save_pretrained of a bitsandbytes model -> t2n import-bnb -> load_quantized: the same

@@ -293,3 +293,24 @@ def test_llm_export_from_a_quantized_checkpoint(tmp_path: Path) -> None:
     _assert_same_state(reference, model)
     result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
     assert result.check is not None and result.check.passed, str(result.check)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_causal_lm_from_quantized_exports(tied: bool, tmp_path: Path) -> None:
+    """config.json + quantize_safetensors' file -> model (float weights never built) -> the
+    LLM export with its KV cache, checked in tract."""
+    from t2n_core.llm import export_causal_lm
+    from t2n_quant.interop.llm import causal_lm_from_quantized
+    from tests.core.test_hf_llama import tiny_llama
+
+    float_model = tiny_llama(tied=tied)
+    float_model.save_pretrained(tmp_path / "ckpt")
+    quantize_safetensors(tmp_path / "ckpt", tmp_path / "q.safetensors", "q4_0", progress=False)
+    model = causal_lm_from_quantized(tmp_path / "ckpt", tmp_path / "q.safetensors")
+    reference = copy.deepcopy(float_model)
+    quantize_model(reference, "q4_0", progress=False)
+    _assert_same_state(reference, model)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
+    assert result.check is not None and result.check.passed, str(result.check)
