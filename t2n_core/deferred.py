@@ -165,3 +165,9 @@ class DeferredTensor(torch.Tensor):
     def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]
         name = f", name={self.tensor_name!r}" if self.tensor_name else ""
         return f"DeferredTensor(shape={tuple(self.shape)}, dtype={self.dtype}{name})"
+
+
+def holds_deferred(model: torch.nn.Module) -> bool:
+    """Whether any parameter or buffer of ``model`` is a DeferredTensor."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return any(isinstance(t, DeferredTensor) for t in tensors)

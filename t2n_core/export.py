@@ -12,10 +12,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from t2n_core import __version__
-from t2n_core.capture import DynamicAxes, capture, default_input_names, normalize_args
+from t2n_core.capture import (
+    DynamicAxes,
+    capture,
+    default_input_names,
+    float_proxies,
+    normalize_args,
+)
 from t2n_core.check import CheckReport, check_archive
+from t2n_core.deferred import holds_deferred
 from t2n_core.errors import ExportInputError
 from t2n_core.ir import IDENTIFIER_RULE, is_identifier, sanitize
 from t2n_core.nnef.archive import check_target, write_archive
@@ -143,7 +151,13 @@ def export(
         was_training = model.training
         model.eval()
         try:
-            reference = model(*args, **(kwargs or {}))
+            if not check and holds_deferred(model):
+                # only the outputs' structure is needed: reading streamed weights would cost a
+                # pass over the whole model, so run on untouched proxies with fake tensors
+                with float_proxies(model), FakeTensorMode(allow_non_fake_inputs=True):
+                    reference = model(*args, **(kwargs or {}))
+            else:
+                reference = model(*args, **(kwargs or {}))
         finally:
             model.train(was_training)
     ref_leaves = _tensor_leaves(reference, "outputs")

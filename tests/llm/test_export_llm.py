@@ -164,3 +164,33 @@ def test_streamed_weights_match_from_pretrained(tmp_path):
     ids = torch.tensor([[3, 4, 5, 6]])
     with torch.no_grad():
         torch.testing.assert_close(streamed(ids).logits, loaded(ids).logits)
+
+
+@pytest.mark.slow
+def test_streamed_export_reads_each_weight_once(tmp_path):
+    """Without a check, writing is the only pass over the weights (bounded memory: one at a
+    time); the outputs' structure comes from a run on fake tensors."""
+    from t2n_core.deferred import DeferredTensor
+    from t2n_core.llm import export_causal_lm
+    from t2n_core.llm.checkpoint import open_checkpoint, streamed_model
+
+    save_tiny_llama(tmp_path / "ckpt", shard_size="40KB")
+    model = streamed_model(open_checkpoint(tmp_path / "ckpt"), torch.float32)
+    reads: list[str] = []
+    for weight in {id(p): p for p in model.parameters()}.values():
+        assert isinstance(weight, DeferredTensor)
+        weight.read = lambda b, e, read=weight.read, name=weight.tensor_name: (
+            reads.append(name) or read(b, e)
+        )
+    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", check=False, progress=False)
+    assert sorted(reads) == sorted(n for n, _ in model.named_parameters())
+    from t2n_core.check import run_tract
+
+    ids = np.array([[3, 4, 5]], dtype=np.int64)
+    empty = [np.zeros((1, 2, 0, 16), np.float32)] * 4
+    logits = run_tract(result.path, [ids, *empty])[0]
+    with torch.no_grad():
+        expected = LlamaForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32)(
+            torch.from_numpy(ids)
+        ).logits
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
