@@ -22,6 +22,9 @@ from t2n_quant.errors import ImmutableTensorError
 
 logger = logging.getLogger(__name__)
 
+#: values dequantized at once by :meth:`QTensor.dequantize`
+_DEQUANT_SLAB_VALUES = 1 << 20
+
 OpHandler = Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
@@ -150,9 +153,22 @@ class QTensor(torch.Tensor):
         >>> quantize_tensor(torch.ones(2, 32), "q4_0").dequantize()[0, :3]
         tensor([1., 1., 1.])
         """
-        codes = self.codec.unpack(self.packed, self.block_size)
-        values = self.codec.dequantize_blocks(codes, self.params)
-        return values.reshape(self.shape).to(dtype or self.dtype)
+        dtype = dtype or self.dtype
+        if self.numel() == 0:
+            return torch.empty(self.shape, dtype=dtype, device=self.packed.device)
+        # a slab of rows at a time: a large weight (an LM head) costs its float size, not
+        # several float-sized temporaries
+        bs, per_row = self.block_size, self.k // self.block_size
+        out = torch.empty(self.rows, self.k, dtype=dtype, device=self.packed.device)
+        step = max(1, _DEQUANT_SLAB_VALUES // self.k)
+        for r0 in range(0, self.rows, step):
+            r1 = min(self.rows, r0 + step)
+            b0, b1 = r0 * per_row, r1 * per_row
+            zero = None if self.zero is None else self.zero[b0:b1]
+            codes = self.codec.unpack(self.packed[b0:b1], bs)
+            values = self.codec.dequantize_blocks(codes, QParams(self.scale[b0:b1], zero))
+            out[r0:r1] = values.reshape(r1 - r0, self.k)
+        return out.reshape(self.shape)
 
     def numpy(self, *, force: bool = False) -> Any:  # type: ignore[override]
         """``self.dequantize().numpy()``."""

@@ -1,0 +1,207 @@
+"""``export-llm`` on random bf16 checkpoints: time and peak RSS of the export, and tract's speed.
+
+Checkpoints are written tensor by tensor (random bf16, never a whole model in memory) from
+configs of known sizes; each export runs in a fresh child process that reports its own peak
+RSS (VmHWM). Run, from the repository root:
+
+    python -m benchmarks.bench_export_llm make 0.5b /tmp/ck-0.5b      # write a checkpoint
+    python -m benchmarks.bench_export_llm export /tmp/ck-0.5b /tmp/out-0.5b --codec q4_0
+    python -m benchmarks.bench_export_llm tract /tmp/out-0.5b          # tract RSS, tokens/s
+    python -m benchmarks.bench_export_llm precision /tmp/ck-122m       # f16 vs f32 parts
+
+Sizes: 122m (Llama, hidden 768, 12 layers, vocab 24000), 0.5b / 1.5b (Qwen2 shapes,
+vocab 151936, tied), 8b (Llama-3 shapes). The 8B checkpoint takes 16 GB of disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from benchmarks._child import run_child
+
+CONFIGS = {
+    "122m": dict(
+        model_type="llama", vocab_size=24000, hidden_size=768, intermediate_size=2048,
+        num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+        tie_word_embeddings=False,
+    ),
+    "0.5b": dict(
+        model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "1.5b": dict(
+        model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+        num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
+    "8b": dict(
+        model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+}  # fmt: skip
+SHARD_BYTES = 2 << 30
+
+
+def make_checkpoint(size: str, out: Path) -> None:
+    """Write a random bf16 checkpoint of ``size`` to ``out``, shard by shard."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from t2n_core.llm.checkpoint import parameters_on_meta
+
+    spec = dict(CONFIGS[size])
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec, bos_token_id=1, eos_token_id=2)
+    config.dtype = torch.bfloat16
+    with parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    names = list(model.state_dict(keep_vars=True))
+    params = dict(model.named_parameters())  # tied aliases once
+    gen = torch.Generator().manual_seed(0)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    sizes = [0]
+    for name in names:
+        if name not in params:
+            continue
+        shape = tuple(params[name].shape)
+        nbytes = math.prod(shape) * 2
+        if sizes[-1] + nbytes > SHARD_BYTES and shards[-1]:
+            shards.append({})
+            sizes.append(0)
+        shards[-1][name] = shape  # type: ignore[assignment]
+        sizes[-1] += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name, shape in shard.items():
+            if len(shape) == 1:
+                tensors[name] = torch.ones(shape, dtype=torch.bfloat16)  # norm weights
+            else:
+                std = 1.0 / math.sqrt(shape[-1])
+                tensors[name] = (torch.randn(shape, generator=gen) * std).to(torch.bfloat16)
+            weight_map[name] = file
+        save_file(tensors, out / file, metadata={"format": "pt"})
+        del tensors
+    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    total = sum(sizes)
+    print(f"{size}: {total / 2:.3g} parameters, {total / 2**30:.2f} GiB bf16 in {len(shards)} "
+          f"shard(s) -> {out}")  # fmt: skip
+
+
+def export_in_child(ckpt: Path, out: Path, codec: str | None, check: bool, dtype: str) -> dict:
+    code = f"""
+        import json, time
+        start = time.perf_counter()
+        from benchmarks._child import vm_hwm_bytes
+        from t2n_quant.llm import export_checkpoint
+        shipped = export_checkpoint({str(ckpt)!r}, {str(out)!r}, codec={codec!r}, dtype={dtype!r},
+                                    check={check!r}, overwrite=True, progress=False)
+        print(json.dumps({{"seconds": time.perf_counter() - start, "peak": vm_hwm_bytes(),
+                          "timings": shipped.timings,
+                          "archive": shipped.manifest["archive_bytes"],
+                          "params": shipped.manifest["parameters"]}}))
+    """
+    return run_child(code, timeout=3600)
+
+
+def tract_speed(out: Path, prompt: int = 64, decode: int = 32) -> dict:
+    code = f"""
+        import json, time
+        import numpy as np
+        from benchmarks._child import vm_hwm_bytes, vm_rss_bytes
+        from t2n_core.llm.generate import generate_text
+        m = json.load(open({str(out / "manifest.json")!r}))
+        base = vm_rss_bytes()
+        ids = [int(i) for i in np.random.default_rng(0).integers(3, m["vocab_size"], {prompt})]
+        m["eos_token_id"] = None
+        gen = generate_text({str(out)!r}, prompt_ids=ids, max_new_tokens={decode + 1})
+        print(json.dumps({{"prefill": gen.prefill_tokens_per_s, "decode": gen.decode_tokens_per_s,
+                          "peak": vm_hwm_bytes(), "before_load": base}}))
+    """
+    return run_child(code, timeout=1800)
+
+
+def precision_effect(ckpt: Path, tmp: Path) -> None:
+    """Max |logit| error vs the f32 reference for f16 variants, in tract, on the io samples."""
+    import numpy as np
+
+    from t2n_core.check import run_tract
+
+    rows = []
+    f32 = tmp / "f32"
+    export_in_child(ckpt, f32, None, False, "f32")
+    variants = {"f16": {}, "f16 + f32 attention": {"f32_attention": True},
+                "f16 + f32 norm": {"f32_norm": True},
+                "f16 + both": {"f32_attention": True, "f32_norm": True}}  # fmt: skip
+    for name, flags in variants.items():
+        out = tmp / name.replace(" ", "_").replace("+", "")
+        code = f"""
+            from t2n_core.llm import export_checkpoint
+            export_checkpoint({str(ckpt)!r}, {str(out)!r}, dtype="f16", check=False,
+                              overwrite=True, progress=False, **{flags!r})
+            print("{{}}")
+        """
+        run_child(code, timeout=3600)
+        errs = []
+        for sample in ("prompt", "step", "chunk"):
+            inputs = dict(np.load(f32 / f"{sample}_inputs.npz"))
+            ref = run_tract(f32 / "model.nnef.tgz", list(inputs.values()))[0]
+            half = [v.astype(np.float16) if v.dtype == np.float32 else v for v in inputs.values()]
+            got = run_tract(out / "model.nnef.tgz", half)[0].astype(np.float32)
+            errs.append(float(np.abs(got - ref).max() / np.abs(ref).max()))
+        rows.append((name, max(errs)))
+    print("| variant | max abs logit error / max abs logit, vs f32 (tract, 3 samples) |")
+    print("|---|---|")
+    for name, err in rows:
+        print(f"| {name} | {err:.2e} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("make")
+    p.add_argument("size", choices=list(CONFIGS))
+    p.add_argument("out", type=Path)
+    p = sub.add_parser("export")
+    p.add_argument("ckpt", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--codec")
+    p.add_argument("--dtype", default="f32")
+    p.add_argument("--no-check", action="store_true")
+    p = sub.add_parser("tract")
+    p.add_argument("out", type=Path)
+    p = sub.add_parser("precision")
+    p.add_argument("ckpt", type=Path)
+    p.add_argument("--tmp", type=Path, default=Path("/tmp/t2n-precision"))
+    args = parser.parse_args()
+    if args.cmd == "make":
+        make_checkpoint(args.size, args.out)
+    elif args.cmd == "export":
+        start = time.perf_counter()
+        r = export_in_child(args.ckpt, args.out, args.codec, not args.no_check, args.dtype)
+        print(f"{args.ckpt.name} {args.codec or args.dtype} check={not args.no_check}: "
+              f"{r['seconds']:.1f} s in the child ({time.perf_counter() - start:.1f} s with start),"
+              f" peak RSS {r['peak'] / 2**30:.2f} GiB, archive {r['archive'] / 2**20:.0f} MiB, "
+              f"{r['params'] / 1e6:.0f}M parameters; "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))  # fmt: skip
+    elif args.cmd == "tract":
+        r = tract_speed(args.out)
+        print(f"{args.out.name}: prefill {r['prefill']:.0f} tokens/s, decode {r['decode']:.1f} "
+              f"tokens/s, peak RSS {r['peak'] / 2**20:.0f} MiB "
+              f"(process before loading: {r['before_load'] / 2**20:.0f} MiB)")  # fmt: skip
+    else:
+        precision_effect(args.ckpt, args.tmp)
+
+
+if __name__ == "__main__":
+    main()
