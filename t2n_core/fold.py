@@ -8,6 +8,8 @@ along its input features, which the translation splits per piece. This is what
 lets ``nn.MultiheadAttention`` cross-attention, which splits its packed ``in_proj_weight``
 into query and key/value rows before the matmuls, keep a tract-native weight (Q4_0)
 compressed: tract can feed such a weight to matmul but not to ``slice``.
+:func:`fold_reshapes` then stores a tensor whose only use is a squeeze with the new shape
+(``nnef_reshape``): a row of a 3-D expert weight, squeezed, becomes one 2-D matrix.
 """
 
 from __future__ import annotations
@@ -43,6 +45,43 @@ def fold_row_slices(graph: Graph, is_native: Callable[[Variable], bool]) -> int:
         graph.remove_dead_code()
         logger.debug("folded %d row slice(s) of stored tensors", folded)
     return folded
+
+
+def fold_reshapes(graph: Graph) -> int:
+    """Store a tensor that offers ``nnef_reshape`` with the shape of its only use, a
+    ``squeeze`` (static shapes); returns how many were folded. The variable keeps its name
+    and label; the squeeze is dropped."""
+    uses: dict[str, list[Operation]] = {name: [] for name in graph.variables}
+    for op in graph.operations:
+        for name in _refs([*op.args, *op.attrs.values()]):
+            if name in uses:
+                uses[name].append(op)
+    renames: dict[str, str] = {}
+    for name, ops in uses.items():
+        var = graph.variables[name]
+        if len(ops) != 1 or name in graph.outputs:
+            continue
+        op = ops[0]
+        if op.op != "squeeze" or op.args != [Ref(name)] or len(op.outputs) != 1:
+            continue
+        if op.outputs[0] in graph.outputs:
+            continue
+        if not callable(getattr(var.tensor, "nnef_reshape", None)):
+            continue
+        out = graph.values[op.outputs[0]]
+        if not all(type(d) is int for d in out.shape):
+            continue
+        tensor = var.tensor.nnef_reshape(tuple(out.shape))
+        if tensor is None:
+            continue
+        graph.variables[name] = Variable(name, var.label, tensor)
+        graph.add_value(Value(name, out.dtype, out.shape))
+        renames[op.outputs[0]] = name
+    if renames:
+        graph.operations = [op for op in graph.operations if op.outputs[0] not in renames]
+        graph.replace_refs(renames)
+        logger.debug("stored %d tensor(s) with the shape of their only reshape", len(renames))
+    return len(renames)
 
 
 class _RowFolder:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterator
 import torch
 
 from t2n_core.concat_guard import guard_concat_before_native_matmul
-from t2n_core.fold import fold_row_slices
+from t2n_core.fold import fold_reshapes, fold_row_slices
 from t2n_core.fold_scale import fold_channel_affine
 from t2n_core.ir import Graph, Ref, Variable
 from t2n_core.loop_weights import inline_native_loop_weights
@@ -150,6 +150,7 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     variables; :mod:`t2n_core.fold_scale` notes go to ``graph.notes``).
     """
     fold_row_slices(graph, is_native)
+    fold_reshapes(graph)
     labelled = assign_file_labels(graph)  # the passes below may print labels
     graph.notes += fold_channel_affine(graph, is_native)
     inline_native_loop_weights(graph, is_native)

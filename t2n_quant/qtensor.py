@@ -377,6 +377,24 @@ class QTensor(torch.Tensor):
             self.codec, self.packed, scaled, self.zero, self.shape, self.dtype, self.tensor_name
         )
 
+    def nnef_reshape(self, shape: tuple[int, ...]) -> QTensor | None:
+        """The same codes seen with ``shape`` (same number of values), for the writer's
+        reshape folding; ``None`` when the blocks would not line up with the new rows.
+
+        >>> from t2n_quant import quantize_tensor
+        >>> q = quantize_tensor(torch.randn(1, 4, 64), "q4_0")
+        >>> torch.equal(q.nnef_reshape((4, 64)).dequantize(), q.dequantize()[0])
+        True
+        """
+        shape = tuple(int(d) for d in shape)
+        if math.prod(shape) != self.numel() or len(shape) < 2:
+            return None
+        k = math.prod(shape[1:])
+        if self.codec.block_size(k) != self.block_size or k % self.block_size:
+            return None
+        name = self.tensor_name
+        return QTensor(self.codec, self.packed, self.scale, self.zero, shape, self.dtype, name)
+
     def nnef_float_proxy(self) -> torch.Tensor:
         """A plain tensor of this shape and dtype, used in place of this one while capturing.
 

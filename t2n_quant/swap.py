@@ -1,5 +1,5 @@
-"""``quantize_model``: replace the weights of Linear / Embedding / Conv / recurrent modules by
-QTensors.
+"""``quantize_model``: replace the weights of Linear / Embedding / Conv / recurrent modules (and
+the 3-D expert weights of transformers MoE layers) by QTensors.
 
 Each new weight is ``nn.Parameter(qtensor, requires_grad=False)``, which for a tensor
 subclass *is* the QTensor flagged as a parameter: it stays in ``module._parameters``,
@@ -28,6 +28,7 @@ from t2n_quant.calibration_data import fingerprint
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
+from t2n_quant.matmul_weights import expert_incompatibility, expert_weight_attrs, linearize_conv1d
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
 from t2n_quant.quantize import quantize_deferred, quantize_tensor
@@ -100,6 +101,8 @@ def _skip_reason(w: _Weight, codec: Codec, min_numel: int) -> str | None:
                 "q4_0 cannot serve ConvTranspose: NNEF deconv takes the filter as "
                 "[C_out, C_in, ...], the transpose of PyTorch's layout, so blocks would not line up"
             )
+        if w.attr in expert_weight_attrs(m):
+            return expert_incompatibility(m, tuple(p.shape), codec)
     return codec.incompatibility(tuple(p.shape))
 
 
@@ -116,9 +119,10 @@ def _codec_misfit(w: _Weight, codec: Codec, min_numel: int) -> bool:
 def _collect(model: nn.Module) -> list[_Weight]:
     weights: dict[int, _Weight] = {}
     for path, module in model.named_modules(remove_duplicate=False):
-        if not isinstance(module, SUPPORTED_MODULES):
-            continue
-        for attr in _weight_attrs(module):
+        attrs = expert_weight_attrs(module)
+        if isinstance(module, SUPPORTED_MODULES):
+            attrs = _weight_attrs(module)
+        for attr in attrs:
             param = module._parameters.get(attr)
             if param is None:
                 continue
@@ -162,7 +166,8 @@ def _list_unreachable(
         name, module_type = owners[id(param)]
         reason = (
             f"a {module_type} parameter: quantize_model takes the weights of "
-            f"{', '.join(t.__name__ for t in SUPPORTED_MODULES)} only"
+            f"{', '.join(t.__name__ for t in SUPPORTED_MODULES)} and transformers Conv1D / "
+            "MoE experts only"
         )
         summary.skipped.append(
             SkippedWeight(name, module_type, tuple(param.shape), reason, param.nbytes)
@@ -186,8 +191,12 @@ def quantize_model(
     progress: bool = True,
 ) -> QuantizationSummary:
     """Quantize, in place, the weights of ``model``'s Linear / Embedding / Conv modules
-    (and the input projections of ``nn.MultiheadAttention``, and the input, hidden and
-    projection matrices of every layer and direction of ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``).
+    (and the input projections of ``nn.MultiheadAttention``, the input, hidden and
+    projection matrices of every layer and direction of ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``,
+    and the 3-D expert weights of transformers MoE layers). transformers ``Conv1D`` layers
+    (GPT-2) are first replaced by the equivalent ``nn.Linear`` (:mod:`t2n_quant.matmul_weights`).
+    Any other float parameter of rank >= 2 is left as it is and listed in the summary's
+    skipped weights, with the reason.
 
     ``codec_or_config`` is a spec (``"q4_0"``, ``"minmax:4:g32"``), a config
     (:class:`~t2n_quant.config.MinMaxConfig`, ...) or a codec; ``bits`` / ``group_size``
@@ -218,6 +227,7 @@ def quantize_model(
     >>> [q.name for q in s.quantized], [k.name for k in s.skipped]
     (['0.weight'], ['2.weight'])
     """
+    linearize_conv1d(model)
     planned: dict[str, Codec | None] | None = None
     if isinstance(codec_or_config, Mapping):  # a plan: {module glob: spec}, checked up front
         planned = check_plan(codec_or_config, _collect(model))

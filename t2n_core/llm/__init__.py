@@ -9,6 +9,7 @@ from t2n_core.llm.wrapper import (
     kv_shape_of,
     num_layers_of,
     output_names_for,
+    past_shapes_of,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "kv_shape_of",
     "num_layers_of",
     "output_names_for",
+    "past_shapes_of",
 ]

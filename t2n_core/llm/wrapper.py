@@ -4,9 +4,13 @@ k/v out, so that ``torch.export`` captures one step of generation with its KV ca
 from __future__ import annotations
 
 import inspect
+import logging
+import weakref
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def num_layers_of(model: nn.Module) -> int:
@@ -16,12 +20,51 @@ def num_layers_of(model: nn.Module) -> int:
 
 
 def kv_shape_of(model: nn.Module) -> tuple[int, int]:
-    """``(kv_heads, head_dim)`` of a Hugging Face causal LM's attention layers."""
-    config = model.config.get_text_config(decoder=True)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
-    return kv_heads, int(head_dim)
+    """``(kv_heads, head_dim)`` of the first layer's keys (see :func:`past_shapes_of`)."""
+    return past_shapes_of(model)[0]
+
+
+_PAST_SHAPES: weakref.WeakKeyDictionary[nn.Module, list[tuple[int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def past_shapes_of(model: nn.Module) -> list[tuple[int, int]]:
+    """``(heads, head_dim)`` of each past tensor (``key_0, value_0, key_1, ...``), read from the
+    cache the model itself fills on a one-token forward, not from config fields (Falcon's
+    ``multi_query`` keeps one kv head whatever ``num_kv_heads`` says; layers may differ).
+
+    The forward runs on fake tensors (no compute, no memory), or for real when a layer has no
+    fake implementation.
+    """
+    if model not in _PAST_SHAPES:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        from t2n_core.llm.experts import dense_experts
+
+        with dense_experts(model):
+            try:
+                with FakeTensorMode(allow_non_fake_inputs=True):
+                    shapes = _probe(model)
+            except Exception:  # a layer without a fake kernel: run it
+                logger.debug("fake-tensor probe of the cache failed, running one token")
+                shapes = _probe(model)
+        _PAST_SHAPES[model] = shapes
+    return _PAST_SHAPES[model]
+
+
+def _probe(model: nn.Module) -> list[tuple[int, int]]:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    layers = getattr(cache, "layers", None)
+    pairs = [(layer.keys, layer.values) for layer in layers] if layers is not None else cache
+    shapes = []
+    for pair in pairs:
+        shapes += [(int(t.shape[1]), int(t.shape[3])) for t in pair]
+    return shapes
 
 
 class CausalLMWithCache(nn.Module):

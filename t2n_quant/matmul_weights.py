@@ -1,0 +1,118 @@
+"""Matmul weights outside ``nn.Linear`` / ``nn.Embedding`` / ``nn.Conv*``, as Hugging Face
+models store them.
+
+- ``transformers.pytorch_utils.Conv1D`` (GPT-2 and relatives) is a Linear whose weight is
+  stored transposed, ``[in, out]``: :func:`linearize_conv1d` replaces it by the equivalent
+  ``nn.Linear`` (weight ``[out, in]``), so that the codecs' blocks run along the input axis
+  as tract's quantized matmul needs.
+- Mixture-of-experts layers keep every expert's matrices in one 3-D parameter
+  (``gate_up_proj``, ``up_proj``, ``down_proj``: ``[experts, out, in]``, the layout of
+  ``transformers.integrations.moe.use_experts_implementation``): :func:`expert_weight_attrs`
+  names them, and :func:`expert_incompatibility` says when a codec cannot take them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+from torch import nn
+
+from t2n_core.deferred import DeferredTensor
+from t2n_quant.codecs import Codec, Q4_0Codec
+
+logger = logging.getLogger(__name__)
+
+#: the 3-D parameters of a transformers experts module
+EXPERT_ATTRS = ("gate_up_proj", "up_proj", "down_proj")
+
+
+def linearize_conv1d(model: nn.Module) -> list[str]:
+    """Replace every transformers ``Conv1D`` in ``model`` by an ``nn.Linear`` computing the same
+    function (weight transposed to ``[out, in]``); returns the module paths replaced.
+
+    >>> from transformers.pytorch_utils import Conv1D
+    >>> model = nn.Sequential(Conv1D(8, 4))
+    >>> linearize_conv1d(model), type(model[0]).__name__, tuple(model[0].weight.shape)
+    (['0'], 'Linear', (8, 4))
+    """
+    utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(utils, "Conv1D", None)
+    if conv1d is None:  # transformers not imported: the model cannot hold one
+        return []
+    replaced: dict[int, nn.Linear] = {}
+    paths: list[str] = []
+    for path, module in list(model.named_modules(remove_duplicate=False)):
+        if not isinstance(module, conv1d) or not path:
+            continue
+        if id(module) not in replaced:
+            linear = _linear_from(module)
+            if linear is None:
+                logger.warning("Conv1D %r: its deferred weight is transformed, left as it is", path)
+                continue
+            replaced[id(module)] = linear
+        parent_path, _, attr = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), attr, replaced[id(module)])
+        paths.append(path)
+    if paths:
+        logger.info(
+            "%d transformers Conv1D layer(s) (weight stored [in, out]) replaced by the "
+            "equivalent nn.Linear to quantize their weights: %s",
+            len(paths), ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else ""),
+        )  # fmt: skip
+    return paths
+
+
+def _linear_from(conv: nn.Module) -> nn.Linear | None:
+    weight: torch.Tensor = conv.weight
+    n_in, n_out = weight.shape
+    linear = nn.Linear(n_in, n_out, bias=conv.bias is not None, device="meta", dtype=weight.dtype)
+    if isinstance(weight, DeferredTensor):  # not read yet (streamed): read it transposed
+        if weight.transform is not None:
+            return None
+        src = weight
+
+        def read(begin: int, end: int) -> torch.Tensor:
+            return src.read(*src.row_range).t()[begin:end]
+
+        linear._parameters["weight"] = DeferredTensor(
+            read, (n_out, n_in), weight.dtype, name=weight.tensor_name
+        )
+    else:
+        linear.weight = nn.Parameter(weight.detach().t().contiguous(), weight.requires_grad)
+    if conv.bias is not None:
+        linear._parameters["bias"] = conv.bias
+    return linear.train(conv.training)
+
+
+def expert_weight_attrs(module: nn.Module) -> tuple[str, ...]:
+    """The 3-D expert matrices of a transformers experts module (``()`` for other modules)."""
+    if not hasattr(module, "is_transposed") or not hasattr(module, "has_gate"):
+        return ()
+    return tuple(
+        a for a in EXPERT_ATTRS
+        if isinstance(module._parameters.get(a), torch.Tensor) and module._parameters[a].dim() == 3
+    )  # fmt: skip
+
+
+def expert_incompatibility(module: nn.Module, shape: tuple[int, ...], codec: Codec) -> str | None:
+    """Why ``codec`` cannot take a ``[experts, out, in]`` weight of ``module``, or ``None``.
+
+    Each expert's matrix is cut out of the stored tensor at export (rows of dim 0, then the
+    leading axis dropped), so the codec's groups must lie within one row of one expert.
+    """
+    if getattr(module, "is_transposed", False) and isinstance(codec, Q4_0Codec):
+        return (
+            "experts stored [experts, in, out] (is_transposed): q4_0 blocks would run along "
+            "the output axis, not the input axis tract's quantized matmul reduces over"
+        )
+    per_expert = codec.incompatibility(tuple(shape[1:]))
+    if per_expert is not None:
+        return f"one expert's matrix {tuple(shape[1:])}: {per_expert}"
+    if codec.block_size(shape[-1]) != codec.block_size(shape[1] * shape[2]):
+        return (
+            f"{codec.spec} groups a whole expert's matrix at once (one group per row of dim "
+            "0); use a group size that divides the input size"
+        )
+    return None

@@ -1,0 +1,129 @@
+"""Every architecture family, every weight: a tiny random model of each exports with its KV
+cache, passes the tract check (a P=5/T=3 step and a P=0 prompt) and generates in tract the
+greedy tokens of ``model.generate`` (prefill, then decode steps feeding tract's own k/v back,
+running past the sliding windows), in f32, in f16 and after q4_0.
+
+After q4_0 every float matrix of the model is either quantized or listed in the summary's
+skipped weights with a reason, and the archive holds no float matrix other than those (GPT-2's
+transposed ``Conv1D`` and the 3-D MoE expert weights are quantized too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from t2n_core.llm import export_causal_lm, greedy_generate, num_layers_of, past_shapes_of
+from t2n_core.nnef.archive import read_archive_files
+from t2n_core.nnef.dat import DatHeader
+from t2n_quant import QTensor, quantize_model
+from tests.llm.families import FAMILIES, VOCAB, WINDOW, tiny
+
+MODES = ("f32", "f16", "q4_0")
+#: tract vs PyTorch on the logits of each step: max|a - b| <= tol + tol * max|b|
+LOGIT_TOL = {"f32": 1e-4, "f16": 1e-2, "q4_0": 1e-4}
+PROMPT = 6
+STEPS = 3 * WINDOW  # prompt + steps runs well past the sliding windows
+#: a few cases stay in the fast edit loop; the rest are slow (each is an export: seconds)
+FAST = {("gpt2", "q4_0"), ("falcon_multi_query", "f32")}
+
+
+def _cases():
+    for name in FAMILIES:
+        for mode in MODES:
+            marks = () if (name, mode) in FAST else (pytest.mark.slow,)
+            yield pytest.param(name, mode, id=f"{name}-{mode}", marks=marks)
+
+
+def torch_greedy(model: nn.Module, prompt: torch.Tensor, steps: int):
+    """Tokens and last-position logits of ``model.generate(do_sample=False)``."""
+    with torch.no_grad():
+        out = model.generate(
+            prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+            output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+        )  # fmt: skip
+    return out.sequences[:, prompt.shape[1] :].numpy(), [x.float().numpy() for x in out.logits]
+
+
+def check_generation(model: nn.Module, path, mode: str, steps: int = STEPS) -> np.ndarray:
+    """tract's greedy loop on the archive gives ``model.generate``'s tokens and logits."""
+    prompt = torch.randint(0, VOCAB, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    (kv_heads, head_dim), *_ = past_shapes_of(model)
+    dtype = np.float16 if mode == "f16" else np.float32
+    gen = greedy_generate(
+        path, prompt.numpy(), steps, num_layers=num_layers_of(model), kv_heads=kv_heads,
+        head_dim=head_dim, dtype=dtype,
+    )  # fmt: skip
+    tokens, logits = torch_greedy(model, prompt, steps)
+    np.testing.assert_array_equal(gen.tokens, tokens)
+    assert len(set(tokens[0].tolist())) > 2, f"degenerate generation {tokens}"
+    tol = LOGIT_TOL[mode]
+    for step, (ours, ref) in enumerate(zip(gen.logits, logits)):
+        err = np.abs(ours.astype(np.float64) - ref).max()
+        assert err <= tol + tol * np.abs(ref).max(), f"step {step}: max|tract - torch| = {err:.3g}"
+    return tokens
+
+
+def float_matrices(path) -> dict[str, tuple[int, ...]]:
+    """Labels and shapes of the f32/f16 tensors of rank >= 2 stored in the archive."""
+    found = {}
+    for name, raw in read_archive_files(path, dat_headers_only=True).items():
+        if name.endswith(".dat"):
+            header = DatHeader.unpack(raw)
+            if header.type_name() in ("f32", "f16") and len(header.shape) >= 2:
+                found[name.removesuffix(".dat")] = header.shape
+    return found
+
+
+@pytest.mark.parametrize(("name", "mode"), list(_cases()))
+def test_family(name: str, mode: str, tmp_path) -> None:
+    model = tiny(name)
+    skipped: set[str] = set()
+    if mode == "q4_0":
+        summary = quantize_model(model, "q4_0", progress=False)
+        skipped = {s.name for s in summary.skipped}
+        left = [
+            n for n, p in model.named_parameters()
+            if p.dim() >= 2 and not isinstance(p, QTensor) and n not in skipped
+        ]  # fmt: skip
+        assert not left, f"float matrices neither quantized nor listed as skipped: {left}"
+        assert all(s.reason for s in summary.skipped)
+    elif mode == "f16":
+        model = model.to(torch.float16)
+    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
+    assert result.check is not None and result.check.passed, str(result.check)
+    if mode == "q4_0":
+        assert result.tensor_bytes.get("q4_0", 0) > 0
+        stray = {k: s for k, s in float_matrices(result.path).items()
+                 if k.removeprefix("model.") not in skipped}  # fmt: skip
+        assert not stray, f"float matrices in the archive that the summary does not list: {stray}"
+    check_generation(model, result.path, mode)
+
+
+def test_moe_experts_quantized_per_expert(tmp_path) -> None:
+    """Each expert's matrices reach tract as 2-D q4_0 tensors of their own; the router is
+    listed as skipped with its reason."""
+    model = tiny("qwen3_moe")
+    summary = quantize_model(model, "q4_0", progress=False)
+    quantized = {q.name: q.shape for q in summary.quantized}
+    assert quantized["model.layers.0.mlp.experts.gate_up_proj"] == (4, 128, 64)
+    assert quantized["model.layers.1.mlp.experts.down_proj"] == (4, 64, 64)
+    reasons = {s.name: s.reason for s in summary.skipped}
+    assert set(reasons) == {f"model.layers.{i}.mlp.gate.weight" for i in range(2)}
+    assert "quantize_model takes the weights of" in reasons["model.layers.0.mlp.gate.weight"]
+    result = export_causal_lm(model, tmp_path / "moe.nnef.tgz", progress=False)
+    files = read_archive_files(result.path, dat_headers_only=True)
+    expert = DatHeader.unpack(files["model.model.layers.0.mlp.experts.gate_up_proj.rows_3_4.dat"])
+    assert expert.type_name() == "q4_0" and expert.shape == (128, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "gemma3"])
+def test_sliding_window_long_generation(name: str, tmp_path) -> None:
+    """40 decode steps with a window of 4: the mask keeps attending to the last 4 positions
+    only, the cache grows with every step, and tract follows PyTorch all the way."""
+    model = tiny(name)
+    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
+    check_generation(model, result.path, "f32", steps=40)

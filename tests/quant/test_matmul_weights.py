@@ -1,0 +1,59 @@
+"""Matmul weights outside Linear / Embedding / Conv: transformers ``Conv1D`` (stored
+transposed) becomes an equivalent ``nn.Linear`` and is quantized; 3-D expert weights are
+quantized when every expert's rows hold whole groups; any other float matrix is listed as
+skipped with its reason."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from t2n_quant import QTensor, quantize_model
+from tests.llm.families import tiny
+
+
+class WithConv1D(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_attn = Conv1D(96, 64)  # weight [64, 96]: in, out
+        self.extra = nn.Parameter(torch.randn(64, 64))  # a custom matmul weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_attn(x @ self.extra)
+
+
+def test_conv1d_becomes_linear_and_is_quantized() -> None:
+    torch.manual_seed(0)
+    model = WithConv1D()
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        ref = model(x)
+    summary = quantize_model(model, "q4_0", progress=False)
+    assert isinstance(model.c_attn, nn.Linear) and isinstance(model.c_attn.weight, QTensor)
+    assert [(q.name, q.shape) for q in summary.quantized] == [("c_attn.weight", (96, 64))]
+    with torch.no_grad():
+        err = (model(x) - ref).norm() / ref.norm()
+    assert 0 < err < 0.15  # q4_0's error; a transposed weight would give ~1.4
+    (skipped,) = summary.skipped
+    assert skipped.name == "extra" and "a WithConv1D parameter" in skipped.reason
+
+
+def test_expert_weights_need_whole_groups_per_expert_row() -> None:
+    model = tiny("mixtral")
+    summary = quantize_model(model, "minmax", bits=4, group_size=-1, progress=False)
+    reasons = {s.name: s.reason for s in summary.skipped}
+    assert "one group per row of dim 0" in reasons["model.layers.0.mlp.experts.gate_up_proj"]
+    assert not isinstance(model.model.layers[0].mlp.experts.down_proj, QTensor)
+    assert isinstance(model.model.layers[0].self_attn.q_proj.weight, QTensor)
+
+
+def test_transposed_experts_refused_by_q4_0_only() -> None:
+    model = tiny("mixtral")
+    for layer in model.model.layers:
+        layer.mlp.experts.is_transposed = True  # as GPT-OSS stores them: [experts, in, out]
+    summary = quantize_model(model, "q4_0", progress=False)
+    reasons = {s.name: s.reason for s in summary.skipped}
+    assert "is_transposed" in reasons["model.layers.1.mlp.experts.down_proj"]
+    summary = quantize_model(tiny("mixtral"), "minmax:4:g32", progress=False)
+    assert "model.layers.1.mlp.experts.down_proj" in {q.name for q in summary.quantized}
