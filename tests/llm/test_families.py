@@ -10,6 +10,8 @@ transposed ``Conv1D`` and the 3-D MoE expert weights are quantized too).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -28,27 +30,37 @@ PROMPT = 6
 STEPS = 3 * WINDOW  # prompt + steps runs well past the sliding windows
 #: a few cases stay in the fast edit loop; the rest are slow (each is an export: seconds)
 FAST = {("gpt2", "q4_0"), ("falcon_multi_query", "f32")}
+#: f16 on a few families of different layouts only, to bound the suite's time; every family
+#: in f16: ``python -m benchmarks.bench_families`` (same checks, a table)
+F16 = ("llama", "gemma3", "gpt2", "falcon_multi_query", "phi3", "mixtral")
 
 
 def _cases():
     for name in FAMILIES:
         for mode in MODES:
+            if mode == "f16" and name not in F16:
+                continue
             marks = () if (name, mode) in FAST else (pytest.mark.slow,)
             yield pytest.param(name, mode, id=f"{name}-{mode}", marks=marks)
 
 
 def torch_greedy(model: nn.Module, prompt: torch.Tensor, steps: int):
-    """Tokens and last-position logits of ``model.generate(do_sample=False)``."""
+    """Tokens and last-position logits of ``model.generate(do_sample=False)``, without an EOS
+    token (a minimum length would mask the EOS logit, which plain greedy decoding keeps)."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(
+        eos_token_id=None, max_new_tokens=steps, do_sample=False, output_logits=True,
+        return_dict_in_generate=True, pad_token_id=0,
+    )  # fmt: skip
     with torch.no_grad():
-        out = model.generate(
-            prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-            output_logits=True, return_dict_in_generate=True, pad_token_id=0,
-        )  # fmt: skip
+        out = model.generate(prompt, generation_config=config)
+    assert out.sequences.shape[1] == prompt.shape[1] + steps
     return out.sequences[:, prompt.shape[1] :].numpy(), [x.float().numpy() for x in out.logits]
 
 
 def check_generation(model: nn.Module, path, mode: str, steps: int = STEPS) -> np.ndarray:
-    """tract's greedy loop on the archive gives ``model.generate``'s tokens and logits."""
+    """tract's greedy loop on the archive gives ``model.generate``'s tokens and logits (up to
+    a tie between two logits closer than the tolerance, after which the sequences part)."""
     prompt = torch.randint(0, VOCAB, (1, PROMPT), generator=torch.Generator().manual_seed(2))
     (kv_heads, head_dim), *_ = past_shapes_of(model)
     dtype = np.float16 if mode == "f16" else np.float32
@@ -57,12 +69,23 @@ def check_generation(model: nn.Module, path, mode: str, steps: int = STEPS) -> n
         head_dim=head_dim, dtype=dtype,
     )  # fmt: skip
     tokens, logits = torch_greedy(model, prompt, steps)
-    np.testing.assert_array_equal(gen.tokens, tokens)
-    assert len(set(tokens[0].tolist())) > 2, f"degenerate generation {tokens}"
+    first, last = logits[0], logits[-1]
+    assert first.std() > 0.1, f"near-uniform logits (std {first.std():.3g})"
+    moved = np.abs(last - first).max() / np.abs(first).max()
+    assert moved > 0.05, f"logits barely depend on the context ({moved:.3g})"
     tol = LOGIT_TOL[mode]
     for step, (ours, ref) in enumerate(zip(gen.logits, logits)):
+        bound = tol + tol * np.abs(ref).max()
         err = np.abs(ours.astype(np.float64) - ref).max()
-        assert err <= tol + tol * np.abs(ref).max(), f"step {step}: max|tract - torch| = {err:.3g}"
+        assert err <= bound, f"step {step}: max|tract - torch| = {err:.3g}"
+        theirs, mine = tokens[0, step], gen.tokens[0, step]
+        if mine != theirs:  # only a tie within the tolerance may pick another token
+            margin = ref[0, theirs] - ref[0, mine]
+            assert margin <= 2 * bound, (
+                f"step {step}: tract picked {mine}, torch {theirs} (margin {margin:.3g} > "
+                f"{2 * bound:.3g}): {gen.tokens} vs {tokens}"
+            )
+            break  # the two sequences go different ways from here
     return tokens
 
 
@@ -79,6 +102,11 @@ def float_matrices(path) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize(("name", "mode"), list(_cases()))
 def test_family(name: str, mode: str, tmp_path) -> None:
+    check_family(name, mode, tmp_path)
+
+
+def check_family(name: str, mode: str, tmp_path) -> None:
+    """Quantize (q4_0) or convert (f16), export with the tract check, generate in tract."""
     model = tiny(name)
     skipped: set[str] = set()
     if mode == "q4_0":
@@ -96,9 +124,10 @@ def test_family(name: str, mode: str, tmp_path) -> None:
     assert result.check is not None and result.check.passed, str(result.check)
     if mode == "q4_0":
         assert result.tensor_bytes.get("q4_0", 0) > 0
+        params = {n for n, _ in model.named_parameters()}
         stray = {k: s for k, s in float_matrices(result.path).items()
-                 if k.removeprefix("model.") not in skipped}  # fmt: skip
-        assert not stray, f"float matrices in the archive that the summary does not list: {stray}"
+                 if k.removeprefix("model.") in params - skipped}  # fmt: skip
+        assert not stray, f"float weights in the archive that the summary does not list: {stray}"
     check_generation(model, result.path, mode)
 
 
