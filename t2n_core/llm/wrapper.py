@@ -34,15 +34,17 @@ def past_shapes_of(model: nn.Module) -> list[tuple[int, int]]:
     cache the model itself fills on a one-token forward, not from config fields (Falcon's
     ``multi_query`` keeps one kv head whatever ``num_kv_heads`` says; layers may differ).
 
-    The forward runs on fake tensors (no compute, no memory), or for real when a layer has no
-    fake implementation.
+    The forward runs on fake tensors (no compute, no memory, stored weights replaced by their
+    capture proxies), or for real when a layer has no fake implementation.
     """
     if model not in _PAST_SHAPES:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
+        from t2n_core.capture import float_proxies
         from t2n_core.llm.experts import dense_experts
 
-        with dense_experts(model):
+        # proxies: quantized or not-yet-read (streamed) weights are neither decoded nor read
+        with dense_experts(model), float_proxies(model):
             try:
                 with FakeTensorMode(allow_non_fake_inputs=True):
                     shapes = _probe(model)
