@@ -261,9 +261,8 @@ def _stft_of_frames(ctx: EmitContext, node: torch.fx.Node, dims: list[int]) -> R
         return None
     attrs: dict[str, Any] = {"axis": rank - 1, "frame": int(size), "stride": int(step)}
     if window is not None:
-        w = ctx.convert(window)
-        if not (isinstance(w, Ref) and w.name in ctx.graph.variables and ctx.rank(w) == 1
-                and ctx.shape(w)[0] == int(size)):  # fmt: skip
+        w = _stored_window(ctx, ctx.convert(window), int(size))
+        if w is None:
             return None
         attrs["window"] = w
     z = _as_complex(ctx, signal)
@@ -271,6 +270,25 @@ def _stft_of_frames(ctx: EmitContext, node: torch.fx.Node, dims: list[int]) -> R
     shape = (*ctx.shape(signal)[:-1], frames, int(size), 2)
     return ctx.emit("tract_core_stft", [z], attrs, dtype=torch.complex64, shape=shape,
                     hint="stft")  # fmt: skip
+
+
+def _stored_window(ctx: EmitContext, w: Any, size: int) -> Ref | None:
+    """The stored window of ``size`` values (or a shorter one that torch centred in ``size``
+    with zeros, which is how tract's STFT applies a short window), else ``None``."""
+    if not isinstance(w, Ref) or ctx.rank(w) != 1:
+        return None
+    op = ctx.graph.producer(w.name)
+    if op is not None and op.op == "pad" and isinstance(op.args[0], Ref):
+        inner = op.args[0]
+        length = ctx.shape(inner)[0] if ctx.rank(inner) == 1 else None
+        left = (size - length) // 2 if isinstance(length, int) else None
+        padding = [list(pair) for pair in op.attrs.get("padding", [])]
+        zeros = op.attrs.get("border") == "constant" and op.attrs.get("value") == 0.0
+        if zeros and left is not None and padding == [[left, size - length - left]]:
+            w = inner
+    if w.name not in ctx.graph.variables or not 0 < int(ctx.shape(w)[0]) <= size:
+        return None
+    return w
 
 
 def _as_complex(ctx: EmitContext, x: Ref) -> Ref:
