@@ -19,7 +19,6 @@ archive (property ``t2n_streaming_symbol``), so neither this function nor
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -72,7 +71,6 @@ class PulsedModel:
     input_axes: list[int]
     output_axes: list[int]
     input_pulses: list[int]
-    output_pulses: list[int]
 
     def state(self):
         """A fresh streaming state: call ``state.run([chunk, ...])`` once per chunk."""
@@ -117,44 +115,26 @@ def _refuse_backward_loops(path: str | os.PathLike) -> None:
 
 
 def load_pulsed(path: str | os.PathLike, pulse: int, symbol: str | None = None) -> PulsedModel:
-    """Load ``path`` in tract and pulse it over ``symbol`` in chunks of ``pulse`` frames.
+    """Load ``path`` in tract, in this process, and pulse it over ``symbol`` in chunks of
+    ``pulse`` frames, to stream it yourself (:func:`check_pulsed` runs tract in a child).
 
     Raises :class:`PulseError` naming the tract node (and op) that cannot be pulsed.
 
-    >>> pulsed = load_pulsed("kws.nnef.tgz", 4)             # doctest: +SKIP
+    >>> pulsed = load_pulsed("kws.nnef.tgz", 160)           # doctest: +SKIP
     >>> state = pulsed.state(); y = state.run([chunk])[0]   # doctest: +SKIP
     """
-    import tract
+    from t2n_core.tract_child import PulseFailed, pulse_model
 
-    if pulse < 1:
-        raise PulseError(f"the pulse must be a positive number of frames, got {pulse}")
-    where = os.fspath(path)
-    symbol = symbol or streaming_symbol(path)
-    _refuse_backward_loops(path)
-    if symbol is None:
-        raise PulseError(
-            f"{where} records no streaming symbol: export it with streaming_axis=... or name "
-            "the symbol to pulse (symbol=... / --symbol)"
-        )
+    where, symbol = _pulse_request(path, pulse, symbol)
     try:
-        model = tract.nnef().with_tract_transformers().with_tract_extra().with_pulse().load(where)
+        runnable, info = pulse_model(where, pulse, symbol)
+    except PulseFailed as exc:
+        raise PulseError(_pulse_failure(where, symbol, str(exc))) from exc
     except Exception as exc:
         raise TractRunError(f"tract could not load {where}: {tract_message(exc)}") from exc
-    try:
-        model.transform(tract.Pulse(str(pulse), symbol=symbol))
-    except Exception as exc:
-        raise PulseError(_pulse_failure(where, symbol, tract_message(exc))) from exc
-
-    def ints(key: str) -> list[int]:
-        return [int(v) for v in np.atleast_1d(model.property(key).to_numpy())]
-
-    input_axes, output_axes = ints("pulse.input_axes"), ints("pulse.output_axes")
-    input_pulses = [_dims(model.input_fact(i))[a] for i, a in enumerate(input_axes)]
-    output_pulses = [_dims(model.output_fact(i))[a] for i, a in enumerate(output_axes)]
-    delay = ints("pulse.delay")[0]
     return PulsedModel(
-        model.into_runnable(), pulse, symbol, delay, input_axes, output_axes, input_pulses,
-        output_pulses,
+        runnable, pulse, symbol, info["delay"], info["input_axes"], info["output_axes"],
+        info["input_pulses"],
     )  # fmt: skip
 
 
@@ -164,40 +144,16 @@ def run_pulsed(
     """Feed ``inputs`` chunk by chunk (zeros after their end) until every output has
     ``delay + lengths[j]`` frames; returns the outputs with the delay dropped, and the number of
     chunks fed."""
-    inputs = [np.asarray(x) for x in inputs]
-    total = {x.shape[a] for x, a in zip(inputs, pulsed.input_axes)}
-    if len(total) != 1:
-        raise PulseError(f"inputs differ in length along their streaming axes: {sorted(total)}")
-    length = total.pop()
-    needed = [pulsed.delay + n for n in lengths]
-    limit = math.ceil(length / pulsed.input_pulses[0]) + max(needed) + 1
-    state = pulsed.state()
-    collected: list[list[np.ndarray]] = [[] for _ in lengths]
-    have = [0] * len(lengths)
-    chunks = 0
-    while any(h < n for h, n in zip(have, needed)):
-        if chunks >= limit:
-            raise PulseError(
-                f"after {chunks} chunks the outputs have {have} frames, expected {needed}"
-            )
-        feed = [
-            _chunk(x, a, chunks * p, p)
-            for x, a, p in zip(inputs, pulsed.input_axes, pulsed.input_pulses)
-        ]
-        try:
-            outs = [o.to_numpy() for o in state.run(feed)]
-        except Exception as exc:
-            raise TractRunError(f"the pulsed model failed on chunk {chunks}: "
-                                f"{tract_message(exc)}") from exc  # fmt: skip
-        for j, (out, axis) in enumerate(zip(outs, pulsed.output_axes)):
-            collected[j].append(out)
-            have[j] += out.shape[axis]
-        chunks += 1
-    results = []
-    for parts, axis, n in zip(collected, pulsed.output_axes, lengths):
-        whole = np.concatenate(parts, axis=axis)
-        results.append(np.take(whole, np.arange(pulsed.delay, pulsed.delay + n), axis=axis))
-    return results, chunks
+    from t2n_core.tract_child import feed_chunks
+
+    info = {"delay": pulsed.delay, "input_axes": pulsed.input_axes,
+            "output_axes": pulsed.output_axes, "input_pulses": pulsed.input_pulses}  # fmt: skip
+    try:
+        return feed_chunks(pulsed.state(), [np.asarray(x) for x in inputs], info, list(lengths))
+    except ValueError as exc:
+        raise PulseError(str(exc)) from exc
+    except Exception as exc:
+        raise TractRunError(f"the pulsed model failed: {tract_message(exc)}") from exc
 
 
 def check_pulsed(
@@ -215,66 +171,74 @@ def check_pulsed(
     """Prove that ``path`` streams: chunks of ``pulse`` frames give the whole-sequence output.
 
     ``expected`` defaults to tract's own whole-sequence run of ``inputs``; pass PyTorch's
-    outputs to compare with those instead. Raises :class:`PulseError` (naming the op) when
-    tract cannot pulse the graph, :class:`CheckMismatchError` when the outputs differ.
+    outputs to compare with those instead. tract runs in a child process (a tract crash
+    becomes a :class:`TractRunError`). Raises :class:`PulseError` (naming the op) when tract
+    cannot pulse the graph, :class:`CheckMismatchError` when the outputs differ.
 
     >>> report = check_pulsed("kws.nnef.tgz", [audio], pulse=160)   # doctest: +SKIP
     >>> report.delay, report.passed                                 # doctest: +SKIP
-    (0, True)
+    (2, True)
     """
-    pulsed = load_pulsed(path, pulse, symbol)
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from t2n_core.check import in_tract_child
+
+    where, symbol = _pulse_request(path, pulse, symbol)
     if expected is None:
         expected = run_tract(path, inputs)
     expected = [np.asarray(e) for e in expected]
-    if len(expected) != len(pulsed.output_axes):
-        raise PulseError(
-            f"{len(expected)} reference outputs for {len(pulsed.output_axes)} pulsed outputs"
-        )
-    lengths = [e.shape[a] for e, a in zip(expected, pulsed.output_axes)]
-    actual, chunks = run_pulsed(pulsed, inputs, lengths)
+    with tempfile.TemporaryDirectory(prefix="t2n-pulse-") as tmp:
+        work = Path(tmp)
+        np.savez(work / "inputs.npz", *[np.asarray(x) for x in inputs])
+        request = {"pulse": pulse, "symbol": symbol, "shapes": [list(e.shape) for e in expected]}
+        (work / "pulse.json").write_text(json.dumps(request))
+        in_tract_child("pulse", path, work, where)
+        info = json.loads((work / "pulsed.json").read_text())
+        if "error" in info:
+            raise PulseError(_pulse_failure(where, symbol, info["error"]))
+        with np.load(work / "outputs.npz") as data:
+            actual = [data[f"arr_{i}"] for i in range(len(data.files))]
+    delay, out_axes = info["delay"], info["output_axes"]
+    lengths = [e.shape[a] for e, a in zip(expected, out_axes)]
     names = list(names) if names is not None else _output_names(path, len(actual))
     kept = list(lengths)
     check = compare(names, actual, expected, atol=atol, rtol=rtol)
-    if not check.passed and pulsed.delay:
+    if not check.passed and delay:
         # the last `delay` frames may look past the input's end: compare the frames before
-        kept = [max(n - pulsed.delay, 0) for n in lengths]
-        actual = [_head(a, axis, k) for a, axis, k in zip(actual, pulsed.output_axes, kept)]
-        expected = [_head(e, axis, k) for e, axis, k in zip(expected, pulsed.output_axes, kept)]
+        kept = [max(n - delay, 0) for n in lengths]
+        actual = [_head(a, axis, k) for a, axis, k in zip(actual, out_axes, kept)]
+        expected = [_head(e, axis, k) for e, axis, k in zip(expected, out_axes, kept)]
         check = compare(names, actual, expected, atol=atol, rtol=rtol)
     report = PulseReport(
-        pulse, pulsed.symbol, pulsed.delay, pulsed.input_axes, pulsed.output_axes, chunks, kept,
-        check,
-    )  # fmt: skip
+        pulse, symbol, delay, info["input_axes"], out_axes, info["chunks"], kept, check
+    )
     logger.info("%s", report)
     if raise_on_mismatch and not report.passed:
         raise CheckMismatchError(
-            f"the pulsed run of {os.fspath(path)} differs from the whole run:\n{report}", report
+            f"the pulsed run of {where} differs from the whole run:\n{report}", report
         )
     return report
 
 
+def _pulse_request(path: str | os.PathLike, pulse: int, symbol: str | None) -> tuple[str, str]:
+    """The archive path as text and the symbol to pulse, after the checks done before tract."""
+    where = os.fspath(path)
+    if pulse < 1:
+        raise PulseError(f"the pulse must be a positive number of frames, got {pulse}")
+    symbol = symbol or streaming_symbol(path)
+    if symbol is None:
+        raise PulseError(
+            f"{where} records no streaming symbol: export it with streaming_axis=... or name "
+            "the symbol to pulse (symbol=... / --symbol)"
+        )
+    _refuse_backward_loops(path)
+    return where, symbol
+
+
 def _head(x: np.ndarray, axis: int, n: int) -> np.ndarray:
     return np.take(x, np.arange(n), axis=axis)
-
-
-def _chunk(x: np.ndarray, axis: int, start: int, size: int) -> np.ndarray:
-    """Frames ``start:start + size`` of ``x`` along ``axis``, zero-padded past its end."""
-    shape = list(x.shape)
-    shape[axis] = size
-    out = np.zeros(shape, dtype=x.dtype)
-    stop = min(start + size, x.shape[axis])
-    if stop > start:
-        index = [slice(None)] * x.ndim
-        index[axis] = slice(start, stop)
-        target = [slice(None)] * x.ndim
-        target[axis] = slice(0, stop - start)
-        out[tuple(target)] = x[tuple(index)]
-    return np.ascontiguousarray(out)
-
-
-def _dims(fact: object) -> list[int]:
-    """The sizes of a tract fact string such as ``'1,8,4,f32'``."""
-    return [int(d) for d in str(fact).split(",")[:-1]]
 
 
 def _output_names(path: str | os.PathLike, n: int) -> list[str]:

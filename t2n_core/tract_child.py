@@ -7,6 +7,11 @@ child: it needs only ``numpy`` and ``tract``, so the child starts in about 0.2 s
   order), write ``WORKDIR/outputs.npz`` the same way.
 - ``facts``: load ARCHIVE, write its input and output facts (``"2,S,f32"``) as JSON to
   ``WORKDIR/facts.json``.
+- ``pulse``: pulse ARCHIVE as ``WORKDIR/pulse.json`` says (``pulse``, ``symbol``, and the
+  ``shapes`` of the whole-sequence outputs), feed ``WORKDIR/inputs.npz`` chunk by chunk until
+  each output has ``delay`` + its whole length of frames (:func:`feed_chunks`), write them to
+  ``WORKDIR/outputs.npz`` and the pulse properties to ``WORKDIR/pulsed.json`` (or, when tract
+  cannot pulse the graph, ``{"error": ...}`` there, exit status 0).
 
 Exit status 0 on success; :data:`LOAD_FAILED` or :data:`RUN_FAILED` with tract's error on
 stderr (without its Rust backtrace) when tract returns an error; anything else (a signal
@@ -28,12 +33,113 @@ def tract_message(exc: BaseException) -> str:
     return str(exc).split("Stack backtrace:")[0].strip()
 
 
+def pulse_model(archive: str, pulse: int, symbol: str) -> tuple[object, dict]:
+    """``(runnable, info)`` of ARCHIVE after tract's pulse transform; ``info`` holds ``delay``,
+    ``input_axes``, ``output_axes``, ``input_pulses``. Raises ``PulseFailed`` with tract's
+    message when the transform fails."""
+    import numpy as np
+    import tract
+
+    model = tract.nnef().with_tract_transformers().with_tract_extra().with_pulse().load(archive)
+    try:
+        model.transform(tract.Pulse(str(pulse), symbol=symbol))
+    except Exception as exc:
+        raise PulseFailed(tract_message(exc)) from exc
+
+    def ints(key: str) -> list[int]:
+        return [int(v) for v in np.atleast_1d(model.property(key).to_numpy())]
+
+    def dims(fact: object) -> list[int]:
+        return [int(d) for d in str(fact).split(",")[:-1]]
+
+    info = {"delay": ints("pulse.delay")[0], "input_axes": ints("pulse.input_axes"),
+            "output_axes": ints("pulse.output_axes")}  # fmt: skip
+    info["input_pulses"] = [dims(model.input_fact(i))[a] for i, a in enumerate(info["input_axes"])]
+    return model.into_runnable(), info  # into_runnable consumes the model: properties first
+
+
+class PulseFailed(Exception):
+    """tract's pulse transform refused the graph."""
+
+
+def feed_chunks(state, inputs: list, info: dict, lengths: list[int]) -> tuple[list, int]:
+    """Feed ``inputs`` to a pulsed ``state`` chunk by chunk (zeros after their end) until each
+    output has ``delay + lengths[j]`` frames; returns the outputs without the first ``delay``
+    frames, and the number of chunks fed."""
+    import numpy as np
+
+    axes, pulses, out_axes = info["input_axes"], info["input_pulses"], info["output_axes"]
+    total = {x.shape[a] for x, a in zip(inputs, axes)}
+    if len(total) != 1:
+        raise ValueError(f"inputs differ in length along their streaming axes: {sorted(total)}")
+    needed = [info["delay"] + n for n in lengths]
+    limit = -(-total.pop() // pulses[0]) + max(needed) + 1
+    collected: list[list] = [[] for _ in lengths]
+    have = [0] * len(lengths)
+    chunks = 0
+    while any(h < n for h, n in zip(have, needed)):
+        if chunks >= limit:
+            raise ValueError(f"after {chunks} chunks the outputs have {have} frames, "
+                             f"expected {needed}")  # fmt: skip
+        feed = []
+        for x, axis, size in zip(inputs, axes, pulses):
+            chunk = np.zeros([size if i == axis else d for i, d in enumerate(x.shape)], x.dtype)
+            start = chunks * size
+            piece = np.take(x, np.arange(start, min(start + size, x.shape[axis])), axis=axis)
+            index = [slice(None)] * x.ndim
+            index[axis] = slice(0, piece.shape[axis])
+            chunk[tuple(index)] = piece
+            feed.append(np.ascontiguousarray(chunk))
+        for j, (out, axis) in enumerate(zip(state.run(feed), out_axes)):
+            out = out.to_numpy()
+            collected[j].append(out)
+            have[j] += out.shape[axis]
+        chunks += 1
+    outputs = [
+        np.take(np.concatenate(parts, axis=a), np.arange(info["delay"], info["delay"] + n), axis=a)
+        for parts, a, n in zip(collected, out_axes, lengths)
+    ]
+    return outputs, chunks
+
+
+def _pulse(archive: str, work: Path) -> int:
+    import numpy as np
+
+    request = json.loads((work / "pulse.json").read_text())
+    try:
+        runnable, info = pulse_model(archive, request["pulse"], request["symbol"])
+    except PulseFailed as exc:
+        (work / "pulsed.json").write_text(json.dumps({"error": str(exc)}))
+        return 0
+    except Exception as exc:
+        print(tract_message(exc), file=sys.stderr)
+        return LOAD_FAILED
+    with np.load(work / "inputs.npz") as data:
+        inputs = [np.asarray(data[f"arr_{i}"], order="C") for i in range(len(data.files))]
+    shapes = request["shapes"]
+    if len(shapes) != len(info["output_axes"]):
+        message = f"{len(shapes)} reference outputs for {len(info['output_axes'])} pulsed ones"
+        (work / "pulsed.json").write_text(json.dumps({"error": message}))
+        return 0
+    lengths = [shape[a] for shape, a in zip(shapes, info["output_axes"])]
+    try:
+        outputs, chunks = feed_chunks(runnable.spawn_state(), inputs, info, lengths)
+    except Exception as exc:
+        print(tract_message(exc), file=sys.stderr)
+        return RUN_FAILED
+    np.savez(work / "outputs.npz", *outputs)
+    (work / "pulsed.json").write_text(json.dumps({**info, "chunks": chunks}))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     import numpy as np
     import tract
 
     command, archive, workdir = argv
     work = Path(workdir)
+    if command == "pulse":
+        return _pulse(archive, work)
     try:
         model = tract.nnef().with_tract_transformers().with_tract_extra().load(archive)
         if command == "facts":

@@ -235,3 +235,21 @@ def test_spectrogram_front_end_streams(tmp_path):
         assert report.passed, str(report)
         assert report.output_axes == [2]
         assert report.compared_frames == [expected.shape[2] - report.delay]
+
+
+def test_stream_it_yourself_in_this_process(tmp_path):
+    from t2n_core.pulse import load_pulsed, run_pulsed
+
+    torch.manual_seed(0)
+    model = CausalConvs().eval()
+    path, audio = export_streaming(model, tmp_path)
+    pulsed = load_pulsed(path, 4)
+    assert (pulsed.delay, pulsed.input_axes, pulsed.input_pulses) == (0, [2], [4])
+    state = pulsed.state()  # one chunk by hand: the first 4 output frames
+    first = state.run([np.ascontiguousarray(audio.numpy()[:, :, :4])])[0].to_numpy()
+    (whole,), chunks = run_pulsed(pulsed, [audio.numpy()], [24])
+    with torch.no_grad():
+        expected = model(audio).numpy()
+    assert chunks == 6
+    np.testing.assert_allclose(whole, expected, atol=1e-5)
+    np.testing.assert_allclose(first, expected[:, :, :4], atol=1e-5)
