@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from t2n_quant.calibration.awq import search_scales
 from t2n_quant.calibration.gptq import gptq
 from t2n_quant.calibration_data import Batch
 from t2n_quant.codecs.base import Codec, QParams
@@ -38,7 +39,7 @@ from t2n_quant.errors import CalibrationDataError
 logger = logging.getLogger(__name__)
 
 #: calibrations that need data, handled here rather than by :mod:`t2n_quant.calibration`
-DATA_AWARE = ("gptq",)
+DATA_AWARE = ("gptq", "awq")
 
 
 def is_data_aware(calibration: object) -> bool:
@@ -64,12 +65,29 @@ class Target:
     module: nn.Linear
     hessian: torch.Tensor | None = None
     rows: int = 0
+    act: torch.Tensor | None = None  # sum of |x| per input channel
+    first_input: torch.Tensor | None = None  # the input tensor object of the first call
 
     def add(self, x: torch.Tensor) -> None:
+        if self.first_input is None:
+            self.first_input = x
         x = x.detach().reshape(-1, x.shape[-1]).float()
         h = x.T @ x
         self.hessian = h if self.hessian is None else self.hessian.add_(h)
+        a = x.abs().sum(0)
+        self.act = a if self.act is None else self.act.add_(a)
         self.rows += x.shape[0]
+
+
+@dataclass
+class Job:
+    """What to do with the gathered inputs: the method, its options, where, and callbacks."""
+
+    method: str
+    options: dict[str, Any]
+    device: torch.device | None
+    assign: Callable[[Target, torch.Tensor, QParams | None], None]
+    note: Callable[[str], None]
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
@@ -193,13 +211,29 @@ def _rejected(stage: str, i: int, err: Exception, what: str) -> CalibrationDataE
 
 
 @contextlib.contextmanager
-def _gathering(targets: list[Target]) -> Iterator[None]:
+def _gathering(
+    targets: list[Target], scope: nn.Module, prefix: str = ""
+) -> Iterator[dict[int, Any]]:
+    """Feed each target its inputs; yields ``{id(tensor): (path, module, tensor)}``: the
+    first output of every module of ``scope`` (to find the op producing a Linear's input)."""
+    produced: dict[int, Any] = {}
+    recorded: set[str] = set()
+
     def hook(t: Target) -> Callable[..., None]:
         return lambda module, args: t.add(args[0])
 
+    def record(path: str) -> Callable[..., None]:
+        def fn(module: nn.Module, args: Any, out: Any) -> None:
+            if path not in recorded and isinstance(out, torch.Tensor):
+                recorded.add(path)
+                produced.setdefault(id(out), (path, module, out))
+
+        return fn
+
     handles = [t.module.register_forward_pre_hook(hook(t)) for t in targets]
+    handles += [m.register_forward_hook(record(prefix + p)) for p, m in scope.named_modules()]
     try:
-        yield
+        yield produced
     finally:
         for h in handles:
             h.remove()
@@ -267,32 +301,44 @@ def calibrate_with_data(
     model: nn.Module,
     targets: list[Target],
     data: list[Batch],
-    assign: Callable[[Target, torch.Tensor, QParams], None],
-    *,
-    method: str,
-    options: dict[str, Any],
-    device: torch.device | None,
+    job: Job,
     progress: bool,
 ) -> str:
-    """Gather each target's Hessian on ``data``, run ``method`` and ``assign`` the result;
-    returns how the inputs were gathered (``"block by block (model.layers)"``, ...)."""
+    """Gather each target's inputs on ``data``, run ``job.method`` and ``job.assign`` the
+    results; returns how the inputs were gathered (``"block by block (model.layers)"``)."""
     paths = [t.path for t in targets]
     found = find_blocks(model, paths)
     mode = "all at once"
+    device = job.device
     with torch.no_grad(), no_kv_cache(model), no_fastpath():
         if found is not None:
             name, blocks = found
-            inputs = _capture_first_block(model, blocks, data, device, _what(targets, method))
+            inputs = _capture_first_block(model, blocks, data, device, _what(targets, job.method))
             if inputs is not None:
                 mode = f"block by block ({name}, {len(blocks)} blocks)"
-                _sequential(model, name, blocks, targets, data, inputs, assign, method,
-                            options, device, progress)  # fmt: skip
+                _sequential(model, name, blocks, targets, data, inputs, job, progress)
                 return mode
-        what = _what(targets, method)
-        with _on(model, device), _gathering(targets):
-            _run_model(model, data, device, "running the model", what)
-        _solve(targets, assign, method, options, device, progress, "all layers")
+        what = _what(targets, job.method)
+        with _on(model, device):
+            with _gathering(targets, model) as produced:
+                _run_model(model, data, device, "running the model", what)
+
+            def probe() -> torch.Tensor:
+                args, kwargs = data[0]
+                return _main_output(model(*_to(args, device), **_to(kwargs, device)))
+
+            _solve(targets, job, progress, "all layers", produced, probe)
     return mode
+
+
+def _main_output(out: Any) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if not leaves:
+        raise CalibrationDataError(f"the model returned no tensor ({type(out).__name__})")
+    return leaves[0]
 
 
 def _capture_first_block(
@@ -324,10 +370,10 @@ def _capture_first_block(
 
 def _sequential(
     model: nn.Module, name: str, blocks: nn.ModuleList, targets: list[Target],
-    data: list[Batch], inputs: list[tuple[tuple[Any, ...], dict[str, Any]]],
-    assign: Callable[[Target, torch.Tensor, QParams], None], method: str,
-    options: dict[str, Any], device: torch.device | None, progress: bool,
+    data: list[Batch], inputs: list[tuple[tuple[Any, ...], dict[str, Any]]], job: Job,
+    progress: bool,
 ) -> None:  # fmt: skip
+    method, device = job.method, job.device
     prefix = f"{name}." if name else ""
     in_block: dict[int, list[Target]] = {}
     rest = []
@@ -346,15 +392,19 @@ def _sequential(
         what = _what(mine, method)
         with _on(block, device):
             if mine:
-                with _gathering(mine):
+                with _gathering(mine, block, f"{prefix}{i}.") as produced:
                     _run_block(block, inputs, f"running block '{prefix}{i}'", what)
-                _solve(mine, assign, method, options, device, False, f"block {i}")
+
+                def probe(block: nn.Module = block, first: Any = inputs[0]) -> torch.Tensor:
+                    return _first_tensor(block(*first[0], **first[1]))
+
+                _solve(mine, job, False, f"block {i}", produced, probe)
             outs = _run_block(block, inputs, f"running block '{prefix}{i}' quantized", what)
             inputs = [(_with_first(a, _first_tensor(o)), k) for (a, k), o in zip(inputs, outs)]
     if not rest:
         return
     what = _what(rest, method)
-    with _standins(blocks) as stand, _on(model, device), _gathering(rest):
+    with _standins(blocks) as stand, _on(model, device):
         for s in stand:
             s.mode = "replay"
 
@@ -362,23 +412,107 @@ def _sequential(
             for s in stand:
                 s.replay = outs[b]
 
-        _run_model(model, data, device, "running the layers outside the blocks", what, replay)
-    _solve(rest, assign, method, options, device, progress, "outside the blocks")
+        with _gathering(rest, model) as produced:
+            _run_model(model, data, device, "running the layers outside the blocks", what,
+                       replay)  # fmt: skip
+
+        def probe() -> torch.Tensor:
+            replay(0)
+            args, kwargs = data[0]
+            return _main_output(model(*_to(args, device), **_to(kwargs, device)))
+
+        _solve(rest, job, progress, "outside the blocks", produced, probe)
 
 
 def _solve(
-    targets: list[Target], assign: Callable[[Target, torch.Tensor, QParams], None],
-    method: str, options: dict[str, Any], device: torch.device | None, progress: bool,
-    where: str,
+    targets: list[Target], job: Job, progress: bool, where: str, produced: dict[int, Any],
+    probe: Callable[[], torch.Tensor],
 ) -> None:  # fmt: skip
-    for t in tqdm(targets, desc=f"{method} ({where})", unit="layer", disable=not progress):
-        if t.hessian is None:
-            continue  # never reached: the caller falls back to weight-only calibration
+    reached = [t for t in targets if t.hessian is not None]  # the others: weight-only
+    if job.method == "awq":
+        _awq(reached, job, produced, probe)
+        return
+    for t in tqdm(reached, desc=f"{job.method} ({where})", unit="layer", disable=not progress):
         w = t.weight.param.detach()
-        dev = device or w.device
-        new_w, params = gptq(w.to(dev), t.hessian.to(dev), t.codec, **options)
+        dev = job.device or w.device
+        assert t.hessian is not None
+        new_w, params = gptq(w.to(dev), t.hessian.to(dev), t.codec, **job.options)
         t.hessian = None
-        assign(t, new_w.reshape(w.shape).to(w.dtype), params)
+        job.assign(t, new_w.reshape(w.shape), params)
+
+
+def _fold(producer: nn.Module, s: torch.Tensor) -> Callable[[], None] | None:
+    """Divide ``producer``'s output channels by ``s`` (a norm's affine weight and bias, or a
+    Linear's rows); returns the undo, or None when ``producer`` is not such an op."""
+    k = s.numel()
+    params = []
+    if isinstance(producer, nn.Linear) and producer.out_features == k:
+        params = [(producer.weight, s[:, None]), (producer.bias, s)]
+    elif not isinstance(producer, nn.Linear):
+        weight = getattr(producer, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.dim() == 1 and weight.numel() == k:
+            params = [(weight, s), (getattr(producer, "bias", None), s)]
+    params = [(p, d) for p, d in params if isinstance(p, nn.Parameter)]
+    if not params or any(type(p) is not nn.Parameter or not p.dtype.is_floating_point
+                         for p, _ in params):  # fmt: skip
+        return None  # nothing to fold into, or already quantized
+    saved = [p.detach().clone() for p, _ in params]
+    for p, d in params:
+        p.data.div_(d.to(p.device, p.dtype))
+
+    def undo() -> None:
+        for (p, _), old in zip(params, saved):
+            p.data.copy_(old)
+
+    return undo
+
+
+def _awq(targets: list[Target], job: Job, produced: dict[int, Any],
+         probe: Callable[[], torch.Tensor]) -> None:  # fmt: skip
+    """AWQ on each group of targets reading the same input, folded into its producer."""
+    groups: dict[int, list[Target]] = {}
+    for t in targets:
+        groups.setdefault(id(t.first_input), []).append(t)
+    for group in groups.values():
+        names = ", ".join(t.weight.name for t in group)
+        job.note(f"awq: {names}: {_awq_group(group, job, produced, probe)}")
+        for t in group:
+            t.hessian = None
+            job.assign(t, t.weight.param.detach(), None)
+
+
+def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
+               probe: Callable[[], torch.Tensor]) -> str:  # fmt: skip
+    """Search, fold and check one group's scales; says what happened."""
+    inner = job.options["inner"]
+    plain = f"plain {inner!r} rounding"
+    found = produced.get(id(group[0].first_input))
+    if found is None or found[2] is not group[0].first_input:
+        return f"no module produces the input as is; {plain}"
+    path, producer, _ = found
+    first = group[0]
+    act = first.act / max(first.rows, 1)  # type: ignore[operator]
+    weights = [t.weight.param.detach() for t in group]
+    codecs, h = [t.codec for t in group], first.hessian
+    assert h is not None
+    s, alpha, ratio = search_scales(weights, codecs, h, act, inner=inner,
+                                    grid=job.options.get("grid", 20))  # fmt: skip
+    if alpha == 0:
+        return f"no scaling beats {plain}"
+    ref = probe()
+    undo = _fold(producer, s)
+    if undo is None:
+        return f"{path!r} ({type(producer).__name__}) cannot take the scales; {plain}"
+    for w in weights:
+        w.mul_(s.to(w.device, w.dtype))
+    got = probe()
+    err = float((got - ref).float().norm() / ref.float().norm().clamp(min=1e-30))
+    if err < 1e-3:
+        return f"scales (alpha {alpha:.2f}, output error x{ratio:.2f}) folded into {path!r}"
+    undo()
+    for w in weights:
+        w.div_(s.to(w.device, w.dtype))
+    return f"folding into {path!r} would change the model (its output has other users); {plain}"
 
 
 def quantize_with_data(
@@ -398,11 +532,11 @@ def quantize_with_data(
     from t2n_quant.quantize import quantize_tensor
 
     dev = torch.device(device) if device is not None else None
-    gptq_options = {k: v for k, v in options.items() if k in ("inner", "damp", "block")}
-    unknown = sorted(set(options) - set(gptq_options))
+    known = {"gptq": ("inner", "damp", "block"), "awq": ("inner", "grid")}[method]
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown calibration_options {unknown} for {method!r}; "
-                        "known: inner, damp, block")  # fmt: skip
+                        f"known: {', '.join(known)}")  # fmt: skip
     targets: list[Target] = []
     left: list[tuple[Any, Codec]] = []
     inner = options.get("inner", "minmax")
@@ -417,16 +551,20 @@ def quantize_with_data(
         left.append((w, codec))
     done: set[int] = set()
 
-    def assign(t: Target, new_w: torch.Tensor, params: QParams) -> None:
-        qt = quantize_tensor(new_w.float(), t.codec, params=params, name=t.weight.name)
+    def assign(t: Target, new_w: torch.Tensor, params: QParams | None) -> None:
+        qt = quantize_tensor(new_w.float(), t.codec, calibration=inner, params=params,
+                             name=t.weight.name)  # fmt: skip
         if qt.dtype != t.weight.param.dtype:
             qt = qt.with_inner(lambda x: x, dtype=t.weight.param.dtype)
         install(t.weight, t.codec, qt)
         done.add(id(t))
 
     if targets:
-        mode = calibrate_with_data(model, targets, data, assign, method=method,
-                                   options=gptq_options, device=dev, progress=progress)  # fmt: skip
+        job = Job(method, {k: v for k, v in options.items() if k != "inner" or method == "gptq"},
+                  dev, assign, summary.notes.append)  # fmt: skip
+        if method == "awq":
+            job.options["inner"] = inner
+        mode = calibrate_with_data(model, targets, data, job, progress)
         logger.info("%s: inputs gathered %s", method, mode)
         summary.notes.append(f"{method}: layer inputs gathered {mode} on {len(data)} batch(es)")
     for t in targets:
