@@ -179,6 +179,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--codec", help="quantize matmul weights with this spec (q4_0, minmax:4:g32)")
     p.add_argument(
+        "--quantized", metavar="FILE",
+        help="take the quantized weights of this file (from `t2n quantize` of the same "
+        "checkpoint, or an import) instead of quantizing",
+    )  # fmt: skip
+    p.add_argument(
         "--calibration", default="minmax", choices=["minmax", "mse", "hqq"],
         help="how the codec's scales are chosen (default minmax)",
     )  # fmt: skip
@@ -256,7 +261,8 @@ def run_export_llm(args: argparse.Namespace) -> int:
 
     shipped = export_checkpoint(
         args.checkpoint, args.output, dtype=args.dtype, codec=args.codec,
-        calibration=args.calibration, exclude=args.exclude or None, overwrite=args.overwrite,
+        quantized=args.quantized, calibration=args.calibration, exclude=args.exclude or None,
+        overwrite=args.overwrite,
         check=not args.no_check, trust_remote_code=args.trust_remote_code,
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
         progress=not args.quiet,

@@ -19,6 +19,7 @@ def export_checkpoint(
     out: str | os.PathLike,
     *,
     codec: str | None = None,
+    quantized: str | os.PathLike | None = None,
     calibration: str = "minmax",
     exclude: str | Sequence[str] | None = None,
     progress: bool = True,
@@ -28,12 +29,24 @@ def export_checkpoint(
     weight quantized with ``codec`` (a spec: ``"q4_0"``, ``"minmax:4:g32"``; None: no
     quantization) and ``calibration`` (``"minmax"``, ``"mse"``, ``"hqq"``), except modules
     matching an ``exclude`` glob (``"lm_head"``). Weights left float are listed, with the
-    reason, in the manifest and the summary.
+    reason, in the manifest and the summary. ``quantized``: instead of quantizing, take the
+    QTensors of this file (written by ``quantize_safetensors`` from the same checkpoint, or
+    an import), as they are; the other tensors stream from the checkpoint.
 
     >>> shipped = export_checkpoint("llama-dir", "out/llama-q4", codec="q4_0")  # doctest: +SKIP
     """
     quantize = None
-    if codec is not None:
+    if quantized is not None:
+        if codec is not None:
+            from t2n_quant.errors import ConfigSpecError
+
+            raise ConfigSpecError("give codec (quantize now) or quantized (a file), not both")
+        from t2n_quant.interop.safetensors import apply_quantized
+
+        def quantize(model: nn.Module) -> Any:
+            return apply_quantized(quantized, model)
+
+    elif codec is not None:
 
         def quantize(model: nn.Module) -> Any:
             return quantize_model(

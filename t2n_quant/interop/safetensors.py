@@ -430,6 +430,58 @@ def load_quantized(path: str | os.PathLike, model: nn.Module, *, strict: bool = 
     return list(loaded)
 
 
+def apply_quantized(path: str | os.PathLike, model: nn.Module) -> QuantizationSummary:
+    """Replace ``model``'s weights by the QTensors of ``path``, leaving every other tensor as
+    it is (a streamed model keeps reading those from its own checkpoint).
+
+    Each QTensor takes the dtype of the weight it replaces (its codes and scales unchanged).
+    Every QTensor of the file must name a weight of ``model`` of the same shape; all are
+    read and checked before the first is put in. Returns a summary like ``quantize_model``'s.
+    """
+    params: dict[str, tuple[nn.Module, str]] = {}
+    users: dict[int, list[tuple[nn.Module, str]]] = {}  # every slot holding one tensor (ties)
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module._parameters.items():
+            if p is not None:
+                params[f"{mod_name}.{attr}" if mod_name else attr] = (module, attr)
+                users.setdefault(id(p), []).append((module, attr))
+    props = read_properties(path)
+    summary = QuantizationSummary(
+        props.get("quantization.codec", "?"), props.get("quantization.calibration", "?")
+    )
+    todo: list[tuple[QTensor, list[str]]] = []
+    for name, t, aliases in iter_quantized(path):
+        if not isinstance(t, QTensor):
+            continue
+        names = [n for n in (name, *aliases) if n in params]
+        if not names:
+            raise QuantizedFileError(
+                f"quantized tensor {name!r} of {path} is not a weight of {type(model).__name__}"
+            )
+        module, attr = params[names[0]]
+        old = module._parameters[attr]
+        if tuple(old.shape) != tuple(t.shape):
+            raise QuantizedFileError(
+                f"tensor {name!r} in {path}: shape {list(t.shape)}, the model's is "
+                f"{list(old.shape)}"
+            )
+        if t.dtype != old.dtype:
+            t = t.with_inner(lambda x: x, dtype=old.dtype)
+        todo.append((t, names))
+    for t, names in todo:
+        new = nn.Parameter(t, requires_grad=False)
+        slots = {(id(m), a): (m, a) for n in names for m, a in
+                 users[id(params[n][0]._parameters[params[n][1]])]}  # fmt: skip
+        for mod, a in slots.values():
+            mod._parameters[a] = new
+        summary.quantized.append(QuantizedWeight(
+            names[0], tuple(names), "weight", tuple(t.shape), t.codec.spec, t.bits_per_weight,
+            t.numel() * t.element_size(), t.nbytes,
+        ))  # fmt: skip
+    logger.info("%s (from %s)", summary.headline(), path)
+    return summary
+
+
 # ---- quantize a float checkpoint ------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from t2n_core.cli import main as t2n_main
 from t2n_quant import QTensor, quantize_model
 from t2n_quant.interop.safetensors import (
     QuantizedFileError,
+    apply_quantized,
     iter_quantized,
     load_quantized,
     quantize_safetensors,
@@ -314,3 +315,43 @@ def test_causal_lm_from_quantized_exports(tied: bool, tmp_path: Path) -> None:
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
     result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
     assert result.check is not None and result.check.passed, str(result.check)
+
+
+@pytest.mark.slow
+def test_export_llm_takes_the_quantized_file(tmp_path: Path, capsys) -> None:
+    """`t2n quantize` of a bf16 sharded checkpoint, then `t2n export-llm --quantized`: the
+    archive holds those QTensors and generates like the quantized PyTorch model."""
+    from tests.llm.checkpoints import save_tiny_llama
+    from tests.llm.test_export_llm import assert_same_generation
+
+    model = save_tiny_llama(tmp_path / "ckpt", shard_size="40KB")
+    q = tmp_path / "q.safetensors"
+    assert t2n_main(["quantize", str(tmp_path / "ckpt"), "-o", str(q), "--codec", "q4_0"]) == 0
+    argv = [
+        "export-llm",
+        str(tmp_path / "ckpt"),
+        "-o",
+        str(tmp_path / "out"),
+        "--quantized",
+        str(q),
+    ]
+    assert t2n_main([*argv, "--quiet"]) == 0
+    capsys.readouterr()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["codec"] == "q4_0" and manifest["quantized_weights"] == 2 * 7 + 2
+    assert manifest["tensors"]["model.lm_head.weight"]["type"] == "q4_0"
+    quantize_model(model, "q4_0", progress=False)
+    assert_same_generation(tmp_path / "out", model)
+
+
+def test_apply_quantized_replaces_only_weights(tmp_path: Path) -> None:
+    path = _save(tmp_path)  # minmax:4:g32 of make()
+    fresh = make(seed=5).half()
+    norm_before = fresh.norm.weight.detach().clone()
+    summary = apply_quantized(path, fresh)
+    assert sorted(q.name for q in summary.quantized) == ["down.weight", "embed.weight", "up.weight"]
+    assert summary.codec == "minmax:4:g32" and summary.calibration == "minmax"
+    assert fresh.head.weight is fresh.embed.weight and fresh.up.weight.dtype == torch.float16
+    assert torch.equal(fresh.norm.weight, norm_before)  # floats stay the model's own
+    with pytest.raises(QuantizedFileError, match=r"'embed\.weight' in .*m\.safetensors: shape"):
+        apply_quantized(path, Tied(d=32))
