@@ -93,9 +93,9 @@ FFTS = {
 
 @pytest.mark.parametrize("fn", list(FFTS))
 def test_ffts(fn, tmp_path):
-    x = torch.randn(3, 5, 16)
-    export_and_check(Fn(FFTS[fn]), (x,), tmp_path, dynamic_axes={"x": {0: "B"}},
-                     check_inputs=[(torch.randn(2, 5, 16),)])  # fmt: skip
+    x = torch.randn(3, 5, 16)  # [B, T, 16], B and T dynamic; fft-axis1 transforms along T
+    export_and_check(Fn(FFTS[fn]), (x,), tmp_path, dynamic_axes={"x": {0: "B", 1: "T"}},
+                     check_inputs=[(torch.randn(2, 9, 16),)])  # fmt: skip
 
 
 @pytest.mark.parametrize("dim", [-1, 1], ids=["last-axis", "middle-axis"])
