@@ -256,8 +256,8 @@ def _pulse_failure(where: str, symbol: str, message: str) -> str:
     name, op = node.groups()
     return (
         f"tract cannot pulse {where} over {symbol}: op {op} at node '{name}' cannot stream "
-        f"(an op that needs the whole time axis, such as a mean or softmax over time, a "
-        f"backward recurrence or a global pool). tract says: {message}"
+        f"(ops that need more of the time axis than its past, such as a mean or softmax over "
+        f"time, reflect padding or a global pool, cannot). tract says: {message}"
     )
 
 

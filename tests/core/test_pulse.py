@@ -253,3 +253,14 @@ def test_stream_it_yourself_in_this_process(tmp_path):
     assert chunks == 6
     np.testing.assert_allclose(whole, expected, atol=1e-5)
     np.testing.assert_allclose(first, expected[:, :, :4], atol=1e-5)
+
+
+def test_a_centred_stft_cannot_stream_and_says_why(tmp_path):
+    from tests.core.test_spectral import PARTS, WINDOWS, Stft
+
+    wave = torch.randn(1, 64)
+    path = tmp_path / "centred.nnef.tgz"
+    model = Stft(WINDOWS["hann"], PARTS["abs"], center=True).eval()
+    t2n_core.export(model, (wave,), path, streaming_axis={"audio": 1}, progress=False)
+    with pytest.raises(PulseError, match=r"(?s)op Pad at node 'pad'.*Reflect padding"):
+        t2n_core.check_pulsed(path, [wave.numpy()], pulse=4)
