@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from t2n_quant.errors import CalibrationDataError
+from t2n_quant.errors import CalibrationDataError, ConfigSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +184,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint, or an import) instead of quantizing",
     )  # fmt: skip
     p.add_argument(
-        "--calibration", default="minmax", choices=["minmax", "mse", "hqq"],
-        help="how the codec's scales are chosen (default minmax)",
+        "--plan", metavar="JSON",
+        help="quantize with a mixed-precision plan instead ({module glob: spec}, from "
+        "t2n_quant.plan(...).save(...) or written by hand)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration", default="minmax",
+        choices=["minmax", "mse", "hqq", "gptq", "gptq:mse", "awq", "awq:mse"],
+        help="how the codec's scales are chosen (default minmax); gptq / awq need "
+        "--calibration-text",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-text", metavar="FILE",
+        help="text for gptq / awq, tokenized with the checkpoint's tokenizer",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-tokens", type=int, nargs=2, default=[128, 512], metavar=("N", "LEN"),
+        help="calibration sequences and tokens per sequence (default 128 512)",
     )  # fmt: skip
     p.add_argument(
         "--exclude", nargs="+", default=[], metavar="GLOB",
@@ -259,10 +274,14 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_export_llm(args: argparse.Namespace) -> int:
     from t2n_quant.llm import export_checkpoint
 
+    if args.plan and args.codec:
+        raise ConfigSpecError("give --codec or --plan, not both")
+    text = Path(args.calibration_text) if args.calibration_text else None
+    n_seq, seq_len = args.calibration_tokens
     shipped = export_checkpoint(
-        args.checkpoint, args.output, dtype=args.dtype, codec=args.codec,
+        args.checkpoint, args.output, dtype=args.dtype, codec=args.plan or args.codec,
         quantized=args.quantized, calibration=args.calibration, exclude=args.exclude or None,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, calibration_text=text, n_sequences=n_seq, seq_len=seq_len,
         check=not args.no_check, trust_remote_code=args.trust_remote_code,
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
         progress=not args.quiet,

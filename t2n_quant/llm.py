@@ -4,13 +4,18 @@ weights are quantized by :func:`t2n_quant.quantize_model` as they are streamed t
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from t2n_core.llm.ship import ShippedModel
 from t2n_core.llm.ship import export_checkpoint as export_float_checkpoint
+from t2n_quant.calibration_data import text_batches
+from t2n_quant.errors import CalibrationDataError
+from t2n_quant.layerwise import is_data_aware
+from t2n_quant.plan import Plan
 from t2n_quant.swap import quantize_model
 
 
@@ -18,10 +23,13 @@ def export_checkpoint(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    codec: str | None = None,
+    codec: str | Mapping[str, str] | None = None,
     quantized: str | os.PathLike | None = None,
     calibration: str = "minmax",
     exclude: str | Sequence[str] | None = None,
+    calibration_text: str | os.PathLike | Sequence[str] | None = None,
+    seq_len: int = 512,
+    n_sequences: int = 128,
     progress: bool = True,
     **kwargs: Any,
 ) -> ShippedModel:
@@ -32,6 +40,10 @@ def export_checkpoint(
     reason, in the manifest and the summary. ``quantized``: instead of quantizing, take the
     QTensors of this file (written by ``quantize_safetensors`` from the same checkpoint, or
     an import), as they are; the other tensors stream from the checkpoint.
+    ``codec`` may be a plan (``{glob: spec}``, or the path of a plan's JSON file, see
+    :mod:`t2n_quant.plan`). Data-aware calibrations (``"gptq"``, ``"awq"``, ``"gptq:mse"``)
+    run on ``calibration_text`` (a file path or strings) tokenized with the checkpoint's
+    tokenizer, ``n_sequences`` x ``seq_len`` tokens.
 
     >>> shipped = export_checkpoint("llama-dir", "out/llama-q4", codec="q4_0")  # doctest: +SKIP
     """
@@ -46,12 +58,26 @@ def export_checkpoint(
         def quantize(model: nn.Module) -> Any:
             return apply_quantized(quantized, model)
 
-    elif codec is not None:
+    if isinstance(codec, (str, os.PathLike)) and str(codec).endswith(".json"):
+        codec = Plan.load(codec)
+    data = None
+    if quantized is None and codec is not None and is_data_aware(calibration):
+        if calibration_text is None:
+            raise CalibrationDataError(f"calibration {calibration!r} needs calibration_text")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+        text = calibration_text
+        if isinstance(text, os.PathLike):
+            text = Path(text)
+        data = text_batches(tokenizer, text, seq_len=seq_len, n_sequences=n_sequences)
+    if quantized is None and codec is not None:
 
         def quantize(model: nn.Module) -> Any:
             return quantize_model(
-                model, codec, calibration=calibration, exclude=exclude, progress=progress
-            )
+                model, codec, calibration=calibration, exclude=exclude, data=data,
+                progress=progress,
+            )  # fmt: skip
 
     excluded = [exclude] if isinstance(exclude, str) else list(exclude or [])
     return export_float_checkpoint(

@@ -98,3 +98,25 @@ def test_plan_on_a_causal_lm_exports(tmp_path):
     quantized_bits = 8 * s.bytes_after / sum(math.prod(q.shape) for q in s.quantized)
     assert quantized_bits <= 4.25 + 1e-9 and len(set(p.values())) >= 2
     export_llama(model, tmp_path)
+
+
+@pytest.mark.slow  # exports and runs in tract
+def test_export_llm_with_a_plan_and_gptq(tmp_path, capsys):
+    import json
+
+    from t2n_core.cli import main
+    from tests.llm.checkpoints import WORDS, save_tiny_llama
+
+    save_tiny_llama(tmp_path / "ckpt")
+    (tmp_path / "calib.txt").write_text(" ".join(WORDS * 40))
+    Plan({"model.layers.0.*": "q4_0", "*": "minmax:3:g32"}).save(tmp_path / "plan.json")
+    args = ["export-llm", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"), "--plan",
+            str(tmp_path / "plan.json"), "--calibration", "gptq", "--calibration-text",
+            str(tmp_path / "calib.txt"), "--calibration-tokens", "4", "16", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["calibration"] == "gptq"
+    assert manifest["quantized"]["model.layers.0.mlp.up_proj.weight"] == "q4_0"
+    assert manifest["quantized"]["lm_head.weight"] == "minmax:3:g32"
+    assert "check       passed" in capsys.readouterr().out
+    assert main([*args[:4], "--overwrite", "--plan", "p.json", "--codec", "q4_0"]) != 0
