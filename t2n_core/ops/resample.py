@@ -228,3 +228,20 @@ def pixel_unshuffle(ctx: EmitContext, node: torch.fx.Node):
     moved = (*shape[: c + 1], r, r, h, w)
     y = ctx.emit("transpose", [y], {"axes": perm}, dtype=dtype, shape=moved, hint="unshuffle")
     return ctx.emit_like("reshape", [y], {"shape": [out[c]], "axis_start": c, "axis_count": 3})
+
+
+_GRID_MODES = {0: "bilinear", 1: "nearest", 2: "bicubic"}
+_GRID_PADDING = {0: "zeros", 1: "border", 2: "reflection"}
+
+
+@register(aten.grid_sampler_2d.default)
+def grid_sampler_2d(ctx: EmitContext, node: torch.fx.Node):
+    """grid_sampler_2d(Tensor input, Tensor grid, int interpolation_mode, int padding_mode,
+    bool align_corners) -> Tensor; as ``tract_core_grid_sample`` (tract >= 0.23.2)."""
+    x, grid = ctx.arg(0), ctx.arg(1)
+    attrs = {
+        "mode": _GRID_MODES[int(ctx.arg(2))],
+        "padding_mode": _GRID_PADDING[int(ctx.arg(3))],
+        "align_corners": bool(ctx.arg(4)),
+    }
+    return ctx.emit_like("tract_core_grid_sample", [x, grid], attrs)
