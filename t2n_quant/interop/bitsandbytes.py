@@ -324,6 +324,13 @@ def convert_bitsandbytes(
                 name, bnb_type, record.shape, record.source, new.codec.spec, new.bits_per_weight,
                 sqnr(exact, got), float((exact - got).abs().max()),
             )  # fmt: skip
+        threshold = getattr(getattr(module, "state", None), "threshold", 0.0) or 0.0
+        if bnb_type == "Linear8bitLt" and threshold > 0:
+            result.notes.append(
+                f"{name}: threshold={threshold} only steers bitsandbytes' outlier handling of "
+                "activations in its int8 matmul; the converted layer multiplies by the "
+                "dequantized weight in float, so there is nothing to keep"
+            )
         if bnb_type == "Linear4bit":
             cdt = getattr(module, "compute_dtype", None)
             if cdt is not None and cdt != qt.dtype:

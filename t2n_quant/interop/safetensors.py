@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from t2n_core.errors import T2NError
-from t2n_quant.calibration import Calibration
+from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.codecs.base import Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.interop.stfile import (
@@ -153,27 +153,39 @@ def _write(
     total = sum(p.nbytes for _, planned in items for p in planned)
     bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not progress)
     written: list[Path] = []
+    temporaries: list[tuple[Path, Path]] = []  # renamed together once every file is complete
     weight_map: dict[str, str] = {}
-    for shard, shard_path in zip(shards, paths):
-        meta = {
-            "format": FORMAT, "t2n.version": VERSION,
-            "t2n.tensors": json.dumps({lg.name: lg.record() for lg, _ in shard}),
-            "t2n.properties": json.dumps(dict(properties)),
-        }  # fmt: skip
-        planned = [p for _, ps in shard for p in ps]
-        write_safetensors(shard_path, planned, meta, on_written=lambda p: bar.update(p.nbytes))
-        written.append(shard_path)
-        weight_map.update({lg.name: shard_path.name for lg, _ in shard})
-    bar.close()
     idx = index_path(path)
-    if len(paths) > 1:
-        text = json.dumps({"metadata": {"format": FORMAT, "total_size": total},
-                           "weight_map": weight_map}, indent=1)  # fmt: skip
-        tmp = idx.with_name(f".{idx.name}.t2n-tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, idx)
-        written.append(idx)
-    elif idx.exists():
+    try:
+        for shard, shard_path in zip(shards, paths):
+            meta = {
+                "format": FORMAT, "t2n.version": VERSION,
+                "t2n.tensors": json.dumps({lg.name: lg.record() for lg, _ in shard}),
+                "t2n.properties": json.dumps(dict(properties)),
+            }  # fmt: skip
+            planned = [p for _, ps in shard for p in ps]
+            tmp = write_safetensors(
+                shard_path, planned, meta, on_written=lambda p: bar.update(p.nbytes),
+                keep_temporary=True,
+            )  # fmt: skip
+            temporaries.append((tmp, shard_path))
+            weight_map.update({lg.name: shard_path.name for lg, _ in shard})
+        if len(paths) > 1:
+            text = json.dumps({"metadata": {"format": FORMAT, "total_size": total},
+                               "weight_map": weight_map}, indent=1)  # fmt: skip
+            tmp = idx.with_name(f".{idx.name}.t2n-tmp-{os.getpid()}")
+            tmp.write_text(text)
+            temporaries.append((tmp, idx))
+    except BaseException:
+        for tmp, _ in temporaries:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    for tmp, final in temporaries:  # shards first, the index that names them last
+        os.replace(tmp, final)
+        written.append(final)
+    if len(paths) == 1 and idx.exists():
         idx.unlink()  # a stale index of an earlier sharded save would shadow the new file
     return written
 
@@ -532,6 +544,7 @@ def quantize_safetensors(
     ``load_quantized(dst, model)`` then fills a model without quantizing again.
     """
     target = resolve(codec)
+    get_calibration(calibration)  # an unknown name fails before anything is read or written
     src_files = shard_files(src)
     inc = None if include is None else [include] if isinstance(include, str) else list(include)
     exc = [] if exclude is None else [exclude] if isinstance(exclude, str) else list(exclude)

@@ -169,8 +169,13 @@ def write_safetensors(
     metadata: Mapping[str, str],
     *,
     on_written: Callable[[Planned], None] | None = None,
-) -> int:
-    """Write ``planned`` tensors, produced one at a time, to ``path``; returns the file size.
+    keep_temporary: bool = False,
+) -> Path:
+    """Write ``planned`` tensors, produced one at a time, to ``path``; returns the path.
+
+    The file is written under a temporary name beside ``path`` and renamed over it once
+    complete; with ``keep_temporary`` the temporary file is returned instead, for a caller
+    that renames several files together (on error it is removed either way).
 
     The CRC-32 of every tensor goes into the metadata under ``"t2n.crc32"``: the header is
     written first with zeros in its place and rewritten, at the same length, at the end.
@@ -213,11 +218,13 @@ def write_safetensors(
             f.write(final)
             f.flush()
             os.fsync(f.fileno())
+        if keep_temporary:
+            return tmp
         os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path.stat().st_size
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def check_crc(header: Header, info: TensorInfo, data: torch.Tensor) -> None:

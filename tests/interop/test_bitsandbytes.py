@@ -163,3 +163,10 @@ def test_layer_repacked_for_the_avx512_bf16_kernel() -> None:
     assert torch.equal(net.b.weight.dequantize(), ref)
     (note,) = summary.notes
     assert note.startswith("b: ") and "bf16" in note
+
+
+def test_int8_threshold_is_reported() -> None:
+    net = nn.Sequential(bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False, threshold=6.0))
+    net = net.to("cpu")
+    (note,) = convert_bitsandbytes(net).notes
+    assert note.startswith("0: threshold=6.0")

@@ -249,16 +249,19 @@ def test_quantize_safetensors_equals_quantize_model(tmp_path: Path) -> None:
     assert "up.weight" in names and "norm.weight" in names
 
 
-def test_quantize_safetensors_failure_keeps_the_old_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shard", [None, 8000], ids=["one-file", "sharded"])
+def test_quantize_safetensors_failure_keeps_the_old_files(shard, tmp_path: Path) -> None:
     _, src = _float_checkpoint(tmp_path)
     dst = tmp_path / "q.safetensors"
-    quantize_safetensors(src, dst, "q4_0", progress=False)
-    good = dst.read_bytes()
+    quantize_safetensors(src, dst, "q4_0", max_shard_size=shard, progress=False)
+    good = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("q")}
     _, bad = _float_checkpoint(tmp_path, nan=True)
     with pytest.raises(ValueError, match=r"'down\.weight' holds 1 NaN"):
-        quantize_safetensors(bad, dst, "minmax", progress=False)
-    assert dst.read_bytes() == good
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["float.safetensors", "q.safetensors"]
+        quantize_safetensors(bad, dst, "minmax", max_shard_size=shard, progress=False)
+    now = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "float.safetensors"}
+    assert now == good and len(good) == (1 if shard is None else 5)
+    with pytest.raises(ValueError, match="unknown calibration 'gptq'"):
+        quantize_safetensors(src, dst, "q4_0", calibration="gptq", progress=False)
 
 
 def test_cli_quantize(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
