@@ -45,6 +45,7 @@ from t2n_quant.interop.stfile import (
     SafetensorsFileError,
     TensorInfo,
     check_crc,
+    crc32,
     read_header,
     tensor_at,
     tensor_bytes,
@@ -163,6 +164,7 @@ def _write(
                 "t2n.tensors": json.dumps({lg.name: lg.record() for lg, _ in shard}),
                 "t2n.properties": json.dumps(dict(properties)),
             }  # fmt: skip
+            meta["t2n.meta_crc32"] = _meta_crc(meta)
             planned = [p for _, ps in shard for p in ps]
             tmp = write_safetensors(
                 shard_path, planned, meta, on_written=lambda p: bar.update(p.nbytes),
@@ -289,6 +291,10 @@ def shard_files(path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
+def _meta_crc(meta: Mapping[str, str]) -> str:
+    return crc32(json.dumps([meta.get(k) for k in ("t2n.tensors", "t2n.properties")]).encode())
+
+
 def _records(header: Header) -> dict[str, dict[str, Any]]:
     meta = header.metadata
     if meta.get("format") != FORMAT or "t2n.tensors" not in meta:
@@ -300,6 +306,11 @@ def _records(header: Header) -> dict[str, dict[str, Any]]:
     if meta.get("t2n.version") != VERSION:
         raise QuantizedFileError(
             f"{header.path}: format version {meta.get('t2n.version')!r}, this t2n reads {VERSION}"
+        )
+    if meta.get("t2n.meta_crc32") != _meta_crc(meta):
+        raise QuantizedFileError(
+            f"{header.path}: the CRC-32 of its t2n metadata (codecs, shapes, calibrations) "
+            "differs from the recorded one: the header is corrupted"
         )
     try:
         records = json.loads(meta["t2n.tensors"])

@@ -17,6 +17,7 @@ from t2n_core.cli import main as t2n_main
 from t2n_quant import QTensor, quantize_model
 from t2n_quant.interop.safetensors import (
     QuantizedFileError,
+    _meta_crc,
     apply_quantized,
     iter_quantized,
     load_quantized,
@@ -135,6 +136,8 @@ def _rewrite_metadata(path: Path, edit) -> None:
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
     edit(header)
+    meta = header["__metadata__"]
+    meta["t2n.meta_crc32"] = _meta_crc(meta)  # a crafted file, not a corrupted one
     text = json.dumps(header, separators=(",", ":")).encode()
     assert len(text) <= n
     path.write_bytes(raw[:8] + text + b" " * (n - len(text)) + raw[8 + n :])
@@ -209,6 +212,12 @@ def test_flipped_bytes_are_caught(tmp_path: Path) -> None:
         path.write_bytes(bytes(flipped))
         with pytest.raises(SafetensorsFileError, match=r"CRC-32 .* corrupted"):
             _load(path)
+    at = raw.index(b"minmax", raw.index(b"calibration"))  # a text only the metadata CRC guards
+    flipped = bytearray(raw)
+    flipped[at] ^= 0x01
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(QuantizedFileError, match=r"m\.safetensors: the CRC-32 of its t2n metadata"):
+        _load(path)
     flipped = bytearray(raw)
     flipped[20] ^= 0x01  # inside the JSON header
     path.write_bytes(bytes(flipped))
