@@ -1,7 +1,8 @@
 """bitsandbytes models in: ``Linear4bit`` and ``Linear8bitLt`` -> ``nn.Linear`` with a QTensor.
 
 ``convert_bitsandbytes(model)`` replaces, in place, every bitsandbytes linear layer by an
-``nn.Linear`` whose weight is a :class:`~t2n_quant.qtensor.QTensor` holding the same codes:
+``nn.Linear`` (every ``Embedding4bit`` / ``Embedding8bit`` by an ``nn.Embedding``) whose
+weight is a :class:`~t2n_quant.qtensor.QTensor` holding the same codes:
 
 - ``Linear4bit`` (``quant_type`` ``"nf4"`` or ``"fp4"``, any ``blocksize``, with or without
   double quantization of the absmax) -> codec ``nf4`` / ``fp4``. The 4-bit codes are moved
@@ -234,16 +235,26 @@ def _linear4bit(module: nn.Module, name: str, notes: list[str]) -> QTensor:
 
 
 def qtensor_from_int8(
-    cb: torch.Tensor, scb: torch.Tensor, dtype: torch.dtype, name: str | None = None
+    cb: torch.Tensor,
+    scb: torch.Tensor,
+    dtype: torch.dtype,
+    name: str | None = None,
+    *,
+    divide: bool = False,
 ) -> QTensor:
-    """The ``int8`` QTensor of bitsandbytes' row-wise ``CB`` (int8) and ``SCB`` (f32 absmax)."""
+    """The ``int8`` QTensor of bitsandbytes' row-wise ``CB`` (int8) and ``SCB`` (f32 absmax).
+
+    The row scale is ``SCB * (1 / 127)`` as ``Linear8bitLt`` computes it, or with ``divide``
+    ``SCB / 127`` as ``Embedding8bit`` does (the two differ in the last bit).
+    """
     if cb.dtype != torch.int8 or cb.dim() != 2 or scb.numel() != cb.shape[0]:
         raise BitsAndBytesConversionError(
             f"Linear8bitLt {name!r}: expected int8 CB [rows, k] and one SCB per row, got "
             f"{cb.dtype} {tuple(cb.shape)} and {tuple(scb.shape)}"
         )
     codes = (cb.detach().cpu().to(torch.int16) + 128).to(torch.uint8)
-    scale = scb.detach().cpu().float().reshape(-1, 1).mul(1.0 / 127.0)
+    stats = scb.detach().cpu().float().reshape(-1, 1)
+    scale = stats / 127.0 if divide else stats.mul(1.0 / 127.0)
     codec = Int8Codec()
     return QTensor(codec, codes.contiguous(), scale, None, tuple(cb.shape), dtype, name)
 
@@ -282,9 +293,26 @@ def _convert_one(name: str, module: nn.Module, notes: list[str]) -> tuple[QTenso
         return _linear4bit(module, name, notes), "Linear4bit"
     if isinstance(module, nn_mod.Linear8bitLt):
         return _linear8bit(module, name), "Linear8bitLt"
+    if isinstance(module, (nn_mod.Embedding4bit, nn_mod.Embedding8bit)):
+        if module.max_norm is not None:
+            raise BitsAndBytesConversionError(
+                f"{type(module).__name__} {name!r} has max_norm: it renormalises its weight "
+                "in place, which a frozen quantized weight cannot do"
+            )
+        if isinstance(module, nn_mod.Embedding4bit):
+            return _linear4bit(module, name, notes), "Embedding4bit"
+        scb = getattr(module.weight, "SCB", None)
+        if scb is None:
+            raise BitsAndBytesConversionError(
+                f"Embedding8bit {name!r} is not quantized yet (no SCB): move the model to a "
+                "device (model.to('cpu')) so bitsandbytes quantizes it, then convert"
+            )
+        return qtensor_from_int8(module.weight.data, scb, module.dtype, name, divide=True), (
+            "Embedding8bit"
+        )
     raise BitsAndBytesConversionError(
         f"bitsandbytes layer {name!r} of type {type(module).__name__} is not supported; "
-        "supported: Linear4bit (nf4, fp4) and Linear8bitLt"
+        "supported: Linear4bit (nf4, fp4), Linear8bitLt, Embedding4bit, Embedding8bit"
     )
 
 
@@ -331,19 +359,37 @@ def convert_bitsandbytes(
                 "activations in its int8 matmul; the converted layer multiplies by the "
                 "dequantized weight in float, so there is nothing to keep"
             )
-        if bnb_type == "Linear4bit":
+        if bnb_type == "Linear4bit":  # Embedding4bit has no compute dtype of its own
             cdt = getattr(module, "compute_dtype", None)
             if cdt is not None and cdt != qt.dtype:
                 result.notes.append(
                     f"{name}: bitsandbytes computed in {cdt}; the converted layer computes in "
                     f"{qt.dtype}, its weight's dtype"
                 )
-        linear = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
-        linear.weight = nn.Parameter(qt, requires_grad=False)
-        bias = module.bias
-        linear.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        replacements.append((name, module, linear))
+        if bnb_type.startswith("Embedding"):
+            new: nn.Module = nn.Embedding(
+                module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx,
+                scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse,
+                device="meta",
+            )  # fmt: skip
+            new.weight = nn.Parameter(qt, requires_grad=False)
+        else:
+            new = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+            new.weight = nn.Parameter(qt, requires_grad=False)
+            bias = module.bias
+            new.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        replacements.append((name, module, new))
         result.layers.append(record)
+    converted = {id(m) for _, m, _ in replacements}
+    for mod_name, module in model.named_modules():
+        if id(module) in converted:
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if type(p).__module__.split(".")[0] == "bitsandbytes":
+                raise BitsAndBytesConversionError(
+                    f"parameter {pname!r} of {type(module).__name__} {mod_name!r} is a "
+                    f"bitsandbytes {type(p).__name__} outside a bitsandbytes layer: not supported"
+                )
     for name, _, linear in replacements:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, linear)

@@ -137,10 +137,41 @@ def test_reencode_to_q4_0_reports_added_error(tmp_path: Path) -> None:
 
 def test_unsupported_layer_named_and_model_unchanged() -> None:
     net = _bnb_net("nf4-plain-64")
-    net.emb = bnb.nn.Embedding4bit(10, 64)
-    with pytest.raises(BitsAndBytesConversionError, match="'emb' of type Embedding4bit"):
+    net.emb = bnb.nn.StableEmbedding(10, 64)
+    with pytest.raises(BitsAndBytesConversionError, match="'emb' of type StableEmbedding"):
         convert_bitsandbytes(net)
     assert isinstance(net.a, bnb.nn.Linear4bit)
+    del net.emb
+    net.holder = nn.Module()
+    net.holder.extra = net.b.weight  # a bitsandbytes parameter outside a bitsandbytes layer
+    net.b = nn.Identity()
+    with pytest.raises(BitsAndBytesConversionError, match=r"'extra'.*'holder'.*outside"):
+        convert_bitsandbytes(net)
+
+
+@pytest.mark.parametrize("kind", ["Embedding4bit", "Embedding8bit"])
+def test_embeddings(kind: str, tmp_path: Path) -> None:
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = getattr(bnb.nn, kind)(100, 64)
+            self.head = nn.Linear(64, 8)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(ids))
+
+    torch.manual_seed(0)
+    net = Tagger()
+    net.emb.load_state_dict(nn.Embedding(100, 64).state_dict())
+    net = net.to("cpu").eval()
+    ids = torch.tensor([[3, 99, 0, 42]])
+    with torch.no_grad():
+        expected = net(ids)
+    summary = convert_bitsandbytes(net)
+    assert [x.bnb_type for x in summary.layers] == [kind] and type(net.emb) is nn.Embedding
+    with torch.no_grad():
+        assert torch.equal(net(ids), expected)  # bitsandbytes' own embedding forward
+    export_and_check(net, (ids,), tmp_path, name="m.nnef")
 
 
 def test_fp16_weights_int8_layer_refused() -> None:
