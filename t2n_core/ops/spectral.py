@@ -145,35 +145,32 @@ def view_as_complex(ctx: EmitContext, node: torch.fx.Node):
 @register_complex(aten.abs.default)
 def complex_abs(ctx: EmitContext, node: torch.fx.Node):
     """abs(Tensor self) -> Tensor, of a complex tensor: its magnitude."""
-    z = ctx.arg(0)
-    rank = ctx.rank(z)
-    shape = ctx.shape(z)
-    square = ctx.emit("sqr", [z], dtype=torch.float32, shape=shape, hint="abs_sqr")
-    total = ctx.emit("sum_reduce", [square], {"axes": [rank - 1]}, dtype=torch.float32,
-                     shape=(*shape[:-1], 1), hint="abs_sum")  # fmt: skip
-    total = ctx.emit("squeeze", [total], {"axes": [rank - 1]}, dtype=torch.float32,
-                     shape=shape[:-1], hint="abs_sum")  # fmt: skip
-    return ctx.emit_like("sqrt", [total])
+    return _magnitude(ctx, ctx.arg(0))
 
 
 @register_complex(aten.angle.default)
 def complex_angle(ctx: EmitContext, node: torch.fx.Node):
     """angle(Tensor self) -> Tensor, of a complex tensor: atan2(imag, real), 0 at 0."""
-    z = ctx.arg(0)
-    re, im = _part(ctx, z, 0, "real"), _part(ctx, z, 1, "imag")
-    shape = ctx.shape(re)
+    return _angle(ctx, ctx.arg(0))
 
-    def emit(op: str, args: list[Any], dtype: torch.dtype = torch.float32) -> Ref:
-        return ctx.emit(op, args, dtype=dtype, shape=shape, hint=f"angle_{op}")
 
-    base = emit("atan", [emit("div", [im, re])])  # +-pi/2 where re == 0 (im / 0 = +-inf)
-    left = emit("lt", [re, 0.0], torch.bool)
-    below = emit("lt", [im, 0.0], torch.bool)
-    turn = emit("select", [left, emit("select", [below, -math.pi, math.pi]), 0.0])
-    angle = emit("add", [base, turn])
-    origin = emit("and", [emit("eq", [re, 0.0], torch.bool), emit("eq", [im, 0.0], torch.bool)],
-                  torch.bool)  # fmt: skip
-    return ctx.emit_like("select", [origin, 0.0, angle])
+@register_complex(aten.pow.Tensor_Scalar)
+def complex_pow(ctx: EmitContext, node: torch.fx.Node):
+    """pow.Tensor_Scalar(Tensor self, Scalar exponent) -> Tensor, of a complex tensor:
+    ``|z|^p (cos p*angle(z), sin p*angle(z))``, the principal value torch computes."""
+    z, p = ctx.arg(0), ctx.arg(1)
+    if not isinstance(p, (int, float)) or isinstance(p, bool):
+        raise ctx.error(f"a complex power needs a real exponent, got {p!r}")
+    shape = ctx.shape(z)[:-1]
+
+    def emit(op: str, args: list[Any]) -> Ref:
+        return ctx.emit(op, args, dtype=torch.float32, shape=shape, hint=f"cpow_{op}")
+
+    radius = emit("pow", [_magnitude(ctx, z), float(p)])
+    turned = emit("mul", [_angle(ctx, z), float(p)])
+    re = emit("mul", [radius, emit("cos", [turned])])
+    im = emit("mul", [radius, emit("sin", [turned])])
+    return _stack_parts(ctx, re, im)
 
 
 @register_complex(aten.transpose.int)
@@ -323,6 +320,34 @@ def _part(ctx: EmitContext, z: Ref, index: int, hint: str) -> Ref:
     part = _slice(ctx, z, last, index, index + 1, hint)
     return ctx.emit("squeeze", [part], {"axes": [last]}, dtype=torch.float32,
                     shape=ctx.shape(z)[:-1], hint=hint)  # fmt: skip
+
+
+def _magnitude(ctx: EmitContext, z: Ref) -> Ref:
+    rank, shape = ctx.rank(z), ctx.shape(z)
+    square = ctx.emit("sqr", [z], dtype=torch.float32, shape=shape, hint="abs_sqr")
+    total = ctx.emit("sum_reduce", [square], {"axes": [rank - 1]}, dtype=torch.float32,
+                     shape=(*shape[:-1], 1), hint="abs_sum")  # fmt: skip
+    total = ctx.emit("squeeze", [total], {"axes": [rank - 1]}, dtype=torch.float32,
+                     shape=shape[:-1], hint="abs_sum")  # fmt: skip
+    return ctx.emit("sqrt", [total], dtype=torch.float32, shape=shape[:-1], hint="abs")
+
+
+def _angle(ctx: EmitContext, z: Ref) -> Ref:
+    """atan2(imag, real), 0 at 0 (as torch.angle)."""
+    re, im = _part(ctx, z, 0, "real"), _part(ctx, z, 1, "imag")
+    shape = ctx.shape(re)
+
+    def emit(op: str, args: list[Any], dtype: torch.dtype = torch.float32) -> Ref:
+        return ctx.emit(op, args, dtype=dtype, shape=shape, hint=f"angle_{op}")
+
+    base = emit("atan", [emit("div", [im, re])])  # +-pi/2 where re == 0 (im / 0 = +-inf)
+    left = emit("lt", [re, 0.0], torch.bool)
+    below = emit("lt", [im, 0.0], torch.bool)
+    turn = emit("select", [left, emit("select", [below, -math.pi, math.pi]), 0.0])
+    angle = emit("add", [base, turn])
+    origin = emit("and", [emit("eq", [re, 0.0], torch.bool), emit("eq", [im, 0.0], torch.bool)],
+                  torch.bool)  # fmt: skip
+    return emit("select", [origin, 0.0, angle])
 
 
 def _times(ctx: EmitContext, a: Ref, b: Ref, i: int, j: int) -> Ref:

@@ -25,6 +25,8 @@ PARTS = {
     "real": lambda z: z.real,
     "imag": lambda z: z.imag,
     "view_as_real": torch.view_as_real,
+    "complex-square": lambda z: torch.view_as_real(z.pow(2)),
+    "complex-sqrt": lambda z: torch.view_as_real(z**0.5),
 }
 
 
