@@ -165,6 +165,31 @@ class ImportedLayer:
     added_sqnr_db: float = math.inf
 
 
+def plan_layer(
+    layout: PackedLayout,
+    n_in: int,
+    g_idx: torch.Tensor | None,
+    requantize: str | Codec | None = None,
+) -> tuple[Codec, list[str]]:
+    """The codec a layer of ``n_in`` inputs becomes, and why it must be re-quantized (an
+    empty list: its codes, scales and zero points move unchanged)."""
+    g = n_in if layout.group_size == -1 else layout.group_size
+    reasons = []
+    if g_idx is not None:
+        contiguous = torch.arange(n_in, dtype=torch.int32) // g
+        if g_idx.shape != contiguous.shape or not torch.equal(g_idx.to(torch.int32), contiguous):
+            reasons.append("activation reordering (g_idx is not i // group_size)")
+    group_size = None if g == n_in else g
+    if group_size is not None and group_size not in GROUP_SIZES:
+        reasons.append(f"group size {g} is not one of ours {list(GROUP_SIZES)}")
+    if requantize is not None:
+        return resolve(requantize), reasons or [f"re-quantization to {requantize} requested"]
+    if not reasons:
+        return MinMaxCodec(layout.bits, group_size), []
+    fallback = group_size if group_size in GROUP_SIZES else 128 if n_in % 128 == 0 else None
+    return MinMaxCodec(layout.bits, fallback), reasons
+
+
 def layer_qtensor(
     layout: PackedLayout,
     tensors: Mapping[str, torch.Tensor],
@@ -185,32 +210,22 @@ def layer_qtensor(
     g = n_in if layout.group_size == -1 else layout.group_size
     if groups != -(-n_in // g):
         raise GPTQFormatError(f"{name}: {groups} scale groups for {n_in} inputs in groups of {g}")
-    contiguous = torch.arange(n_in, dtype=torch.int32) // g
     g_idx = tensors.get("g_idx")
-    reasons = []
-    if g_idx is not None and not torch.equal(g_idx.to(torch.int32), contiguous):
-        reasons.append("activation reordering (g_idx is not i // group_size)")
-    group_size = None if g == n_in else g
-    if group_size is not None and group_size not in GROUP_SIZES:
-        reasons.append(f"group size {g} is not one of ours {list(GROUP_SIZES)}")
+    codec, reasons = plan_layer(layout, n_in, g_idx, requantize)
     weight_name = f"{name}.weight"
-    if not reasons and requantize is None:
-        codec = MinMaxCodec(layout.bits, group_size)
+    if not reasons:
         packed = codec.pack(codes.T.contiguous().reshape(-1, g).to(torch.uint8))
         scale = scales.T.contiguous().reshape(-1, 1).to(torch.float16)
         zero = zeros.T.contiguous().reshape(-1, 1).to(torch.float16)
         qt = QTensor(codec, packed, scale, zero, (out, n_in), dtype, weight_name)
         return qt, ImportedLayer(weight_name, (out, n_in), codec.spec, True)
-    idx = (g_idx if g_idx is not None else contiguous).long()
+    idx = g_idx.long() if g_idx is not None else torch.arange(n_in) // g
     exact = (codes.float() - zeros.float()[idx]) * scales.float()[idx]  # [in, out]
-    target = resolve(requantize) if requantize is not None else MinMaxCodec(
-        layout.bits, group_size if group_size in GROUP_SIZES else 128 if n_in % 128 == 0 else None
-    )  # fmt: skip
-    qt = quantize_tensor(exact.T.contiguous(), target, name=weight_name)
+    qt = quantize_tensor(exact.T.contiguous(), codec, name=weight_name)
     qt = qt.with_inner(lambda t: t, dtype=dtype)
     added = sqnr(exact.T, qt.dequantize(torch.float32))
-    reason = "; ".join(reasons) or f"re-quantization to {target.spec} requested"
-    return qt, ImportedLayer(weight_name, (out, n_in), target.spec, False, reason, added)
+    reason = "; ".join(reasons)
+    return qt, ImportedLayer(weight_name, (out, n_in), codec.spec, False, reason, added)
 
 
 def dequantize_layer(
@@ -304,26 +319,7 @@ def import_gptq_checkpoint(
     result = GPTQImport(layout)
     items: list[tuple[_Logical, list[Planned]]] = []
     for prefix in prefixes:
-        parts = {
-            s: tensor_at(entries[f"{prefix}.{s}"][0].path, entries[f"{prefix}.{s}"][1]).clone()
-            for s in ("qweight", "qzeros", "scales", "g_idx") if f"{prefix}.{s}" in entries
-        }  # fmt: skip
-        qt, record = layer_qtensor(layout, parts, prefix, dtype=dtype, requantize=requantize)
-        result.layers.append(record)
-        stored = {"packed": qt.packed, "scale": qt.scale, "zero": qt.zero}
-        shapes = _qtensor_parts(qt.codec, tuple(qt.shape))
-        lg = _Logical(
-            record.name,
-            tuple(qt.shape),
-            dtype,
-            qt.codec,
-            f"{layout.method} import" + ("" if record.exact else " + minmax"),
-            [],
-            shapes,
-        )
-        keys = lg.keys()
-        planned = [Planned(keys[k], dt, sh, _bytes_of(stored[k])) for k, (dt, sh) in shapes.items()]
-        items.append((lg, planned))  # fmt: skip
+        items.append(_planned_layer(layout, entries, prefix, dtype, requantize, result))
     for name, (header, info) in entries.items():
         if name in own:
             continue
@@ -341,8 +337,59 @@ def import_gptq_checkpoint(
     return result
 
 
-def _bytes_of(t: torch.Tensor) -> Any:
-    return lambda: tensor_bytes(t)
+def _planned_layer(
+    layout: PackedLayout,
+    entries: Mapping[str, tuple[Header, TensorInfo]],
+    prefix: str,
+    dtype: torch.dtype,
+    requantize: str | Codec | None,
+    result: GPTQImport,
+) -> tuple[_Logical, list[Planned]]:
+    """Layer ``prefix``'s stored parts, planned from the header (and its small ``g_idx``);
+    the layer is unpacked only when its first part is written, so one layer is in memory at a
+    time."""
+
+    def read(suffix: str) -> torch.Tensor | None:
+        entry = entries.get(f"{prefix}.{suffix}")
+        return None if entry is None else tensor_at(entry[0].path, entry[1]).clone()
+
+    for suffix in ("qweight", "qzeros", "scales"):
+        if f"{prefix}.{suffix}" not in entries:
+            raise GPTQFormatError(f"{prefix}: {layout.method} layer lacks {suffix}")
+    qweight = entries[f"{prefix}.qweight"][1]
+    scales = entries[f"{prefix}.scales"][1]
+    if len(qweight.shape) != 2 or len(scales.shape) != 2:
+        raise GPTQFormatError(f"{prefix}: qweight and scales must be matrices")
+    pack = 32 // layout.bits
+    n_in = qweight.shape[0] * (pack if layout.method == "gptq" else 1)
+    shape = (scales.shape[1], n_in)
+    codec, reasons = plan_layer(layout, n_in, read("g_idx"), requantize)
+    parts = _qtensor_parts(codec, shape)
+    held: dict[str, torch.Tensor] = {}
+
+    def part(key: str) -> Any:
+        def produce() -> Any:
+            if not held:
+                tensors = {s: t for s in ("qweight", "qzeros", "scales", "g_idx")
+                           if (t := read(s)) is not None}  # fmt: skip
+                qt, record = layer_qtensor(
+                    layout, tensors, prefix, dtype=dtype, requantize=requantize
+                )
+                if qt.codec != codec or tuple(qt.shape) != shape:
+                    raise GPTQFormatError(f"{prefix}: planned {codec} {shape}, got {qt!r}")
+                result.layers.append(record)
+                held.update(packed=qt.packed, scale=qt.scale)
+                if qt.zero is not None:
+                    held["zero"] = qt.zero
+            return tensor_bytes(held.pop(key))
+
+        return produce
+
+    requant = f", re-quantized to {codec.spec}" if reasons else ""
+    calibration = f"{layout.method} import{requant}"
+    lg = _Logical(f"{prefix}.weight", shape, dtype, codec, calibration, [], parts)
+    keys = lg.keys()
+    return lg, [Planned(keys[k], dt, sh, part(k)) for k, (dt, sh) in parts.items()]
 
 
 def _mapped(header: Header, info: TensorInfo) -> Any:
