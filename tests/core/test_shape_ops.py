@@ -109,3 +109,24 @@ def test_shape_op_on_integers(fn, tmp_path):
     export_and_check(
         Fn(fn), (tokens(6),), tmp_path, dynamic_axes={"x": {1: "T"}}, check_inputs=[(tokens(4),)]
     )
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x: x.reshape(x.shape[0], -1)[:, 1:-1:2],  # tract's declutter failed on this
+        lambda x: torch.relu(x.reshape(x.shape[0], -1))[:, ::3] * 2,
+        lambda x: x[:, 1::2, :],
+    ],
+    ids=["reshape-then-strided", "through-relu", "static-axis"],
+)
+def test_strided_slice_after_reshape_loads_in_tract(fn, tmp_path):
+    x = torch.randn(6, 4, 5)
+    export_and_check(Fn(fn), x, tmp_path, dynamic_axes={"x": {0: "B"}},
+                     check_inputs=[(torch.randn(3, 4, 5),)])  # fmt: skip
+
+
+def test_strided_slice_on_a_dynamic_axis(tmp_path):
+    x = torch.randn(2, 9, 3)
+    export_and_check(Fn(lambda x: x[:, 1::2]), x, tmp_path, dynamic_axes={"x": {1: "T"}},
+                     check_inputs=[(torch.randn(2, 12, 3),)])  # fmt: skip
