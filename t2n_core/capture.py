@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -217,14 +219,13 @@ def capture(
         # nn.RNN refreshes its _flat_weights list while being traced; the weights are exported
         warnings.filterwarnings("ignore", message=r".*_flat_weights\[0\].*", category=UserWarning)
         try:
-            ep = _export(model, args, kwargs, dynamic_shapes)
-            ep = ep.run_decompositions(decomposition_table())
-        except Exception as exc:  # torch raises many types; keep its message
-            raise CaptureError(
-                f"torch.export could not capture {type(model).__name__}: {exc}\n"
-                "Data-dependent control flow (an `if` on tensor values) and non-tensor outputs "
-                "cannot be exported; rewrite them with torch.where / torch.cond or return tensors."
-            ) from exc
+            # torch prints the failing graph on stderr (twice, when retried): our error says
+            # what went wrong, so that print is kept out of the user's terminal
+            with contextlib.redirect_stderr(io.StringIO()), _quiet_torch_logs():
+                ep = _export(model, args, kwargs, dynamic_shapes)
+                ep = ep.run_decompositions(decomposition_table())
+        except Exception as exc:  # torch raises many types
+            raise capture_error(type(model).__name__, exc, dynamic_axes) from exc
     tensors: dict[str, Any] = {}
     for spec in ep.graph_signature.input_specs:
         target = spec.target
@@ -259,6 +260,69 @@ def capture(
                     "size-agnostic"
                 )
     return Captured(ep, tensors, input_names, symbols)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unable to find user code")
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    noise = _DropNoise()
+    shapes_log.addFilter(noise)
+    try:
+        yield
+    finally:
+        shapes_log.removeFilter(noise)
+
+
+_SPECIALISED = re.compile(
+    r"L\['(\w+)'\]((?:\[\d+\])*)\.size\(\)\[(\d+)\] as dynamic but your code specialized it "
+    r"to be a constant \((\d+)\)"
+)
+_USER_CALL = re.compile(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+)'
+                        r"[^\n]*\n\s*(.+)")  # fmt: skip
+
+
+def capture_error(
+    model_name: str, exc: Exception, dynamic_axes: DynamicAxes | None
+) -> CaptureError:
+    """torch.export's failure as one actionable message: which input axis the code fixed to
+    what size, or where the code branches on tensor values (not torch's whole report)."""
+    text = str(exc)
+    fixed = []
+    for name, index, axis, size in _SPECIALISED.findall(text):
+        if name == "args" and index:
+            name = f"positional input {index.strip('[]')}"
+        axes = (dynamic_axes or {}).get(name, {})
+        sym = axes.get(int(axis), "") if isinstance(axes, Mapping) else ""
+        fixed.append(
+            f"dynamic axis {axis}{f' ({sym})' if sym else ''} of input {name!r} was fixed to "
+            f"{size} by the model's code"
+        )
+    if fixed:
+        return CaptureError(
+            f"torch.export could not capture {model_name}: {'; '.join(fixed)}. Some operation "
+            "needs that exact size: a reshape / view / expand with a hard-coded size, or a "
+            "Python int taken from a shape. Write sizes from the tensor (x.reshape(x.shape[0], "
+            "-1)) or remove that axis from dynamic_axes."
+        )
+    call = _USER_CALL.search(text)
+    where = f" at {call.group(1)}:{call.group(2)} ({call.group(3).strip()})" if call else ""
+    if "data-dependent" in text or "DataDependent" in type(exc).__name__:
+        return CaptureError(
+            f"torch.export could not capture {model_name}: the code depends on tensor values"
+            f"{where}. An `if` on a tensor, .item() or a size computed from values cannot be "
+            "exported; rewrite it with torch.where / torch.cond, or compute it outside the model."
+        )
+    first = "\n".join(line for line in text.strip().splitlines()[:3] if line.strip())
+    return CaptureError(
+        f"torch.export could not capture {model_name}{where}: {first}\n"
+        "Data-dependent control flow (an `if` on tensor values) and non-tensor outputs cannot "
+        "be exported; rewrite them with torch.where / torch.cond or return tensors."
+    )
 
 
 def _export(model: nn.Module, args, kwargs, dynamic_shapes) -> ExportedProgram:
