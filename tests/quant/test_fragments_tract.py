@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tract  # noqa: F401  a runtime dependency: missing must fail, not skip
 
 from t2n_quant import quantize_tensor
 from t2n_quant.codecs import SUPPORTED_BITS
 from tests.quant.qhelpers import run_tract, write_weight_graph
-
-pytest.importorskip("tract")
 
 GROUPS = ["g16", "g32", "g64", "g128", "g256", "pc"]
 

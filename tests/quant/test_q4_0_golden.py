@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import gguf  # a dev dependency: missing must fail, not skip
 import numpy as np
 import pytest
 import torch
 
 from t2n_quant import QParams, quantize_tensor
 from t2n_quant.codecs import Q4_0Codec
-
-gguf = pytest.importorskip("gguf")
 
 
 def ggml_bytes(w: torch.Tensor) -> np.ndarray:

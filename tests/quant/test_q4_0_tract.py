@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tract  # noqa: F401  a runtime dependency: missing must fail, not skip
 
 from t2n_quant import quantize_tensor
 from tests.quant.qhelpers import run_tract, write_weight_graph
-
-pytest.importorskip("tract")
 
 
 @pytest.fixture
