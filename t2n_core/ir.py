@@ -50,6 +50,8 @@ class Variable:
     label: str
     tensor: Any  # a torch.Tensor or an NNEFStorage
     declared_in: str | None = None  # a fragment that declares it (see t2n_core.loop_weights)
+    #: (label, tensor, encoding) of the last ``writer.encoding_of``: computed once per label
+    encoded: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -39,10 +39,16 @@ def plain_encoding(tensor: torch.Tensor, label: str) -> Encoding:
 
 
 def encoding_of(var: Variable) -> Encoding:
+    """How ``var`` is stored; computed once for its current label and tensor."""
     tensor = var.tensor
+    if var.encoded is not None and var.encoded[0] == var.label and var.encoded[1] is tensor:
+        return var.encoded[2]
     if isinstance(tensor, NNEFStorage) and hasattr(tensor, "nnef_encoding"):
-        return tensor.nnef_encoding(var.label)
-    return plain_encoding(tensor, var.label)
+        encoding = tensor.nnef_encoding(var.label)
+    else:
+        encoding = plain_encoding(tensor, var.label)
+    var.encoded = (var.label, tensor, encoding)
+    return encoding
 
 
 def attach_encodings(graph: Graph) -> None:

@@ -1,0 +1,102 @@
+"""Unit tests of the pipeline's small pieces: names, labels, strings, member paths, symbols."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import sympy
+import torch
+
+from t2n_core.errors import ArchiveFormatError, TranslationError
+from t2n_core.ir import Graph, Variable, is_identifier, sanitize
+from t2n_core.nnef.archive import member_path
+from t2n_core.nnef.text import escape_string, literal, unescape_string
+from t2n_core.symbolic import SymbolTable
+from t2n_core.writer import MAX_LABEL, assign_file_labels, encoding_of
+from tests.helpers import export_and_check
+
+
+def test_fresh_names_never_take_reserved_user_names():
+    g = Graph()
+    g.reserve(["v_0_weight", "x"])
+    assert g.fresh_name("0.weight") == "v_0_weight_1"
+    assert g.fresh_name("x") == "x_1"
+    assert g.fresh_name("graph") == "v_graph"  # an NNEF keyword
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("x", True), ("_a1", True), ("1x", False), ("a-b", False), ("é", False),
+     ("graph", False), ("tensor", False), ("", False)],
+)  # fmt: skip
+def test_identifier_rule(name, ok):
+    assert is_identifier(name) is ok
+    assert is_identifier(sanitize(name or "v"))
+
+
+def _graph_with(labels: list[str]) -> Graph:
+    g = Graph()
+    for label in labels:
+        name = g.fresh_name(label)
+        g.variables[name] = Variable(name, label, torch.zeros(2))
+    return g
+
+
+def test_file_labels_are_safe_and_unique_ignoring_case():
+    g = _graph_with(["enc.0.weight", "/abs/head.weight", "../up", "A", "a", "x" * 300, ".hidden"])
+    assign_file_labels(g)
+    labels = [v.label for v in g.variables.values()]
+    assert labels[0] == "enc.0.weight"  # a safe state-dict name is kept
+    assert all("/" not in lb and not lb.startswith(".") and len(lb) <= MAX_LABEL for lb in labels)
+    assert len({lb.lower() for lb in labels}) == len(labels)
+
+
+def test_labels_kept_first_hold_when_new_variables_come():
+    g = _graph_with(["w"])
+    first = assign_file_labels(g)
+    g.variables = {"new": Variable("new", "w", torch.zeros(1)), **g.variables}
+    assign_file_labels(g, keep_first=first)
+    assert g.variables["w"].label == "w" and g.variables["new"].label != "w"
+
+
+def test_encoding_is_computed_once_per_label():
+    var = Variable("w", "w", torch.zeros(3))
+    assert encoding_of(var) is encoding_of(var)
+    var.label = "w2"
+    assert encoding_of(var) is not None and var.encoded[0] == "w2"
+
+
+def test_strings_round_trip_every_printable_character():
+    assert unescape_string(escape_string(string.printable)) == string.printable
+    assert literal("Bob's") == "'Bob\\'s'"
+
+
+@pytest.mark.parametrize("bad", ["../x", "/x", "a/../../x", "", "..", "C:/x"])
+def test_member_paths_outside_the_archive_are_refused(bad):
+    with pytest.raises(ArchiveFormatError, match="outside the archive"):
+        member_path(bad)
+
+
+def test_member_path_normalises():
+    assert member_path("./a/b.dat") == "a/b.dat"
+
+
+def test_symbol_table_prints_tdim_and_refuses_unbound_symbols():
+    table = SymbolTable()
+    s, t = sympy.symbols("s0 s1")
+    table.bind(s, "T")
+    assert table.dim(4) == 4
+    assert table.text(2 * s + 1) == "((2 * T) + 1)"
+    with pytest.raises(TranslationError, match="does not come from a dynamic axis"):
+        table.text(t)
+
+
+def test_list_form_dynamic_axes_declare_their_symbol(tmp_path):
+    result = export_and_check(
+        torch.nn.Linear(4, 3), torch.randn(5, 4), tmp_path, name="m", dynamic_axes={"input": [0]},
+        check_inputs=[(torch.randn(7, 4),)],
+    )  # fmt: skip
+    text = (result.path / "graph.nnef").read_text()
+    assert "extension tract_symbol input_0;" in text
+    assert result.inputs[0].shape == ("input_0", 4)
