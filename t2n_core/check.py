@@ -188,16 +188,22 @@ def compare(
                     "" if allow_nan else "; pass allow_nan=True if NaN is expected"
                 )
             elif finite.any() and b.size > 1 and np.ptp(b[finite]) == 0:
-                note = f"reference is constant ({b[finite].flat[0]:.3g}): this check proves little"
+                value = f"{b[finite].flat[0]:.3g}"
+                note = f"reference is constant ({value}): only the shape and that value are tested"
             elif scale <= atol:
-                note = f"reference is vanishing (max|y| = {scale:.3g} <= atol): proves little"
+                note = (
+                    f"reference is vanishing (max|y| = {scale:.3g} <= atol): any output this "
+                    "small passes, the check proves little"
+                )
         else:
             mismatch = a != b.astype(a.dtype, copy=False)
             max_abs = float(mismatch.sum())
             max_rel = max_abs / max(b.size, 1)
             ok = not mismatch.any()
             if b.size > 1 and (b == b.flat[0]).all():
-                note = f"reference is constant ({b.flat[0]}): this check proves little"
+                note = (
+                    f"reference is constant ({b.flat[0]}): only the shape and that value are tested"
+                )
         if note:
             logger.warning("tract check of %s: %s", name, note)
         report.outputs.append(
