@@ -147,10 +147,11 @@ def _slice(ctx: EmitContext, x: Ref, axis: int, begin, end, stride: int = 1, **k
     shape = list(ctx.shape(x))
     if begin == 0 and end == shape[axis] and stride == 1:
         return x
-    if stride != 1 and isinstance(shape[axis], int):
+    if stride != 1 and isinstance(shape[axis], int) and x.name not in ctx.graph.variables:
         # tract turns a strided slice into Downsample, which its declutter pass fails to pull
         # over a Reshape ("Invalid axis"); a gather of the same indices loads and runs. (A
-        # dynamic axis keeps the slice: tract can stream Downsample, not this gather.)
+        # dynamic axis keeps the slice: tract can stream Downsample, not this gather; so does
+        # a stored tensor: the writer's passes fold slices of those.)
         length = kw["shape"][axis]
         indices = _range(ctx, begin, end, stride, length)
         return ctx.emit("tract_core_gather", [x, indices], {"axis": axis}, dtype=ctx.dtype(x), **kw)
