@@ -276,6 +276,8 @@ case("index_put", lambda x, i, v: torch.index_put(x, (i,), v), lambda: r(6, 4),
 case("index_put_accumulate", lambda x, i, v: torch.index_put(x, (i,), v, accumulate=True),
      lambda: r(6, 4), lambda: torch.tensor([4, 1, 4]), lambda: r(3, 4))  # fmt: skip
 case("setitem_slice", lambda x, v: torch.slice_scatter(x, v, 3, 1, 3), _x, lambda: r(2, 3, 4, 2))
+case("setitem_strided", lambda x, v: torch.slice_scatter(x, v, 3, 0, 5, 2), _x, lambda: r(2, 3, 4, 3))
+case("setitem_2d", lambda x, v: _setitem(x, v), lambda: r(5, 5), lambda: r(4, 4))
 case("select_scatter", lambda x, v: torch.select_scatter(x, v, 1, 0), _x, lambda: r(2, 4, 5))
 case("masked_scatter_where", lambda x, y: x.masked_fill(y > 0, 0.0), _x, _x)
 case("sort", lambda x: torch.sort(x, 3)[0], _x)
@@ -391,6 +393,14 @@ case("F.triplet_margin_loss", F.triplet_margin_loss, lambda: r(3, 4), lambda: r(
 case("view_as_real", lambda x: torch.view_as_real(torch.view_as_complex(x)) * 2, lambda: r(3, 4, 2))
 case("complex_mul", lambda x, y: torch.view_as_real(torch.view_as_complex(x) * torch.view_as_complex(y)), lambda: r(3, 4, 2), lambda: r(3, 4, 2))
 case("polar", lambda a, b: torch.view_as_real(torch.polar(a, b)), lambda: pos(3, 4), lambda: r(3, 4))
+
+
+
+def _setitem(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    y = x.clone()
+    y[1:, 1:] = v  # BEiT's relative position index
+    return y
+
 
 _MHA = nn.MultiheadAttention(8, 2, batch_first=True).eval()
 

@@ -171,3 +171,91 @@ def _broadcast_to(ctx: EmitContext, operand, shape: list, dtype: torch.dtype) ->
         )  # fmt: skip
     return ctx.emit("tract_core_broadcast", [operand], {"shape": [dim_attr(d) for d in shape]},
                     dtype=dtype, shape=shape, hint="index_put")  # fmt: skip
+
+
+def _slice_scatter(ctx: EmitContext, x: Ref, src: Ref, axis: int, start, end, step: int) -> Ref:
+    """``x`` with ``x[..., start:end:step, ...] = src`` on ``axis``."""
+    shape = list(ctx.shape(x))
+    size = shape[axis]
+    dtype = ctx.meta().dtype
+    src = ctx.cast(src, dtype)
+    if step == 1:
+        pieces = []
+        if start != 0:
+            head = [*shape[:axis], start, *shape[axis + 1 :]]
+            pieces.append(ctx.emit("slice", [x], {"axes": [axis], "begin": [0], "end": [start]},
+                                   dtype=dtype, shape=head, hint="slice_scatter"))  # fmt: skip
+        pieces.append(src)
+        if not (isinstance(size, int) and isinstance(end, int) and end >= size):
+            tail_len = size - end if isinstance(size, int) else f"({size} - {end})"
+            tail = [*shape[:axis], tail_len, *shape[axis + 1 :]]
+            pieces.append(ctx.emit(
+                "slice", [x], {"axes": [axis], "begin": [dim_attr(end)], "end": [dim_attr(size)]},
+                dtype=dtype, shape=tail, hint="slice_scatter",
+            ))  # fmt: skip
+        if len(pieces) == 1:
+            return src
+        return ctx.emit_like("concat", [pieces], {"axis": axis})
+    n = ctx.shape(src)[axis]
+    if not isinstance(n, int):
+        raise ctx.error("a strided slice assignment needs a static length")
+    positions = (start + step * torch.arange(n)).reshape(
+        *([1] * axis), n, *([1] * (len(shape) - axis - 1))
+    )
+    index = ctx.emit(
+        "tract_core_broadcast", [ctx.constant(positions, hint="slice_scatter_index")],
+        {"shape": [dim_attr(d) for d in ctx.shape(src)]}, dtype=torch.int64,
+        shape=ctx.shape(src), hint="slice_scatter",
+    )  # fmt: skip
+    return ctx.emit_like(
+        "tract_core_scatter_elements", [x, index, src], {"axis": axis, "reduction": "none"}
+    )
+
+
+@register(aten.slice_scatter.default)
+def slice_scatter(ctx: EmitContext, node: torch.fx.Node):
+    """slice_scatter(Tensor self, Tensor src, int dim=0, SymInt? start=None, SymInt? end=None,
+    SymInt step=1) -> Tensor"""
+    x, src = ctx.arg(0), ctx.arg(1)
+    axis = norm_axis(ctx.arg(2, 0), ctx.rank(x))
+    size = ctx.shape(x)[axis]
+    start, end, step = ctx.arg(3), ctx.arg(4), int(ctx.arg(5, 1))
+    start = 0 if start is None else start
+    end = size if end is None else end
+    if isinstance(size, int) and isinstance(end, int):
+        end = min(end, size)
+    if not isinstance(start, int) or start < 0:
+        raise ctx.error("slice assignment needs a static, non-negative start")
+    return _slice_scatter(ctx, x, src, axis, start, end, step)
+
+
+@register(aten.select_scatter.default)
+def select_scatter(ctx: EmitContext, node: torch.fx.Node):
+    """select_scatter(Tensor self, Tensor src, int dim, SymInt index) -> Tensor"""
+    x, src = ctx.arg(0), ctx.arg(1)
+    axis = norm_axis(ctx.arg(2), ctx.rank(x))
+    index = ctx.arg(3)
+    size = ctx.shape(x)[axis]
+    if isinstance(index, int) and index < 0 and isinstance(size, int):
+        index += size
+    if not isinstance(index, int) or index < 0:
+        raise ctx.error("select assignment needs a static index")
+    src_shape = list(ctx.shape(src)) if isinstance(src, Ref) else []
+    src = ctx.emit(
+        "unsqueeze", [src], {"axes": [axis]}, dtype=ctx.dtype(src),
+        shape=[*src_shape[:axis], 1, *src_shape[axis:]], hint="select_scatter",
+    )  # fmt: skip
+    return _slice_scatter(ctx, x, src, axis, index, index + 1, 1)
+
+
+@register(aten.copy.default)
+def copy(ctx: EmitContext, node: torch.fx.Node):
+    """copy(Tensor self, Tensor src, bool non_blocking=False) -> Tensor: ``src`` broadcast to
+    ``self``'s shape, in ``self``'s dtype."""
+    src = ctx.arg(1)
+    dtype = ctx.meta().dtype
+    src = ctx.cast(src, dtype) if isinstance(src, Ref) else ctx.scalar(src, dtype)
+    shape = list(ctx.out_shape())
+    if isinstance(src, Ref) and list(ctx.shape(src)) == shape:
+        return src
+    return _broadcast_to(ctx, src, shape, dtype)

@@ -16,7 +16,7 @@ NEW_OPS = [
     "index_copy", "index_put", "index_put_accumulate", "sort", "sort_indices", "argsort",
     "msort", "kthvalue", "searchsorted", "bucketize", "cumprod", "cummax", "cummin",
     "logcumsumexp", "isnan", "isinf", "isposinf", "nan_to_num", "F.grid_sample",
-    "F.grid_sample_nearest",
+    "F.grid_sample_nearest", "setitem_slice", "setitem_strided", "setitem_2d", "select_scatter",
 ]  # fmt: skip
 
 
