@@ -382,56 +382,69 @@ def referenced_labels(graph_text: str) -> set[str]:
 def read_archive_files(
     path: str | os.PathLike, *, dat_headers_only: bool = False
 ) -> dict[str, bytes]:
-    """Files of an archive (directory or tar), by relative path, after :func:`list_archive`.
+    """Files of an archive (directory or tar), by relative path, checked as by
+    :func:`list_archive`.
 
     With ``dat_headers_only``, only graph.nnef and the 128-byte header of each ``.dat`` file
     are read (other files are left out), so describing a large archive reads little.
     graph.nnef over :data:`MAX_GRAPH_BYTES` is refused.
     """
-    src = Path(path)
-    sizes = list_archive(src)
-    if sizes.get("graph.nnef", 0) > MAX_GRAPH_BYTES:
-        raise ArchiveFormatError(
-            f"{src}: graph.nnef has {sizes['graph.nnef']} bytes, more than the "
-            f"{MAX_GRAPH_BYTES} bytes a graph may have"
-        )
+    return scan_archive(path, dat_headers_only=dat_headers_only)[1]
 
-    def limit(name: str) -> int | None:
+
+def scan_archive(
+    path: str | os.PathLike, *, dat_headers_only: bool = False
+) -> tuple[dict[str, int], dict[str, bytes]]:
+    """:func:`list_archive` and :func:`read_archive_files` in one pass (a tar is read once)."""
+    src = Path(path)
+
+    def limit(name: str, size: int) -> int | None:
         """How much of ``name`` to read: -1 all, None nothing."""
+        if name == "graph.nnef" and size > MAX_GRAPH_BYTES:
+            raise ArchiveFormatError(
+                f"{src}: graph.nnef has {size} bytes, more than the {MAX_GRAPH_BYTES} bytes a "
+                "graph may have"
+            )
         if name == "graph.nnef" or not dat_headers_only:
             return -1
         return HEADER_SIZE if name.endswith(".dat") else None
 
     out: dict[str, bytes] = {}
     if src.is_dir():
-        for name in sizes:
-            n = limit(name)
+        sizes = _list_dir(src)
+        for name, size in sizes.items():
+            n = limit(name, size)
             if n is not None:
                 with open(src / name, "rb") as f:
                     out[name] = f.read(n)
-        return out
+        return sizes, out
+    if not src.is_file():
+        raise ArchiveFormatError(f"{src} does not exist or is neither a folder nor a tar file")
+    sizes = {}
     with _open_tar(src) as tar:
         for member in tar:
+            _check_member(src, member)
             if member.isfile():
                 name = member_path(member.name)
-                n = limit(name)
+                sizes[name] = member.size
+                n = limit(name, member.size)
                 f = tar.extractfile(member)
                 if n is not None and f is not None:
                     out[name] = f.read(n)
-    return out
+    return sizes, out
 
 
 def validate_for_tract(path: str | os.PathLike) -> None:
     """Refuse an archive tract must not be given: see :func:`list_archive`, plus unreferenced
     members over :data:`MAX_UNREFERENCED_BYTES` (tract would read them whole)."""
-    files = read_archive_files(path, dat_headers_only=True)
+    sizes, files = scan_archive(path, dat_headers_only=True)
     if "graph.nnef" not in files:
         raise ArchiveFormatError(f"{os.fspath(path)} has no graph.nnef")
     wanted = referenced_labels(files["graph.nnef"].decode("utf-8", errors="replace"))
     wanted |= {"graph.nnef", "graph.quant"}
     big = [
         f"{name} ({size} bytes)"
-        for name, size in list_archive(path).items()
+        for name, size in sizes.items()
         if name not in wanted and size > MAX_UNREFERENCED_BYTES
     ]
     if big:
