@@ -106,6 +106,7 @@ def export(
     check: bool = False,
     atol: float = 1e-4,
     rtol: float = 1e-4,
+    allow_nan: bool = False,
     overwrite: bool = False,
     compresslevel: int = 0,
     properties: Mapping[str, str] | None = None,
@@ -119,7 +120,8 @@ def export(
     recorded in the archive, so that :func:`t2n_core.pulse.check_pulsed` and
     ``t2n check --pulse N`` can stream it in tract. ``check=True`` runs the
     archive in tract on ``args`` and raises :class:`CheckMismatchError` if it disagrees with
-    PyTorch beyond ``atol + rtol * max|reference|``. Tar archives are stored uncompressed
+    PyTorch beyond ``atol + rtol * max|reference|``; a NaN in either output fails it unless
+    ``allow_nan=True`` and both have NaN at the same places. Tar archives are stored uncompressed
     inside gzip by default (``compresslevel=0``: weights barely compress and level 1 runs at
     ~40 MB/s); pass ``compresslevel=6`` for smaller files.
 
@@ -207,7 +209,7 @@ def export(
         expected = [r.detach().cpu().numpy() for r in ref_leaves]
         report = check_archive(
             staged, inputs, expected, names=output_names, atol=atol, rtol=rtol,
-            shown_as=os.fspath(path),
+            allow_nan=allow_nan, shown_as=os.fspath(path),
         )  # fmt: skip
         check_report.append(report)
 
