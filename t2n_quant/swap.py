@@ -29,6 +29,7 @@ from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
 from t2n_quant.matmul_weights import expert_incompatibility, expert_weight_attrs, linearize_conv1d
+from t2n_quant.parametrizations import bake_weight_parametrizations
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
 from t2n_quant.quantize import quantize_deferred, quantize_tensor
@@ -260,6 +261,7 @@ def quantize_model(
         summary.notes.append(note)
     inc, exc = _patterns(include), _patterns(exclude)
     _warn_unmatched(model, inc, exc, summary)
+    summary.notes += bake_weight_parametrizations(model, SUPPORTED_MODULES)
     todo: list[tuple[_Weight, Codec]] = []
     collected = _collect(model)
     _list_unreachable(model, collected, summary)
