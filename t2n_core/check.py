@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,35 +88,77 @@ _BOOT = "import runpy, sys; del sys.path[0]; sys.argv[:] = sys.argv[1:]; runpy.r
 _FRAME = re.compile(r"\s+(\d+:|at )|stack backtrace:|note: ")  # Rust backtrace lines
 
 
+class _Worker:
+    """The long-lived ``tract_child.py serve`` process of this process (started on first
+    use, again after a crash or a fork): a check costs no Python + tract start-up."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.owner = 0
+        self.lock = threading.Lock()
+
+    def request(self, command: str, path: str, workdir: Path) -> tuple[int, str]:
+        """``(exit status, what it printed on stderr)``; a negative status is a signal."""
+        with self.lock:
+            for attempt in range(2):
+                proc = self._started()
+                try:
+                    assert proc.stdin is not None and proc.stdout is not None
+                    proc.stdin.write(json.dumps([command, path, str(workdir)]) + "\n")
+                    proc.stdin.flush()
+                    line = proc.stdout.readline()
+                except BrokenPipeError:  # it died between requests (killed): start another
+                    self.proc = None
+                    if attempt:
+                        raise
+                    continue
+                err = workdir / "stderr.txt"
+                text = err.read_text(errors="replace").strip() if err.exists() else ""
+                if line:
+                    return int(line), text
+                self.proc = None
+                return proc.wait(), text
+        raise AssertionError("unreachable")
+
+    def _started(self) -> subprocess.Popen:
+        if self.proc is None or self.proc.poll() is not None or self.owner != os.getpid():
+            env = {**os.environ, "RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(_CHILD), "serve"], env=env, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, errors="replace",
+            )  # fmt: skip
+            self.owner = os.getpid()
+        return self.proc
+
+
+_WORKER = _Worker()
+
+
 def in_tract_child(command: str, path: str | os.PathLike, workdir: Path, shown: str) -> None:
-    """Run ``tract_child.py COMMAND`` on ``path``; a tract error or crash -> TractRunError."""
+    """Run ``tract_child.py COMMAND`` on ``path`` in the tract worker process; a tract error
+    or crash -> TractRunError (the worker is started again for the next request)."""
     from t2n_core.nnef.archive import validate_for_tract
 
     validate_for_tract(path)
-    argv = [sys.executable, "-c", _BOOT, str(_CHILD), command, os.fspath(path), str(workdir)]
-    env = {**os.environ, "RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}  # tract's text only
-    proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env)
-    if proc.returncode == 0:
+    status, text = _WORKER.request(command, os.fspath(path), Path(workdir))
+    if status == 0:
         return
-    text = proc.stderr.strip()
-    if proc.returncode == LOAD_FAILED:
+    if status == LOAD_FAILED:
         raise TractRunError(f"tract could not load {shown}: {text}")
-    if proc.returncode == RUN_FAILED:
+    if status == RUN_FAILED:
         raise TractRunError(f"tract could not run {shown}: {text}")
-    if proc.returncode < 0:
+    if status < 0:
         try:
-            how = signal.Signals(-proc.returncode).name
+            how = signal.Signals(-status).name
         except ValueError:
-            how = f"signal {-proc.returncode}"
+            how = f"signal {-status}"
         lines = [ln for ln in text.splitlines() if ln.strip() and not _FRAME.match(ln)]
         tail = "\n".join(lines[-20:])
         raise TractRunError(
             f"tract crashed ({how}) on {shown}; it ran in a child process, so this one goes on. "
             f"This is a tract bug; what tract printed:\n{tail}"
         )
-    raise TractRunError(
-        f"the tract child process failed on {shown} (exit {proc.returncode}):\n{text}"
-    )
+    raise TractRunError(f"the tract child process failed on {shown} (exit {status}):\n{text}")
 
 
 def run_tract(

@@ -1,7 +1,9 @@
 """Run tract in a child process, so that a tract panic (an abort) cannot end the caller's.
 
 Run as a script (``python tract_child.py COMMAND ARCHIVE WORKDIR``), never imported by the
-child: it needs only ``numpy`` and ``tract``, so the child starts in about 0.2 s.
+child: it needs only ``numpy`` and ``tract``, so the child starts in about 0.2 s. With
+``serve`` it stays up and answers one request per line (:func:`serve`), so a process that
+checks many archives starts it once.
 
 - ``run``: load ARCHIVE, run it on ``WORKDIR/inputs.npz`` (``arr_0``, ``arr_1``, ... in
   order), write ``WORKDIR/outputs.npz`` the same way.
@@ -164,5 +166,31 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def serve() -> int:
+    """Answer requests until stdin closes: each line is ``[command, archive, workdir]`` (JSON),
+    each answer a line with :func:`main`'s exit status. What a request prints on stderr
+    (tract's error, or a panic's text, Rust writes it to fd 2) goes to ``WORKDIR/stderr.txt``,
+    which the caller reads after a crash too."""
+    import os
+
+    saved = os.dup(2)
+    for line in sys.stdin:
+        command, archive, workdir = json.loads(line)
+        with open(Path(workdir) / "stderr.txt", "w") as err:
+            sys.stderr.flush()
+            os.dup2(err.fileno(), 2)
+            try:
+                status = main([command, archive, workdir])
+            except BaseException as exc:  # not tract's error: say what it was, carry on
+                print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                status = 1
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+        sys.stdout.write(f"{status}\n")
+        sys.stdout.flush()
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(serve() if sys.argv[1:] == ["serve"] else main(sys.argv[1:]))

@@ -90,3 +90,17 @@ def test_check_archive_uses_the_archive_output_names(tmp_path):
     ref = Two()(x)
     report = t2n_core.check_archive(result.path, [x.numpy()], [ref["logits"], ref["probs"]])
     assert [o.name for o in report.outputs] == ["logits", "probs"]
+
+
+def test_the_tract_worker_is_started_again_when_gone(tmp_path):
+    from t2n_core import check
+
+    result = t2n_core.export(torch.nn.Linear(4, 2), (torch.randn(3, 4),), tmp_path / "m.tgz",
+                             check=True, progress=False)  # fmt: skip
+    worker = check._WORKER.proc
+    assert worker is not None and worker.poll() is None  # one process serves every check
+    worker.kill()
+    worker.wait()
+    x = np.ones((3, 4), np.float32)
+    assert t2n_core.run_tract(result.path, [x])[0].shape == (3, 2)
+    assert check._WORKER.proc is not worker
