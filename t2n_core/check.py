@@ -140,7 +140,8 @@ def in_tract_child(command: str, path: str | os.PathLike, workdir: Path, shown: 
     from t2n_core.nnef.archive import validate_for_tract
 
     validate_for_tract(path)
-    status, text = _WORKER.request(command, os.fspath(path), Path(workdir))
+    # absolute: the worker keeps the directory it was started in
+    status, text = _WORKER.request(command, os.path.abspath(path), Path(workdir).absolute())
     if status == 0:
         return
     if status == LOAD_FAILED:

@@ -104,3 +104,11 @@ def test_the_tract_worker_is_started_again_when_gone(tmp_path):
     x = np.ones((3, 4), np.float32)
     assert t2n_core.run_tract(result.path, [x])[0].shape == (3, 2)
     assert check._WORKER.proc is not worker
+
+
+def test_relative_paths_after_a_change_of_directory(tmp_path, monkeypatch):
+    t2n_core.export(torch.nn.Linear(4, 2), (torch.randn(3, 4),), tmp_path / "a.tgz",
+                    check=True, progress=False)  # fmt: skip  (the worker is up)
+    monkeypatch.chdir(tmp_path)
+    x = np.ones((3, 4), np.float32)
+    assert t2n_core.run_tract("a.tgz", [x])[0].shape == (3, 2)
