@@ -4,7 +4,9 @@ Quantizes every Linear of :func:`benchmarks.models.transformer_120m` (random wei
 time does not depend on the values) with ``calibration="gptq"`` on ``--sequences`` random
 token sequences of ``--seq-len`` tokens, block by block, and prints the wall time. The
 Hessian gathering scales with the number of tokens, the per-layer solve does not: run two
-sizes and extrapolate linearly to 128 x 512 tokens (``--extrapolate``).
+sizes and extrapolate linearly to 128 x 512 tokens (``--extrapolate``). On a loaded shared
+machine the noise can exceed the per-sequence cost; then time one forward pass instead
+(about half the per-sequence cost: each block runs once to gather, once quantized).
 
 Run: ``python -m benchmarks.bench_gptq_time --sequences 2 4 --seq-len 512 --extrapolate 128``
 """

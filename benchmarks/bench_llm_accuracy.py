@@ -26,7 +26,7 @@ from t2n_quant.compare import compare
 from t2n_quant.plan import plan
 
 CONFIGS: list[tuple[str, list[str]]] = [
-    ("q4_0", ["reference", "minmax", "mse", "hqq", "gptq", "gptq:mse"]),
+    ("q4_0", ["reference", "minmax", "mse", "hqq", "awq", "awq:mse", "gptq", "gptq:mse"]),
     ("minmax:3:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 4.0 bits/weight
     ("symmetric:3:g32", ["mse", "gptq:mse"]),  # 3.5
     ("minmax:2:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 3.0
