@@ -550,6 +550,8 @@ def quantize_with_data(
                              f"weight-only {inner!r} calibration")  # fmt: skip
         left.append((w, codec))
     done: set[int] = set()
+    bar = tqdm(total=len(targets), desc=f"{method} ({options.get('inner', 'minmax')} scales)",
+               unit="layer", disable=not progress)  # fmt: skip
 
     def assign(t: Target, new_w: torch.Tensor, params: QParams | None) -> None:
         qt = quantize_tensor(new_w.float(), t.codec, calibration=inner, params=params,
@@ -558,13 +560,16 @@ def quantize_with_data(
             qt = qt.with_inner(lambda x: x, dtype=t.weight.param.dtype)
         install(t.weight, t.codec, qt)
         done.add(id(t))
+        bar.set_postfix_str(t.weight.name, refresh=False)
+        bar.update(1)
 
     if targets:
         job = Job(method, {k: v for k, v in options.items() if k != "inner" or method == "gptq"},
                   dev, assign, summary.notes.append)  # fmt: skip
         if method == "awq":
             job.options["inner"] = inner
-        mode = calibrate_with_data(model, targets, data, job, progress)
+        with bar:
+            mode = calibrate_with_data(model, targets, data, job, False)
         logger.info("%s: inputs gathered %s", method, mode)
         summary.notes.append(f"{method}: layer inputs gathered {mode} on {len(data)} batch(es)")
     for t in targets:
