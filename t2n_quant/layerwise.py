@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from t2n_core.progress import progress_bar
 from t2n_quant.calibration.awq import search_scales
 from t2n_quant.calibration.gptq import gptq
 from t2n_quant.calibration_data import Batch
@@ -384,7 +384,7 @@ def _sequential(
         else:
             rest.append(t)
     outs: list[Any] = []
-    bar = tqdm(range(len(blocks)), desc=f"{method} block by block", unit="block",
+    bar = progress_bar(range(len(blocks)), desc=f"{method} block by block", unit="block",
                disable=not progress)  # fmt: skip
     for i in bar:
         block = blocks[i]
@@ -432,7 +432,8 @@ def _solve(
     if job.method == "awq":
         _awq(reached, job, produced, probe)
         return
-    for t in tqdm(reached, desc=f"{job.method} ({where})", unit="layer", disable=not progress):
+    desc = f"{job.method} ({where})"
+    for t in progress_bar(reached, desc=desc, unit="layer", disable=not progress):
         w = t.weight.param.detach()
         dev = job.device or w.device
         assert t.hessian is not None
@@ -550,8 +551,8 @@ def quantize_with_data(
                              f"weight-only {inner!r} calibration")  # fmt: skip
         left.append((w, codec))
     done: set[int] = set()
-    bar = tqdm(total=len(targets), desc=f"{method} ({options.get('inner', 'minmax')} scales)",
-               unit="layer", disable=not progress)  # fmt: skip
+    desc = f"{method} ({options.get('inner', 'minmax')} scales)"
+    bar = progress_bar(total=len(targets), desc=desc, unit="layer", disable=not progress)
 
     def assign(t: Target, new_w: torch.Tensor, params: QParams | None) -> None:
         qt = quantize_tensor(new_w.float(), t.codec, calibration=inner, params=params,

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from t2n_core.progress import progress_bar
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import resolve
@@ -202,7 +202,9 @@ def plan(
         work = copy.deepcopy(model)
         copies = {w.name: w for w in _collect(work)}
         total = sum(len(f) for _, f in layers)
-        bar = tqdm(total=total, desc="plan: layer sensitivity", unit="trial", disable=not progress)
+        bar = progress_bar(
+            total=total, desc="plan: layer sensitivity", unit="trial", disable=not progress
+        )
         for w, fits in layers:
             twin = copies[w.name]
             original = twin.param

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from t2n_core import __version__
 from t2n_core.check import CheckReport, check_archive
@@ -56,6 +55,7 @@ from t2n_core.llm.wrapper import (
 )
 from t2n_core.nnef.archive import TMP_MARK, read_archive_files, remove_stale_temporaries
 from t2n_core.nnef.dat import DatHeader
+from t2n_core.progress import progress_bar
 from t2n_core.summary import human_bytes
 
 logger = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def _samples(
     prompt = torch.from_numpy(_sample_prompt(ckpt, vocab))
     empty = [torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype) for _ in range(2 * n_layers)]
     samples = {}
-    bar = tqdm(total=len(SAMPLES), desc="reference", disable=not progress, leave=False)
+    bar = progress_bar(total=len(SAMPLES), desc="reference", disable=not progress, leave=False)
     with torch.no_grad(), bar:
         args: list[torch.Tensor] = [prompt, *empty]
         for name, new in SAMPLES.items():
@@ -337,7 +337,7 @@ def _check(
     progress: bool,
 ) -> CheckReport:
     report = CheckReport(atol=tol, rtol=tol)
-    for name, (inputs, outputs) in tqdm(samples.items(), desc="check", disable=not progress,
+    for name, (inputs, outputs) in progress_bar(samples.items(), desc="check", disable=not progress,
                                         leave=False):  # fmt: skip
         part = check_archive(
             archive, list(inputs.values()), list(outputs.values()),

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from t2n_core.errors import T2NError
+from t2n_core.progress import progress_bar
 from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.codecs.base import Codec
 from t2n_quant.config import QuantConfig, resolve
@@ -152,7 +152,7 @@ def _write(
     shards = _shards(items, max_shard_size)
     paths = _shard_paths(path, len(shards))
     total = sum(p.nbytes for _, planned in items for p in planned)
-    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not progress)
+    bar = progress_bar(total=total, desc=desc, unit="B", unit_scale=True, disable=not progress)
     written: list[Path] = []
     temporaries: list[tuple[Path, Path]] = []  # renamed together once every file is complete
     weight_map: dict[str, str] = {}
