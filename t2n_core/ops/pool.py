@@ -140,6 +140,35 @@ def max_pool(ctx: EmitContext, node: torch.fx.Node):
     return _unbatched(ctx, y, squeeze)
 
 
+_MAX_POOL_INDICES = {
+    aten.max_pool2d_with_indices.default: 2, aten.max_pool3d_with_indices.default: 3,
+}  # fmt: skip
+
+
+@register(*_MAX_POOL_INDICES)
+def max_pool_with_indices(ctx: EmitContext, node: torch.fx.Node):
+    """max_pool2d_with_indices(Tensor self, int[2] kernel_size, int[2] stride=[],
+    int[2] padding=0, int[2] dilation=1, bool ceil_mode=False) -> (Tensor, Tensor) (and 3d):
+    NNEF ``max_pool_with_index``, whose indices count positions in each input plane as
+    torch's do (checked against torch, padding included)."""
+    dtype = _check_float(ctx)
+    n = _MAX_POOL_INDICES[node.target]
+    window = _Window(
+        ctx, n, ctx.arg(1), ctx.arg(2, ctx.arg("stride", [])), ctx.arg(3, ctx.arg("padding", 0)),
+        ctx.arg(4, ctx.arg("dilation", 1)), ctx.arg(5, ctx.arg("ceil_mode", False)),
+    )  # fmt: skip
+    x, lead, squeeze = _batched(ctx, n)
+    attrs = {**window.attrs(lead), "border": "ignore"}
+    out = ctx.out_shape(_out_meta(ctx))
+    shape = (1, *out) if squeeze else out
+    pair = ctx.emit_multi("max_pool_with_index", [x], attrs, [(dtype, shape), (torch.int64, shape)])
+    if not squeeze:
+        return tuple(pair)
+    return tuple(
+        ctx.emit("squeeze", [r], {"axes": [0]}, dtype=ctx.dtype(r), shape=out) for r in pair
+    )
+
+
 @register_shape_rule(aten.max_pool1d.default)
 def _max_pool1d_shape(x, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
     """Output size of max_pool1d without specialising the length (PyTorch's own kernel does)."""

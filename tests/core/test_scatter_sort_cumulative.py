@@ -17,6 +17,8 @@ NEW_OPS = [
     "msort", "kthvalue", "searchsorted", "bucketize", "cumprod", "cummax", "cummin",
     "logcumsumexp", "isnan", "isinf", "isposinf", "nan_to_num", "F.grid_sample",
     "F.grid_sample_nearest", "setitem_slice", "setitem_strided", "setitem_2d", "select_scatter",
+    "F.max_pool1d_with_indices", "F.max_pool2d_with_indices", "F.max_pool3d_with_indices",
+    "F.max_unpool1d", "F.max_unpool2d",
 ]  # fmt: skip
 
 
@@ -50,3 +52,10 @@ def test_scatter_reduce_mean_is_refused_with_a_hint(tmp_path) -> None:
     with pytest.raises(TranslationError, match="scatter_add"):
         t2n_core.export(model, (torch.randn(2, 4), torch.tensor([[0, 1], [1, 1]])),
                         tmp_path / "m.tgz", progress=False)  # fmt: skip
+
+
+def test_max_pool_indices_with_padding(tmp_path) -> None:
+    import torch.nn.functional as F
+
+    model = Call(lambda x: F.max_pool2d(x, 3, 2, padding=1, return_indices=True))
+    export_and_check(model, (torch.randn(1, 2, 7, 6),), tmp_path, input_names=["x"])
