@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from t2n_quant import QTensor, quantize_model
+from t2n_core.deferred import DeferredTensor
+from t2n_quant import QTensor, quantize_model, quantize_tensor
 from tests.llm.families import tiny
 
 
@@ -57,3 +58,21 @@ def test_transposed_experts_refused_by_q4_0_only() -> None:
     assert "is_transposed" in reasons["model.layers.1.mlp.experts.down_proj"]
     summary = quantize_model(tiny("mixtral"), "minmax:4:g32", progress=False)
     assert "model.layers.1.mlp.experts.down_proj" in {q.name for q in summary.quantized}
+
+
+def test_conv1d_with_a_deferred_weight_is_read_transposed() -> None:
+    """A streamed checkpoint's Conv1D weight (not read yet) becomes a deferred [out, in]
+    Linear weight, quantized when read: the same codes as quantizing the transposed weight."""
+    torch.manual_seed(0)
+    source = torch.randn(64, 96)  # Conv1D layout [in, out]
+    conv = Conv1D(96, 64)
+    conv._parameters["weight"] = DeferredTensor(
+        lambda b, e: source[b:e], (64, 96), torch.float32, name="c_attn.weight"
+    )
+    model = nn.Sequential(conv)
+    summary = quantize_model(model, "q4_0", progress=False)
+    weight = model[0].weight
+    assert isinstance(model[0], nn.Linear) and isinstance(weight, DeferredTensor)
+    assert [(q.name, q.shape) for q in summary.quantized] == [("0.weight", (96, 64))]
+    expected = quantize_tensor(source.t().contiguous(), "q4_0").dequantize()
+    assert torch.equal(weight.materialize().dequantize(), expected)
