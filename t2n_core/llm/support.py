@@ -1,9 +1,11 @@
 """What is known to export: the architectures tried and checked in tract (tests/ keep them so)."""
 
 #: Hugging Face causal LM architectures that export with their KV cache, pass the tract check
-#: and generate the same greedy tokens as ``model.generate`` (f32, f16 and after q4_0)
+#: and generate the same greedy tokens as ``model.generate`` (f32, f16 and after q4_0):
+#: ``tests/llm/test_families.py``
 KNOWN_TO_WORK = (
     "Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2", "Gemma3 (text)", "GPT-2",
     "GPT-NeoX", "OPT", "Falcon (new decoder layout)", "StableLM", "SmolLM3", "Granite", "OLMo2",
-    "Cohere", "Starcoder2", "GPT-J", "Bloom",
+    "Cohere", "Starcoder2", "GPT-J", "Bloom", "Falcon (multi-query)", "Mixtral", "Qwen3-MoE",
+    "Qwen2-MoE", "Phi", "GPT-OSS",
 )  # fmt: skip

@@ -80,6 +80,18 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
         {**_DECODER, **_MOE, "head_dim": 16, "num_experts": 4, "moe_intermediate_size": 64},
     ),
+    # beyond the list: a parallel block, shared experts, experts stored transposed
+    "phi": ("PhiConfig", "PhiForCausalLM", _DECODER),
+    "qwen2_moe": (
+        "Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+        {**_DECODER, **_MOE, "num_experts": 4, "moe_intermediate_size": 64,
+         "shared_expert_intermediate_size": 64},
+    ),
+    "gpt_oss": (
+        "GptOssConfig", "GptOssForCausalLM",
+        {**_DECODER, **_MOE, "num_local_experts": 4, "head_dim": 16, "sliding_window": WINDOW,
+         "layer_types": ["sliding_attention", "full_attention"]},
+    ),
 }  # fmt: skip
 
 
