@@ -18,7 +18,7 @@ NEW_OPS = [
     "logcumsumexp", "isnan", "isinf", "isposinf", "nan_to_num", "F.grid_sample",
     "F.grid_sample_nearest", "setitem_slice", "setitem_strided", "setitem_2d", "select_scatter",
     "F.max_pool1d_with_indices", "F.max_pool2d_with_indices", "F.max_pool3d_with_indices",
-    "F.max_unpool1d", "F.max_unpool2d",
+    "F.max_unpool1d", "F.max_unpool2d", "embedding_bag", "embedding_bag_sum",
 ]  # fmt: skip
 
 
@@ -59,3 +59,13 @@ def test_max_pool_indices_with_padding(tmp_path) -> None:
 
     model = Call(lambda x: F.max_pool2d(x, 3, 2, padding=1, return_indices=True))
     export_and_check(model, (torch.randn(1, 2, 7, 6),), tmp_path, input_names=["x"])
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_with_offsets_and_an_empty_bag(mode: str, tmp_path) -> None:
+    import torch.nn.functional as F
+
+    model = Call(lambda i, o, w: F.embedding_bag(i, w, o, mode=mode))
+    ids, offsets = torch.tensor([3, 1, 4, 1, 5, 9, 2]), torch.tensor([0, 2, 2, 5])
+    export_and_check(model, (ids, offsets, torch.randn(10, 4)), tmp_path,
+                     input_names=["ids", "offsets", "weight"])  # fmt: skip
