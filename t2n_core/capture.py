@@ -191,8 +191,15 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+#: core ATen ops that ``torch.export`` keeps but torch's reference decompositions spell in
+#: ops we translate (checked one by one in tract by ``benchmarks/op_matrix.py``)
+_ALSO_DECOMPOSED = ("ldexp", "dist", "tril_indices", "addmv")
+
+
 def decomposition_table() -> dict[Any, Any]:
     table = torch.export.default_decompositions()
+    ops = [getattr(torch.ops.aten, name) for name in _ALSO_DECOMPOSED]
+    table.update(torch._decomp.get_decompositions(ops))
     for op in registry.kept_whole():
         table.pop(op, None)
     return table

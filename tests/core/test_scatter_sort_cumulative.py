@@ -19,6 +19,9 @@ NEW_OPS = [
     "F.grid_sample_nearest", "setitem_slice", "setitem_strided", "setitem_2d", "select_scatter",
     "F.max_pool1d_with_indices", "F.max_pool2d_with_indices", "F.max_pool3d_with_indices",
     "F.max_unpool1d", "F.max_unpool2d", "embedding_bag", "embedding_bag_sum",
+    "erfc", "exp2", "signbit", "fmax", "fmin", "atan2", "hypot", "copysign", "var_mean",
+    "std_mean", "addbmm", "hamming_window", "kaiser_window", "ldexp", "dist", "tril_indices",
+    "addmv",
 ]  # fmt: skip
 
 
