@@ -533,7 +533,7 @@ def quantize_with_data(
     from t2n_quant.quantize import quantize_tensor
 
     dev = torch.device(device) if device is not None else None
-    known = {"gptq": ("inner", "damp", "block"), "awq": ("inner", "grid")}[method]
+    known = {"gptq": ("inner", "damp", "block", "act_order"), "awq": ("inner", "grid")}[method]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown calibration_options {unknown} for {method!r}; "

@@ -46,10 +46,14 @@ def gptq(
     inner: str | Calibration = "minmax",
     damp: float = 0.01,
     block: int = 128,
+    act_order: bool = False,
 ) -> tuple[torch.Tensor, QParams]:
     """``(w, params)``: the error-compensated weight (rows x k, float32) as it stood when
     each column was quantized, and the per-block parameters, row-major (see the module
     docstring). ``hessian`` is ``X^T X`` over the module's inputs, ``k x k``.
+    ``act_order``: quantize the columns with the largest input energy first; the group
+    parameters are then taken up front from the original weight ("static groups"), so the
+    blocks and their layout are unchanged.
 
     >>> _ = torch.manual_seed(0); x = torch.randn(256, 64); w = torch.randn(8, 64)
     >>> from t2n_quant.codecs import Q4_0Codec
@@ -69,18 +73,24 @@ def gptq(
     dead = h.diagonal() == 0  # inputs that were always zero: their columns do not matter
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    hinv = inverse_hessian_factor(h, damp)
     bs = codec.block_size(k)
     n_groups = k // bs
     scale = torch.zeros(rows, n_groups, device=w.device)
     zero = torch.zeros(rows, n_groups, device=w.device) if codec.has_zero else None
     taken = torch.empty_like(w)  # each column as it stood when quantized
-    if n_groups == 1:
-        p = calibrate(codec, w)
-        scale[:, 0:1] = p.scale
+    static = n_groups == 1 or act_order
+    if static:  # every group's parameters from the original weight, up front
+        p = calibrate(codec, w.reshape(-1, bs))
+        scale.copy_(p.scale.reshape(rows, n_groups))
         if zero is not None:
-            zero[:, 0:1] = p.zero  # type: ignore[index]
-    step = bs * -(-block // bs) if n_groups > 1 else block
+            zero.copy_(p.zero.reshape(rows, n_groups))  # type: ignore[union-attr]
+    order = torch.arange(k, device=w.device)
+    if act_order:
+        order = torch.argsort(h.diagonal(), descending=True)
+        w, h = w[:, order], h[order][:, order]
+    hinv = inverse_hessian_factor(h, damp)
+    columns = order.tolist()
+    step = bs * -(-block // bs) if not static else block
     for i1 in range(0, k, step):
         i2 = min(i1 + step, k)
         w1 = w[:, i1:i2].clone()
@@ -88,9 +98,9 @@ def gptq(
         hinv1 = hinv[i1:i2, i1:i2]
         params = QParams(scale[:, :1], None if zero is None else zero[:, :1])
         for i in range(i2 - i1):
-            col = i1 + i
+            col = columns[i1 + i]
             g = col // bs
-            if n_groups > 1 and col % bs == 0:
+            if not static and col % bs == 0:
                 p = calibrate(codec, w1[:, i : i + bs].contiguous())
                 scale[:, g : g + 1] = p.scale
                 if zero is not None:

@@ -28,19 +28,20 @@ def correlated_inputs(n: int, k: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, k, generator=g) @ mix
 
 
+@pytest.mark.parametrize("act_order", [False, True], ids=["in-order", "act-order"])
 @pytest.mark.parametrize("spec", SPECS)
-def test_gptq_lowers_output_error(spec):
+def test_gptq_lowers_output_error(spec, act_order):
     codec = Codec.from_spec(spec)
-    x = correlated_inputs(2048, 128)
+    x = correlated_inputs(2048, 128) * torch.linspace(0.2, 3.0, 128)  # uneven input energy
     w = torch.randn(96, 128, generator=torch.Generator().manual_seed(1)) * 0.05
-    new_w, params = gptq(w, x.T @ x, codec)
+    new_w, params = gptq(w, x.T @ x, codec, act_order=act_order)
     q = quantize_tensor(new_w, codec, params=params)
     plain = quantize_tensor(w, codec)
     assert q.codec == codec and q.packed.shape == plain.packed.shape
     assert q.scale.dtype == plain.scale.dtype
     err = ((w - q.dequantize()) @ x.T).square().mean()
     err_plain = ((w - plain.dequantize()) @ x.T).square().mean()
-    assert err < 0.8 * err_plain
+    assert err < 0.9 * err_plain
 
 
 def test_q4_0_codes_follow_ggml_rounding():
