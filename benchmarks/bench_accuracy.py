@@ -37,8 +37,8 @@ SPECS: list[tuple[str, str, str]] = [
 LINEAR_SPECS: list[tuple[str, str]] = [
     ("q4_0", "reference"), ("q4_0", "minmax"), ("q4_0", "mse"), ("q4_0", "gptq"),
     ("q4_0", "gptq:mse"), ("minmax:3:g32", "mse"), ("minmax:3:g32", "gptq:mse"),
-    ("plan<=4.0", "gptq:mse"), ("minmax:2:g32", "mse"), ("minmax:2:g32", "gptq:mse"),
-    ("symmetric:2:g16", "gptq:mse"), ("plan<=3.0", "gptq:mse"),
+    ("plan<=4", "gptq:mse"), ("minmax:2:g32", "mse"), ("minmax:2:g32", "gptq:mse"),
+    ("symmetric:2:g16", "gptq:mse"), ("plan<=3", "gptq:mse"),
 ]  # fmt: skip
 PLAN_CANDIDATES = ["q4_0", "minmax:3:g32", "minmax:3:g64", "minmax:2:g32"]
 
@@ -143,7 +143,7 @@ def _linear_only(base, texts: list[str], ref: torch.Tensor) -> None:
     calib = dict(base[0].tokenizer(calibration_sentences(), padding=True, truncation=True,
                                    max_length=128, return_tensors="pt"))  # fmt: skip
     plans = {}
-    sample = {k: v[:32] for k, v in calib.items()}  # sensitivities on 32 sentences
+    sample = {k: v[:16] for k, v in calib.items()}  # sensitivities on 16 sentences
     for budget in (4.0, 3.0):
         start = time.perf_counter()
         plans[f"plan<={budget:g}"] = plan(bert, budget, PLAN_CANDIDATES, data=sample,
