@@ -1,47 +1,61 @@
-"""Model families (tests/families/zoo.py) quantized with q4_0 + a fallback codec and checked
-in tract: bits per weight, share of weight bytes quantized, graph rewrites, tract error.
+"""Which architecture families export and generate in tract, per mode: a table.
 
-    python -m benchmarks.bench_families [--fallback minmax:4:pc] [--only resnet,dpt]
+Runs the checks of ``tests/llm/test_families.py`` (export with KV cache + tract check +
+greedy tokens of ``model.generate`` in tract) on every family in f32, f16 and after q4_0,
+each case in a child process, and prints pass/fail with the time of each case.
+
+    python -m benchmarks.bench_families [--families llama,gpt2] [--modes f32,q4_0]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
-from pathlib import Path
+import time
 
-import t2n_core
-from t2n_quant import quantize_model
-from tests.families.zoo import FAMILIES
+from tests.llm.families import FAMILIES
+from tests.llm.test_families import MODES
+
+_CHILD = """
+import pathlib, sys
+from tests.llm.test_families import check_family
+check_family(sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]))
+"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fallback", default="minmax:4:pc", help="codec for what q4_0 cannot take")
-    p.add_argument("--only", default="", help="comma-separated family names")
-    args = p.parse_args(argv)
-    names = [n for n in sorted(FAMILIES) if not args.only or n in args.only.split(",")]
-    print("| family | weights q4_0 / fallback / float | bits/weight | % bytes quantized "
-          "| folds + views | tract max abs err |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+def run_case(name: str, mode: str) -> tuple[bool, float, str]:
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            model, inputs = FAMILIES[name]()
-            s = quantize_model(model, "q4_0", fallback=args.fallback, progress=False)
-            n_q4 = sum(q.codec == "q4_0" for q in s.quantized)
-            try:
-                r = t2n_core.export(model, inputs, Path(tmp) / f"{name}.tgz", check=True,
-                                    atol=1e-3, rtol=1e-3, progress=False)  # fmt: skip
-                err = f"{max(o.max_abs_error for o in r.check.outputs):.2e}"
-                notes = str(len(r.notes))
-            except Exception as exc:  # a benchmark reports every failure
-                err, notes = f"FAILED: {type(exc).__name__}", "-"
-            print(
-                f"| {name} | {n_q4} / {len(s.quantized) - n_q4} / {len(s.skipped)} | "
-                f"{s.bits_per_weight:.2f} | {100 * s.quantized_fraction:.1f} | {notes} | {err} |"
-            )
-    return 0
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, name, mode, tmp], capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - start
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return proc.returncode == 0, seconds, (lines[-1] if lines and proc.returncode else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    print("| family | " + " | ".join(modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
+    failures = []
+    for name in args.families.split(","):
+        cells = []
+        for mode in modes:
+            ok, seconds, error = run_case(name, mode)
+            cells.append(f"{'pass' if ok else 'FAIL'} ({seconds:.0f} s)")
+            if not ok:
+                failures.append(f"{name} {mode}: {error}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    for line in failures:
+        print(line)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
