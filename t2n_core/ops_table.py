@@ -17,8 +17,8 @@ UNSUPPORTED: dict[str, str] = {
     "torch.bitwise_left_shift / right_shift": "not translated yet (tract shifts are checked "
     "on u8 only)",
     "torch.angle of a real tensor": "not translated yet (complex angle is supported)",
-    "torch.median(dim), torch.mode": "not translated yet (median: topk of half the axis; "
-    "mode needs per-value counts)",
+    "torch.median() over all values, torch.mode": "not translated yet (mode needs per-value "
+    "counts)",
     "F.bilinear (aten._trilinear)": "not translated yet (an einsum would do)",
     "torch.cdist, F.pdist": "not translated yet (_cdist_forward / _pdist_forward)",
     "torch.polar": "builds a complex tensor through an in-place copy torch.export cannot "

@@ -46,7 +46,23 @@ def kthvalue(ctx: EmitContext, node: torch.fx.Node):
     if not isinstance(k, int):
         raise ctx.error("kthvalue with a k that depends on a dynamic axis is not supported")
     axis = norm_axis(ctx.arg(2, -1), max(ctx.rank(x), 1))
-    keepdim = bool(ctx.arg(3, False))
+    return _kth(ctx, x, k, axis, bool(ctx.arg(3, False)))
+
+
+@register(aten.median.dim)
+def median_dim(ctx: EmitContext, node: torch.fx.Node):
+    """median.dim(Tensor self, int dim, bool keepdim=False) -> (values, indices): the lower
+    median, the ``(n - 1) // 2``-th smallest value, as torch."""
+    x = ctx.arg(0)
+    axis = norm_axis(ctx.arg(1), max(ctx.rank(x), 1))
+    n = ctx.shape(x)[axis]
+    if not isinstance(n, int):
+        raise ctx.error("median over a dynamic axis is not supported")
+    return _kth(ctx, x, (n - 1) // 2 + 1, axis, bool(ctx.arg(2, False)))
+
+
+def _kth(ctx: EmitContext, x: Ref, k: int, axis: int, keepdim: bool) -> tuple[Ref, Ref]:
+    """The ``k``-th smallest values along ``axis`` and their positions."""
     shape = list(ctx.shape(x))
     shape[axis] = k
     low = ctx.emit_multi(

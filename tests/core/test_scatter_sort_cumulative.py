@@ -14,7 +14,7 @@ from tests.helpers import export_and_check
 NEW_OPS = [
     "scatter", "scatter_add", "scatter_reduce_sum", "scatter_reduce_amax", "index_add",
     "index_copy", "index_put", "index_put_accumulate", "sort", "sort_indices", "argsort",
-    "msort", "kthvalue", "searchsorted", "bucketize", "cumprod", "cummax", "cummin",
+    "msort", "kthvalue", "median_dim", "searchsorted", "bucketize", "cumprod", "cummax", "cummin",
     "logcumsumexp", "isnan", "isinf", "isposinf", "nan_to_num", "F.grid_sample",
     "F.grid_sample_nearest", "setitem_slice", "setitem_strided", "setitem_2d", "select_scatter",
     "F.max_pool1d_with_indices", "F.max_pool2d_with_indices", "F.max_pool3d_with_indices",
