@@ -7,8 +7,9 @@ tensor at a time; nothing is kept afterwards. Capture uses an untouched proxy
 (``nnef_float_proxy``), so a model whose every weight is deferred is exported in memory that
 does not grow with the model.
 
-Any torch op applied to a DeferredTensor runs on its materialized value (read, transformed,
-used, released), so the model still runs in PyTorch: slowly, but in bounded memory.
+Any torch op applied to a DeferredTensor runs on its float value (read, transformed and
+converted a slab of rows at a time, used, released; an embedding lookup reads only its rows),
+so the model still runs in PyTorch: slowly, but in memory bounded by its largest weight.
 
 ``transform`` maps the rows as read (the source's dtype) to the stored tensor (for example a
 quantizer returning a QTensor); without one, the rows are converted to ``dtype``.
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 #: ``read(begin, end)``: rows ``begin:end`` of dim 0 (all of a rank-0 tensor), in the source dtype
 RowReader = Callable[[int, int], torch.Tensor]
 
+#: values read, transformed and converted at once by :meth:`DeferredTensor.float_value`
+FLOAT_SLAB_VALUES = 1 << 22
+
 _VIEW_OPS = {torch.ops.aten.detach.default, torch.ops.aten.alias.default}
 
 
@@ -60,6 +64,7 @@ class DeferredTensor(torch.Tensor):
         encoded_like: Any = None,
         name: str | None = None,
         rows: tuple[int, int] | None = None,
+        to_float: Callable[[Any], torch.Tensor] | None = None,
     ) -> DeferredTensor:
         return torch.Tensor._make_wrapper_subclass(
             cls, tuple(shape), dtype=dtype, device="cpu", requires_grad=False
@@ -75,8 +80,10 @@ class DeferredTensor(torch.Tensor):
         encoded_like: Any = None,
         name: str | None = None,
         rows: tuple[int, int] | None = None,
+        to_float: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         self.read = read
+        self.to_float = to_float
         self.transform = transform
         self.encoded_like = encoded_like
         self.tensor_name = name
@@ -84,12 +91,17 @@ class DeferredTensor(torch.Tensor):
         self._cached: Encoding | None = None
 
     def with_transform(
-        self, transform: Callable[[torch.Tensor], Any], encoded_like: Any, dtype: torch.dtype
+        self,
+        transform: Callable[[torch.Tensor], Any],
+        encoded_like: Any,
+        dtype: torch.dtype,
+        to_float: Callable[[Any], torch.Tensor] | None = None,
     ) -> DeferredTensor:
-        """The same rows, stored as ``transform(rows)`` (encoded like ``encoded_like``)."""
+        """The same rows, stored as ``transform(rows)`` (encoded like ``encoded_like``);
+        ``to_float`` gives the float tensor that a transformed slab of rows stands for."""
         return DeferredTensor(
             self.read, tuple(self.shape), dtype, transform=transform, encoded_like=encoded_like,
-            name=self.tensor_name, rows=self.row_range,
+            name=self.tensor_name, rows=self.row_range, to_float=to_float,
         )  # fmt: skip
 
     def materialize(self) -> Any:
@@ -149,16 +161,46 @@ class DeferredTensor(torch.Tensor):
         return DeferredTensor(
             self.read, (end - begin, *self.shape[1:]), self.dtype, transform=self.transform,
             encoded_like=encoded_like, name=name, rows=(first + begin, first + end),
+            to_float=self.to_float,
         )  # fmt: skip
 
     # ---- torch integration -------------------------------------------------------------
+
+    def float_value(self) -> torch.Tensor:
+        """The values PyTorch computes with: the materialized tensor as a plain ``dtype``
+        tensor, built a slab of rows at a time when a transform (a quantizer) needs
+        ``to_float`` (so only the float result is ever whole, not also the read rows and the
+        encoded copy)."""
+        if self.transform is None or self.to_float is None or not self.shape:
+            value = self.materialize()
+            return self.to_float(value) if self.to_float is not None else value
+        first, last = self.row_range
+        out = torch.empty(self.shape, dtype=self.dtype)
+        step = max(1, FLOAT_SLAB_VALUES // max(1, out[0].numel()))
+        for r0 in range(first, last, step):
+            r1 = min(last, r0 + step)
+            out[r0 - first : r1 - first] = self.to_float(self.transform(self.read(r0, r1)))
+        return out
+
+    def _rows(self, index: torch.Tensor) -> torch.Tensor:
+        """``float_value()[index]``, reading only those rows (an embedding lookup)."""
+        first = self.row_range[0]
+        unique, inverse = torch.unique(index.reshape(-1), return_inverse=True)
+        rows = []
+        for i in unique.tolist():
+            raw = self.read(first + i, first + i + 1)
+            value = raw.to(self.dtype) if self.transform is None else self.transform(raw)
+            rows.append(self.to_float(value) if self.to_float is not None else value)
+        return torch.cat(rows)[inverse].reshape(*index.shape, *self.shape[1:])
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if func in _VIEW_OPS:
             return args[0]
+        if func is torch.ops.aten.embedding.default and isinstance(args[0], DeferredTensor):
+            return args[0]._rows(args[1])
         args, kwargs = tree_map_only(
-            DeferredTensor, lambda t: t.materialize(), (args, kwargs or {})
+            DeferredTensor, lambda t: t.float_value(), (args, kwargs or {})
         )
         return func(*args, **kwargs)
 

@@ -150,7 +150,7 @@ def quantize_deferred(
         return qt if qt.dtype == dtype else qt.with_inner(lambda t: t, dtype=dtype)
 
     layout = empty_qtensor(tuple(weight.shape), dtype, codec, name)
-    return weight.with_transform(quantize, layout, dtype)
+    return weight.with_transform(quantize, layout, dtype, to_float=QTensor.dequantize)
 
 
 def empty_qtensor(

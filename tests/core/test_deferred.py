@@ -1,0 +1,47 @@
+"""DeferredTensor: a weight read only when used; its encoding is known without reading."""
+
+from __future__ import annotations
+
+import torch
+
+from t2n_core.deferred import DeferredTensor
+from t2n_core.nnef.dat import tensor_buffer
+
+
+def counted(source: torch.Tensor) -> tuple[DeferredTensor, list[tuple[int, int]]]:
+    reads: list[tuple[int, int]] = []
+
+    def read(begin: int, end: int) -> torch.Tensor:
+        reads.append((begin, end))
+        return source[begin:end].to(torch.bfloat16)
+
+    return DeferredTensor(read, tuple(source.shape), torch.float32, name="w"), reads
+
+
+def test_encoding_reads_nothing_until_written():
+    source = torch.randn(6, 4)
+    weight, reads = counted(source)
+    encoding = weight.nnef_encoding("w")
+    (var,) = encoding.variables
+    assert var.shape == (6, 4) and var.dtype == torch.float32 and var.nbytes == 96 and not reads
+    assert bytes(var.data()) == bytes(tensor_buffer(source.bfloat16().float()))
+    assert reads == [(0, 6)]
+
+
+def test_ops_run_on_the_values_and_embedding_reads_its_rows_only():
+    source = torch.randn(6, 4)
+    weight, reads = counted(source)
+    expected = source.bfloat16().float()
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(torch.nn.functional.linear(x, weight), x @ expected.T)
+    reads.clear()
+    ids = torch.tensor([[5, 1, 5]])
+    torch.testing.assert_close(torch.nn.functional.embedding(ids, weight), expected[ids])
+    assert sorted(reads) == [(1, 2), (5, 6)]
+
+
+def test_proxy_is_untouched_and_plain_slices_are_not_folded():
+    weight, reads = counted(torch.randn(6, 4))
+    proxy = weight.nnef_float_proxy()
+    assert type(proxy) is torch.Tensor and proxy.shape == (6, 4) and not reads
+    assert weight.nnef_slice_rows(0, 2) is None  # a float weight: tract slices it itself

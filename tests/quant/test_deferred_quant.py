@@ -1,0 +1,47 @@
+"""quantize_model on streamed (DeferredTensor) weights: quantized when written or used, with
+the codes quantize_tensor gives, a row range still deferred."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import t2n_core.deferred
+from t2n_core.deferred import DeferredTensor
+from t2n_quant import quantize_model, quantize_tensor
+
+
+def reference(source: torch.Tensor, spec: str) -> torch.Tensor:
+    qt = quantize_tensor(source.bfloat16(), spec)
+    return qt.with_inner(lambda t: t, dtype=torch.float32).dequantize()
+
+
+@pytest.mark.parametrize("spec", ["q4_0", "minmax:4:g32"])
+def test_quantize_model_defers_and_matches(spec, monkeypatch):
+    monkeypatch.setattr(t2n_core.deferred, "FLOAT_SLAB_VALUES", 128)  # several slabs
+    source = torch.randn(10, 64)
+    reads: list[tuple[int, int]] = []
+
+    def read(b: int, e: int) -> torch.Tensor:
+        reads.append((b, e))
+        return source[b:e].bfloat16()
+
+    lin = nn.Linear(64, 10, bias=False)
+    lin._parameters["weight"] = DeferredTensor(read, (10, 64), torch.float32, name="weight")
+    summary = quantize_model(lin, spec, progress=False)
+    assert not reads and [q.name for q in summary.quantized] == ["weight"]
+    assert summary.quantized[0].bits_per_weight == pytest.approx(4.5 if spec == "q4_0" else 5.0)
+    weight = lin.weight
+    assert isinstance(weight, DeferredTensor) and weight.dtype == torch.float32
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(lin(x), x @ reference(source, spec).T, rtol=0, atol=0)
+    assert len(reads) > 1  # slab by slab
+    encoding = weight.nnef_encoding("w")
+    materialized = weight.materialize().nnef_encoding("w")
+    assert [v.shape for v in encoding.variables] == [v.shape for v in materialized.variables]
+    for deferred, real in zip(encoding.variables, materialized.variables):
+        assert bytes(deferred.data()) == bytes(real.data())
+    rows = weight.nnef_slice_rows(2, 5)
+    assert isinstance(rows, DeferredTensor) and rows.shape == (3, 64)
+    torch.testing.assert_close(rows.float_value(), reference(source, spec)[2:5], rtol=0, atol=0)
