@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
+from t2n_core.blocks import BlockCaptureError, Blocks
 from t2n_core.errors import CaptureError, ExportInputError
 from t2n_core.ir import is_identifier
 from t2n_core.ops import registry
@@ -34,6 +35,7 @@ class Captured:
     tensors: dict[str, Any]  # state-dict / constant name -> tensor as the writer must store it
     input_names: list[str]
     symbols: SymbolTable
+    blocks: Blocks | None = None  # repeated blocks, each captured once (t2n::block calls)
 
 
 def _is_identifier(name: str) -> bool:
@@ -211,9 +213,16 @@ def capture(
     kwargs: dict[str, Any] | None,
     input_names: list[str],
     dynamic_axes: DynamicAxes | None,
+    *,
+    fragments: bool = True,
 ) -> Captured:
-    """``torch.export`` the model (eval mode, QTensors as proxies) and decompose it."""
+    """``torch.export`` the model (eval mode, QTensors as proxies) and decompose it.
+
+    With ``fragments``, each distinct repeated block is captured once and called per instance
+    (:mod:`t2n_core.blocks`); if a block cannot be captured alone, the model is captured flat.
+    """
     dynamic_shapes = group_varargs(model, dynamic_shapes_for(args, input_names, dynamic_axes))
+    blocks = Blocks.find(model) if fragments else None
     with (
         eval_mode(model),
         float_proxies(model) as originals,
@@ -229,8 +238,14 @@ def capture(
             # torch prints the failing graph on stderr (twice, when retried): our error says
             # what went wrong, so that print is kept out of the user's terminal
             with contextlib.redirect_stderr(io.StringIO()), _quiet_torch_logs():
-                ep = _export(model, args, kwargs, dynamic_shapes)
-                ep = ep.run_decompositions(decomposition_table())
+                ep = None
+                if blocks is not None:
+                    ep = _capture_with_blocks(model, args, kwargs, dynamic_shapes, blocks)
+                    blocks.originals = originals
+                if ep is None:
+                    blocks = None
+                    ep = _export(model, args, kwargs, dynamic_shapes)
+                    ep = ep.run_decompositions(decomposition_table())
         except Exception as exc:  # torch raises many types
             raise capture_error(type(model).__name__, exc, dynamic_axes) from exc
     tensors: dict[str, Any] = {}
@@ -266,7 +281,37 @@ def capture(
                     "by the model's code; remove that axis from dynamic_axes or make the code "
                     "size-agnostic"
                 )
-    return Captured(ep, tensors, input_names, symbols)
+    return Captured(ep, tensors, input_names, symbols, blocks)
+
+
+def _capture_with_blocks(model, args, kwargs, dynamic_shapes, blocks: Blocks):
+    """The model with its repeated blocks as ``t2n::block`` calls, each block captured once;
+    None (after a warning saying why) if that fails, to capture the model flat instead."""
+    try:
+        with blocks.intercept(), blocks.active():
+            ep = _export(model, args, kwargs, dynamic_shapes)
+            ep = ep.run_decompositions(decomposition_table())
+        if not blocks.sites:
+            return None
+        blocks.capture_all(_export_block)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, BlockCaptureError):
+            reason = f"{type(exc).__name__}: {reason}"
+        logger.warning(
+            "repeated blocks of %s captured flat (no fragments): %s", type(model).__name__, reason
+        )
+        return None
+    logger.debug(
+        "%d block call(s), %d distinct capture(s)",
+        len(blocks.sites),
+        len({id(c) for c in blocks.programs.values()}),
+    )
+    return ep
+
+
+def _export_block(module: nn.Module, args, dynamic_shapes) -> ExportedProgram:
+    return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
 
 
 class _DropNoise(logging.Filter):

@@ -111,6 +111,7 @@ def export(
     compresslevel: int = 0,
     properties: Mapping[str, str] | None = None,
     progress: bool = True,
+    fragments: bool = True,
 ) -> ExportResult:
     """Export ``model`` called on ``args`` to an NNEF archive that tract loads.
 
@@ -123,7 +124,9 @@ def export(
     PyTorch beyond ``atol + rtol * max|reference|``; a NaN in either output fails it unless
     ``allow_nan=True`` and both have NaN at the same places. Tar archives are stored uncompressed
     inside gzip by default (``compresslevel=0``: weights barely compress and level 1 runs at
-    ~40 MB/s); pass ``compresslevel=6`` for smaller files.
+    ~40 MB/s); pass ``compresslevel=6`` for smaller files. With ``fragments`` (the default),
+    a block that the model repeats (transformer layers, residual blocks...) is captured once
+    and written once as an NNEF fragment, called per instance with its own weights.
 
     >>> result = export(nn.Linear(4, 2), (torch.randn(3, 4),), "lin.nnef.tgz",
     ...                 dynamic_axes={"input": {0: "B"}}, check=True)   # doctest: +SKIP
@@ -175,7 +178,7 @@ def export(
     if clash:
         raise ExportInputError(f"names used both as input and output: {sorted(clash)}")
 
-    captured = capture(model, args, kwargs, input_names, dynamic_axes)
+    captured = capture(model, args, kwargs, input_names, dynamic_axes, fragments=fragments)
     _refuse_dtypes_tract_lacks(args, input_names, captured.program)
     n_nodes = sum(1 for n in captured.program.graph.nodes if n.op == "call_function")
     with progress_bar(
@@ -188,6 +191,7 @@ def export(
             output_names=output_names,
             symbols=captured.symbols,
             progress=bar,
+            blocks=captured.blocks,
         )
     graph.symbols = list(dict.fromkeys(captured.symbols.names.values()))  # as bound
     graph.remove_dead_code()

@@ -73,6 +73,9 @@ class Graph:
     variables: dict[str, Variable] = field(default_factory=dict)
     operations: list[Operation] = field(default_factory=list)
     fragments: dict[str, str] = field(default_factory=dict)
+    #: fragments defined by a graph (repeated blocks): name -> body, whose inputs are the
+    #: fragment's parameters; an operation whose ``op`` is such a name calls it
+    blocks: dict[str, Graph] = field(default_factory=dict)
     extensions: set[str] = field(default_factory=set)
     symbols: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
@@ -127,7 +130,46 @@ class Graph:
             op.attrs = {k: sub(v) for k, v in op.attrs.items()}
 
     def op_histogram(self) -> dict[str, int]:
-        return dict(sorted(Counter(op.op for op in self.operations).items()))
+        """How many times each op runs, counting the ops inside each block call."""
+        counts: Counter[str] = Counter()
+        for op in self.operations:
+            if op.op in self.blocks:
+                counts.update(self.blocks[op.op].op_histogram())
+            else:
+                counts[op.op] += 1
+        return dict(sorted(counts.items()))
+
+    def inline(self, block: str) -> int:
+        """Replace every call of fragment ``block`` by a copy of its body; returns how many."""
+        body = self.blocks.pop(block)
+        expanded: list[Operation] = []
+        calls = 0
+        for op in self.operations:
+            if op.op != block:
+                expanded.append(op)
+                continue
+            calls += 1
+            names = {v.name: _name(a) for v, a in zip(body.inputs, op.args)}
+            names.update(zip(body.outputs, op.outputs))
+            prefix = op.outputs[0]
+            for inner in body.operations:
+                for out in inner.outputs:
+                    if out not in names:
+                        names[out] = self.fresh_name(f"{prefix}_{out}")
+                        value = body.values[out]
+                        self.add_value(Value(names[out], value.dtype, value.shape))
+            renames = {k: v for k, v in names.items() if isinstance(v, str)}
+            literals = {k: v for k, v in names.items() if not isinstance(v, str)}
+            for inner in body.operations:
+                copy = Operation(
+                    inner.op, [renames[o] for o in inner.outputs],
+                    _substitute(inner.args, renames, literals),
+                    {k: _substitute(v, renames, literals) for k, v in inner.attrs.items()},
+                    source=op.source, array_outputs=inner.array_outputs,
+                )  # fmt: skip
+                expanded.append(copy)
+        self.operations = expanded
+        return calls
 
     def remove_dead_code(self) -> int:
         """Drop operations whose outputs are never used; returns how many were dropped."""
@@ -170,6 +212,22 @@ def sanitize(hint: str) -> str:
     if name[0].isdigit() or name in _RESERVED:
         name = "v_" + name
     return name
+
+
+def _name(arg: Any) -> Any:
+    return arg.name if isinstance(arg, Ref) else arg
+
+
+def _substitute(item: Any, renames: dict[str, str], literals: dict[str, Any]) -> Any:
+    if isinstance(item, Ref):
+        if item.name in literals:
+            return literals[item.name]
+        return Ref(renames.get(item.name, item.name))
+    if isinstance(item, list):
+        return [_substitute(i, renames, literals) for i in item]
+    if isinstance(item, tuple):
+        return tuple(_substitute(i, renames, literals) for i in item)
+    return item
 
 
 def _refs(items: list[Any]) -> list[str]:

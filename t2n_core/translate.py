@@ -86,9 +86,11 @@ def _short_op_name(target: Any) -> str:
 class EmitContext:
     """What a handler sees: the current node's arguments as NNEF operands, and ways to emit."""
 
-    def __init__(self, graph: Graph, symbols: SymbolTable):
+    def __init__(self, graph: Graph, symbols: SymbolTable, blocks: Any = None):
         self.graph = graph
         self.symbols = symbols
+        self.blocks = blocks  # t2n_core.blocks.Blocks of the capture, for t2n::block calls
+        self.fragment_cache: dict[Any, Any] = {}  # block variant -> its fragment (ops.blocks)
         self.env: dict[torch.fx.Node, Any] = {}
         self.node: torch.fx.Node | None = None
 
@@ -312,6 +314,7 @@ def translate(
     output_names: list[str],
     symbols: SymbolTable,
     progress: Any = None,
+    blocks: Any = None,
 ) -> Graph:
     """Build the NNEF graph of ``ep``; ``tensors`` maps state-dict/constant names to tensors."""
     problems = find_unsupported(ep)
@@ -319,7 +322,7 @@ def translate(
         raise UnsupportedOpsError(problems)
     graph = Graph()
     graph.reserve([*input_names, *output_names])
-    ctx = EmitContext(graph, symbols)
+    ctx = EmitContext(graph, symbols, blocks)
     kinds = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
     user_index = 0
     for node in ep.graph.nodes:

@@ -126,6 +126,9 @@ def render(graph: Graph) -> str:
     for name in sorted(fragments):
         lines.append(fragments[name].strip())
         lines.append("")
+    for body in graph.blocks.values():
+        lines.append(block_fragment(body))
+        lines.append("")
     inputs = ", ".join(v.name for v in graph.inputs)
     outputs = ", ".join(graph.outputs)
     lines.append(f"graph {graph.name}({inputs}) -> ({outputs})")
@@ -143,6 +146,21 @@ def render(graph: Graph) -> str:
         lines.append("  " + format_operation(op))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def block_fragment(body: Graph) -> str:
+    """A repeated block as a fragment: its inputs and weights in, its outputs out."""
+
+    def typed(names: list[str]) -> str:
+        parts = [f"{n}: tensor<{nnef_type(body.values[n].dtype)}>" for n in names]
+        return ",\n    ".join(parts)
+
+    lines = [f"fragment {body.name}(", f"    {typed([v.name for v in body.inputs])}"]
+    lines.append(f") -> (\n    {typed(body.outputs)}\n)")
+    lines.append("{")
+    lines.extend("  " + format_operation(op) for op in body.operations)
+    lines.append("}")
+    return "\n".join(lines)
 
 
 def _dim(d: int | str) -> int | Expr:
