@@ -424,7 +424,6 @@ class Blocks:
 
     def _site(self, path, module, original, args, kwargs) -> Site | None:
         states: list[tuple[Any, StateAdapter, list[str]]] = []
-        slot_objs: dict[int, Any] = {}
 
         def claim(value: Any) -> Any:
             adapter = None if isinstance(value, (torch.Tensor, *_SIMPLE)) else _adapter_for(value)
@@ -432,7 +431,6 @@ class Blocks:
                 return value
             names = sorted(adapter.tensors(value, module))
             states.append((value, adapter, names))
-            slot_objs[len(states) - 1] = value
             return _Slot(len(states) - 1)
 
         args2 = tuple(claim(a) for a in args)

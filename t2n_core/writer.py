@@ -13,7 +13,7 @@ import torch
 from t2n_core.concat_guard import guard_concat_before_native_matmul
 from t2n_core.fold import fold_reshapes, fold_row_slices
 from t2n_core.fold_scale import fold_channel_affine
-from t2n_core.ir import Graph, Ref, Variable
+from t2n_core.ir import Graph, Operation, Ref, Variable
 from t2n_core.loop_weights import inline_native_loop_weights
 from t2n_core.nnef import dat, text
 from t2n_core.storage import EncodedVariable, Encoding, NNEFStorage
@@ -127,8 +127,9 @@ def check_native_uses(graph: Graph) -> None:
     if not native:
         return
     for op in graph.operations:
+        in_block = native_parameters(graph.blocks[op.op]) if op.op in graph.blocks else set()
         for position, arg in enumerate(op.args):
-            if isinstance(arg, Ref) and arg.name in native:
+            if isinstance(arg, Ref) and arg.name in native and position not in in_block:
                 if NATIVE_CONSUMERS.get(op.op) != position:
                     var = native[arg.name]
                     where = op.source or "<root module>"
@@ -148,6 +149,93 @@ def check_native_uses(graph: Graph) -> None:
                 )
 
 
+def native_parameters(body: Graph) -> dict[int, set[int]]:
+    """The fragment parameters of ``body`` that may receive a tract-native tensor: position ->
+    the positions of the parameters whose value its matmuls take as input.
+
+    Such a parameter must only feed matmul (as the weight, its input not a concatenation,
+    which tract would split, see :mod:`t2n_core.concat_guard`) or gather (as the data);
+    anything else needs the graph passes that run on a flat graph.
+    """
+    params = {v.name: i for i, v in enumerate(body.inputs)}
+    ok: dict[int, set[int]] = {}
+    for position, param in enumerate(body.inputs):
+        sources: set[int] = set()
+        used = False
+        for op in body.operations:
+            for i, arg in enumerate([*op.args, *op.attrs.values()]):
+                if not (isinstance(arg, Ref) and arg.name == param.name):
+                    continue
+                used = True
+                source = _native_use(body, op, i)
+                if source is False:
+                    break
+                if isinstance(source, str):
+                    sources.add(params[source])
+            else:
+                continue
+            break
+        else:
+            if used:
+                ok[position] = sources
+    return ok
+
+
+_AXIS_OPS = ("reshape", "squeeze", "unsqueeze", "transpose")
+
+
+def _native_use(body: Graph, op: Operation, position: int) -> bool | str:
+    """Whether a native tensor may be ``op``'s operand ``position``; for a matmul whose input
+    comes (through axis moves) from a parameter of ``body``, that parameter's name."""
+    if op.op == "tract_core_gather":
+        return position == 0
+    if op.op != "matmul" or position != 1:
+        return False
+    return _concat_free_source(body, op.args[0])
+
+
+def _concat_free_source(graph: Graph, source: object) -> bool | str:
+    while isinstance(source, Ref):
+        producer = graph.producer(source.name)
+        if producer is None:
+            return source.name if any(v.name == source.name for v in graph.inputs) else True
+        if producer.op == "concat":
+            return False
+        if producer.op not in _AXIS_OPS:
+            return True
+        source = producer.args[0]
+    return True
+
+
+def _call_keeps_native(graph: Graph, op: Operation, ok: dict[int, set[int]]) -> bool:
+    for position, arg in enumerate(op.args):
+        if not (isinstance(arg, Ref) and arg.name in graph.variables):
+            continue
+        if not is_native(graph.variables[arg.name]):
+            continue
+        if position not in ok:
+            return False
+        for k in ok[position]:
+            if _concat_free_source(graph, op.args[k]) is False:
+                return False
+    return True
+
+
+def inline_blocks_with_native_misuse(graph: Graph) -> list[str]:
+    """Inline the fragments that a tract-native variable reaches other than through
+    :func:`native_parameters`, so that the passes on stored tensors (row slices, folds,
+    guards) and the native-use check see their ops; returns their names."""
+    inlined = []
+    for name, body in list(graph.blocks.items()):
+        ok = native_parameters(body)
+        calls = [op for op in graph.operations if op.op == name]
+        if not all(_call_keeps_native(graph, op, ok) for op in calls):
+            graph.inline(name)
+            inlined.append(name)
+            logger.info("fragment %s inlined: a tract-native weight needs graph passes", name)
+    return inlined
+
+
 def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     """``(relative path, bytes producer)`` for every file of the archive, in a fixed order.
 
@@ -155,6 +243,7 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
     per-channel affine ops after a conv with a tract-native filter (this changes ``graph``'s
     variables; :mod:`t2n_core.fold_scale` notes go to ``graph.notes``).
     """
+    inline_blocks_with_native_misuse(graph)
     fold_row_slices(graph, is_native)
     fold_reshapes(graph)
     labelled = assign_file_labels(graph)  # the passes below may print labels

@@ -1,0 +1,166 @@
+"""Repeated blocks are captured once and written once as an NNEF fragment, called per instance.
+
+Each test checks the archive in tract against PyTorch, that the fragment is defined once and
+called once per instance, and (where it matters) that the flat export says the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+from torch import nn
+
+from t2n_core.blocks import find_repeated
+from t2n_core.nnef.dat import DatHeader
+from t2n_quant import quantize_model
+from tests.helpers import export_and_check
+
+
+def graph_text(path) -> str:
+    return (path / "graph.nnef").read_text()
+
+
+def calls(text: str, fragment: str) -> int:
+    return len(re.findall(rf"= {fragment}\(", text))
+
+
+def encoder(layers: int = 3, dim: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).eval()
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, 3, padding=1)
+        self.norm = nn.BatchNorm1d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.norm(self.conv(x)))
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block; the first of a stage changes width and has a downsample."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.downsample is None else self.downsample(x)
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + skip)
+
+
+def randomize_norms(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_transformer_encoder_one_fragment_called_per_layer(tmp_path):
+    model = encoder(layers=4)
+    x = torch.randn(2, 5, 16)
+    result = export_and_check(
+        model, (x,), tmp_path, name="frag.nnef", dynamic_axes={"src": {1: "T"}},
+        check_inputs=[(torch.randn(2, 9, 16),)],
+    )  # fmt: skip
+    text = graph_text(result.path)
+    assert text.count("fragment block_transformer_encoder_layer(") == 1
+    assert calls(text, "block_transformer_encoder_layer") == 4
+    # every layer's weights are its own variables, passed to its call
+    for i in range(4):
+        assert f"layers_{i}_linear1_weight" in text
+    flat = export_and_check(
+        model, (x,), tmp_path, name="flat.nnef", dynamic_axes={"src": {1: "T"}}, fragments=False
+    )
+    assert "fragment block_" not in graph_text(flat.path)
+    assert len(text) < len(graph_text(flat.path))
+    assert result.op_histogram == flat.op_histogram  # the summary counts ops inside calls
+
+
+def test_stack_of_conv1d_blocks_dynamic_length(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_norms(nn.Sequential(*[ConvBlock(8) for _ in range(3)], nn.Conv1d(8, 4, 1)))
+    result = export_and_check(
+        model, (torch.randn(1, 8, 12),), tmp_path, name="c.nnef", dynamic_axes={"input": {2: "T"}},
+        check_inputs=[(torch.randn(1, 8, 20),)],
+    )  # fmt: skip
+    text = graph_text(result.path)
+    assert text.count("fragment block_conv_block(") == 1
+    assert calls(text, "block_conv_block") == 3
+
+
+def test_resnet_stage_blocks_differing_in_shape_are_distinct(tmp_path):
+    torch.manual_seed(0)
+    stage = [BasicBlock(4, 8), BasicBlock(8, 8), BasicBlock(8, 8), BasicBlock(8, 16)]
+    stage += [BasicBlock(16, 16), BasicBlock(16, 16)]
+    model = randomize_norms(nn.Sequential(*stage))
+    assert set(find_repeated(model)) == {"1", "2", "4", "5"}
+    result = export_and_check(model, (torch.randn(1, 4, 6, 6),), tmp_path, name="r.nnef")
+    text = graph_text(result.path)
+    assert text.count("fragment block_basic_block") == 2  # one per width that repeats
+    assert calls(text, "block_basic_block") == 2 and calls(text, "block_basic_block_1") == 2
+
+
+def test_q4_0_weights_reach_matmul_through_fragment_arguments(tmp_path):
+    model = encoder(layers=3, dim=64)
+    quantize_model(model, "q4_0", progress=False)
+    x = torch.randn(1, 6, 64)
+    result = export_and_check(
+        model, (x,), tmp_path, name="q.nnef", dynamic_axes={"src": {1: "T"}}, atol=1e-3,
+        rtol=1e-3,
+    )  # fmt: skip
+    text = graph_text(result.path)
+    assert calls(text, "block_transformer_encoder_layer") == 3
+    # the q4_0 weights are stored natively and declared once, at graph level
+    raw = (result.path / "layers.1.linear1.weight.dat").read_bytes()
+    assert DatHeader.unpack(raw).type_name() == "q4_0"
+    assert re.search(r"layers_1_linear1_weight = variable<scalar>", text)
+
+
+def test_fragment_codec_weights_are_dequantized_before_the_call(tmp_path):
+    model = encoder(layers=3, dim=32)
+    quantize_model(model, "minmax:4:g16", progress=False)
+    x = torch.randn(1, 6, 32)
+    result = export_and_check(model, (x,), tmp_path, name="m.nnef", atol=1e-3, rtol=1e-3)
+    text = graph_text(result.path)
+    assert calls(text, "block_transformer_encoder_layer") == 3
+    body = text.split("fragment block_transformer_encoder_layer(")[1].split("\n}")[0]
+    assert "variable<" not in body  # weights come in as (dequantized) arguments
+
+
+class Unexportable(nn.Module):
+    """A block whose own capture fails (data-dependent branch on its input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.lin(x))
+
+
+def test_block_capture_failure_falls_back_to_flat_with_a_warning(tmp_path, caplog, monkeypatch):
+    import t2n_core.capture as capture_mod
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("cannot capture this block alone")
+
+    monkeypatch.setattr(capture_mod, "_export_block", fail)
+    torch.manual_seed(0)
+    model = nn.Sequential(Unexportable(), Unexportable()).eval()
+    with caplog.at_level(logging.WARNING, logger="t2n_core.capture"):
+        result = export_and_check(model, (torch.randn(2, 4),), tmp_path, name="f.nnef")
+    assert "captured flat" in caplog.text and "cannot capture this block alone" in caplog.text
+    assert "fragment block_" not in graph_text(result.path)
