@@ -269,6 +269,7 @@ def _reuse(first: tuple[Any, ...], inputs: list[torch.Tensor]) -> list[torch.Ten
     block's own ops would have recorded).
     """
     _, _, first_inputs, metas = first
+    envs = [d.node.shape_env for shape in first_inputs for d in shape if isinstance(d, torch.SymInt)]
     mapping: dict[sympy.Symbol, Any] = {}
     pending: list[tuple[Any, Any]] = []
     for shape, tensor in zip(first_inputs, inputs):
@@ -277,15 +278,29 @@ def _reuse(first: tuple[Any, ...], inputs: list[torch.Tensor]) -> list[torch.Ten
             if isinstance(expr, sympy.Symbol) and expr not in mapping:
                 mapping[expr] = ours
             else:
-                pending.append((expr, ours))
+                pending.append((theirs, ours))
+
+    def canonical() -> dict[sympy.Symbol, Any]:
+        # a check may have replaced a symbol by an equal one: key the mapping by both
+        if not envs:
+            return mapping
+        out = dict(mapping)
+        for symbol, value in mapping.items():
+            out.setdefault(envs[0].replace(symbol), value)
+        return out
+
     try:
-        for expr, ours in pending:
-            torch._check(_evaluate(expr, mapping) == ours)
+        for theirs, ours in pending:
+            value = _evaluate(_expr(theirs), canonical())
+            if _expr(value) != _expr(ours):  # identical sizes need no check
+                torch._check(value == ours)
+        final = canonical()
         return [
-            torch.empty(tuple(_evaluate(_expr(d), mapping) for d in shape), dtype=dtype)
+            torch.empty(tuple(_evaluate(_expr(d), final) for d in shape), dtype=dtype)
             for shape, dtype in metas
         ]
-    except (_NoRule, RuntimeError):
+    except (_NoRule, RuntimeError) as exc:
+        logger.debug("block shape rule not reused: %s", exc)
         return None
 
 

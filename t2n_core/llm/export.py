@@ -45,6 +45,7 @@ def export_causal_lm(
     properties: Mapping[str, str] | None = None,
     progress: bool = True,
     all_logits: bool = True,
+    fragments: bool = True,
 ) -> ExportResult:
     """Export one generation step of a Hugging Face causal LM, with its KV cache, to NNEF.
 
@@ -64,6 +65,9 @@ def export_causal_lm(
     runs the archive in tract on an example step (P=5, T=3) and on a prompt (P=0) and raises
     :class:`~t2n_core.errors.CheckMismatchError` if it disagrees with PyTorch beyond
     ``atol + rtol * max|reference|`` (defaults: :data:`DEFAULT_TOLERANCE`).
+
+    ``fragments`` (default): the decoder layers are captured once per distinct layer and
+    written as one NNEF fragment called per layer (see :func:`t2n_core.export`).
 
     >>> result = export_causal_lm(LlamaForCausalLM(config), "llm.nnef.tgz")  # doctest: +SKIP
     """
@@ -100,7 +104,7 @@ def export_causal_lm(
         result = export(
             step, args, path, input_names=input_names, output_names=output_names,
             dynamic_axes=dynamic_axes, check=check, atol=atol, rtol=rtol, overwrite=overwrite,
-            properties=properties, progress=progress,
+            properties=properties, progress=progress, fragments=fragments,
         )  # fmt: skip
         prompt = example_inputs(model, batch=batch, past=0, new=EXAMPLE_NEW + 1, dtype=dtype)
         with torch.no_grad():
