@@ -269,7 +269,7 @@ def _reuse(first: tuple[Any, ...], inputs: list[torch.Tensor]) -> list[torch.Ten
     block's own ops would have recorded).
     """
     _, _, first_inputs, metas = first
-    envs = [d.node.shape_env for shape in first_inputs for d in shape if isinstance(d, torch.SymInt)]
+    envs = [d.node.shape_env for s in first_inputs for d in s if isinstance(d, torch.SymInt)]
     mapping: dict[sympy.Symbol, Any] = {}
     pending: list[tuple[Any, Any]] = []
     for shape, tensor in zip(first_inputs, inputs):

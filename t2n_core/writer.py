@@ -70,6 +70,15 @@ NATIVE_CONSUMERS = {"matmul": 1, "conv": 1, "tract_core_gather": 0}
 _SLICE_HINT = " (only a slice of whole rows, on dim 0 with stride 1, stays compressed)"
 
 
+def native_use_ok(graph: Graph, op: Operation, position: int) -> bool:
+    """Whether tract can take a tract-native tensor as ``op``'s operand ``position``: a
+    :data:`NATIVE_CONSUMERS` position, or a fragment parameter that only reaches those
+    (:func:`native_parameters`)."""
+    if op.op in graph.blocks:
+        return position in native_parameters(graph.blocks[op.op])
+    return NATIVE_CONSUMERS.get(op.op) == position
+
+
 def give_native_views(graph: Graph) -> list[str]:
     """Point each use of a tract-native tensor that tract cannot run on it (anything but the
     :data:`NATIVE_CONSUMERS` positions) at a view of the same values in a fragment encoding
@@ -82,7 +91,7 @@ def give_native_views(graph: Graph) -> list[str]:
             continue
         ops = [
             op for op in graph.operations
-            if any(isinstance(a, Ref) and a.name == name and NATIVE_CONSUMERS.get(op.op) != i
+            if any(isinstance(a, Ref) and a.name == name and not native_use_ok(graph, op, i)
                    for i, a in enumerate(op.args))
         ]  # fmt: skip
         if not ops:
@@ -98,7 +107,7 @@ def give_native_views(graph: Graph) -> list[str]:
         for op in ops:
             op.args = [
                 Ref(view) if isinstance(a, Ref) and a.name == name and
-                NATIVE_CONSUMERS.get(op.op) != i else a
+                not native_use_ok(graph, op, i) else a
                 for i, a in enumerate(op.args)
             ]  # fmt: skip
         used = sorted({op.op for op in ops})
@@ -127,10 +136,9 @@ def check_native_uses(graph: Graph) -> None:
     if not native:
         return
     for op in graph.operations:
-        in_block = native_parameters(graph.blocks[op.op]) if op.op in graph.blocks else set()
         for position, arg in enumerate(op.args):
-            if isinstance(arg, Ref) and arg.name in native and position not in in_block:
-                if NATIVE_CONSUMERS.get(op.op) != position:
+            if isinstance(arg, Ref) and arg.name in native:
+                if not native_use_ok(graph, op, position):
                     var = native[arg.name]
                     where = op.source or "<root module>"
                     hint = _SLICE_HINT if op.op == "slice" else ""

@@ -164,3 +164,51 @@ def test_block_capture_failure_falls_back_to_flat_with_a_warning(tmp_path, caplo
         result = export_and_check(model, (torch.randn(2, 4),), tmp_path, name="f.nnef")
     assert "captured flat" in caplog.text and "cannot capture this block alone" in caplog.text
     assert "fragment block_" not in graph_text(result.path)
+
+
+def tiny_lm(config_cls: str, model_cls: str, layers: int, **extra) -> nn.Module:
+    import transformers
+
+    from tests.llm.families import _DECODER, randomize
+
+    config = getattr(transformers, config_cls)(**{**_DECODER, "num_hidden_layers": layers, **extra})
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(config)
+    randomize(model)
+    return model.eval()
+
+
+def test_llm_decoder_layers_one_fragment_with_their_kv_cache(tmp_path):
+    """A 3-layer Llama with q4_0 weights: one fragment, called per layer with that layer's
+    past k/v and its own (native q4_0) weights; tract matches at P=5 and P=0 (the check)."""
+    from t2n_core.llm import export_causal_lm
+
+    model = tiny_lm("LlamaConfig", "LlamaForCausalLM", 3)
+    quantize_model(model, "q4_0", exclude=["lm_head"], progress=False)
+    result = export_causal_lm(model, tmp_path / "llm.nnef", progress=False)
+    assert result.check is not None and result.check.passed, str(result.check)
+    text = graph_text(result.path)
+    assert text.count("fragment block_llama_decoder_layer(") == 1
+    assert calls(text, "block_llama_decoder_layer") == 3
+    call = re.search(r"\) = block_llama_decoder_layer\((.*)\);", text.split("graph network")[1])
+    assert call is not None and "past_key_0" in call.group(1)
+    assert re.search(r"\bmodel_model_layers_0_self_attn_q_proj_weight\b", call.group(1))
+    assert "_view" not in text  # no dequantized copy: the q4_0 weights reach matmul as stored
+    raw = (result.path / "model.model.layers.2.mlp.down_proj.weight.dat").read_bytes()
+    assert DatHeader.unpack(raw).type_name() == "q4_0"
+
+
+def test_llm_sliding_and_full_layers_are_distinct_fragments(tmp_path):
+    """Gemma 3 alternating sliding-window and full attention: two fragments, two calls each."""
+    from t2n_core.llm import export_causal_lm
+
+    model = tiny_lm(
+        "Gemma3TextConfig", "Gemma3ForCausalLM", 4, head_dim=16, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+    )  # fmt: skip
+    result = export_causal_lm(model, tmp_path / "gemma.nnef", progress=False)
+    assert result.check is not None and result.check.passed, str(result.check)
+    text = graph_text(result.path)
+    assert text.count("fragment block_gemma3_decoder_layer") == 2
+    assert calls(text, "block_gemma3_decoder_layer") == 2
+    assert calls(text, "block_gemma3_decoder_layer_1") == 2
