@@ -178,8 +178,8 @@ class Site:
     examples: list[torch.Tensor] = field(default_factory=list)  # fake tensors of the trace
     out_spec: pytree.TreeSpec | None = None
     out_leaves: list[Any] = field(default_factory=list)
-    output_names: list[str] = field(default_factory=list)
-    runs: int = 0
+    values_in: list[Any] = field(default_factory=list)  # the leaves of this call
+    param_values: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n_user(self) -> int:
@@ -211,7 +211,6 @@ class Site:
         for view, (_, adapter, names) in zip(views, self.states):
             new = adapter.updated(view)
             result += [new[n] for n in names]
-        self.runs += 1
         return [t.clone() for t in result]
 
     def finish(self, outputs: list[torch.Tensor]) -> Any:
@@ -425,11 +424,11 @@ class Blocks:
             site = self._site(path, module, original, args, kwargs)
             if site is None:
                 return original(*args, **kwargs)
-            inputs = [site.leaves_in[i] for i in site.tensor_at]  # type: ignore[attr-defined]
+            inputs = [site.values_in[i] for i in site.tensor_at]
             for obj, adapter, names in site.states:
                 state = adapter.tensors(obj, module)
                 inputs += [state[n] for n in names]
-            inputs += [site.param_values[n] for n in site.param_names]  # type: ignore[attr-defined]
+            inputs += [site.param_values[n] for n in site.param_names]
             site.examples = list(inputs)
             _ACTIVE[site.key] = site
             outputs = block_op(inputs, site.key)
@@ -489,9 +488,9 @@ class Blocks:
             state_at=state_at,
             param_names=list(param_values),
             structure=self.structure[path][0],
+            values_in=[v for _, v in with_paths],
+            param_values=param_values,
         )
-        site.leaves_in = [v for _, v in with_paths]  # type: ignore[attr-defined]
-        site.param_values = param_values  # type: ignore[attr-defined]
         self.sites[site.key] = site
         return site
 
