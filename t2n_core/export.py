@@ -24,7 +24,7 @@ from t2n_core.capture import (
 )
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.deferred import holds_deferred
-from t2n_core.errors import ExportInputError
+from t2n_core.errors import ExportInputError, TranslationError, UnsupportedOpsError
 from t2n_core.ir import IDENTIFIER_RULE, is_identifier, sanitize
 from t2n_core.nnef.archive import check_target, write_archive
 from t2n_core.progress import progress_bar
@@ -180,19 +180,17 @@ def export(
 
     captured = capture(model, args, kwargs, input_names, dynamic_axes, fragments=fragments)
     _refuse_dtypes_tract_lacks(args, input_names, captured.program)
-    n_nodes = sum(1 for n in captured.program.graph.nodes if n.op == "call_function")
-    with progress_bar(
-        total=n_nodes, desc="translate", unit="op", disable=not progress, leave=False
-    ) as bar:
-        graph = translate(
-            captured.program,
-            tensors=captured.tensors,
-            input_names=input_names,
-            output_names=output_names,
-            symbols=captured.symbols,
-            progress=bar,
-            blocks=captured.blocks,
+    try:
+        graph = _translate(captured, input_names, output_names, progress)
+    except (TranslationError, UnsupportedOpsError) as exc:
+        if captured.blocks is None:
+            raise
+        reason = str(exc).splitlines()[0]
+        logger.warning(
+            "repeated blocks of %s written flat (no fragments): %s", type(model).__name__, reason
         )
+        captured = capture(model, args, kwargs, input_names, dynamic_axes, fragments=False)
+        graph = _translate(captured, input_names, output_names, progress)
     graph.symbols = list(dict.fromkeys(captured.symbols.names.values()))  # as bound
     graph.remove_dead_code()
     graph.extensions.add("tract_registry tract_core")
@@ -298,6 +296,24 @@ def _refuse_dtypes_tract_lacks(args: tuple, input_names: list[str], program: Any
             f"tract has no {' / '.join(sorted(set(found.values())))} type, used by {where}. "
             "Convert the model and inputs first: model.float() with float32 inputs (or "
             "model.half() with float16 inputs)"
+        )
+
+
+def _translate(
+    captured: Any, input_names: list[str], output_names: list[str], progress: bool
+) -> Any:
+    n_nodes = sum(1 for n in captured.program.graph.nodes if n.op == "call_function")
+    with progress_bar(
+        total=n_nodes, desc="translate", unit="op", disable=not progress, leave=False
+    ) as bar:
+        return translate(
+            captured.program,
+            tensors=captured.tensors,
+            input_names=input_names,
+            output_names=output_names,
+            symbols=captured.symbols,
+            progress=bar,
+            blocks=captured.blocks,
         )
 
 

@@ -212,3 +212,19 @@ def test_llm_sliding_and_full_layers_are_distinct_fragments(tmp_path):
     assert text.count("fragment block_gemma3_decoder_layer") == 2
     assert calls(text, "block_gemma3_decoder_layer") == 2
     assert calls(text, "block_gemma3_decoder_layer_1") == 2
+
+
+def test_block_translation_failure_falls_back_to_flat(tmp_path, caplog, monkeypatch):
+    import t2n_core.ops.blocks as block_ops
+    from t2n_core.errors import TranslationError
+
+    def fail(*args, **kwargs):
+        raise TranslationError("this block cannot be a fragment")
+
+    monkeypatch.setattr(block_ops, "_build", fail)
+    torch.manual_seed(0)
+    model = nn.Sequential(Unexportable(), Unexportable()).eval()
+    with caplog.at_level(logging.WARNING, logger="t2n_core.export"):
+        result = export_and_check(model, (torch.randn(2, 4),), tmp_path, name="t.nnef")
+    assert "written flat" in caplog.text and "this block cannot be a fragment" in caplog.text
+    assert "fragment block_" not in graph_text(result.path)
