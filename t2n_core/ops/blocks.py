@@ -33,6 +33,14 @@ def block_call(ctx: EmitContext, node: torch.fx.Node):
     refs = ctx.arg(0)
     input_nodes = ctx.raw(0)
     n_user = site.n_user
+    for name, ref in zip(site.input_names, refs[:n_user]):
+        if _from_concat(ctx.graph, ref):
+            # a matmul / conv over a concatenation is split at translation (tract cannot load
+            # some, see ops.linear.split_concat_product), which needs both in one graph
+            raise ctx.error(
+                f"input {name!r} of block {site.path} is a concatenation; the block cannot be "
+                "a fragment"
+            )
     shapes = tuple(
         (ctx.symbols.shape(n.meta["val"].shape), n.meta["val"].dtype) for n in input_nodes[:n_user]
     )
@@ -107,6 +115,19 @@ def _build(
     graph.extensions.update(body.extensions)
     body.fragments = {}
     return name, params
+
+
+def _from_concat(graph: Graph, ref: Any) -> bool:
+    while isinstance(ref, Ref):
+        producer = graph.producer(ref.name)
+        if producer is None:
+            return False
+        if producer.op == "concat":
+            return True
+        if producer.op not in ("reshape", "squeeze", "unsqueeze", "transpose", "copy"):
+            return False
+        ref = producer.args[0]
+    return False
 
 
 def _output_names(site, n_out: int) -> list[str]:
