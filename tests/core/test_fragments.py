@@ -193,7 +193,7 @@ def test_llm_decoder_layers_one_fragment_with_their_kv_cache(tmp_path):
     call = re.search(r"\) = block_llama_decoder_layer\((.*)\);", text.split("graph network")[1])
     assert call is not None and "past_key_0" in call.group(1)
     assert re.search(r"\bmodel_model_layers_0_self_attn_q_proj_weight\b", call.group(1))
-    assert "_view" not in text  # no dequantized copy: the q4_0 weights reach matmul as stored
+    assert "weight_view" not in text  # no dequantized copy: the q4_0 weights reach matmul as stored
     raw = (result.path / "model.model.layers.2.mlp.down_proj.weight.dat").read_bytes()
     assert DatHeader.unpack(raw).type_name() == "q4_0"
 
