@@ -224,6 +224,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--f32-norm", action="store_true", help="with --dtype f16: normalisation layers in f32"
     )  # fmt: skip
+    p.add_argument(
+        "--no-fragments", action="store_true",
+        help="write every decoder layer inline (default: each distinct layer once, as an NNEF "
+        "fragment called per layer)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_export_llm)
 
@@ -284,7 +289,7 @@ def run_export_llm(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, calibration_text=text, n_sequences=n_seq, seq_len=seq_len,
         check=not args.no_check, trust_remote_code=args.trust_remote_code,
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
-        progress=not args.quiet,
+        fragments=not args.no_fragments, progress=not args.quiet,
     )  # fmt: skip
     print(shipped)
     return 0 if shipped.check is None or shipped.check.passed else 1

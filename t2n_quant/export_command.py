@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (1e-4)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing archive")
     p.add_argument(
+        "--no-fragments", action="store_true",
+        help="write repeated blocks inline (default: each distinct block once, as an NNEF "
+        "fragment called per instance)",
+    )  # fmt: skip
+    p.add_argument(
         "--compresslevel", type=int, default=0, metavar="0-9",
         help="gzip level of a .tgz (default 0: stored uncompressed inside gzip)",
     )  # fmt: skip
@@ -160,6 +165,7 @@ def run_export(args: argparse.Namespace) -> int:
         streaming_axis=_streaming_axis(args.streaming) or None, check=not args.no_check,
         atol=args.atol, rtol=args.rtol, overwrite=args.overwrite,
         compresslevel=args.compresslevel, properties=_properties(args.property) or None,
+        fragments=not args.no_fragments,
     )  # fmt: skip
     print(result)
     return 0

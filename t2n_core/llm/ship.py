@@ -133,14 +133,17 @@ def export_checkpoint(
     all_logits: bool = False,
     f32_attention: bool = False,
     f32_norm: bool = False,
+    fragments: bool = True,
     progress: bool = True,
 ) -> ShippedModel:
     """Export the causal LM of a local checkpoint directory to ``out`` (a new directory).
 
     ``dtype`` (``"f32"``/``"f16"``) is what the weights (bf16, f16 or f32 in the checkpoint)
     are converted to and what tract computes in; ``f32_attention`` / ``f32_norm`` keep those
-    parts in f32 in an f16 export. ``quantize`` (see :func:`t2n_quant.export_checkpoint`, which
-    passes ``quantize_model`` with its codec) replaces weights before export; ``quantization``
+    parts in f32 in an f16 export. ``fragments=False`` writes every decoder layer inline
+    instead of one NNEF fragment per distinct layer. ``quantize`` (see
+    :func:`t2n_quant.export_checkpoint`, which passes ``quantize_model`` with its codec)
+    replaces weights before export; ``quantization``
     is recorded in the manifest. ``check`` runs both io samples in tract against PyTorch.
     Raises :class:`~t2n_core.errors.CheckpointError` naming the file for a missing config or
     weights, a truncated or corrupted shard; nothing is written then.
@@ -188,6 +191,7 @@ def export_checkpoint(
             result = export_causal_lm(
                 model, archive, dtype=torch_dtype, check=False, all_logits=all_logits,
                 progress=progress, properties={"source_architecture": ckpt.architecture},
+                fragments=fragments,
             )  # fmt: skip
         except UnsupportedOpsError as exc:
             raise UnsupportedOpsError(

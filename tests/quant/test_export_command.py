@@ -80,3 +80,27 @@ def test_help_explains_the_spec_grammar(capsys):
             main([command, "--help"])
         out = capsys.readouterr().out
         assert "codec[:bits[:group]]" in out and "q4_0" in out and "minmax:4:g32" in out
+
+
+BLOCKS_FILE = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(32, 32), nn.GELU()) for _ in range(3)]
+    return nn.Sequential(*blocks).eval(), torch.randn(2, 32)
+"""
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-fragments"]], ids=["fragments", "no-fragments"])
+def test_repeated_blocks_as_fragments_or_inline(tmp_path, flag, capsys):
+    entry = tmp_path / "blocks.py"
+    entry.write_text(BLOCKS_FILE)
+    out = tmp_path / "m"
+    assert main(["export", f"{entry}:build", str(out), *flag]) == 0
+    assert "tract check passed" in capsys.readouterr().out
+    graph = (out / "graph.nnef").read_text()
+    calls = graph.count("= block_sequential(")
+    assert (graph.count("fragment block_sequential("), calls) == ((0, 0) if flag else (1, 3))
