@@ -24,26 +24,29 @@ class Generation:
     logits: list[np.ndarray] = field(default_factory=list)  # steps x [B, vocab]
 
 
-def greedy_generate(
-    path: str | os.PathLike,
-    prompt: np.ndarray,
-    steps: int,
-    *,
-    num_layers: int,
-    kv_heads: int,
-    head_dim: int,
-    dtype: np.dtype | type = np.float32,
-) -> Generation:
+_NUMPY_DTYPES = {"f32": np.float32, "f16": np.float16}
+
+
+def empty_cache(runnable: Any, batch: int) -> list[np.ndarray]:
+    """Zero-length past k/v (P = 0) for every past input of an ``export_causal_lm`` archive,
+    each with the heads, width and dtype the archive declares for it: keys and values may
+    differ (multi-head latent attention), and so may layers."""
+    past = []
+    for i in range(1, runnable.input_count()):
+        *dims, dtype = str(runnable.input_fact(i)).split(",")
+        past.append(np.zeros((batch, int(dims[1]), 0, int(dims[3])), _NUMPY_DTYPES[dtype]))
+    return past
+
+
+def greedy_generate(path: str | os.PathLike, prompt: np.ndarray, steps: int) -> Generation:
     """Prefill ``prompt [B, T]`` with an empty cache (P = 0), then decode greedily one token at
     a time, feeding tract's present k/v back as the next past; ``steps`` tokens in all.
 
-    >>> gen = greedy_generate("llm.nnef.tgz", ids, 4, num_layers=2, kv_heads=2,
-    ...                       head_dim=16)                                   # doctest: +SKIP
+    >>> gen = greedy_generate("llm.nnef.tgz", ids, 4)                     # doctest: +SKIP
     """
     runnable = load_runnable(path)
     prompt = np.asarray(prompt, dtype=np.int64)
-    batch = prompt.shape[0]
-    past = [np.zeros((batch, kv_heads, 0, head_dim), dtype) for _ in range(2 * num_layers)]
+    past = empty_cache(runnable, prompt.shape[0])
     ids = prompt
     tokens: list[np.ndarray] = []
     logits_per_step: list[np.ndarray] = []
@@ -161,11 +164,9 @@ def generate_text(
         raise ExportInputError("the prompt has no tokens")
     eos = manifest.get("eos_token_id")
     eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    dtype = np.dtype({"f32": "float32", "f16": "float16"}[manifest["dtype"]])
-    shape = (1, manifest["kv_heads"], 0, manifest["head_dim"])
     runnable = load_runnable(root / manifest["archive"])
     rng = np.random.default_rng(seed)
-    past = [np.zeros(shape, dtype) for _ in range(2 * manifest["num_layers"])]
+    past = empty_cache(runnable, 1)
     ids = np.asarray([prompt_ids], dtype=np.int64)
     new: list[int] = []
     times: list[float] = []

@@ -18,7 +18,6 @@ from t2n_core.llm import (
     export_causal_lm,
     greedy_generate,
     kv_shape_of,
-    num_layers_of,
 )
 from tests.core.test_hf_llama import VOCAB, tiny_llama
 
@@ -43,11 +42,7 @@ def check_generation(model: nn.Module, path, dtype: torch.dtype) -> None:
     """Prefill + ``DECODE_STEPS`` greedy steps in tract equal the same loop in PyTorch."""
     torch.manual_seed(2)
     prompt = torch.randint(0, VOCAB, (1, PROMPT))
-    kv_heads, head_dim = kv_shape_of(model)
-    gen = greedy_generate(
-        path, prompt.numpy(), 1 + DECODE_STEPS, num_layers=num_layers_of(model),
-        kv_heads=kv_heads, head_dim=head_dim, dtype=np.dtype(str(dtype).split(".")[1]),
-    )  # fmt: skip
+    gen = greedy_generate(path, prompt.numpy(), 1 + DECODE_STEPS)
     tokens, logits = torch_greedy(model, prompt, 1 + DECODE_STEPS)
     np.testing.assert_array_equal(gen.tokens, tokens)
     tol = LOGIT_TOL[dtype]

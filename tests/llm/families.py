@@ -92,6 +92,13 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         {**_DECODER, **_MOE, "num_local_experts": 4, "head_dim": 16, "sliding_window": WINDOW,
          "layer_types": ["sliding_attention", "full_attention"]},
     ),
+    "deepseek_v3": (  # multi-head latent attention (keys and values of different widths), a
+        "DeepseekV3Config", "DeepseekV3ForCausalLM",  # dense first layer, then routed experts
+        {**_DECODER, **_MOE, "num_key_value_heads": 4, "moe_intermediate_size": 32,
+         "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 1,
+         "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8,
+         "v_head_dim": 16, "n_group": 1, "topk_group": 1},
+    ),
 }  # fmt: skip
 
 

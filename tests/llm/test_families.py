@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from t2n_core.llm import export_causal_lm, greedy_generate, num_layers_of, past_shapes_of
+from t2n_core.llm import export_causal_lm, greedy_generate
 from t2n_core.nnef.archive import read_archive_files
 from t2n_core.nnef.dat import DatHeader
 from t2n_quant import QTensor, quantize_model
@@ -62,12 +62,7 @@ def check_generation(model: nn.Module, path, mode: str, steps: int = STEPS) -> n
     """tract's greedy loop on the archive gives ``model.generate``'s tokens and logits (up to
     a tie between two logits closer than the tolerance, after which the sequences part)."""
     prompt = torch.randint(0, VOCAB, (1, PROMPT), generator=torch.Generator().manual_seed(2))
-    (kv_heads, head_dim), *_ = past_shapes_of(model)
-    dtype = np.float16 if mode == "f16" else np.float32
-    gen = greedy_generate(
-        path, prompt.numpy(), steps, num_layers=num_layers_of(model), kv_heads=kv_heads,
-        head_dim=head_dim, dtype=dtype,
-    )  # fmt: skip
+    gen = greedy_generate(path, prompt.numpy(), steps)
     tokens, logits = torch_greedy(model, prompt, steps)
     first, last = logits[0], logits[-1]
     spread = first.std() / np.abs(first).max()  # relative: Cohere scales its logits by 1/16
