@@ -7,5 +7,5 @@ KNOWN_TO_WORK = (
     "Llama", "Mistral", "Qwen2", "Qwen3", "Phi3", "Gemma", "Gemma2", "Gemma3 (text)", "GPT-2",
     "GPT-NeoX", "OPT", "Falcon (new decoder layout)", "StableLM", "SmolLM3", "Granite", "OLMo2",
     "Cohere", "Starcoder2", "GPT-J", "Bloom", "Falcon (multi-query)", "Mixtral", "Qwen3-MoE",
-    "Qwen2-MoE", "Phi", "GPT-OSS",
+    "Qwen2-MoE", "Phi", "GPT-OSS", "DeepSeek-V3",
 )  # fmt: skip
