@@ -21,12 +21,16 @@ WINDOWS = {
 PARTS = {
     "abs": torch.abs,
     "power": lambda z: z.abs().pow(2),
-    "angle": torch.angle,
+    # angle and sqrt jump across the negative real axis, where a real signal's DC and
+    # Nyquist bins lie, and every bin of a centred STFT's first frame (reflect padding makes
+    # that frame symmetric): their imaginary part is +0 or -0 as the FFT's rounding falls
+    # (it differs between thread counts), so the result is +-pi; those are left out
+    "angle": lambda z: torch.angle(z[:, 1:-1, 1:-1]),
     "real": lambda z: z.real,
     "imag": lambda z: z.imag,
     "view_as_real": torch.view_as_real,
     "complex-square": lambda z: torch.view_as_real(z.pow(2)),
-    "complex-sqrt": lambda z: torch.view_as_real(z**0.5),
+    "complex-sqrt": lambda z: torch.view_as_real(z[:, 1:-1, 1:-1] ** 0.5),
 }
 
 
