@@ -124,16 +124,21 @@ def _check_float(ctx: EmitContext) -> torch.dtype:
 _MAX_POOL = {aten.max_pool1d.default: 1, aten.max_pool2d.default: 2, aten.max_pool3d.default: 3}
 
 
+def _max_pool_window(ctx: EmitContext, n: int) -> _Window:
+    """The window of a max_pool{n}d[_with_indices] node (same arguments in both)."""
+    return _Window(
+        ctx, n, ctx.arg(1), ctx.arg(2, ctx.arg("stride", [])), ctx.arg(3, ctx.arg("padding", 0)),
+        ctx.arg(4, ctx.arg("dilation", 1)), ctx.arg(5, ctx.arg("ceil_mode", False)),
+    )  # fmt: skip
+
+
 @register(*_MAX_POOL)
 def max_pool(ctx: EmitContext, node: torch.fx.Node):
     """max_pool2d(Tensor self, int[2] kernel_size, int[2] stride=[], int[2] padding=0,
     int[2] dilation=1, bool ceil_mode=False) -> Tensor (and the 1d/3d variants)"""
     dtype = _check_float(ctx)
     n = _MAX_POOL[node.target]
-    window = _Window(
-        ctx, n, ctx.arg(1), ctx.arg(2, ctx.arg("stride", [])), ctx.arg(3, ctx.arg("padding", 0)),
-        ctx.arg(4, ctx.arg("dilation", 1)), ctx.arg(5, ctx.arg("ceil_mode", False)),
-    )  # fmt: skip
+    window = _max_pool_window(ctx, n)
     x, lead, squeeze = _batched(ctx, n)
     attrs = {**window.attrs(lead), "border": "ignore"}
     y = ctx.emit("max_pool", [x], attrs, dtype=dtype, shape=_batched_out_shape(ctx, squeeze))
@@ -153,10 +158,7 @@ def max_pool_with_indices(ctx: EmitContext, node: torch.fx.Node):
     torch's do (checked against torch, padding included)."""
     dtype = _check_float(ctx)
     n = _MAX_POOL_INDICES[node.target]
-    window = _Window(
-        ctx, n, ctx.arg(1), ctx.arg(2, ctx.arg("stride", [])), ctx.arg(3, ctx.arg("padding", 0)),
-        ctx.arg(4, ctx.arg("dilation", 1)), ctx.arg(5, ctx.arg("ceil_mode", False)),
-    )  # fmt: skip
+    window = _max_pool_window(ctx, n)
     x, lead, squeeze = _batched(ctx, n)
     attrs = {**window.attrs(lead), "border": "ignore"}
     out = ctx.out_shape(_out_meta(ctx))
