@@ -41,6 +41,7 @@ from torch.export import Dim, ExportedProgram
 from torch.utils import _pytree as pytree
 
 from t2n_core.errors import CaptureError
+from t2n_core.input_plan import user_input_placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -634,14 +635,7 @@ def _check_program(site: Site, program: ExportedProgram, fakes: list[torch.Tenso
         raise BlockCaptureError(
             f"block {site.path} mutates its inputs or buffers ({sorted(kinds)}); captured flat"
         )
-    placeholders = [
-        n
-        for n, s in zip(
-            (n for n in program.graph.nodes if n.op == "placeholder"),
-            program.graph_signature.input_specs,
-        )
-        if s.kind.name == "USER_INPUT"
-    ]
+    placeholders = user_input_placeholders(program)
     mapping: dict[Any, str] = {}
     for node, fake in zip(placeholders, fakes):
         meta = node.meta["val"]

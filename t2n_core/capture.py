@@ -8,7 +8,7 @@ import io
 import logging
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch.export import Dim, ExportedProgram
 
 from t2n_core.blocks import BlockCaptureError, Blocks
 from t2n_core.errors import CaptureError, ExportInputError
-from t2n_core.ir import is_identifier
+from t2n_core.input_plan import InputPlan, varargs_index
 from t2n_core.ops import registry
 from t2n_core.shape_rules import shape_rules
 from t2n_core.storage import NNEFStorage
@@ -26,20 +26,18 @@ from t2n_core.symbolic import SymbolTable
 
 logger = logging.getLogger(__name__)
 
-DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
-
 
 @dataclass
 class Captured:
     program: ExportedProgram
     tensors: dict[str, Any]  # state-dict / constant name -> tensor as the writer must store it
-    input_names: list[str]
-    symbols: SymbolTable
+    plan: InputPlan
+    symbols: SymbolTable  # torch's size symbols -> the plan's axis symbols
     blocks: Blocks | None = None  # repeated blocks, each captured once (t2n::block calls)
 
-
-def _is_identifier(name: str) -> bool:
-    return is_identifier(name)
+    def input_names(self) -> dict[str, str]:
+        """Each tensor user-input placeholder of the program (node name) -> its input name."""
+        return {node: i.name for node, i in self.plan.by_placeholder(self.program).items()}
 
 
 def normalize_args(args: Any) -> tuple[Any, ...]:
@@ -54,37 +52,6 @@ def normalize_args(args: Any) -> tuple[Any, ...]:
     return args
 
 
-def default_input_names(model: nn.Module, args: tuple[Any, ...]) -> list[str]:
-    """Names of the tensor arguments: the ``forward`` parameter names (``xs_0``, ``xs_1``,
-    ... for the tensors passed to ``*xs``), else ``input_<i>``."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    names = []
-    for i, arg in enumerate(args):
-        if not isinstance(arg, torch.Tensor):
-            continue
-        name = f"input_{i}"
-        var = _varargs_index(params)
-        if var is not None and i >= var:
-            candidate = f"{params[var].name}_{i - var}"
-        elif i < len(params):
-            candidate = params[i].name
-        else:
-            candidate = name
-        names.append(candidate if _is_identifier(candidate) else name)
-    return names
-
-
-def _varargs_index(params: list[inspect.Parameter]) -> int | None:
-    """Position of the ``*args`` parameter of a signature, if any."""
-    for i, p in enumerate(params):
-        if p.kind is inspect.Parameter.VAR_POSITIONAL:
-            return i
-    return None
-
-
 def group_varargs(model: nn.Module, shapes: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
     """``dynamic_shapes`` per argument, regrouped as ``torch.export`` wants them for a
     ``forward(self, a, *xs)``: one entry per parameter, a tuple for ``*xs``."""
@@ -94,61 +61,10 @@ def group_varargs(model: nn.Module, shapes: tuple[Any, ...] | None) -> tuple[Any
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return shapes
-    var = _varargs_index(params)
+    var = varargs_index(params)
     if var is None or var > len(shapes):
         return shapes
     return (*shapes[:var], tuple(shapes[var:]))
-
-
-def dynamic_shapes_for(
-    args: tuple[Any, ...], input_names: list[str], dynamic_axes: DynamicAxes | None
-) -> tuple[Any, ...] | None:
-    """torch.export ``dynamic_shapes`` from ``{input: {axis: name}}``."""
-    if not dynamic_axes:
-        return None
-    unknown = [k for k in dynamic_axes if k not in input_names]
-    if unknown:
-        raise ExportInputError(
-            f"dynamic_axes names unknown input(s) {unknown}; inputs are {input_names}"
-        )
-    dims: dict[str, Dim] = {}
-    tensor_args = [a for a in args if isinstance(a, torch.Tensor)]
-    per_input: dict[str, dict[int, Dim]] = {}
-    for input_name, axes in dynamic_axes.items():
-        tensor = tensor_args[input_names.index(input_name)]
-        if not isinstance(axes, Mapping):
-            axes = {int(a): f"{input_name}_{int(a)}" for a in axes}
-        spec: dict[int, Dim] = {}
-        for axis, sym in axes.items():
-            axis = int(axis)
-            if axis < 0:
-                axis += tensor.dim()
-            if not 0 <= axis < tensor.dim():
-                raise ExportInputError(
-                    f"dynamic axis {axis} of input {input_name!r} is out of range for its "
-                    f"shape {tuple(tensor.shape)}"
-                )
-            if not _is_identifier(sym):
-                raise ExportInputError(
-                    f"axis name {sym!r} of input {input_name!r} must be an identifier like 'T'"
-                )
-            if tensor.shape[axis] < 2:
-                raise ExportInputError(
-                    f"input {input_name!r} has size {tensor.shape[axis]} on dynamic axis {axis} "
-                    f"({sym}); torch.export specialises sizes 0 and 1, so give an example of "
-                    "size 2 or more on that axis"
-                )
-            dims.setdefault(sym, Dim(sym))
-            spec[axis] = dims[sym]
-        per_input[input_name] = spec
-    shapes: list[Any] = []
-    names_iter = iter(input_names)
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            shapes.append(per_input.get(next(names_iter)))
-        else:
-            shapes.append(None)
-    return tuple(shapes)
 
 
 @contextlib.contextmanager
@@ -211,8 +127,7 @@ def capture(
     model: nn.Module,
     args: tuple[Any, ...],
     kwargs: dict[str, Any] | None,
-    input_names: list[str],
-    dynamic_axes: DynamicAxes | None,
+    plan: InputPlan,
     *,
     fragments: bool = True,
 ) -> Captured:
@@ -221,7 +136,7 @@ def capture(
     With ``fragments``, each distinct repeated block is captured once and called per instance
     (:mod:`t2n_core.blocks`); if a block cannot be captured alone, the model is captured flat.
     """
-    dynamic_shapes = group_varargs(model, dynamic_shapes_for(args, input_names, dynamic_axes))
+    dynamic_shapes = group_varargs(model, plan.dynamic_shapes())
     blocks = Blocks.find(model) if fragments else None
     with (
         eval_mode(model),
@@ -247,7 +162,7 @@ def capture(
                     ep = _export(model, args, kwargs, dynamic_shapes)
                     ep = ep.run_decompositions(decomposition_table())
         except Exception as exc:  # torch raises many types
-            raise capture_error(type(model).__name__, exc, dynamic_axes) from exc
+            raise capture_error(type(model).__name__, exc, plan) from exc
     tensors: dict[str, Any] = {}
     for spec in ep.graph_signature.input_specs:
         target = spec.target
@@ -259,29 +174,8 @@ def capture(
             tensors[target] = ep.constants[target]
         elif target in ep.state_dict:
             tensors[target] = ep.state_dict[target]
-    symbols = SymbolTable()
-    user_specs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    tensor_names = iter(input_names)
-    for spec in user_specs:
-        meta = placeholders[spec.arg.name].meta.get("val")
-        if not isinstance(meta, torch.Tensor):
-            continue
-        name = next(tensor_names)
-        axes = (dynamic_axes or {}).get(name, {})
-        if not isinstance(axes, Mapping):
-            axes = {int(a): f"{name}_{int(a)}" for a in axes}
-        for axis, sym in axes.items():
-            size = meta.shape[int(axis)]
-            if isinstance(size, torch.SymInt):
-                symbols.bind(size.node.expr, sym)
-            else:
-                raise CaptureError(
-                    f"dynamic axis {axis} ({sym}) of input {name!r} was specialised to {size} "
-                    "by the model's code; remove that axis from dynamic_axes or make the code "
-                    "size-agnostic"
-                )
-    return Captured(ep, tensors, input_names, symbols, blocks)
+    symbols = plan.bind_symbols(ep)
+    return Captured(ep, tensors, plan, symbols, blocks)
 
 
 def _capture_with_blocks(model, args, kwargs, dynamic_shapes, blocks: Blocks):
@@ -338,9 +232,7 @@ _USER_CALL = re.compile(r'The following call raised this error:\s*\n\s*File "([^
                         r"[^\n]*\n\s*(.+)")  # fmt: skip
 
 
-def capture_error(
-    model_name: str, exc: Exception, dynamic_axes: DynamicAxes | None
-) -> CaptureError:
+def capture_error(model_name: str, exc: Exception, plan: InputPlan | None) -> CaptureError:
     """torch.export's failure as one actionable message: which input axis the code fixed to
     what size, or where the code branches on tensor values (not torch's whole report)."""
     text = str(exc)
@@ -348,8 +240,7 @@ def capture_error(
     for name, index, axis, size in _SPECIALISED.findall(text):
         if name == "args" and index:
             name = f"positional input {index.strip('[]')}"
-        axes = (dynamic_axes or {}).get(name, {})
-        sym = axes.get(int(axis), "") if isinstance(axes, Mapping) else ""
+        sym = (plan.axis_symbol(name, int(axis)) if plan is not None else None) or ""
         fixed.append(
             f"dynamic axis {axis}{f' ({sym})' if sym else ''} of input {name!r} was fixed to "
             f"{size} by the model's code"

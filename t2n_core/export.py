@@ -15,16 +15,11 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from t2n_core import __version__
-from t2n_core.capture import (
-    DynamicAxes,
-    capture,
-    default_input_names,
-    float_proxies,
-    normalize_args,
-)
+from t2n_core.capture import capture, float_proxies, normalize_args
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.deferred import holds_deferred
 from t2n_core.errors import ExportInputError, TranslationError, UnsupportedOpsError
+from t2n_core.input_plan import DynamicAxes, InputPlan, default_input_names
 from t2n_core.ir import IDENTIFIER_RULE, is_identifier, sanitize
 from t2n_core.nnef.archive import check_target, write_archive
 from t2n_core.progress import progress_bar
@@ -134,14 +129,9 @@ def export(
     if not isinstance(model, nn.Module):
         raise ExportInputError(f"export needs an nn.Module, got {type(model).__name__}")
     args = normalize_args(args)
-    n_tensors = sum(isinstance(a, torch.Tensor) for a in args)
     if input_names is None:
-        input_names = default_input_names(model, args)
+        input_names = default_input_names(model.forward, args)
     input_names = list(input_names)
-    if len(input_names) != n_tensors:
-        raise ExportInputError(
-            f"{len(input_names)} input_names given for {n_tensors} tensor input(s): {input_names}"
-        )
     _check_names(input_names, "input_names")
     streaming_properties: dict[str, str] = {}
     if streaming_axis is not None:
@@ -149,8 +139,9 @@ def export(
 
         dynamic_axes, symbol = with_streaming_axis(dynamic_axes, streaming_axis, input_names)
         streaming_properties[STREAMING_PROPERTY] = symbol
+    plan = InputPlan.resolve(args, input_names, dynamic_axes)
     check_target(path, overwrite=overwrite)  # before the capture: fail fast, name the target
-    _refuse_dtypes_tract_lacks(args, input_names)
+    _refuse_dtypes_tract_lacks(plan)
 
     with torch.no_grad():
         was_training = model.training
@@ -178,10 +169,10 @@ def export(
     if clash:
         raise ExportInputError(f"names used both as input and output: {sorted(clash)}")
 
-    captured = capture(model, args, kwargs, input_names, dynamic_axes, fragments=fragments)
-    _refuse_dtypes_tract_lacks(args, input_names, captured.program)
+    captured = capture(model, args, kwargs, plan, fragments=fragments)
+    _refuse_dtypes_tract_lacks(plan, captured.program)
     try:
-        graph = _translate(captured, input_names, output_names, progress)
+        graph = _translate(captured, output_names, progress)
     except (TranslationError, UnsupportedOpsError) as exc:
         if captured.blocks is None:
             raise
@@ -189,9 +180,10 @@ def export(
         logger.warning(
             "repeated blocks of %s written flat (no fragments): %s", type(model).__name__, reason
         )
-        captured = capture(model, args, kwargs, input_names, dynamic_axes, fragments=False)
-        graph = _translate(captured, input_names, output_names, progress)
-    graph.symbols = list(dict.fromkeys(captured.symbols.names.values()))  # as bound
+        captured = capture(model, args, kwargs, plan, fragments=False)
+        graph = _translate(captured, output_names, progress)
+    bound = set(captured.symbols.names.values())  # torch may merge two axes into one symbol
+    graph.symbols = [s for s in plan.symbols if s in bound]
     graph.remove_dead_code()
     graph.extensions.add("tract_registry tract_core")
     graph.properties = {
@@ -269,18 +261,15 @@ def default_output_names(reference: Any) -> list[str]:
     return names
 
 
-def _refuse_dtypes_tract_lacks(args: tuple, input_names: list[str], program: Any = None) -> None:
+def _refuse_dtypes_tract_lacks(plan: InputPlan, program: Any = None) -> None:
     """bf16 (or another dtype tract has no type for) in an input, or computed on by the
     captured graph: one clear error, with what to do. (A bf16 weight the model converts to
     float itself is fine: it is stored as f32.)"""
     from t2n_core.nnef.text import _EXTERNAL_DTYPES
     from t2n_core.translate import module_path
 
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
     found = {
-        f"input {n!r}": str(a.dtype)
-        for n, a in zip(input_names, tensors)
-        if a.dtype not in _EXTERNAL_DTYPES
+        f"input {i.name!r}": str(i.dtype) for i in plan.inputs if i.dtype not in _EXTERNAL_DTYPES
     }
     for node in program.graph.nodes if program is not None else []:
         val = node.meta.get("val")
@@ -299,9 +288,7 @@ def _refuse_dtypes_tract_lacks(args: tuple, input_names: list[str], program: Any
         )
 
 
-def _translate(
-    captured: Any, input_names: list[str], output_names: list[str], progress: bool
-) -> Any:
+def _translate(captured: Any, output_names: list[str], progress: bool) -> Any:
     n_nodes = sum(1 for n in captured.program.graph.nodes if n.op == "call_function")
     with progress_bar(
         total=n_nodes, desc="translate", unit="op", disable=not progress, leave=False
@@ -309,7 +296,7 @@ def _translate(
         return translate(
             captured.program,
             tensors=captured.tensors,
-            input_names=input_names,
+            inputs=captured.input_names(),
             output_names=output_names,
             symbols=captured.symbols,
             progress=bar,

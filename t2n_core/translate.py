@@ -11,7 +11,7 @@ import logging
 import operator
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -310,21 +310,21 @@ def translate(
     ep: ExportedProgram,
     *,
     tensors: dict[str, Any],
-    input_names: list[str],
+    inputs: Mapping[str, str],
     output_names: list[str],
     symbols: SymbolTable,
     progress: Any = None,
     blocks: Any = None,
 ) -> Graph:
-    """Build the NNEF graph of ``ep``; ``tensors`` maps state-dict/constant names to tensors."""
+    """Build the NNEF graph of ``ep``; ``tensors`` maps state-dict/constant names to tensors,
+    ``inputs`` each tensor user-input placeholder (by node name) to its graph input name."""
     problems = find_unsupported(ep)
     if problems:
         raise UnsupportedOpsError(problems)
     graph = Graph()
-    graph.reserve([*input_names, *output_names])
+    graph.reserve([*inputs.values(), *output_names])
     ctx = EmitContext(graph, symbols, blocks)
     kinds = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
-    user_index = 0
     for node in ep.graph.nodes:
         ctx.node = node
         if node.op == "placeholder":
@@ -334,8 +334,7 @@ def translate(
                 if not isinstance(meta, torch.Tensor):
                     ctx.env[node] = ctx.convert(meta)
                     continue
-                name = input_names[user_index]
-                user_index += 1
+                name = inputs[node.name]
                 value = graph.add_value(Value(name, meta.dtype, symbols.shape(meta.shape)))
                 graph.inputs.append(value)
                 ctx.env[node] = Ref(name)

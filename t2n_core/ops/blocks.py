@@ -15,6 +15,7 @@ import torch.fx
 
 from t2n_core.blocks import Capture
 from t2n_core.errors import TranslationError
+from t2n_core.input_plan import user_input_placeholders
 from t2n_core.ir import Graph, Ref, Value, Variable, sanitize
 from t2n_core.ops.registry import register
 from t2n_core.symbolic import SymbolTable
@@ -64,14 +65,7 @@ def _build(
     site = capture.site
     program = capture.program
     symbols = SymbolTable()
-    user = [
-        n
-        for n, s in zip(
-            (n for n in program.graph.nodes if n.op == "placeholder"),
-            program.graph_signature.input_specs,
-        )
-        if s.kind.name == "USER_INPUT"
-    ]
+    user = user_input_placeholders(program)
     for node, outer in zip(user, inputs):
         for ours, theirs in zip(node.meta["val"].shape, outer.meta["val"].shape):
             if isinstance(ours, torch.SymInt) and ours.node.expr.is_Symbol:
@@ -89,7 +83,8 @@ def _build(
     n_out = sum(1 for s in program.graph_signature.output_specs)
     output_names = _output_names(site, n_out)
     body = translate(
-        program, tensors=tensors, input_names=site.input_names, output_names=output_names,
+        program, tensors=tensors, inputs=dict(zip((n.name for n in user), site.input_names)),
+        output_names=output_names,
         symbols=symbols,
     )  # fmt: skip
     body.remove_dead_code()
