@@ -22,6 +22,7 @@ from t2n_core.errors import ExportInputError, TranslationError, UnsupportedOpsEr
 from t2n_core.input_plan import DynamicAxes, InputPlan, default_input_names
 from t2n_core.ir import IDENTIFIER_RULE, is_identifier, sanitize
 from t2n_core.nnef.archive import check_target, write_archive
+from t2n_core.passes import prepare_for_archive
 from t2n_core.progress import progress_bar
 from t2n_core.translate import translate
 from t2n_core.writer import archive_files, tensor_bytes_by_type
@@ -194,7 +195,7 @@ def export(
         **model_properties(model),
         **(properties or {}),
     }
-    files = list(archive_files(graph))
+    files = list(archive_files(prepare_for_archive(graph)))
     check_report: list[CheckReport] = []
 
     def verify(staged: Path) -> None:

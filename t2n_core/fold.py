@@ -1,4 +1,4 @@
-"""Graph passes on stored tensors, run by the writer before it checks and prints the graph.
+"""Graph passes on stored tensors, run by :mod:`t2n_core.passes` before the graph is written.
 
 :func:`fold_row_slices` turns ``slice`` of a stored tensor along dim 0 (or dim 1) into a new
 stored tensor holding those rows (columns), when the tensor can cut its own rows (the

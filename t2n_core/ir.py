@@ -50,7 +50,7 @@ class Variable:
     label: str
     tensor: Any  # a torch.Tensor or an NNEFStorage
     declared_in: str | None = None  # a fragment that declares it (see t2n_core.loop_weights)
-    #: (label, tensor, encoding) of the last ``writer.encoding_of``: computed once per label
+    #: (label, tensor, encoding) of the last ``encoding.encoding_of``: computed once per label
     encoded: Any = field(default=None, repr=False, compare=False)
 
 
@@ -80,6 +80,7 @@ class Graph:
     symbols: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what passes changed, for the summary
+    prepared: bool = False  # through t2n_core.passes.prepare_for_archive, ready to write
     _taken: Counter = field(default_factory=Counter)
     _reserved: set[str] = field(default_factory=set)
 

@@ -18,7 +18,7 @@ Optional methods, each used by a writer pass and allowed to return ``None`` ("ca
 ``nnef_slice_cols(begin, end)`` (the same on dim 1, see below), ``nnef_scale_rows(factors)``
 (row ``r`` times ``factors[r]``, still encoded: :mod:`t2n_core.fold_scale`),
 ``nnef_fragment_view()`` (the same values in an encoding with a ``call``, for the uses of a
-tract-native tensor that tract cannot run on it: :func:`t2n_core.writer.give_native_views`),
+tract-native tensor that tract cannot run on it: :func:`t2n_core.native_uses.give_native_views`),
 and ``nnef_slice_rows(begin, end)`` returns a tensor of the same kind holding
 rows ``begin:end`` of dim 0, still encoded (or ``None`` when it cannot cut them without
 re-encoding). When the graph slices such a tensor along dim 0 (static bounds, stride 1, e.g.

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from t2n_core.encoding import encoding_of
 from t2n_core.errors import TranslationError
 from t2n_core.ir import Expr, Graph, Operation, Ref
 
@@ -169,8 +170,6 @@ def _dim(d: int | str) -> int | Expr:
 
 def variable_lines(graph: Graph, name: str) -> list[str]:
     """Declarations of one variable (several for an encoded tensor)."""
-    from t2n_core.writer import encoding_of  # local import: writer depends on text
-
     var = graph.variables[name]
     encoding = encoding_of(var)
     out: list[str] = []

@@ -8,12 +8,15 @@ import pytest
 import sympy
 import torch
 
+from t2n_core.encoding import encoding_of
 from t2n_core.errors import ArchiveFormatError, TranslationError
+from t2n_core.file_labels import MAX_LABEL, assign_file_labels
 from t2n_core.ir import Graph, Variable, is_identifier, sanitize
 from t2n_core.nnef.archive import member_path
 from t2n_core.nnef.text import escape_string, literal, unescape_string
+from t2n_core.passes import prepare_for_archive
 from t2n_core.symbolic import SymbolTable
-from t2n_core.writer import MAX_LABEL, assign_file_labels, encoding_of
+from t2n_core.writer import archive_files
 from tests.helpers import export_and_check
 
 
@@ -100,3 +103,12 @@ def test_list_form_dynamic_axes_declare_their_symbol(tmp_path):
     text = (result.path / "graph.nnef").read_text()
     assert "extension tract_symbol input_0;" in text
     assert result.inputs[0].shape == ("input_0", 4)
+
+
+def test_graph_passes_are_a_step_before_writing():
+    g = _graph_with(["w"])
+    with pytest.raises(RuntimeError, match="prepare_for_archive"):
+        list(archive_files(g))
+    assert prepare_for_archive(g) is g and g.prepared
+    names = [name for name, _ in archive_files(prepare_for_archive(g))]  # a second call: no-op
+    assert names == ["graph.nnef", "w.dat"]
