@@ -14,6 +14,7 @@ from t2n_core.errors import (
     UnsupportedOpsError,
 )
 from t2n_core.export import ExportResult, IOSpec, export
+from t2n_core.many import GraphSpec, ManyExportResult, export_many, load_graph
 from t2n_core.pulse import PulseReport, check_pulsed
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "CheckReport",
     "ExportInputError",
     "ExportResult",
+    "GraphSpec",
     "IOSpec",
+    "ManyExportResult",
     "PulseError",
     "PulseReport",
     "T2NError",
@@ -33,5 +36,7 @@ __all__ = [
     "check_archive",
     "check_pulsed",
     "export",
+    "export_many",
+    "load_graph",
     "run_tract",
 ]

@@ -163,21 +163,38 @@ def in_tract_child(command: str, path: str | os.PathLike, workdir: Path, shown: 
 
 
 def run_tract(
-    path: str | os.PathLike, inputs: Sequence[np.ndarray], *, shown_as: str | None = None
+    path: str | os.PathLike,
+    inputs: Sequence[np.ndarray],
+    *,
+    shown_as: str | None = None,
+    graph: str | None = None,
 ) -> list[np.ndarray]:
-    """Run ``path`` in tract (in a child process) on ``inputs``; tract's outputs, in order."""
+    """Run ``path`` in tract (in a child process) on ``inputs``; tract's outputs, in order.
+    ``graph`` names one graph of an archive of several (:func:`t2n_core.many.export_many`):
+    only its inputs are given and its outputs returned."""
     shown = shown_as or os.fspath(path)
     with tempfile.TemporaryDirectory(prefix="t2n-tract-") as tmp:
         work = Path(tmp)
+        _write_selection(path, graph, work)
         np.savez(work / "inputs.npz", *[np.asarray(x) for x in inputs])
         in_tract_child("run", path, work, shown)
         with np.load(work / "outputs.npz") as data:
             return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
-def tract_facts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """tract's input and output facts (``"2,S,f32"``) of an archive, loaded in a child."""
+def _write_selection(path: str | os.PathLike, graph: str | None, work: Path) -> None:
+    """``WORKDIR/select.json``: the tract transforms that keep only ``graph``."""
+    if graph is not None:
+        from t2n_core.many import graph_io, select_transforms
+
+        (work / "select.json").write_text(json.dumps(select_transforms(graph_io(path, graph))))
+
+
+def tract_facts(path: str | os.PathLike, graph: str | None = None) -> tuple[list[str], list[str]]:
+    """tract's input and output facts (``"2,S,f32"``) of an archive (or of one of its
+    ``graph``-s), loaded in a child."""
     with tempfile.TemporaryDirectory(prefix="t2n-tract-") as tmp:
+        _write_selection(path, graph, Path(tmp))
         in_tract_child("facts", path, Path(tmp), os.fspath(path))
         facts = json.loads((Path(tmp) / "facts.json").read_text())
     return facts["inputs"], facts["outputs"]
@@ -267,19 +284,25 @@ def check_archive(
     raise_on_mismatch: bool = True,
     allow_nan: bool = False,
     shown_as: str | None = None,
+    graph: str | None = None,
 ) -> CheckReport:
     """Run ``path`` in tract on ``inputs`` and compare with ``expected`` (see :func:`compare`).
 
     tract runs in a child process: a tract crash raises :class:`TractRunError` with tract's
     text instead of ending this process. Outputs are named ``names``, by default the
-    archive's own output names. ``shown_as`` is the path to name in messages.
+    archive's own output names. ``shown_as`` is the path to name in messages. ``graph``
+    runs one graph of an archive of several (:func:`t2n_core.many.export_many`).
 
     >>> report = check_archive("model.nnef.tgz", [x], [y])   # doctest: +SKIP
     >>> report.passed                                        # doctest: +SKIP
     True
     """
     shown = shown_as or os.fspath(path)
-    actual = run_tract(path, inputs, shown_as=shown)
+    actual = run_tract(path, inputs, shown_as=shown, graph=graph)
+    if names is None and graph is not None:
+        from t2n_core.many import graph_io
+
+        names = graph_io(path, graph)["outputs"]
     if names is None:
         names = archive_output_names(path)
         if len(names) != len(actual):

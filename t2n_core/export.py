@@ -20,7 +20,7 @@ from t2n_core.check import CheckReport, check_archive
 from t2n_core.deferred import holds_deferred
 from t2n_core.errors import ExportInputError, TranslationError, UnsupportedOpsError
 from t2n_core.input_plan import DynamicAxes, InputPlan, default_input_names
-from t2n_core.ir import IDENTIFIER_RULE, is_identifier, sanitize
+from t2n_core.ir import IDENTIFIER_RULE, Graph, is_identifier, sanitize
 from t2n_core.nnef.archive import check_target, write_archive
 from t2n_core.passes import prepare_for_archive
 from t2n_core.progress import progress_bar
@@ -127,13 +127,7 @@ def export(
     >>> result = export(nn.Linear(4, 2), (torch.randn(3, 4),), "lin.nnef.tgz",
     ...                 dynamic_axes={"input": {0: "B"}}, check=True)   # doctest: +SKIP
     """
-    if not isinstance(model, nn.Module):
-        raise ExportInputError(f"export needs an nn.Module, got {type(model).__name__}")
-    args = normalize_args(args)
-    if input_names is None:
-        input_names = default_input_names(model.forward, args)
-    input_names = list(input_names)
-    _check_names(input_names, "input_names")
+    args, input_names = _checked_inputs(model, args, input_names)
     streaming_properties: dict[str, str] = {}
     if streaming_axis is not None:
         from t2n_core.pulse import STREAMING_PROPERTY, with_streaming_axis
@@ -142,51 +136,11 @@ def export(
         streaming_properties[STREAMING_PROPERTY] = symbol
     plan = InputPlan.resolve(args, input_names, dynamic_axes)
     check_target(path, overwrite=overwrite)  # before the capture: fail fast, name the target
-    _refuse_dtypes_tract_lacks(plan)
-
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
-            if not check and holds_deferred(model):
-                # only the outputs' structure is needed: reading streamed weights would cost a
-                # pass over the whole model, so run on untouched proxies with fake tensors
-                with float_proxies(model), FakeTensorMode(allow_non_fake_inputs=True):
-                    reference = model(*args, **(kwargs or {}))
-            else:
-                reference = model(*args, **(kwargs or {}))
-        finally:
-            model.train(was_training)
-    ref_leaves = _tensor_leaves(reference, "outputs")
-    if output_names is None:
-        output_names = default_output_names(reference)
-    output_names = list(output_names)
-    if len(output_names) != len(ref_leaves):
-        raise ExportInputError(
-            f"{len(output_names)} output_names given for {len(ref_leaves)} output tensor(s)"
-        )
-    _check_names(output_names, "output_names")
-    clash = set(input_names) & set(output_names)
-    if clash:
-        raise ExportInputError(f"names used both as input and output: {sorted(clash)}")
-
-    captured = capture(model, args, kwargs, plan, fragments=fragments)
-    _refuse_dtypes_tract_lacks(plan, captured.program)
-    try:
-        graph = _translate(captured, output_names, progress)
-    except (TranslationError, UnsupportedOpsError) as exc:
-        if captured.blocks is None:
-            raise
-        reason = str(exc).splitlines()[0]
-        logger.warning(
-            "repeated blocks of %s written flat (no fragments): %s", type(model).__name__, reason
-        )
-        captured = capture(model, args, kwargs, plan, fragments=False)
-        graph = _translate(captured, output_names, progress)
-    bound = set(captured.symbols.names.values())  # torch may merge two axes into one symbol
-    graph.symbols = [s for s in plan.symbols if s in bound]
-    graph.remove_dead_code()
-    graph.extensions.add("tract_registry tract_core")
+    traced = trace_graph(
+        model, args, plan, kwargs=kwargs, output_names=output_names, check=check,
+        progress=progress, fragments=fragments,
+    )  # fmt: skip
+    graph, ref_leaves, output_names = traced.graph, traced.reference, traced.output_names
     graph.properties = {
         "t2n_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
@@ -234,6 +188,94 @@ def export(
     )
     logger.info("exported %s to %s", type(model).__name__, path)
     return result
+
+
+@dataclass
+class TracedGraph:
+    """A model captured and translated (not yet written): its graph, the reference outputs
+    PyTorch gave on the example inputs, and the output names."""
+
+    graph: Graph
+    args: tuple
+    reference: list[torch.Tensor]
+    output_names: list[str]
+
+
+def _checked_inputs(
+    model: nn.Module, args: Any, input_names: Sequence[str] | None
+) -> tuple[tuple, list[str]]:
+    """``args`` as a tuple and the input names (given, or from ``forward``), checked."""
+    if not isinstance(model, nn.Module):
+        raise ExportInputError(f"export needs an nn.Module, got {type(model).__name__}")
+    args = normalize_args(args)
+    if input_names is None:
+        input_names = default_input_names(model.forward, args)
+    input_names = list(input_names)
+    _check_names(input_names, "input_names")
+    return args, input_names
+
+
+def trace_graph(
+    model: nn.Module,
+    args: tuple,
+    plan: InputPlan,
+    *,
+    kwargs: dict[str, Any] | None,
+    output_names: Sequence[str] | None,
+    check: bool,
+    progress: bool,
+    fragments: bool,
+) -> TracedGraph:
+    """Run ``model`` on ``args`` for the reference outputs, capture and translate it: the
+    graph :func:`export` writes. Without ``check``, a model holding deferred weights runs on
+    fake tensors."""
+    input_names = plan.names
+    _refuse_dtypes_tract_lacks(plan)
+
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            if not check and holds_deferred(model):
+                # only the outputs' structure is needed: reading streamed weights would cost a
+                # pass over the whole model, so run on untouched proxies with fake tensors
+                with float_proxies(model), FakeTensorMode(allow_non_fake_inputs=True):
+                    reference = model(*args, **(kwargs or {}))
+            else:
+                reference = model(*args, **(kwargs or {}))
+        finally:
+            model.train(was_training)
+    ref_leaves = _tensor_leaves(reference, "outputs")
+    if output_names is None:
+        output_names = default_output_names(reference)
+    output_names = list(output_names)
+    if len(output_names) != len(ref_leaves):
+        raise ExportInputError(
+            f"{len(output_names)} output_names given for {len(ref_leaves)} output tensor(s)"
+        )
+    _check_names(output_names, "output_names")
+    clash = set(input_names) & set(output_names)
+    if clash:
+        raise ExportInputError(f"names used both as input and output: {sorted(clash)}")
+
+    captured = capture(model, args, kwargs, plan, fragments=fragments)
+    _refuse_dtypes_tract_lacks(plan, captured.program)
+    try:
+        graph = _translate(captured, output_names, progress)
+    except (TranslationError, UnsupportedOpsError) as exc:
+        if captured.blocks is None:
+            raise
+        reason = str(exc).splitlines()[0]
+        logger.warning(
+            "repeated blocks of %s written flat (no fragments): %s", type(model).__name__, reason
+        )
+        captured = capture(model, args, kwargs, plan, fragments=False)
+        graph = _translate(captured, output_names, progress)
+    bound = set(captured.symbols.names.values())  # torch may merge two axes into one symbol
+    graph.symbols = [s for s in plan.symbols if s in bound]
+    graph.remove_dead_code()
+    graph.extensions.add("tract_registry tract_core")
+    return TracedGraph(graph, args, ref_leaves, output_names)
 
 
 def default_output_names(reference: Any) -> list[str]:

@@ -74,11 +74,16 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
             sizes[header.type_name()] += header.data_length
     inputs, outputs = _io_from_tract(path, input_names, output_names)
     extensions = re.findall(r"^extension\s+([^;]+);", text, re.M)
-    properties = {unescape_string(k): unescape_string(v) for k, v in _PROPERTY_RE.findall(text)}
+    properties = graph_properties(text)
     return ArchiveInfo(
         Path(path), graph_name, inputs, outputs, dict(sorted(ops.items())),
         dict(sorted(sizes.items())), extensions, properties,
     )  # fmt: skip
+
+
+def graph_properties(text: str) -> dict[str, str]:
+    """The ``tract_core_properties`` of a graph.nnef text, as written by t2n."""
+    return {unescape_string(k): unescape_string(v) for k, v in _PROPERTY_RE.findall(text)}
 
 
 def _io_from_tract(

@@ -5,6 +5,8 @@ child: it needs only ``numpy`` and ``tract``, so the child starts in about 0.2 s
 ``serve`` it stays up and answers one request per line (:func:`serve`), so a process that
 checks many archives starts it once.
 
+- ``run`` and ``facts`` first apply the tract transforms listed in ``WORKDIR/select.json``
+  when there is one (keeping one graph of several: :mod:`t2n_core.many`).
 - ``run``: load ARCHIVE, run it on ``WORKDIR/inputs.npz`` (``arr_0``, ``arr_1``, ... in
   order), write ``WORKDIR/outputs.npz`` the same way.
 - ``facts``: load ARCHIVE, write its input and output facts (``"2,S,f32"``) as JSON to
@@ -144,6 +146,9 @@ def main(argv: list[str]) -> int:
         return _pulse(archive, work)
     try:
         model = tract.nnef().with_tract_transformers().with_tract_extra().load(archive)
+        select = work / "select.json"
+        for transform in json.loads(select.read_text()) if select.exists() else []:
+            model.transform(transform)  # keep one graph of several (t2n_core.many)
         if command == "facts":
             facts = {
                 "inputs": [str(model.input_fact(i)) for i in range(model.input_count())],

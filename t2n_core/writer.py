@@ -23,9 +23,13 @@ def archive_files(graph: Graph) -> Iterator[tuple[str, Callable[[], bytes]]]:
         raise RuntimeError("archive_files needs a graph through passes.prepare_for_archive first")
     graph_text = text.render(graph)
     yield "graph.nnef", lambda: graph_text.encode()
+    written: set[str] = set()
     for var in graph.variables.values():
         for ev in encoding_of(var).variables:
-            yield f"{var.label}{ev.suffix}.dat", _dat_producer(ev)
+            name = f"{var.label}{ev.suffix}.dat"
+            if name not in written:  # labels are unique unless shared (same data)
+                written.add(name)
+                yield name, _dat_producer(ev)
 
 
 def header_of(ev: EncodedVariable, payload_size: int | None = None) -> dat.DatHeader:
@@ -38,10 +42,14 @@ def header_of(ev: EncodedVariable, payload_size: int | None = None) -> dat.DatHe
 
 
 def tensor_bytes_by_type(graph: Graph) -> dict[str, int]:
-    """Payload bytes of every variable, by ``.dat`` item type name (as ``inspect`` reports)."""
+    """Payload bytes of every stored file, by ``.dat`` item type name (as ``inspect`` reports)."""
     totals: Counter[str] = Counter()
+    counted: set[str] = set()
     for var in graph.variables.values():
         for ev in encoding_of(var).variables:
+            if var.label + ev.suffix in counted:
+                continue  # a shared file (t2n_core.share) is stored once
+            counted.add(var.label + ev.suffix)
             header = header_of(ev)
             totals[header.type_name()] += header.data_length
     return dict(sorted(totals.items()))
