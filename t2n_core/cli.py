@@ -75,9 +75,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from t2n_core.inspect import inspect_archive
 
     info = inspect_archive(args.archive)
-    inputs = _load_npz(args.inputs, [i.name for i in info.inputs])
-    _check_inputs(args.inputs, inputs, info.inputs)
-    names = [o.name for o in info.outputs]
+    in_specs, out_specs = info.inputs, info.outputs
+    if args.graph is not None:
+        from t2n_core.many import graph_io
+
+        if args.pulse is not None:
+            raise T2NError("--pulse runs a whole archive; it cannot be combined with --graph")
+        io = graph_io(args.archive, args.graph)
+        in_specs = [s for n in io["inputs"] for s in info.inputs if s.name == n]
+        out_specs = [s for n in io["outputs"] for s in info.outputs if s.name == n]
+    inputs = _load_npz(args.inputs, [i.name for i in in_specs])
+    _check_inputs(args.inputs, inputs, in_specs)
+    names = [o.name for o in out_specs]
     if args.pulse is not None:
         from t2n_core.pulse import check_pulsed
 
@@ -89,7 +98,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(pulsed)
         return 0 if pulsed.passed else 1
     expected = _load_npz(args.outputs, names) if args.outputs else None
-    outputs = run_tract(args.archive, inputs)
+    outputs = run_tract(args.archive, inputs, graph=args.graph)
     for name, out in zip(names, outputs):
         stats = ""
         if out.dtype.kind == "f" and out.size:
@@ -170,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --pulse: the symbol of the streaming axis (default: the one recorded by "
         "export(streaming_axis=...))",
     )
+    p.add_argument(
+        "--graph", metavar="NAME",
+        help="run this graph of an archive of several (written by export-many); --inputs "
+        "and --outputs then hold that graph's arrays only",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(

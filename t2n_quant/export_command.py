@@ -84,6 +84,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.set_defaults(func=run_export)
 
+    p = subparsers.add_parser(
+        "export-many",
+        help="export several graphs (MODULE:FUNCTION returning {name: (model, example "
+        "inputs[, options])}) into one archive that stores each shared tensor once",
+        description=EXPORT_MANY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "entry", metavar="MODULE:FUNCTION",
+        help="FUNCTION() returns {graph name: (model, example_inputs)} or "
+        "{graph name: (model, example_inputs, {options})}",
+    )  # fmt: skip
+    p.add_argument("out", help="archive path: a .tgz / .tar.gz / .tar file, else a folder")
+    p.add_argument("--no-check", action="store_true", help="skip running each graph in tract")
+    p.add_argument("--atol", type=float, default=1e-4, help="check tolerance (1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (1e-4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    p.add_argument(
+        "--no-fragments", action="store_true",
+        help="write repeated blocks inline (default: each distinct block once, as a fragment)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compresslevel", type=int, default=0, metavar="0-9",
+        help="gzip level of a .tgz (default 0: stored uncompressed inside gzip)",
+    )  # fmt: skip
+    p.add_argument(
+        "--property", nargs="+", default=[], metavar="KEY=VALUE",
+        help="extra properties written into graph.nnef",
+    )  # fmt: skip
+    p.set_defaults(func=run_export_many)
+
+
+EXPORT_MANY_HELP = """\
+``t2n export-many MODULE:FUNCTION OUT``: several graphs in one archive, each shared tensor
+(the same Parameter, or equal contents) stored once; every graph is checked in tract.
+
+FUNCTION takes no argument and returns a dict {graph name: (model, example_inputs)}; a
+third item may give that graph's options: {"input_names": [...], "output_names": [...],
+"dynamic_axes": {input: {axis: symbol}}, "kwargs": {...}}. Quantize the models inside
+FUNCTION (t2n_quant.quantize_model) if you want them quantized. In the archive, each
+graph's inputs and outputs are named <graph>_<name>; run one graph with
+`t2n check OUT --graph NAME --inputs in.npz`, or t2n_core.load_graph(OUT, NAME) in Python.
+"""
+
 
 def load_entry(entry: str) -> Callable[[], Any]:
     """The function ``MODULE:FUNCTION`` names (``MODULE`` a module or a ``.py`` path)."""
@@ -135,6 +179,29 @@ def _properties(items: list[str]) -> dict[str, str]:
     if bad:
         raise ExportInputError(f"--property {bad}: expected KEY=VALUE")
     return dict(i.split("=", 1) for i in items)
+
+
+def run_export_many(args: argparse.Namespace) -> int:
+    import t2n_core
+
+    built = load_entry(args.entry)()
+    if not isinstance(built, dict):
+        raise ExportInputError(
+            f"{args.entry} returned {type(built).__name__}; it must return "
+            "{graph name: (model, example_inputs)}"
+        )
+    graphs = {
+        name: (item[0], item[1] if isinstance(item[1], tuple) else (item[1],), *item[2:])
+        if isinstance(item, tuple) and len(item) >= 2 else item
+        for name, item in built.items()
+    }  # fmt: skip
+    result = t2n_core.export_many(
+        graphs, args.out, check=not args.no_check, atol=args.atol, rtol=args.rtol,
+        overwrite=args.overwrite, compresslevel=args.compresslevel,
+        properties=_properties(args.property) or None, fragments=not args.no_fragments,
+    )  # fmt: skip
+    print(result)
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:

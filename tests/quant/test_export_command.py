@@ -104,3 +104,53 @@ def test_repeated_blocks_as_fragments_or_inline(tmp_path, flag, capsys):
     graph = (out / "graph.nnef").read_text()
     calls = graph.count("= block_sequential(")
     assert (graph.count("fragment block_sequential("), calls) == ((0, 0) if flag else (1, 3))
+
+
+MANY_FILE = """
+import copy
+
+import torch
+from torch import nn
+
+from t2n_quant import quantize_model
+
+
+def build():
+    torch.manual_seed(0)
+    body = nn.Linear(64, 64)
+    encoder = nn.Sequential(body, nn.GELU()).eval()
+    decoder = nn.Sequential(copy.deepcopy(body), nn.Linear(64, 10)).eval()
+    quantize_model(encoder, "q4_0")  # two quantized copies of one weight: equal bytes
+    quantize_model(decoder, "q4_0")
+    x = torch.randn(3, 64)
+    return {"encoder": (encoder, x), "decoder": (decoder, x, {"output_names": ["logits"]})}
+"""
+
+
+def test_export_many_stores_equal_quantized_weights_once_and_checks_one_graph(
+    tmp_path, capsys
+):
+    entry = tmp_path / "pair.py"
+    entry.write_text(MANY_FILE)
+    out = tmp_path / "pair.nnef.tgz"
+    assert main(["export-many", f"{entry}:build", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("tract check passed") == 2
+    files = t2n_core.nnef.archive.list_archive(out)
+    assert "encoder.0.weight.dat" in files and "decoder.0.weight.dat" not in files
+    assert "1.weight.dat" in files  # used by one graph: its own name
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pair", entry)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    decoder, x, _ = module.build()["decoder"]
+    np.savez(tmp_path / "in.npz", x.numpy())
+    with torch.no_grad():
+        np.savez(tmp_path / "ref.npz", decoder_logits=decoder(x).numpy())
+    rc = main(["check", str(out), "--graph", "decoder", "--inputs", str(tmp_path / "in.npz"),
+               "--outputs", str(tmp_path / "ref.npz")])  # fmt: skip
+    assert rc == 0
+    assert "decoder_logits: ok" in capsys.readouterr().out
+    assert main(["check", str(out), "--graph", "nope", "--inputs", str(tmp_path / "in.npz")]) == 2
