@@ -8,12 +8,14 @@ from t2n_core.errors import (
     CaptureError,
     CheckMismatchError,
     ExportInputError,
+    LoraError,
     PulseError,
     T2NError,
     TranslationError,
     UnsupportedOpsError,
 )
 from t2n_core.export import ExportResult, IOSpec, export
+from t2n_core.lora_swap import SwapResult, swap_adapter
 from t2n_core.many import GraphSpec, ManyExportResult, export_many, load_graph
 from t2n_core.pulse import PulseReport, check_pulsed
 
@@ -26,9 +28,11 @@ __all__ = [
     "ExportResult",
     "GraphSpec",
     "IOSpec",
+    "LoraError",
     "ManyExportResult",
     "PulseError",
     "PulseReport",
+    "SwapResult",
     "T2NError",
     "TranslationError",
     "UnsupportedOpsError",
@@ -39,4 +43,5 @@ __all__ = [
     "export_many",
     "load_graph",
     "run_tract",
+    "swap_adapter",
 ]

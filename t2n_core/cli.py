@@ -140,6 +140,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adapter_swap(args: argparse.Namespace) -> int:
+    from t2n_core.lora_swap import swap_adapter
+
+    print(swap_adapter(args.base, args.adapter, args.output, overwrite=args.overwrite,
+                       compresslevel=args.compresslevel))  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="t2n", description="Quantize PyTorch models and export them to NNEF for tract."
@@ -206,6 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--seed", type=int, help="random seed for sampling (reproducible output)")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("adapter", help="LoRA adapters of archives exported with --lora separate")
+    adapter = p.add_subparsers(dest="adapter_command", required=True)
+    p = adapter.add_parser(
+        "swap",
+        help="write a copy of an archive with another LoRA adapter (same layers and ranks), "
+        "without re-exporting: only the adapter files change",
+    )
+    p.add_argument("base", help="archive exported with --lora separate (directory or .tgz)")
+    p.add_argument(
+        "adapter",
+        help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors), or a "
+        ".safetensors file of <layer path>.lora_A / .lora_B (/ .lora_scale) tensors",
+    )
+    p.add_argument("-o", "--output", required=True, help="new archive (never the base itself)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--compresslevel", type=int, default=0, metavar="0-9",
+        help="gzip level of a .tgz output (default 0: stored uncompressed inside gzip)",
+    )  # fmt: skip
+    p.set_defaults(func=_cmd_adapter_swap)
 
     for entry in sorted(entry_points(group="t2n.commands"), key=lambda e: e.name):
         entry.load()(sub)

@@ -72,3 +72,7 @@ class TractRunError(T2NError, RuntimeError):
 
 class PulseError(T2NError, RuntimeError):
     """tract cannot pulse (stream) an archive, or the pulsed run cannot be fed as asked."""
+
+
+class LoraError(T2NError, ValueError):
+    """A LoRA adapter cannot be exported as asked, or does not fit the archive it should go in."""

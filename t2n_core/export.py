@@ -21,6 +21,7 @@ from t2n_core.deferred import holds_deferred
 from t2n_core.errors import ExportInputError, TranslationError, UnsupportedOpsError
 from t2n_core.input_plan import DynamicAxes, InputPlan, default_input_names
 from t2n_core.ir import IDENTIFIER_RULE, Graph, is_identifier, sanitize
+from t2n_core.lora import LoraPlan, applied, plan_lora
 from t2n_core.nnef.archive import check_target, write_archive
 from t2n_core.passes import prepare_for_archive
 from t2n_core.progress import progress_bar
@@ -108,6 +109,7 @@ def export(
     properties: Mapping[str, str] | None = None,
     progress: bool = True,
     fragments: bool = True,
+    lora: str | None = None,
 ) -> ExportResult:
     """Export ``model`` called on ``args`` to an NNEF archive that tract loads.
 
@@ -123,6 +125,10 @@ def export(
     ~40 MB/s); pass ``compresslevel=6`` for smaller files. With ``fragments`` (the default),
     a block that the model repeats (transformer layers, residual blocks...) is captured once
     and written once as an NNEF fragment, called per instance with its own weights.
+    ``lora`` says how LoRA adapters (PEFT or plain ``lora_A`` / ``lora_B``, see
+    :mod:`t2n_core.lora`) are written: ``"separate"`` (the default) keeps each adapter apart
+    from its base weight, in ``<module path>.lora_A`` / ``.lora_B`` / ``.lora_scale`` files that
+    ``t2n adapter swap`` can replace; ``"merged"`` writes one weight ``W + s·B·A`` per layer.
 
     >>> result = export(nn.Linear(4, 2), (torch.randn(3, 4),), "lin.nnef.tgz",
     ...                 dynamic_axes={"input": {0: "B"}}, check=True)   # doctest: +SKIP
@@ -138,18 +144,22 @@ def export(
     check_target(path, overwrite=overwrite)  # before the capture: fail fast, name the target
     traced = trace_graph(
         model, args, plan, kwargs=kwargs, output_names=output_names, check=check,
-        progress=progress, fragments=fragments,
+        progress=progress, fragments=fragments, lora=lora,
     )  # fmt: skip
     graph, ref_leaves, output_names = traced.graph, traced.reference, traced.output_names
+    lora_plan = traced.lora
     graph.properties = {
         "t2n_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
         "tract_version_checked": _tract_version(),
         **streaming_properties,
         **model_properties(model),
+        **(lora_plan.properties if lora_plan else {}),
         **(properties or {}),
     }
     files = list(archive_files(prepare_for_archive(graph)))
+    if lora_plan is not None:
+        _check_adapter_files(lora_plan, [name for name, _ in files])
     check_report: list[CheckReport] = []
 
     def verify(staged: Path) -> None:
@@ -199,6 +209,7 @@ class TracedGraph:
     args: tuple
     reference: list[torch.Tensor]
     output_names: list[str]
+    lora: LoraPlan | None = None  # how LoRA adapters were captured (None: the model has none)
 
 
 def _checked_inputs(
@@ -225,10 +236,11 @@ def trace_graph(
     check: bool,
     progress: bool,
     fragments: bool,
+    lora: str | None = None,
 ) -> TracedGraph:
     """Run ``model`` on ``args`` for the reference outputs, capture and translate it: the
     graph :func:`export` writes. Without ``check``, a model holding deferred weights runs on
-    fake tensors."""
+    fake tensors. LoRA sites are captured as ``lora`` asks (:mod:`t2n_core.lora`)."""
     input_names = plan.names
     _refuse_dtypes_tract_lacks(plan)
 
@@ -258,7 +270,9 @@ def trace_graph(
     if clash:
         raise ExportInputError(f"names used both as input and output: {sorted(clash)}")
 
-    captured = capture(model, args, kwargs, plan, fragments=fragments)
+    lora_plan = plan_lora(model, lora)
+    with applied(model, lora_plan):
+        captured = capture(model, args, kwargs, plan, fragments=fragments)
     _refuse_dtypes_tract_lacks(plan, captured.program)
     try:
         graph = _translate(captured, output_names, progress)
@@ -269,13 +283,18 @@ def trace_graph(
         logger.warning(
             "repeated blocks of %s written flat (no fragments): %s", type(model).__name__, reason
         )
-        captured = capture(model, args, kwargs, plan, fragments=False)
+        with applied(model, lora_plan):
+            captured = capture(model, args, kwargs, plan, fragments=False)
         graph = _translate(captured, output_names, progress)
     bound = set(captured.symbols.names.values())  # torch may merge two axes into one symbol
     graph.symbols = [s for s in plan.symbols if s in bound]
     graph.remove_dead_code()
     graph.extensions.add("tract_registry tract_core")
-    return TracedGraph(graph, args, ref_leaves, output_names)
+    if lora_plan.scan.sites:
+        graph.notes += [*lora_plan.scan.notes, lora_plan.summary()]
+    return TracedGraph(
+        graph, args, ref_leaves, output_names, lora_plan if lora_plan.scan.sites else None
+    )
 
 
 def default_output_names(reference: Any) -> list[str]:
@@ -344,6 +363,19 @@ def _translate(captured: Any, output_names: list[str], progress: bool) -> Any:
             symbols=captured.symbols,
             progress=bar,
             blocks=captured.blocks,
+        )
+
+
+def _check_adapter_files(plan: LoraPlan, files: list[str]) -> None:
+    """Refuse, before writing, separate adapters whose files did not get their names (a
+    file-name clash renamed them): ``t2n adapter swap`` finds them by those names."""
+    missing = [f for f in plan.adapter_files() if f not in files]
+    if missing:
+        from t2n_core.errors import LoraError
+
+        raise LoraError(
+            f"the adapter files {missing[:3]} could not be written under their names (another "
+            "tensor's file clashes with them); rename the clashing module"
         )
 
 

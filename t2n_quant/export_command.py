@@ -75,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fragment called per instance)",
     )  # fmt: skip
     p.add_argument(
+        "--lora", choices=["separate", "merged"], default=None,
+        help="LoRA adapters (PEFT or lora_A / lora_B layers): 'separate' (default) keeps them "
+        "float in their own files, swappable with `t2n adapter swap`, the base weights "
+        "quantized by --codec; 'merged' folds W + s*B*A into one weight before quantizing",
+    )  # fmt: skip
+    p.add_argument(
         "--compresslevel", type=int, default=0, metavar="0-9",
         help="gzip level of a .tgz (default 0: stored uncompressed inside gzip)",
     )  # fmt: skip
@@ -223,7 +229,7 @@ def run_export(args: argparse.Namespace) -> int:
         model = copy.deepcopy(model)  # the function's model object stays float
         summary = quantize_model(
             model, args.codec, fallback=args.fallback, calibration=args.calibration,
-            include=args.include, exclude=args.exclude,
+            include=args.include, exclude=args.exclude, lora=args.lora,
         )  # fmt: skip
         print(summary)
     result = t2n_core.export(
@@ -232,7 +238,7 @@ def run_export(args: argparse.Namespace) -> int:
         streaming_axis=_streaming_axis(args.streaming) or None, check=not args.no_check,
         atol=args.atol, rtol=args.rtol, overwrite=args.overwrite,
         compresslevel=args.compresslevel, properties=_properties(args.property) or None,
-        fragments=not args.no_fragments,
+        fragments=not args.no_fragments, lora=args.lora,
     )  # fmt: skip
     print(result)
     return 0

@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 from t2n_core.deferred import DeferredTensor
+from t2n_core.lora import adapter_parameters
+from t2n_core.lora import apply as apply_lora
+from t2n_core.lora import plan_for_quantization as plan_lora_for_quantization
 from t2n_core.progress import progress_bar
 from t2n_core.summary import human_bytes
 from t2n_quant.calibration import Calibration, get_calibration
@@ -148,8 +151,28 @@ def _warn_unmatched(
                 summary.notes.append(note)
 
 
+def _prepare_lora(model: nn.Module, lora: str | None) -> list[str]:
+    """Merge the LoRA adapters in place when ``lora="merged"``; notes for the summary."""
+    plan = plan_lora_for_quantization(model, lora)
+    if plan is None:
+        return []
+    if plan.mode == "merged":
+        apply_lora(model, plan)
+    return [*plan.scan.notes, plan.summary()]
+
+
+def _adapter_reason(adapters: dict[int, str], param: torch.Tensor) -> str:
+    return (
+        f"LoRA adapter of {adapters[id(param)]!r}: kept float, apart from its base weight "
+        "(lora='separate'; lora='merged' folds it into the weight before quantizing)"
+    )
+
+
 def _list_unreachable(
-    model: nn.Module, collected: list[_Weight], summary: QuantizationSummary
+    model: nn.Module,
+    collected: list[_Weight],
+    summary: QuantizationSummary,
+    adapters: dict[int, str] | None = None,
 ) -> None:
     """List, as skipped, every float matrix (2-D or more) that no supported module owns."""
     seen = {id(w.param) for w in collected}
@@ -165,6 +188,12 @@ def _list_unreachable(
             continue
         seen.add(id(param))
         name, module_type = owners[id(param)]
+        if adapters and id(param) in adapters:
+            summary.skipped.append(SkippedWeight(
+                name, module_type, tuple(param.shape), _adapter_reason(adapters, param),
+                param.nbytes,
+            ))  # fmt: skip
+            continue
         reason = (
             f"a {module_type} parameter: quantize_model takes the weights of "
             f"{', '.join(t.__name__ for t in SUPPORTED_MODULES)} and transformers Conv1D / "
@@ -190,6 +219,7 @@ def quantize_model(
     calibration_options: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    lora: str | None = None,
 ) -> QuantizationSummary:
     """Quantize, in place, the weights of ``model``'s Linear / Embedding / Conv modules
     (and the input projections of ``nn.MultiheadAttention``, the input, hidden and
@@ -223,12 +253,19 @@ def quantize_model(
     ``"gptq:mse"`` is short for ``inner="mse"``.
     The summary records the calibration, its options and a hash of the data, and so does
     ``model.t2n_properties``, which export writes into the archive's properties.
+    LoRA adapters (PEFT or plain ``lora_A`` / ``lora_B``, :mod:`t2n_core.lora`): with
+    ``lora="separate"`` (the default) their A / B matrices stay float, listed as skipped, and
+    only the base weights are quantized (export then writes them apart, swappable); with
+    ``lora="merged"`` each adapted layer is first replaced, in place, by one layer of weight
+    ``W + s·B·A``, which is then quantized like any other.
 
     >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     >>> s = quantize_model(model, "minmax", bits=4, group_size=32, exclude="2", progress=False)
     >>> [q.name for q in s.quantized], [k.name for k in s.skipped]
     (['0.weight'], ['2.weight'])
     """
+    lora_notes = _prepare_lora(model, lora)
+    adapters = adapter_parameters(model)
     linearize_conv1d(model)
     planned: dict[str, Codec | None] | None = None
     if isinstance(codec_or_config, Mapping):  # a plan: {module glob: spec}, checked up front
@@ -262,11 +299,18 @@ def quantize_model(
         summary.notes.append(note)
     inc, exc = _patterns(include), _patterns(exclude)
     _warn_unmatched(model, inc, exc, summary)
+    summary.notes += lora_notes
     summary.notes += bake_weight_parametrizations(model, SUPPORTED_MODULES)
     todo: list[tuple[_Weight, Codec]] = []
     collected = _collect(model)
-    _list_unreachable(model, collected, summary)
+    _list_unreachable(model, collected, summary, adapters)
     for w in collected:
+        if id(w.param) in adapters:
+            summary.skipped.append(SkippedWeight(
+                w.name, w.module_type, tuple(w.param.shape), _adapter_reason(adapters, w.param),
+                w.param.numel() * w.param.element_size(),
+            ))  # fmt: skip
+            continue
         reasons = [(p, _filter_reason(p, inc, exc)) for p, _ in w.users]
         blocked = [(p, r) for p, r in reasons if r is not None]
         reason = None
