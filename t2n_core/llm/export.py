@@ -21,6 +21,7 @@ from t2n_core.llm.wrapper import (
     output_names_for,
     past_shapes_of,
 )
+from t2n_core.many import ManyExportResult, export_many
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,82 @@ def export_causal_lm(
             names=[f"{n}@P=0" for n in output_names], atol=atol, rtol=rtol,
         )  # fmt: skip
         result.check.outputs += report.outputs
+    return result
+
+
+def export_prefill_decode(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    check: bool = True,
+    dynamic_batch: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+    overwrite: bool = False,
+    properties: Mapping[str, str] | None = None,
+    progress: bool = True,
+    fragments: bool = True,
+) -> ManyExportResult:
+    """Export a causal LM as two graphs of one archive sharing every weight
+    (:func:`t2n_core.export_many`): ``prefill`` (T new tokens, logits of the last position,
+    as ``export_causal_lm(all_logits=False)``) and ``decode`` (one new token: T = 1 is a
+    fixed size there, so tract plans matrix-vector products). Inputs and outputs are those of
+    :func:`export_causal_lm`, prefixed ``prefill_`` / ``decode_``. :func:`greedy_generate`
+    runs such an archive with prefill for the prompt and decode after it. Each graph loaded
+    in tract holds its own copy of the weights in memory: the archive is stored once, not
+    the loaded weights. ``check`` runs both graphs in tract (prefill on P=5 and on an empty
+    cache) and compares with PyTorch.
+
+    >>> result = export_prefill_decode(llm, "llm.nnef.tgz")   # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise ExportInputError(
+            "export_prefill_decode needs a Hugging Face causal LM (an nn.Module with a "
+            f".config), got {type(model).__name__}"
+        )
+    dtype = dtype or _float_dtype(model)
+    if dtype not in DEFAULT_TOLERANCE:
+        raise ExportInputError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
+    if dtype != _float_dtype(model):
+        model = copy.deepcopy(model).to(dtype)
+    tol = DEFAULT_TOLERANCE[dtype]
+    atol = tol if atol is None else atol
+    rtol = tol if rtol is None else rtol
+    step = CausalLMWithCache(model, all_logits=False).eval()
+    n_layers = num_layers_of(model)
+    names = {"input_names": input_names_for(n_layers), "output_names": output_names_for(n_layers)}
+    batch = 2 if dynamic_batch else 1
+    batch_axis = {0: "B"} if dynamic_batch else {}
+    past_axes = {name: {**batch_axis, 2: "P"} for name in names["input_names"][1:]}
+    graphs = {
+        "prefill": (
+            step, example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=EXAMPLE_NEW,
+                                 dtype=dtype),
+            {**names, "dynamic_axes": {"input_ids": {**batch_axis, 1: "T"}, **past_axes}},
+        ),
+        "decode": (  # an example of one new token: torch.export keeps that size fixed
+            step, example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=1, dtype=dtype),
+            {**names, "dynamic_axes": {"input_ids": batch_axis, **past_axes}},
+        ),
+    }  # fmt: skip
+    with dense_experts(model):
+        result = export_many(
+            graphs, path, check=check, atol=atol, rtol=rtol, overwrite=overwrite,
+            properties=properties, progress=progress, fragments=fragments,
+        )  # fmt: skip
+        prompt = example_inputs(model, batch=batch, past=0, new=EXAMPLE_NEW + 1, dtype=dtype)
+        with torch.no_grad():
+            expected = step(*prompt) if check else None
+    if expected is not None:
+        prefill = result.graphs["prefill"]
+        report = check_archive(
+            result.path, [a.numpy() for a in prompt], [e.numpy() for e in expected],
+            names=[f"{o.name}@P=0" for o in prefill.outputs], atol=atol, rtol=rtol,
+            graph="prefill",
+        )  # fmt: skip
+        assert prefill.check is not None
+        prefill.check.outputs += report.outputs
     return result
 
 

@@ -38,19 +38,34 @@ def empty_cache(runnable: Any, batch: int) -> list[np.ndarray]:
     return past
 
 
+def step_runnables(path: str | os.PathLike) -> tuple[Any, Any]:
+    """``(prefill, decode)`` runnables of an archive: its ``prefill`` and ``decode`` graphs
+    when it holds them (:func:`~t2n_core.llm.export.export_prefill_decode`), else its one
+    step graph twice."""
+    from t2n_core.many import archive_graphs, load_graph
+
+    graphs = archive_graphs(path)
+    if {"prefill", "decode"} <= set(graphs):
+        return tuple(load_graph(path, g).into_runnable() for g in ("prefill", "decode"))
+    runnable = load_runnable(path)
+    return runnable, runnable
+
+
 def greedy_generate(path: str | os.PathLike, prompt: np.ndarray, steps: int) -> Generation:
     """Prefill ``prompt [B, T]`` with an empty cache (P = 0), then decode greedily one token at
-    a time, feeding tract's present k/v back as the next past; ``steps`` tokens in all.
+    a time, feeding tract's present k/v back as the next past; ``steps`` tokens in all. An
+    archive of prefill and decode graphs runs each where it belongs (:func:`step_runnables`).
 
     >>> gen = greedy_generate("llm.nnef.tgz", ids, 4)                     # doctest: +SKIP
     """
-    runnable = load_runnable(path)
+    prefill, decode = step_runnables(path)
     prompt = np.asarray(prompt, dtype=np.int64)
-    past = empty_cache(runnable, prompt.shape[0])
+    past = empty_cache(prefill, prompt.shape[0])
     ids = prompt
     tokens: list[np.ndarray] = []
     logits_per_step: list[np.ndarray] = []
-    for _ in range(steps):
+    for i in range(steps):
+        runnable = prefill if i == 0 else decode
         try:
             outputs = [o.to_numpy() for o in runnable.run([ids, *past])]
         except Exception as exc:

@@ -16,6 +16,7 @@ from t2n_core.llm import (
     CausalLMWithCache,
     example_inputs,
     export_causal_lm,
+    export_prefill_decode,
     greedy_generate,
     kv_shape_of,
 )
@@ -92,3 +93,25 @@ def test_example_inputs_shapes():
     model = tiny_llama()
     ids, *kv = example_inputs(model, batch=2, past=0, new=3, dtype=torch.float32)
     assert ids.shape == (2, 3) and len(kv) == 4 and kv[0].shape == (2, 2, 0, 16)
+
+
+@pytest.mark.slow  # ~20 s: two captures of the LLM, four tract checks, generation
+def test_prefill_and_decode_graphs_share_every_weight(tmp_path):
+    """Two graphs in one archive: prefill (T free) and decode (T = 1), one copy of the
+    weights; generation with prefill then decode gives PyTorch's greedy tokens."""
+    from t2n_core.nnef.archive import list_archive
+
+    model = tiny_llama()
+    path = tmp_path / "llm.nnef.tgz"
+    result = export_prefill_decode(model, path, progress=False)
+    assert all(r.check.passed for r in result.graphs.values())
+    prefill_checked = [o.name for o in result.graphs["prefill"].check.outputs]
+    assert "prefill_present_key_0@P=0" in prefill_checked  # the prompt, on an empty cache
+    decode = result.graphs["decode"]
+    assert str(decode.inputs[0]) == "decode_input_ids: i64[B, 1]"
+    assert decode.outputs[0].shape == ("B", 1, VOCAB)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    stored = sum(s for n, s in list_archive(path).items() if n.endswith(".dat"))
+    assert result.bytes_read_by_graphs > 1.9 * weights  # each graph reads all the weights
+    assert stored < 1.05 * weights  # the archive holds them once
+    check_generation(model, path, torch.float32)
