@@ -1,7 +1,5 @@
 """t2n_core: export PyTorch models to NNEF archives that the tract engine runs."""
 
-__version__ = "0.1.0"
-
 from t2n_core.check import CheckReport, check_archive, run_tract
 from t2n_core.errors import (
     ArchiveExistsError,
@@ -18,6 +16,7 @@ from t2n_core.export import ExportResult, IOSpec, export
 from t2n_core.lora_swap import SwapResult, swap_adapter
 from t2n_core.many import GraphSpec, ManyExportResult, export_many, load_graph
 from t2n_core.pulse import PulseReport, check_pulsed
+from t2n_core.version import __version__
 
 __all__ = [
     "ArchiveExistsError",

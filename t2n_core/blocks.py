@@ -618,7 +618,7 @@ def _trace_site(site: Site, export: Callable[..., ExportedProgram]) -> ExportedP
 
 
 def _decompose(site: Site, program: ExportedProgram) -> Capture:
-    from t2n_core.capture import decomposition_table
+    from t2n_core.decompositions import decomposition_table
 
     try:
         program = program.run_decompositions(decomposition_table())

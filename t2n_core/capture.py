@@ -17,9 +17,9 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from t2n_core.blocks import BlockCaptureError, Blocks
+from t2n_core.decompositions import decomposition_table
 from t2n_core.errors import CaptureError, ExportInputError
 from t2n_core.input_plan import InputPlan, varargs_index
-from t2n_core.ops import registry
 from t2n_core.shape_rules import shape_rules
 from t2n_core.storage import NNEFStorage
 from t2n_core.symbolic import SymbolTable
@@ -107,20 +107,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in modes.items():
             m.training = mode
-
-
-#: core ATen ops that ``torch.export`` keeps but torch's reference decompositions spell in
-#: ops we translate (checked one by one in tract by ``benchmarks/op_matrix.py``)
-_ALSO_DECOMPOSED = ("ldexp", "dist", "tril_indices", "addmv")
-
-
-def decomposition_table() -> dict[Any, Any]:
-    table = torch.export.default_decompositions()
-    ops = [getattr(torch.ops.aten, name) for name in _ALSO_DECOMPOSED]
-    table.update(torch._decomp.get_decompositions(ops))
-    for op in registry.kept_whole():
-        table.pop(op, None)
-    return table
 
 
 def capture(

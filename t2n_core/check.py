@@ -185,7 +185,7 @@ def run_tract(
 def _write_selection(path: str | os.PathLike, graph: str | None, work: Path) -> None:
     """``WORKDIR/select.json``: the tract transforms that keep only ``graph``."""
     if graph is not None:
-        from t2n_core.many import graph_io, select_transforms
+        from t2n_core.graph_select import graph_io, select_transforms
 
         (work / "select.json").write_text(json.dumps(select_transforms(graph_io(path, graph))))
 
@@ -300,7 +300,7 @@ def check_archive(
     shown = shown_as or os.fspath(path)
     actual = run_tract(path, inputs, shown_as=shown, graph=graph)
     if names is None and graph is not None:
-        from t2n_core.many import graph_io
+        from t2n_core.graph_select import graph_io
 
         names = graph_io(path, graph)["outputs"]
     if names is None:

@@ -77,7 +77,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     info = inspect_archive(args.archive)
     in_specs, out_specs = info.inputs, info.outputs
     if args.graph is not None:
-        from t2n_core.many import graph_io
+        from t2n_core.graph_select import graph_io
 
         if args.pulse is not None:
             raise T2NError("--pulse runs a whole archive; it cannot be combined with --graph")

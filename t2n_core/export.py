@@ -14,31 +14,22 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from t2n_core import __version__
 from t2n_core.capture import capture, float_proxies, normalize_args
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.deferred import holds_deferred
 from t2n_core.errors import ExportInputError, TranslationError, UnsupportedOpsError
 from t2n_core.input_plan import DynamicAxes, InputPlan, default_input_names
+from t2n_core.io_spec import IOSpec
 from t2n_core.ir import IDENTIFIER_RULE, Graph, is_identifier, sanitize
 from t2n_core.lora import LoraPlan, applied, plan_lora
 from t2n_core.nnef.archive import check_target, write_archive
 from t2n_core.passes import prepare_for_archive
 from t2n_core.progress import progress_bar
 from t2n_core.translate import translate
+from t2n_core.version import __version__
 from t2n_core.writer import archive_files, tensor_bytes_by_type
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class IOSpec:
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.dtype}[{', '.join(map(str, self.shape))}]"
 
 
 @dataclass
@@ -327,8 +318,8 @@ def _refuse_dtypes_tract_lacks(plan: InputPlan, program: Any = None) -> None:
     """bf16 (or another dtype tract has no type for) in an input, or computed on by the
     captured graph: one clear error, with what to do. (A bf16 weight the model converts to
     float itself is fine: it is stored as f32.)"""
+    from t2n_core.emit import module_path
     from t2n_core.nnef.text import _EXTERNAL_DTYPES
-    from t2n_core.translate import module_path
 
     found = {
         f"input {i.name!r}": str(i.dtype) for i in plan.inputs if i.dtype not in _EXTERNAL_DTYPES

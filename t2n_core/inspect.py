@@ -9,15 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from t2n_core.errors import ArchiveFormatError
-from t2n_core.export import IOSpec
+from t2n_core.io_spec import IOSpec
 from t2n_core.nnef.archive import read_archive_files
 from t2n_core.nnef.dat import DatHeader
-from t2n_core.nnef.text import unescape_string
+from t2n_core.nnef.graph_text import GRAPH_RE, graph_body, graph_properties
 
-_GRAPH_RE = re.compile(r"graph\s+(\w+)\s*\(([^)]*)\)\s*->\s*\(([^)]*)\)")
 _ASSIGN_RE = re.compile(r"^\s*(?:[\w\[\](), ]+?)\s*=\s*([A-Za-z_]\w*)\s*(?:<\w+>)?\s*\(", re.M)
-_STRING = r"""(?:\\.|[^"\\])*"""
-_PROPERTY_RE = re.compile(rf'\(\s*"({_STRING})"\s*,\s*"({_STRING})"\s*\)', re.S)
 _DECLS = {"external", "tract_core_external", "variable"}
 
 
@@ -45,12 +42,6 @@ class ArchiveInfo:
         return text
 
 
-def _body(text: str) -> str:
-    """graph.nnef without its fragment definitions (they are not run as such)."""
-    start = _GRAPH_RE.search(text)
-    return text[start.start() :] if start else text
-
-
 def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
     """Summarise an NNEF archive (directory or tar).
 
@@ -60,13 +51,13 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
     if "graph.nnef" not in files:
         raise ArchiveFormatError(f"{os.fspath(path)} has no graph.nnef")
     text = files["graph.nnef"].decode("utf-8", errors="replace")
-    match = _GRAPH_RE.search(text)
+    match = GRAPH_RE.search(text)
     if not match:
         raise ArchiveFormatError(f"{os.fspath(path)}: graph.nnef has no graph declaration")
     graph_name = match.group(1)
     input_names = [n.strip() for n in match.group(2).split(",") if n.strip()]
     output_names = [n.strip() for n in match.group(3).split(",") if n.strip()]
-    ops = Counter(op for op in _ASSIGN_RE.findall(_body(text)) if op not in _DECLS)
+    ops = Counter(op for op in _ASSIGN_RE.findall(graph_body(text)) if op not in _DECLS)
     sizes: Counter = Counter()
     for name, raw in files.items():
         if name.endswith(".dat"):
@@ -79,11 +70,6 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
         Path(path), graph_name, inputs, outputs, dict(sorted(ops.items())),
         dict(sorted(sizes.items())), extensions, properties,
     )  # fmt: skip
-
-
-def graph_properties(text: str) -> dict[str, str]:
-    """The ``tract_core_properties`` of a graph.nnef text, as written by t2n."""
-    return {unescape_string(k): unescape_string(v) for k, v in _PROPERTY_RE.findall(text)}
 
 
 def _io_from_tract(

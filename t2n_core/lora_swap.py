@@ -50,7 +50,7 @@ from t2n_core.nnef.archive import (
     scan_archive,
     write_archive,
 )
-from t2n_core.nnef.text import unescape_string
+from t2n_core.nnef.graph_text import graph_properties
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def archive_sites(archive: str | os.PathLike) -> list[_Site]:
     _, files = scan_archive(archive, dat_headers_only=True)
     if "graph.nnef" not in files:
         raise LoraError(f"{os.fspath(archive)} has no graph.nnef: not an NNEF archive")
-    props = _properties(files["graph.nnef"].decode("utf-8", errors="replace"))
+    props = graph_properties(files["graph.nnef"].decode("utf-8", errors="replace"))
     if props.get(MODE_PROPERTY) != "separate" or SITES_PROPERTY not in props:
         how = f"its LoRA adapters were {props[MODE_PROPERTY]}" if MODE_PROPERTY in props else (
             "it records no LoRA adapter"
@@ -108,12 +108,6 @@ def archive_sites(archive: str | os.PathLike) -> list[_Site]:
         raise LoraError(
             f"{os.fspath(archive)}: unreadable {SITES_PROPERTY} property: {exc}"
         ) from None
-
-
-def _properties(graph_text: str) -> dict[str, str]:
-    from t2n_core.inspect import _PROPERTY_RE
-
-    return {unescape_string(k): unescape_string(v) for k, v in _PROPERTY_RE.findall(graph_text)}
 
 
 def _strip(path: str) -> str:

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from t2n_core import __version__
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.errors import ExportInputError, T2NError
 from t2n_core.export import (
@@ -36,19 +35,20 @@ from t2n_core.export import (
     model_properties,
     trace_graph,
 )
+from t2n_core.graph_select import GRAPHS_PROPERTY, graph_io, select_transforms
 from t2n_core.input_plan import DynamicAxes, InputPlan
 from t2n_core.ir import IDENTIFIER_RULE, Graph, Operation, Ref, Value, is_identifier
 from t2n_core.nnef.archive import check_target, write_archive
 from t2n_core.passes import prepare_for_archive
 from t2n_core.progress import progress_bar
 from t2n_core.share import share_identical_tensors
+from t2n_core.version import __version__
 from t2n_core.writer import archive_files, tensor_bytes_by_type
 
 logger = logging.getLogger(__name__)
 
 #: graph.nnef property naming each graph's inputs and outputs (JSON:
 #: ``{"encoder": {"inputs": [...], "outputs": [...]}, ...}``, names as in the archive)
-GRAPHS_PROPERTY = "t2n_graphs"
 
 
 @dataclass
@@ -355,36 +355,6 @@ def _refs(items: list[Any]) -> list[str]:
 def _io_spec(graph: Graph, name: str) -> IOSpec:
     value = graph.values[name]
     return IOSpec(name, value.shape, _dtype_name(value.dtype))
-
-
-def archive_graphs(path: str | os.PathLike) -> dict[str, dict[str, list[str]]]:
-    """The graphs an :func:`export_many` archive holds: name -> ``{"inputs": [...],
-    "outputs": [...]}`` (archive names); ``{}`` for an archive of one graph."""
-    from t2n_core.inspect import graph_properties
-    from t2n_core.nnef.archive import read_archive_files
-
-    text = read_archive_files(path, dat_headers_only=True).get("graph.nnef", b"")
-    raw = graph_properties(text.decode("utf-8", errors="replace")).get(GRAPHS_PROPERTY)
-    return json.loads(raw) if raw else {}
-
-
-def graph_io(path: str | os.PathLike, graph: str) -> dict[str, list[str]]:
-    """Inputs and outputs of ``graph`` in the archive at ``path``; a clear error naming the
-    graphs it holds when there is no such graph."""
-    graphs = archive_graphs(path)
-    if graph not in graphs:
-        held = f"its graphs are {sorted(graphs)}" if graphs else "it holds a single graph"
-        raise T2NError(f"{os.fspath(path)} has no graph {graph!r}: {held}")
-    return graphs[graph]
-
-
-def select_transforms(io: Mapping[str, list[str]]) -> list[str]:
-    """The tract transforms (JSON) that keep only the graph ``io`` names: outputs first, so
-    that the declutter after each transform drops the other graphs' nodes and inputs."""
-    return [
-        json.dumps({"name": "select_outputs", "outputs": list(io["outputs"])}),
-        json.dumps({"name": "select_inputs", "inputs": list(io["inputs"])}),
-    ]
 
 
 def load_graph(path: str | os.PathLike, graph: str) -> Any:

@@ -5,7 +5,7 @@ Run ``python -m t2n_core.ops_table > docs/ops.md``; a test checks the file is cu
 
 from __future__ import annotations
 
-from t2n_core.ops.registry import entries
+from t2n_core.ops import entries
 
 _NO_PRIMITIVE = "no tract primitive; an exact composition is not written yet"
 #: public torch calls of benchmarks/op_matrix.py that do not export, and why

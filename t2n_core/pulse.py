@@ -88,12 +88,9 @@ def _graph_text(path: str | os.PathLike) -> str:
 
 def streaming_symbol(path: str | os.PathLike) -> str | None:
     """The streaming symbol recorded by ``export(..., streaming_axis=...)``, if any."""
-    from t2n_core.inspect import _PROPERTY_RE
-    from t2n_core.nnef.text import unescape_string
+    from t2n_core.nnef.graph_text import graph_properties
 
-    properties = {unescape_string(k): unescape_string(v)
-                  for k, v in _PROPERTY_RE.findall(_graph_text(path))}  # fmt: skip
-    return properties.get(STREAMING_PROPERTY)
+    return graph_properties(_graph_text(path)).get(STREAMING_PROPERTY)
 
 
 _BACKWARD_LOOP = re.compile(r"^\s*\(?\s*(\w+)[^=\n]*=\s*(\w+)\(.*\bstep = -1\b.*$", re.M)
@@ -102,9 +99,9 @@ _BACKWARD_LOOP = re.compile(r"^\s*\(?\s*(\w+)[^=\n]*=\s*(\w+)\(.*\bstep = -1\b.*
 def _refuse_backward_loops(path: str | os.PathLike) -> None:
     """tract 0.23.9 pulses a loop that runs backwards over the sequence without a word and
     then computes something else (measured on a bidirectional GRU), so we refuse it."""
-    from t2n_core.inspect import _body
+    from t2n_core.nnef.graph_text import graph_body
 
-    match = _BACKWARD_LOOP.search(_body(_graph_text(path)))
+    match = _BACKWARD_LOOP.search(graph_body(_graph_text(path)))
     if match is not None:
         name, op = match.groups()
         raise PulseError(
@@ -242,9 +239,9 @@ def _head(x: np.ndarray, axis: int, n: int) -> np.ndarray:
 
 
 def _output_names(path: str | os.PathLike, n: int) -> list[str]:
-    from t2n_core.inspect import _GRAPH_RE
+    from t2n_core.nnef.graph_text import GRAPH_RE
 
-    match = _GRAPH_RE.search(_graph_text(path))
+    match = GRAPH_RE.search(_graph_text(path))
     names = [o.strip() for o in match.group(3).split(",") if o.strip()] if match else []
     return names if len(names) == n else [f"output_{i}" for i in range(n)]
 

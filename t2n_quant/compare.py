@@ -39,7 +39,8 @@ from t2n_quant.layerwise import DATA_AWARE, is_data_aware, no_fastpath
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
 from t2n_quant.summary import QuantizationSummary, _html_table, _table, human_bytes
-from t2n_quant.swap import _collect, quantize_model
+from t2n_quant.swap import quantize_model
+from t2n_quant.weights import collect_weights
 
 METRICS = ("sqnr", "cosine", "kl")
 
@@ -390,7 +391,7 @@ def compare(
     codecs = [s if isinstance(s, Mapping) else resolve(s) for s in specs]
     for s in codecs:
         if isinstance(s, Mapping):
-            check_plan(s, _collect(model))
+            check_plan(s, collect_weights(model))
     cals = [
         (c, c if isinstance(c, str) else getattr(c, "__name__", "custom")) for c in calibrations
     ]
@@ -403,7 +404,7 @@ def compare(
         raise CalibrationDataError(f"calibrations {DATA_AWARE} need data= (calibration batches)")
     args = _as_args(inputs)
 
-    float_weights = {w.name: w for w in _collect(model)}
+    float_weights = {w.name: w for w in collect_weights(model)}
     modules = dict(model.named_modules(remove_duplicate=False))
     candidates = []  # each weight's users and their ancestors, nearest first
     for w in float_weights.values():
@@ -452,7 +453,7 @@ def compare(
                 lm = lm_metrics(ref_logits, got, tokens)
             del raw
             e2e_sqnr, e2e_cos = _outputs_close(ref_out, out)
-            qweights = {w.name: w for w in _collect(qmodel)}
+            qweights = {w.name: w for w in collect_weights(qmodel)}
             layers = []
             for name, fw in float_weights.items():
                 q = qweights[name].param

@@ -59,7 +59,7 @@ class _Stop(Exception):
 class Target:
     """One weight to calibrate with data: its Linear module and the Hessian of its inputs."""
 
-    weight: Any  # swap._Weight
+    weight: Any  # t2n_quant.weights.Weight
     codec: Codec
     path: str
     module: nn.Linear

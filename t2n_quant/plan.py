@@ -35,6 +35,7 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import resolve
 from t2n_quant.errors import PlanError
+from t2n_quant.weights import collect_weights, filter_reason, glob_list, skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,6 @@ def check_plan(plan: Mapping[str, str], weights: Sequence[Any]) -> dict[str, Cod
     """Each weight's codec under ``plan`` (by weight name; None: float), or a
     :class:`~t2n_quant.errors.PlanError` listing every problem: bad specs, globs matching no
     weight, codecs that do not fit the weights they match."""
-    from t2n_quant.swap import _skip_reason
 
     problems: list[str] = []
     codecs: dict[str, Codec | None] = {}
@@ -115,7 +115,7 @@ def check_plan(plan: Mapping[str, str], weights: Sequence[Any]) -> dict[str, Cod
                 used.add(glob)
                 codec = codecs.get(spec)
                 if spec != FLOAT and codec is not None:
-                    reason = _skip_reason(w, codec, 0)
+                    reason = skip_reason(w, codec, 0)
                     if reason is not None:
                         problems.append(f"{w.name} {tuple(w.param.shape)}: {spec} does not fit "
                                         f"({reason}) [entry {glob!r}]")  # fmt: skip
@@ -176,18 +176,17 @@ def plan(
     ['minmax:2:g32', 'q4_0']
     """
     from t2n_quant.quantize import quantize_tensor
-    from t2n_quant.swap import _collect, _filter_reason, _patterns, _skip_reason
 
     codecs = [resolve(c) for c in candidates]
     if not codecs:
         raise PlanError("plan needs at least one candidate codec")
     batches = calibration_batches(data)[:max_batches]
-    inc, exc = _patterns(include), _patterns(exclude)
+    inc, exc = glob_list(include), glob_list(exclude)
     layers = []
-    for w in _collect(model):
-        if any(_filter_reason(p, inc, exc) for p, _ in w.users):
+    for w in collect_weights(model):
+        if any(filter_reason(p, inc, exc) for p, _ in w.users):
             continue
-        fits = [c for c in codecs if _skip_reason(w, c, 0) is None]
+        fits = [c for c in codecs if skip_reason(w, c, 0) is None]
         if fits:
             layers.append((w, fits))
         else:
@@ -200,7 +199,7 @@ def plan(
         kl = any(getattr(model(*a, **k), "logits", None) is not None for a, k in batches[:1])
         errors: dict[tuple[str, str], float] = {}
         work = copy.deepcopy(model)
-        copies = {w.name: w for w in _collect(work)}
+        copies = {w.name: w for w in collect_weights(work)}
         total = sum(len(f) for _, f in layers)
         bar = progress_bar(
             total=total, desc="plan: layer sensitivity", unit="trial", disable=not progress

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from torch.utils._pytree import tree_map_only
 
 from t2n_core.storage import Encoding
 from t2n_quant.codecs.base import Codec, QParams
@@ -226,8 +227,6 @@ class QTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        from t2n_quant.qtensor_ops import fallback
-
         kwargs = kwargs or {}
         handler = cls.ops.get(func)
         if handler is not None:
@@ -419,3 +418,30 @@ def _rebuild(
     if is_param:
         t._is_param = True  # type: ignore[attr-defined]
     return t
+
+
+def written_qtensors(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[QTensor]:
+    """The QTensor arguments that ``func`` would write into, from its schema."""
+    written = []
+    for i, arg in enumerate(func._schema.arguments):
+        info = arg.alias_info
+        if info is None or not info.is_write:
+            continue
+        value = args[i] if i < len(args) and not arg.kwarg_only else kwargs.get(arg.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        written += [v for v in values if isinstance(v, QTensor)]
+    return written
+
+
+def fallback(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run ``func`` on dequantized copies of the QTensor arguments."""
+    written = written_qtensors(func, args, kwargs)
+    if written:
+        raise ImmutableTensorError(
+            f"{written[0].label()} is immutable: {func} would modify it in place. "
+            "Work on qtensor.dequantize() or quantize a new weight instead (to load a "
+            "state dict into a quantized model, use load_state_dict(..., assign=True))."
+        )
+    logger.debug("QTensor fallback: %s runs on dequantized weights", func)
+    args, kwargs = tree_map_only(QTensor, lambda t: t.dequantize(), (args, kwargs))
+    return func(*args, **kwargs)

@@ -1,4 +1,5 @@
-"""The ATen ops :class:`~t2n_quant.qtensor.QTensor` implements itself, and the fallback.
+"""The ATen ops :class:`~t2n_quant.qtensor.QTensor` implements itself (the fallback for the
+others, :func:`t2n_quant.qtensor.fallback`, is in that module).
 
 ======================  ==============================================================
 op                      behaviour
@@ -20,10 +21,8 @@ import logging
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_map_only
 
-from t2n_quant.errors import ImmutableTensorError
-from t2n_quant.qtensor import QTensor
+from t2n_quant.qtensor import QTensor, fallback
 
 logger = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -56,30 +55,3 @@ def _embedding(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torc
     if isinstance(weight, QTensor) and weight.dim() == 2 and not isinstance(index, QTensor):
         return weight.dequantize_rows(index)
     return fallback(func, args, kwargs)
-
-
-def written_qtensors(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[QTensor]:
-    """The QTensor arguments that ``func`` would write into, from its schema."""
-    written = []
-    for i, arg in enumerate(func._schema.arguments):
-        info = arg.alias_info
-        if info is None or not info.is_write:
-            continue
-        value = args[i] if i < len(args) and not arg.kwarg_only else kwargs.get(arg.name)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        written += [v for v in values if isinstance(v, QTensor)]
-    return written
-
-
-def fallback(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run ``func`` on dequantized copies of the QTensor arguments."""
-    written = written_qtensors(func, args, kwargs)
-    if written:
-        raise ImmutableTensorError(
-            f"{written[0].label()} is immutable: {func} would modify it in place. "
-            "Work on qtensor.dequantize() or quantize a new weight instead (to load a "
-            "state dict into a quantized model, use load_state_dict(..., assign=True))."
-        )
-    logger.debug("QTensor fallback: %s runs on dequantized weights", func)
-    args, kwargs = tree_map_only(QTensor, lambda t: t.dequantize(), (args, kwargs))
-    return func(*args, **kwargs)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,109 +30,23 @@ from t2n_quant.calibration_data import fingerprint
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
-from t2n_quant.matmul_weights import expert_incompatibility, expert_weight_attrs, linearize_conv1d
+from t2n_quant.matmul_weights import linearize_conv1d
 from t2n_quant.parametrizations import bake_weight_parametrizations
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
 from t2n_quant.quantize import quantize_deferred, quantize_tensor
 from t2n_quant.summary import QuantizationSummary, QuantizedWeight, SkippedWeight
+from t2n_quant.weights import (
+    SUPPORTED_MODULES,
+    Weight,
+    codec_misfit,
+    collect_weights,
+    filter_reason,
+    glob_list,
+    skip_reason,
+)
 
 logger = logging.getLogger(__name__)
-
-SUPPORTED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-    nn.MultiheadAttention, nn.RNNBase,
-)  # fmt: skip
-#: the parameters of a module that are matmul weights ("weight" for the others)
-_WEIGHT_ATTRS: dict[type[nn.Module], tuple[str, ...]] = {
-    nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
-}
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)
-
-
-def _weight_attrs(module: nn.Module) -> tuple[str, ...]:
-    if isinstance(module, nn.RNNBase):  # LSTM / GRU / RNN: input, hidden (and projection)
-        # matrices of every layer and direction; the biases stay float
-        return tuple(n for n in module._flat_weights_names if n.startswith("weight_"))
-    return _WEIGHT_ATTRS.get(type(module), ("weight",))
-
-
-@dataclass
-class _Weight:
-    param: torch.Tensor
-    attr: str = "weight"
-    users: list[tuple[str, nn.Module]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        path = self.users[0][0]
-        return f"{path}.{self.attr}" if path else self.attr
-
-    @property
-    def module_type(self) -> str:
-        return "/".join(sorted({type(m).__name__ for _, m in self.users}))
-
-
-def _patterns(p: str | Sequence[str] | None) -> list[str] | None:
-    return None if p is None else [p] if isinstance(p, str) else list(p)
-
-
-def _filter_reason(path: str, include: list[str] | None, exclude: list[str] | None) -> str | None:
-    if include is not None and not any(fnmatch.fnmatchcase(path, g) for g in include):
-        return f"not matched by include={include}"
-    for g in exclude or []:
-        if fnmatch.fnmatchcase(path, g):
-            return f"matched exclude pattern {g!r}"
-    return None
-
-
-def _skip_reason(w: _Weight, codec: Codec, min_numel: int) -> str | None:
-    p = w.param
-    if isinstance(p, QTensor):
-        return f"already quantized ({p.codec.spec})"
-    if not p.dtype.is_floating_point:
-        return f"dtype {p.dtype} is not floating point"
-    if p.device.type == "meta":
-        return "weight is on the meta device (no values to quantize)"
-    if p.numel() < min_numel:
-        return f"{p.numel()} values < min_numel={min_numel}"
-    for _, m in w.users:
-        if isinstance(m, nn.Embedding) and m.max_norm is not None:
-            return "Embedding with max_norm renormalizes its weight in place"
-        if isinstance(m, _TRANSPOSED) and isinstance(codec, Q4_0Codec):
-            return (
-                "q4_0 cannot serve ConvTranspose: NNEF deconv takes the filter as "
-                "[C_out, C_in, ...], the transpose of PyTorch's layout, so blocks would not line up"
-            )
-        if w.attr in expert_weight_attrs(m):
-            return expert_incompatibility(m, tuple(p.shape), codec)
-    return codec.incompatibility(tuple(p.shape))
-
-
-def _codec_misfit(w: _Weight, codec: Codec, min_numel: int) -> bool:
-    """Whether ``w`` is skipped only because of ``codec`` (a fallback codec may take it)."""
-    p = w.param
-    if isinstance(p, QTensor) or not p.dtype.is_floating_point or p.device.type == "meta":
-        return False
-    if p.numel() < min_numel:
-        return False
-    return not any(isinstance(m, nn.Embedding) and m.max_norm is not None for _, m in w.users)
-
-
-def _collect(model: nn.Module) -> list[_Weight]:
-    weights: dict[int, _Weight] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
-        attrs = expert_weight_attrs(module)
-        if isinstance(module, SUPPORTED_MODULES):
-            attrs = _weight_attrs(module)
-        for attr in attrs:
-            param = module._parameters.get(attr)
-            if param is None:
-                continue
-            w = weights.setdefault(id(param), _Weight(param, attr))
-            if all(m is not module for _, m in w.users):
-                w.users.append((path, module))
-    return list(weights.values())
 
 
 def _warn_unmatched(
@@ -170,7 +83,7 @@ def _adapter_reason(adapters: dict[int, str], param: torch.Tensor) -> str:
 
 def _list_unreachable(
     model: nn.Module,
-    collected: list[_Weight],
+    collected: list[Weight],
     summary: QuantizationSummary,
     adapters: dict[int, str] | None = None,
 ) -> None:
@@ -269,7 +182,7 @@ def quantize_model(
     linearize_conv1d(model)
     planned: dict[str, Codec | None] | None = None
     if isinstance(codec_or_config, Mapping):  # a plan: {module glob: spec}, checked up front
-        planned = check_plan(codec_or_config, _collect(model))
+        planned = check_plan(codec_or_config, collect_weights(model))
         specs = sorted({c.spec for c in planned.values() if c is not None})
         codec = resolve(specs[0]) if specs else Q4_0Codec()
     else:
@@ -297,12 +210,12 @@ def quantize_model(
         note = f"data ignored: calibration {cal_name!r} looks at weights only (use 'gptq')"
         logger.warning("%s", note)
         summary.notes.append(note)
-    inc, exc = _patterns(include), _patterns(exclude)
+    inc, exc = glob_list(include), glob_list(exclude)
     _warn_unmatched(model, inc, exc, summary)
     summary.notes += lora_notes
     summary.notes += bake_weight_parametrizations(model, SUPPORTED_MODULES)
-    todo: list[tuple[_Weight, Codec]] = []
-    collected = _collect(model)
+    todo: list[tuple[Weight, Codec]] = []
+    collected = collect_weights(model)
     _list_unreachable(model, collected, summary, adapters)
     for w in collected:
         if id(w.param) in adapters:
@@ -311,7 +224,7 @@ def quantize_model(
                 w.param.numel() * w.param.element_size(),
             ))  # fmt: skip
             continue
-        reasons = [(p, _filter_reason(p, inc, exc)) for p, _ in w.users]
+        reasons = [(p, filter_reason(p, inc, exc)) for p, _ in w.users]
         blocked = [(p, r) for p, r in reasons if r is not None]
         reason = None
         if len(blocked) == len(w.users):
@@ -323,9 +236,9 @@ def quantize_model(
             chosen = planned.get(w.name)  # type: ignore[assignment]
             if chosen is None:
                 reason = "the plan keeps it in float" if w.name in planned else "not in the plan"
-        if reason is None and (reason := _skip_reason(w, chosen, min_numel)) is not None:
-            if second is not None and _codec_misfit(w, chosen, min_numel):
-                fallback_reason = _skip_reason(w, second, min_numel)
+        if reason is None and (reason := skip_reason(w, chosen, min_numel)) is not None:
+            if second is not None and codec_misfit(w, chosen, min_numel):
+                fallback_reason = skip_reason(w, second, min_numel)
                 if fallback_reason is None:
                     chosen, reason = second, None
                 else:
@@ -374,7 +287,7 @@ def quantize_model(
     return summary
 
 
-def _restore(w: _Weight, param: torch.Tensor) -> None:
+def _restore(w: Weight, param: torch.Tensor) -> None:
     """Put ``param`` (the float weight) back in every module using ``w``."""
     for _, module in w.users:
         module._parameters[w.attr] = param
@@ -384,7 +297,7 @@ def _restore(w: _Weight, param: torch.Tensor) -> None:
 
 
 def _install(
-    w: _Weight, codec: Codec, qt: QTensor | DeferredTensor, summary: QuantizationSummary
+    w: Weight, codec: Codec, qt: QTensor | DeferredTensor, summary: QuantizationSummary
 ) -> None:
     """``qt`` in place of ``w`` in every module using it, recorded in ``summary``."""
     before = w.param.numel() * w.param.element_size()

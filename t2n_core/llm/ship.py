@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from t2n_core import __version__
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.errors import (
     ArchiveExistsError,
@@ -57,6 +56,7 @@ from t2n_core.nnef.archive import TMP_MARK, read_archive_files, remove_stale_tem
 from t2n_core.nnef.dat import DatHeader
 from t2n_core.progress import progress_bar
 from t2n_core.summary import human_bytes
+from t2n_core.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Expr, Ref
-from t2n_core.translate import EmitContext
 
 
 def norm_axis(axis: int, rank: int) -> int:

@@ -11,10 +11,10 @@ from collections.abc import Callable
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.ops._common import as_operand, out_dtype, per_channel
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

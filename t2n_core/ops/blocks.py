@@ -8,18 +8,20 @@ in every instance) one shared variable of the graph.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
 
-from t2n_core.blocks import Capture
+from t2n_core.emit import EmitContext
 from t2n_core.errors import TranslationError
 from t2n_core.input_plan import user_input_placeholders
 from t2n_core.ir import Graph, Ref, Value, Variable, sanitize
 from t2n_core.ops.registry import register
 from t2n_core.symbolic import SymbolTable
-from t2n_core.translate import EmitContext, translate
+
+if TYPE_CHECKING:
+    from t2n_core.blocks import Capture
 
 
 @register(torch.ops.t2n.block.default)
@@ -82,7 +84,8 @@ def _build(
             tensors[spec.target] = program.state_dict[spec.target]
     n_out = sum(1 for s in program.graph_signature.output_specs)
     output_names = _output_names(site, n_out)
-    body = translate(
+    assert ctx.translate_program is not None
+    body = ctx.translate_program(
         program, tensors=tensors, inputs=dict(zip((n.name for n in user), site.input_names)),
         output_names=output_names,
         symbols=symbols,

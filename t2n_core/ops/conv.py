@@ -17,11 +17,11 @@ from typing import Any
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.ops._common import as_operand, int_list, out_dtype, per_channel
 from t2n_core.ops.linear import split_concat_product
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

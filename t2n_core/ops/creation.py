@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Expr
 from t2n_core.ops._common import exact_scalar, meta_shape, out_dtype, shape_operand
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

@@ -7,10 +7,10 @@ import math
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.ops._common import as_operand, broadcastable, exact_scalar, meta_shape, out_dtype
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.nnef.text import tract_dtype_name
 from t2n_core.ops._common import dim_attr, exact_scalar
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

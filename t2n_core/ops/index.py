@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.nnef.text import tract_dtype_name
 from t2n_core.ops._common import as_operand, dim_attr, dim_text, norm_axis
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.ops._common import (
     as_operand,
@@ -33,7 +34,6 @@ from t2n_core.ops._common import (
     unsqueeze_front,
 )
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

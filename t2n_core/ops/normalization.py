@@ -11,10 +11,10 @@ from typing import Any
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.ops._common import as_operand, broadcastable, per_channel
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 F32 = torch.float32

@@ -1,7 +1,8 @@
 """The op registry: one translation function per ATen overload.
 
 The same registry tells ``capture`` which ops ``torch.export`` must keep whole
-(any registered op is removed from the decomposition table).
+(any registered op is removed from the decomposition table). The tables are complete once
+every op module has registered: read them through :mod:`t2n_core.ops`, whose import does that.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 if TYPE_CHECKING:
     import torch.fx
 
-    from t2n_core.translate import EmitContext
+    from t2n_core.emit import EmitContext
 
 Handler = Callable[["EmitContext", "torch.fx.Node"], Any]
 
@@ -68,18 +69,15 @@ def _registrar(table: dict[Any, OpEntry], targets: tuple[Any, ...]) -> Callable[
 
 def lookup(target: Any, complex_inputs: bool = False) -> OpEntry | None:
     """The handler of ``target``; with ``complex_inputs``, the one for complex inputs."""
-    _ensure_loaded()
     return (_COMPLEX if complex_inputs else _REGISTRY).get(target)
 
 
 def complex_ops() -> list[str]:
-    _ensure_loaded()
     return sorted(str(t) for t in _COMPLEX)
 
 
 def entries() -> list[OpEntry]:
     """Every handler (those for complex inputs too, in their module's family)."""
-    _ensure_loaded()
     return sorted(
         [*_REGISTRY.values(), *_COMPLEX.values()], key=lambda e: (e.family, str(e.target))
     )
@@ -87,9 +85,4 @@ def entries() -> list[OpEntry]:
 
 def kept_whole() -> set[torch._ops.OpOverload]:
     """Registered ATen overloads: capture must not decompose them."""
-    _ensure_loaded()
     return {t for t in (*_REGISTRY, *_COMPLEX) if isinstance(t, torch._ops.OpOverload)}
-
-
-def _ensure_loaded() -> None:
-    import t2n_core.ops  # noqa: F401  (imports every op family module)

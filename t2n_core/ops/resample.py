@@ -16,10 +16,10 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Expr, Ref
 from t2n_core.ops._common import out_dtype
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

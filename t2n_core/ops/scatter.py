@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.ops._common import dim_attr, norm_axis
 from t2n_core.ops.index import _wrap_negative
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

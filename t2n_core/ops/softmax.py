@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ops._common import as_operand, norm_axis, out_dtype
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Expr, Ref
 from t2n_core.ops._common import norm_axis, unsqueeze_front
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.ops._common import dim_attr, norm_axis
 from t2n_core.ops.registry import register, register_complex
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

@@ -7,8 +7,8 @@ import operator
 import torch
 import torch.fx
 
+from t2n_core.emit import EmitContext
 from t2n_core.ops.registry import register
-from t2n_core.translate import EmitContext
 
 aten = torch.ops.aten
 

@@ -10,47 +10,18 @@ its own uses the one of the nearest registered codec class it derives from.
 'encode_q4_0'
 """
 
-from __future__ import annotations
-
 import importlib
 import pkgutil
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from t2n_core.storage import Encoding
-from t2n_quant.codecs.base import Codec
-from t2n_quant.errors import EncodingError
-
-if TYPE_CHECKING:
-    from t2n_quant.qtensor import QTensor
-
-Encoder = Callable[["QTensor", str], Encoding]
-ENCODERS: dict[str, Encoder] = {}
-
-
-def register_encoder(*codec_names: str) -> Callable[[Encoder], Encoder]:
-    """Register an encoder for the codecs named ``codec_names``."""
-
-    def deco(fn: Encoder) -> Encoder:
-        for name in codec_names:
-            if name in ENCODERS:
-                raise TypeError(f"an encoder for codec {name!r} is already registered")
-            ENCODERS[name] = fn
-        return fn
-
-    return deco
-
-
-def encoder_for(codec: Codec) -> Encoder:
-    """The encoder registered for ``codec``'s class, or for the nearest base class with one."""
-    for cls in type(codec).__mro__:
-        fn = ENCODERS.get(getattr(cls, "name", ""))
-        if fn is not None and issubclass(cls, Codec) and Codec.registry.get(cls.name) is cls:
-            return fn
-    raise EncodingError(
-        f"codec {codec.spec} has no NNEF encoder; codecs with one: {sorted(ENCODERS)}"
-    )
-
 
 for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+    if _module.name != "registry":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+from t2n_quant.encoders.registry import (  # noqa: E402
+    ENCODERS,
+    Encoder,
+    encoder_for,
+    register_encoder,
+)
+
+__all__ = ["ENCODERS", "Encoder", "encoder_for", "register_encoder"]

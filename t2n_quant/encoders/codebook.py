@@ -20,8 +20,8 @@ import torch
 from t2n_core.nnef.dat import tensor_bytes
 from t2n_core.storage import EncodedVariable, Encoding
 from t2n_quant.codecs.codebook import CodebookCodec
-from t2n_quant.encoders import register_encoder
 from t2n_quant.encoders.packed import TRACT_CORE, _template, out_dtype, unpack_fragment
+from t2n_quant.encoders.registry import register_encoder
 
 if TYPE_CHECKING:
     from t2n_quant.qtensor import QTensor

@@ -26,7 +26,7 @@ from t2n_core.nnef.dat import tensor_bytes
 from t2n_core.storage import EncodedVariable, Encoding
 from t2n_quant.codecs import bitpack
 from t2n_quant.codecs.base import Codec
-from t2n_quant.encoders import register_encoder
+from t2n_quant.encoders.registry import register_encoder
 from t2n_quant.errors import EncodingError
 
 if TYPE_CHECKING:

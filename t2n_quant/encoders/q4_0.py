@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from t2n_core.nnef.dat import TractItemType, tensor_buffer
 from t2n_core.storage import EncodedVariable, Encoding
 from t2n_quant.codecs.q4_0 import Q4_0Codec
-from t2n_quant.encoders import register_encoder
+from t2n_quant.encoders.registry import register_encoder
 
 if TYPE_CHECKING:
     from t2n_quant.qtensor import QTensor

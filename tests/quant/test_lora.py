@@ -14,6 +14,7 @@ from torch import nn
 
 import t2n_core
 from t2n_core.errors import LoraError
+from t2n_core.inspect import inspect_archive
 from t2n_core.lora import adapter_tensors, find_lora
 from t2n_core.lora_swap import swap_adapter
 from t2n_core.nnef.archive import read_archive_files
@@ -138,7 +139,7 @@ def test_plain_merged(codec: str | None, tmp_path: Path) -> None:
         # W + s·B·A quantized as one weight: the float output is close, not equal
         assert np.abs(outputs_of(model, x)[0] - reference).max() < 0.2
     assert not any("lora" in f for f in result.files)
-    assert t2n_core.inspect.inspect_archive(result.path).properties.get("lora.mode") == (
+    assert inspect_archive(result.path).properties.get("lora.mode") == (
         "merged" if codec is None else None
     )
 
