@@ -262,8 +262,8 @@ def trace_graph(
         raise ExportInputError(f"names used both as input and output: {sorted(clash)}")
 
     lora_plan = plan_lora(model, lora)
-    with applied(model, lora_plan):
-        captured = capture(model, args, kwargs, plan, fragments=fragments)
+    with applied(model, lora_plan) as target:
+        captured = capture(target, args, kwargs, plan, fragments=fragments)
     _refuse_dtypes_tract_lacks(plan, captured.program)
     try:
         graph = _translate(captured, output_names, progress)
@@ -274,8 +274,8 @@ def trace_graph(
         logger.warning(
             "repeated blocks of %s written flat (no fragments): %s", type(model).__name__, reason
         )
-        with applied(model, lora_plan):
-            captured = capture(model, args, kwargs, plan, fragments=False)
+        with applied(model, lora_plan) as target:
+            captured = capture(target, args, kwargs, plan, fragments=False)
         graph = _translate(captured, output_names, progress)
     bound = set(captured.symbols.names.values())  # torch may merge two axes into one symbol
     graph.symbols = [s for s in plan.symbols if s in bound]

@@ -43,6 +43,18 @@ LoraMode = Literal["separate", "merged"]
 MODES = ("separate", "merged")
 #: file stems of a site's adapter tensors, after its module path
 SUFFIXES = ("lora_A", "lora_B", "lora_scale")
+
+
+def stem(path: str, suffix: str) -> str:
+    """The file stem of a site's adapter tensor: ``<path>.<suffix>`` (``<suffix>`` for a site
+    that is the exported model itself).
+
+    >>> stem("layers.0.q_proj", "lora_A"), stem("", "lora_scale")
+    ('layers.0.q_proj.lora_A', 'lora_scale')
+    """
+    return f"{path}.{suffix}" if path else suffix
+
+
 #: archive property listing the separate sites (JSON: path, rank, in, out)
 SITES_PROPERTY = "lora.sites"
 MODE_PROPERTY = "lora.mode"
@@ -208,7 +220,9 @@ def find_lora(model: nn.Module) -> LoraScan:
     others: dict[str, list[str]] = {}
     inactive: dict[str, int] = {}
     for path, module in model.named_modules():
-        if id(module) in seen or any(path.startswith(f"{s.path}.") for s in scan.sites):
+        if id(module) in seen or any(
+            s.path == "" or path.startswith(f"{s.path}.") for s in scan.sites
+        ):
             continue
         if _is_peft_lora(module):
             site = _peft_site(path, module)
@@ -431,7 +445,7 @@ class LoraPlan:
         """The ``.dat`` files the separate adapters must be written to."""
         if self.mode != "separate":
             return []
-        return [f"{s.path}.{suffix}.dat" for s in self.scan.sites for suffix in SUFFIXES]
+        return [f"{stem(s.path, x)}.dat" for s in self.scan.sites for x in SUFFIXES]
 
     def summary(self) -> str:
         n = len(self.scan.sites)
@@ -471,17 +485,26 @@ def plan_lora(model: nn.Module, mode: str | None) -> LoraPlan:
 
 def apply(model: nn.Module, plan: LoraPlan) -> None:
     """Put each site's replacement in place, for good (``quantize_model(lora='merged')``)."""
+    if "" in plan.replacements:
+        raise LoraError(
+            f"the model itself ({type(model).__name__}) is the LoRA layer, and a module cannot "
+            "replace itself in place: wrap it (nn.Sequential(model)) and quantize the wrapper"
+        )
     for path, new in plan.replacements.items():
         _set_module(model, path, new)
 
 
 @contextlib.contextmanager
-def applied(model: nn.Module, plan: LoraPlan) -> Iterator[None]:
-    """Each site's replacement in place while the block runs; the model is restored after."""
+def applied(model: nn.Module, plan: LoraPlan) -> Iterator[nn.Module]:
+    """Each site's replacement in place while the block runs, which gets the module to
+    capture (the replacement itself when the model is a site); the model is restored after."""
+    if "" in plan.replacements:
+        yield plan.replacements[""]
+        return
     originals = {path: model.get_submodule(path) for path in plan.replacements}
     try:
         apply(model, plan)
-        yield
+        yield model
     finally:
         for path, module in originals.items():
             _set_module(model, path, module)
@@ -498,9 +521,9 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         if site.layout == "plain":
             _infer_plain_scale(site)
         assert site.a is not None and site.b is not None
-        out[f"{site.path}.lora_A"] = site.a.detach()
-        out[f"{site.path}.lora_B"] = site.b.detach()
-        out[f"{site.path}.lora_scale"] = torch.tensor([site.scale], dtype=site.b.dtype)
+        out[stem(site.path, "lora_A")] = site.a.detach()
+        out[stem(site.path, "lora_B")] = site.b.detach()
+        out[stem(site.path, "lora_scale")] = torch.tensor([site.scale], dtype=site.b.dtype)
     return out
 
 

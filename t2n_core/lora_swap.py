@@ -39,7 +39,14 @@ import torch
 from torch import nn
 
 from t2n_core.errors import LoraError
-from t2n_core.lora import MODE_PROPERTY, PEFT_PREFIX, SITES_PROPERTY, SUFFIXES, adapter_tensors
+from t2n_core.lora import (
+    MODE_PROPERTY,
+    PEFT_PREFIX,
+    SITES_PROPERTY,
+    SUFFIXES,
+    adapter_tensors,
+    stem,
+)
 from t2n_core.nnef import dat
 from t2n_core.nnef.archive import (
     FileProducer,
@@ -114,11 +121,11 @@ def _strip(path: str) -> str:
     return path.removeprefix(PEFT_PREFIX)
 
 
-def _split_stem(stem: str) -> tuple[str, str]:
-    site, _, suffix = stem.rpartition(".")
-    if suffix not in SUFFIXES or not site:
+def _split_stem(name: str) -> tuple[str, str]:
+    site, _, suffix = name.rpartition(".")
+    if suffix not in SUFFIXES:
         raise LoraError(
-            f"adapter tensor {stem!r} is not a LoRA A/B/scale tensor (names end in "
+            f"adapter tensor {name!r} is not a LoRA A/B/scale tensor (names end in "
             f"{', '.join('.' + s for s in SUFFIXES)}); the archive only keeps those apart"
         )
     return site, suffix
@@ -216,20 +223,20 @@ def _match(sites: list[_Site], tensors: dict[str, torch.Tensor]) -> dict[str, to
             by_tail.setdefault(".".join(parts[i:]), []).append(s)
     out: dict[str, torch.Tensor] = {}
     extra = []
-    for stem, tensor in tensors.items():
-        path, suffix = _split_stem(stem)
+    for key, tensor in tensors.items():
+        path, suffix = _split_stem(key)
         found = by_tail.get(path) or by_tail.get(_strip(path)) or []
         if len(found) > 1:
             raise LoraError(
-                f"adapter tensor {stem!r} fits several layers of the archive "
+                f"adapter tensor {key!r} fits several layers of the archive "
                 f"({[s.path for s in found[:3]]}); name it by its full path in the archive"
             )
         if not found:
-            extra.append(stem)
+            extra.append(key)
             continue
-        out[f"{found[0].path}.{suffix}"] = tensor
-    missing = [f"{s.path}.{x}" for s in sites for x in ("lora_A", "lora_B") if
-               f"{s.path}.{x}" not in out]  # fmt: skip
+        out[stem(found[0].path, suffix)] = tensor
+    missing = [stem(s.path, x) for s in sites for x in ("lora_A", "lora_B")
+               if stem(s.path, x) not in out]  # fmt: skip
     if extra or missing:
         parts = []
         if missing:
@@ -243,7 +250,7 @@ def _match(sites: list[_Site], tensors: dict[str, torch.Tensor]) -> dict[str, to
             "was exported with (re-export the model with this adapter otherwise)"
         )
     for site in sites:
-        a, b = out[f"{site.path}.lora_A"], out[f"{site.path}.lora_B"]
+        a, b = out[stem(site.path, "lora_A")], out[stem(site.path, "lora_B")]
         if a.ndim == 2 and b.ndim == 2 and a.shape[0] != site.rank:
             raise LoraError(
                 f"{site.path}: the adapter has rank {a.shape[0]}, the archive rank {site.rank}; "
@@ -253,12 +260,14 @@ def _match(sites: list[_Site], tensors: dict[str, torch.Tensor]) -> dict[str, to
                               ("lora_B", b, (site.fan_out, site.rank))):  # fmt: skip
             if tuple(t.shape) != want:
                 raise LoraError(
-                    f"{site.path}.{name}: the adapter's tensor has shape {tuple(t.shape)}, the "
-                    f"archive's {list(want)}"
+                    f"{stem(site.path, name)}: the adapter's tensor has shape "
+                    f"{tuple(t.shape)}, the archive's {list(want)}"
                 )
-        scale = out.get(f"{site.path}.lora_scale")
+        scale = out.get(stem(site.path, "lora_scale"))
         if scale is not None and scale.numel() != 1:
-            raise LoraError(f"{site.path}.lora_scale must hold one value, got {tuple(scale.shape)}")
+            raise LoraError(
+                f"{stem(site.path, 'lora_scale')} must hold one value, got {tuple(scale.shape)}"
+            )
     return out
 
 
@@ -299,13 +308,13 @@ def swap_adapter(
     cast: set[str] = set()
     for site in sites:
         for suffix in SUFFIXES:
-            name = f"{site.path}.{suffix}.dat"
+            name = f"{stem(site.path, suffix)}.dat"
             if name not in files:
                 raise LoraError(
                     f"{os.fspath(archive)} lists LoRA site {site.path!r} but has no {name}"
                 )
             header = dat.DatHeader.unpack(files[name], name)
-            tensor = new.get(f"{site.path}.{suffix}")
+            tensor = new.get(stem(site.path, suffix))
             if tensor is None:  # a .safetensors without scales: the archive's stays
                 notes.append(f"{site.path}: no lora_scale given, the archive's is kept")
                 continue

@@ -75,8 +75,9 @@ def _prepare_lora(model: nn.Module, lora: str | None) -> list[str]:
 
 
 def _adapter_reason(adapters: dict[int, str], param: torch.Tensor) -> str:
+    site = repr(adapters[id(param)]) if adapters[id(param)] else "the model"
     return (
-        f"LoRA adapter of {adapters[id(param)]!r}: kept float, apart from its base weight "
+        f"LoRA adapter of {site}: kept float, apart from its base weight "
         "(lora='separate'; lora='merged' folds it into the weight before quantizing)"
     )
 

@@ -203,3 +203,81 @@ def test_merging_a_quantized_base_is_refused(tmp_path: Path) -> None:
     quantize_model(model, "q4_0", progress=False)
     with pytest.raises(LoraError, match="merge LoRA before quantizing"):
         t2n_core.export(model, (torch.randn(2, 64),), tmp_path / "m", lora="merged")
+
+
+def test_swapped_archive_is_the_export_of_the_other_adapter(tmp_path: Path) -> None:
+    first = plain_model(0)
+    second = with_adapter_of(first, 1)
+    x = torch.randn(3, 64)
+    base = t2n_core.export(first, (x,), tmp_path / "base", progress=False).path
+    full = t2n_core.export(second, (x,), tmp_path / "full", progress=False).path
+    swapped = swap_adapter(base, adapter_tensors(second), tmp_path / "swapped")
+    assert read_archive_files(swapped.path) == read_archive_files(full)
+
+
+MODEL_FILE = """
+import torch
+from torch import nn
+
+
+class Lora(nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(0)
+        self.base = nn.Linear(64, 64)
+        torch.manual_seed(seed)
+        self.lora_A = nn.Linear(64, 8, bias=False)
+        self.lora_B = nn.Linear(8, 64, bias=False)
+        nn.init.normal_(self.lora_B.weight, std=0.3)
+
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(x)) * 0.5
+
+
+def build(seed=1):
+    return nn.Sequential(Lora(seed), nn.Tanh()).eval(), torch.randn(3, 64)
+"""
+
+
+def test_command_line_export_and_swap(tmp_path: Path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    from t2n_core.cli import main
+
+    (tmp_path / "lora_model.py").write_text(MODEL_FILE)
+    entry = f"{tmp_path / 'lora_model.py'}:build"
+    merged, base = tmp_path / "merged.nnef.tgz", tmp_path / "base.nnef.tgz"
+    assert main(["export", entry, str(merged), "--codec", "q4_0", "--lora", "merged"]) == 0
+    assert "merged into their base weights" in capsys.readouterr().out
+    assert main(["export", entry, str(base), "--codec", "q4_0"]) == 0
+    text = capsys.readouterr().out
+    assert "kept apart" in text and "LoRA adapter of '0'" in text
+    ns: dict = {}
+    exec(MODEL_FILE, ns)
+    second = ns["build"](2)[0]
+    save_file({k: v.contiguous() for k, v in adapter_tensors(second).items()},
+              tmp_path / "adapter.safetensors")  # fmt: skip
+    out = tmp_path / "swapped.nnef.tgz"
+    assert main(["adapter", "swap", str(base), str(tmp_path / "adapter.safetensors"),
+                 "-o", str(out)]) == 0  # fmt: skip
+    assert "2 changed" in capsys.readouterr().out
+    quantize_model(second, "q4_0", progress=False)
+    x = torch.randn(3, 64)
+    t2n_core.check_archive(out, [x.numpy()], outputs_of(second, x))
+    assert (
+        main(["adapter", "swap", str(base), str(tmp_path / "adapter.safetensors"), "-o", str(out)])
+        == 2
+    )  # exists, no --overwrite
+
+
+def test_the_model_itself_as_the_lora_layer(tmp_path: Path) -> None:
+    model = LoraLinear(64, 32, 4, 2.0).eval()
+    x = torch.randn(3, 64)
+    result = export_and_check(model, x, tmp_path, name="separate")
+    assert {"lora_A.dat", "lora_B.dat", "lora_scale.dat"} <= set(result.files)
+    other = with_adapter_of(model, 5)
+    swapped = swap_adapter(result.path, adapter_tensors(other), tmp_path / "swapped")
+    t2n_core.check_archive(swapped.path, [x.numpy()], outputs_of(other, x))
+    export_and_check(model, x, tmp_path, name="merged", lora="merged")
+    with pytest.raises(LoraError, match=r"wrap it \(nn.Sequential\(model\)\)"):
+        quantize_model(model, "q4_0", lora="merged", progress=False)
