@@ -169,3 +169,38 @@ def dim_mul(*sizes: Any) -> int | str:
         return const
     terms = syms if const == 1 else [*syms, str(const)]
     return terms[0] if len(terms) == 1 else "(" + " * ".join(terms) + ")"
+
+
+def wrap_negative(ctx: EmitContext, i: Ref, size) -> Ref:
+    """``i + size * (i < 0)``: torch counts negative indices from the end."""
+    shape = ctx.shape(i)
+    negative = ctx.emit(
+        "lt", [i, ctx.scalar(0, torch.int64)], dtype=torch.bool, shape=shape, hint="index_neg"
+    )
+    negative = ctx.cast(negative, torch.int64)
+    offset = ctx.emit(
+        "mul", [negative, as_operand(ctx, dim_attr(dim_text(size)), torch.int64)],
+        dtype=torch.int64, shape=shape, hint="index_neg",
+    )  # fmt: skip
+    return ctx.emit("add", [i, offset], dtype=torch.int64, shape=shape, hint="index_neg")
+
+
+def stacked_indices(
+    ctx: EmitContext, indices: Sequence[Any], sizes: Sequence[Any], b_shape: list, hint: str
+) -> Ref:
+    """The index tensors of advanced indexing as ``tract_core_gather_nd`` / ``scatter_nd``
+    take them: each cast to i64, negatives wrapped by its axis' size (tract aborts the
+    process on a negative index), broadcast to ``b_shape`` and stacked on a new last axis."""
+    n_b = len(b_shape)
+    columns = []
+    for size, item in zip(sizes, indices):
+        i = wrap_negative(ctx, ctx.cast(item, torch.int64), size)
+        if list(ctx.shape(i)) != list(b_shape):
+            i = ctx.emit(
+                "tract_core_broadcast", [i], {"shape": [dim_attr(d) for d in b_shape]},
+                dtype=torch.int64, shape=b_shape, hint=hint,
+            )  # fmt: skip
+        columns.append(ctx.emit("unsqueeze", [i], {"axes": [n_b]}, dtype=torch.int64,
+                                shape=[*b_shape, 1], hint=hint))  # fmt: skip
+    return ctx.emit("concat", [columns], {"axis": n_b}, dtype=torch.int64,
+                    shape=[*b_shape, len(indices)], hint=hint)  # fmt: skip

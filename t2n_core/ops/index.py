@@ -14,7 +14,7 @@ import torch.fx
 from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
 from t2n_core.nnef.text import tract_dtype_name
-from t2n_core.ops._common import as_operand, dim_attr, dim_text, norm_axis
+from t2n_core.ops._common import norm_axis, stacked_indices
 from t2n_core.ops.registry import register
 
 aten = torch.ops.aten
@@ -92,23 +92,7 @@ def _index_nd(ctx: EmitContext, x: Ref, axes: list[int], indices: list[Ref]) -> 
             "transpose", [x], {"axes": perm}, dtype=ctx.dtype(x),
             shape=[x_shape[a] for a in perm], hint="index_nd",
         )  # fmt: skip
-    columns = []
-    for axis, item in zip(axes, indices):
-        i = _wrap_negative(ctx, ctx.cast(item, torch.int64), x_shape[axis])
-        if list(ctx.shape(i)) != b_shape:
-            i = ctx.emit(
-                "tract_core_broadcast", [i], {"shape": [dim_attr(d) for d in b_shape]},
-                dtype=torch.int64, shape=b_shape, hint="index_nd",
-            )  # fmt: skip
-        column = ctx.emit(
-            "unsqueeze", [i], {"axes": [n_b]}, dtype=torch.int64, shape=[*b_shape, 1],
-            hint="index_nd",
-        )  # fmt: skip
-        columns.append(column)
-    stacked = ctx.emit(
-        "concat", [columns], {"axis": n_b}, dtype=torch.int64, shape=[*b_shape, len(axes)],
-        hint="index_nd",
-    )  # fmt: skip
+    stacked = stacked_indices(ctx, indices, [x_shape[a] for a in axes], b_shape, "index_nd")
     gathered_shape = [*b_shape, *(x_shape[a] for a in others)]
     dtype = ctx.meta().dtype
     out = ctx.emit(
@@ -120,20 +104,6 @@ def _index_nd(ctx: EmitContext, x: Ref, axes: list[int], indices: list[Ref]) -> 
     pre = list(range(n_b, n_b + start))
     post = list(range(n_b + start, len(gathered_shape)))
     return ctx.emit_like("transpose", [out], {"axes": [*pre, *range(n_b), *post]})
-
-
-def _wrap_negative(ctx: EmitContext, i: Ref, size) -> Ref:
-    """``i + size * (i < 0)``: torch counts negative indices from the end."""
-    shape = ctx.shape(i)
-    negative = ctx.emit(
-        "lt", [i, ctx.scalar(0, torch.int64)], dtype=torch.bool, shape=shape, hint="index_neg"
-    )
-    negative = ctx.cast(negative, torch.int64)
-    offset = ctx.emit(
-        "mul", [negative, as_operand(ctx, dim_attr(dim_text(size)), torch.int64)],
-        dtype=torch.int64, shape=shape, hint="index_neg",
-    )  # fmt: skip
-    return ctx.emit("add", [i, offset], dtype=torch.int64, shape=shape, hint="index_neg")
 
 
 @register(aten.topk.default)

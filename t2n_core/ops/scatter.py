@@ -14,8 +14,7 @@ import torch.fx
 
 from t2n_core.emit import EmitContext
 from t2n_core.ir import Ref
-from t2n_core.ops._common import dim_attr, norm_axis
-from t2n_core.ops.index import _wrap_negative
+from t2n_core.ops._common import dim_attr, norm_axis, stacked_indices, wrap_negative
 from t2n_core.ops.registry import register
 
 aten = torch.ops.aten
@@ -28,7 +27,7 @@ def _scatter_elements(ctx: EmitContext, reduction: str, src=None):
     src = ctx.arg(3) if src is None else src
     dtype = ctx.meta().dtype
     axis = norm_axis(axis_arg, max(ctx.rank(x), 1))
-    index = _wrap_negative(ctx, ctx.cast(index, torch.int64), ctx.shape(x)[axis])
+    index = wrap_negative(ctx, ctx.cast(index, torch.int64), ctx.shape(x)[axis])
     idx_shape = list(ctx.shape(index))
     if isinstance(src, Ref):
         src = ctx.cast(src, dtype)
@@ -112,18 +111,7 @@ def index_put(ctx: EmitContext, node: torch.fx.Node):
     if moved:
         x = ctx.emit("transpose", [x], {"axes": perm}, dtype=ctx.dtype(x),
                      shape=[x_shape[a] for a in perm], hint="index_put")  # fmt: skip
-    columns = []
-    for axis, item in zip(axes, indices):
-        i = _wrap_negative(ctx, ctx.cast(item, torch.int64), x_shape[axis])
-        if list(ctx.shape(i)) != b_shape:
-            i = ctx.emit(
-                "tract_core_broadcast", [i], {"shape": [dim_attr(d) for d in b_shape]},
-                dtype=torch.int64, shape=b_shape, hint="index_put",
-            )  # fmt: skip
-        columns.append(ctx.emit("unsqueeze", [i], {"axes": [n_b]}, dtype=torch.int64,
-                                shape=[*b_shape, 1], hint="index_put"))  # fmt: skip
-    stacked = ctx.emit("concat", [columns], {"axis": n_b}, dtype=torch.int64,
-                       shape=[*b_shape, len(axes)], hint="index_put")  # fmt: skip
+    stacked = stacked_indices(ctx, indices, [x_shape[a] for a in axes], b_shape, "index_put")
     # torch's layout of x[indices]: B in place of adjacent indexed axes, else B first
     torch_shape = [*x_shape[:start], *b_shape,
                    *(x_shape[a] for a in others if a >= start)]  # fmt: skip
