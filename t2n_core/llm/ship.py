@@ -32,8 +32,6 @@ from torch import nn
 
 from t2n_core.check import CheckReport, check_archive
 from t2n_core.errors import (
-    ArchiveExistsError,
-    ArchiveTargetError,
     CheckpointError,
     CheckpointLayoutError,
     ExportInputError,
@@ -52,7 +50,13 @@ from t2n_core.llm.wrapper import (
     num_layers_of,
     output_names_for,
 )
-from t2n_core.nnef.archive import TMP_MARK, read_archive_files, remove_stale_temporaries
+from t2n_core.nnef.archive import (
+    TMP_MARK,
+    check_target,
+    read_archive_files,
+    remove_stale_temporaries,
+    replace_target,
+)
 from t2n_core.nnef.dat import DatHeader
 from t2n_core.progress import progress_bar
 from t2n_core.summary import human_bytes
@@ -153,8 +157,7 @@ def export_checkpoint(
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    target = Path(out)
-    _check_target(target, overwrite)
+    target = check_target(out, overwrite=overwrite, foreign=_not_ours)
     torch_dtype = _torch_dtype(dtype)
     if (f32_attention or f32_norm) and torch_dtype != torch.float16:
         raise ExportInputError("f32_attention / f32_norm only apply to an f16 export (dtype='f16')")
@@ -220,10 +223,8 @@ def export_checkpoint(
             f32_attention, f32_norm, list(samples), tol, report,
         )  # fmt: skip
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-        _check_target(target, overwrite)  # it may have appeared meanwhile
-        if target.exists():
-            os.rename(target, tmp / "old")  # removed with tmp once the new one is in place
-        os.rename(staging, target)
+        check_target(target, overwrite=overwrite, foreign=_not_ours)  # it may have appeared
+        replace_target(staging, target, tmp)  # an old output ends up in tmp, removed below
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.path = target / ARCHIVE_NAME
@@ -232,25 +233,22 @@ def export_checkpoint(
     return shipped
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``, and even then anything but a directory
-    written by ``export_checkpoint`` (or an empty one): its files would be lost."""
-    if not target.exists():
-        return
-    if not overwrite:
-        raise ArchiveExistsError(f"{target} already exists; pass overwrite=True to replace it")
+def _not_ours(target: Path) -> str | None:
+    """Why ``target`` is not an output ``export_checkpoint`` may replace (None: an empty
+    directory, or one it wrote): any other files would be lost."""
     if target.is_dir() and not any(target.iterdir()):
-        return
+        return None
     manifest = target / MANIFEST_NAME
     try:
         ours = json.loads(manifest.read_text()).get("format", "").startswith("t2n-llm/")
     except (OSError, ValueError, AttributeError):
         ours = False
-    if not ours:
-        raise ArchiveTargetError(
-            f"{target} exists and is not a directory written by export-llm (no {MANIFEST_NAME} "
-            "of format t2n-llm): not replacing it; choose another output"
-        )
+    if ours:
+        return None
+    return (
+        f"{target} exists and is not a directory written by export-llm (no {MANIFEST_NAME} "
+        "of format t2n-llm): not replacing it; choose another output"
+    )
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -92,18 +92,28 @@ def resolve_target(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(target)) if target.is_symlink() else target
 
 
-def check_target(path: str | os.PathLike, *, overwrite: bool) -> Path:
+def check_target(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool,
+    foreign: Callable[[Path], str | None] | None = None,
+) -> Path:
     """Refuse, before any work, a target that cannot or must not be written; return it.
 
     Raises :class:`ArchiveExistsError` when it exists and ``overwrite`` is False, and
     :class:`ArchiveTargetError` when its folder is not writable or when it exists but is not
-    an NNEF archive of the same kind (a folder holding other files, a file that is not a tar).
+    what this writer may replace: by default an NNEF archive of the same kind (not a folder
+    holding other files, nor a file that is not a tar); a writer of another kind of output
+    passes ``foreign``, which says why an existing target is not its own (None: it is).
     """
     target = resolve_target(path)
     if target.exists():
         if not overwrite:
             raise ArchiveExistsError(f"{path} already exists; pass overwrite=True to replace it")
-        _check_replaceable(target, shown=str(path))
+        if foreign is None:
+            _check_replaceable(target, shown=str(path))
+        elif (reason := foreign(target)) is not None:
+            raise ArchiveTargetError(reason)
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -202,7 +212,7 @@ def write_archive(
             verify(staged)
         if target.exists():
             _check_replaceable(target, shown=str(path))  # it may have changed meanwhile
-        _replace(staged, target, tmp)
+        replace_target(staged, target, tmp)
     except PermissionError as exc:
         raise ArchiveTargetError(f"cannot write {path}: {exc.strerror}") from exc
     finally:
@@ -242,8 +252,10 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _replace(staged: Path, target: Path, tmp: Path) -> None:
-    """Move ``staged`` to ``target``; any old ``target`` ends up inside ``tmp``."""
+def replace_target(staged: Path, target: Path, tmp: Path) -> None:
+    """Move ``staged`` to ``target``; any old ``target`` ends up inside ``tmp``. A file is
+    replaced by one atomic rename; a folder is swapped with the old one atomically where the
+    OS can (Linux ``renameat2``), else renamed away just before the new one moves in."""
     if not staged.is_dir() or not target.exists():
         os.replace(staged, target)  # one atomic rename: the file path is never missing
         return

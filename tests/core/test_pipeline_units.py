@@ -9,10 +9,15 @@ import sympy
 import torch
 
 from t2n_core.encoding import encoding_of
-from t2n_core.errors import ArchiveFormatError, TranslationError
+from t2n_core.errors import (
+    ArchiveExistsError,
+    ArchiveFormatError,
+    ArchiveTargetError,
+    TranslationError,
+)
 from t2n_core.file_labels import MAX_LABEL, assign_file_labels
 from t2n_core.ir import Graph, Variable, is_identifier, sanitize
-from t2n_core.nnef.archive import member_path
+from t2n_core.nnef.archive import check_target, member_path
 from t2n_core.nnef.text import escape_string, literal, unescape_string
 from t2n_core.passes import prepare_for_archive
 from t2n_core.symbolic import SymbolTable
@@ -112,3 +117,16 @@ def test_graph_passes_are_a_step_before_writing():
     assert prepare_for_archive(g) is g and g.prepared
     names = [name for name, _ in archive_files(prepare_for_archive(g))]  # a second call: no-op
     assert names == ["graph.nnef", "w.dat"]
+
+
+def test_check_target_asks_another_writer_what_it_may_replace(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ArchiveExistsError):
+        check_target(out, overwrite=False, foreign=lambda p: None)
+    with pytest.raises(ArchiveTargetError, match="not ours"):
+        check_target(out, overwrite=True, foreign=lambda p: f"{p.name} is not ours")
+    assert check_target(out, overwrite=True, foreign=lambda p: None) == out
+    with pytest.raises(ArchiveTargetError, match="not an NNEF archive"):
+        check_target(out, overwrite=True)  # the default: NNEF archives only
