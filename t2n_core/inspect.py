@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from t2n_core.errors import ArchiveFormatError
+from t2n_core.graph_select import GRAPHS_PROPERTY
 from t2n_core.io_spec import IOSpec
 from t2n_core.nnef.archive import read_archive_files
 from t2n_core.nnef.dat import DatHeader
@@ -16,6 +18,8 @@ from t2n_core.nnef.graph_text import GRAPH_RE, graph_body, graph_properties
 
 _ASSIGN_RE = re.compile(r"^\s*(?:[\w\[\](), ]+?)\s*=\s*([A-Za-z_]\w*)\s*(?:<\w+>)?\s*\(", re.M)
 _DECLS = {"external", "tract_core_external", "variable"}
+_FRAGMENT_RE = re.compile(r"^fragment\s+(\w+)\s*\(.*?\)\s*->\s*\(.*?\)\s*\{(.*?)^\}", re.M | re.S)
+_CALL_RE = re.compile(r"^\s*[\w\[\](), ]+?\s*=\s*([A-Za-z_]\w*)\s*(?:<\w+>)?\s*\(", re.S)
 
 
 @dataclass
@@ -28,11 +32,23 @@ class ArchiveInfo:
     tensor_bytes: dict[str, int]
     extensions: list[str] = field(default_factory=list)
     properties: dict[str, str] = field(default_factory=dict)
+    #: fragments whose ops the histogram counts per call: name -> calls
+    fragment_calls: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         from t2n_core.summary import format_summary
 
         text = format_summary(self)
+        graphs = self.properties.get(GRAPHS_PROPERTY)
+        if graphs:  # an archive of several graphs (t2n_core.many): which io makes each
+            text += "\ngraphs (run one with t2n check --graph NAME):\n" + "\n".join(
+                f"  {name}: ({', '.join(io['inputs'])}) -> ({', '.join(io['outputs'])})"
+                for name, io in json.loads(graphs).items()
+            )
+        if self.fragment_calls:
+            text += "\nfragment calls (the ops above count each call's ops):\n" + "\n".join(
+                f"  {name}  {calls}" for name, calls in sorted(self.fragment_calls.items())
+            )
         if self.extensions:
             text += "\nextensions:\n" + "\n".join(f"  {e}" for e in self.extensions)
         if self.properties:
@@ -57,7 +73,7 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
     graph_name = match.group(1)
     input_names = [n.strip() for n in match.group(2).split(",") if n.strip()]
     output_names = [n.strip() for n in match.group(3).split(",") if n.strip()]
-    ops = Counter(op for op in _ASSIGN_RE.findall(graph_body(text)) if op not in _DECLS)
+    ops, fragment_calls = op_counts(text)
     sizes: Counter = Counter()
     for name, raw in files.items():
         if name.endswith(".dat"):
@@ -68,8 +84,40 @@ def inspect_archive(path: str | os.PathLike) -> ArchiveInfo:
     properties = graph_properties(text)
     return ArchiveInfo(
         Path(path), graph_name, inputs, outputs, dict(sorted(ops.items())),
-        dict(sorted(sizes.items())), extensions, properties,
+        dict(sorted(sizes.items())), extensions, properties, fragment_calls,
     )  # fmt: skip
+
+
+def op_counts(text: str) -> tuple[Counter, dict[str, int]]:
+    """How many times the graph of a graph.nnef text runs each op, and the fragments whose
+    calls were counted by their ops (name -> calls).
+
+    A fragment defined in the text whose body is only ``outputs = op(...)`` statements (a
+    repeated block) counts as the ops inside it, once per call, recursively; any other (a
+    helper written with operators such as ``x - mean``) counts as one op of its name.
+    """
+    bodies = {name: body for name, body in _FRAGMENT_RE.findall(text)}
+    expandable = {
+        name: [m.group(1) for m in map(_CALL_RE.match, statements) if m]
+        for name, body in bodies.items()
+        if (statements := [s for s in body.split(";") if s.strip()])
+        and all(_CALL_RE.match(s) for s in statements)
+    }
+    calls: Counter = Counter()
+
+    def count(ops: list[str], times: int, seen: tuple[str, ...]) -> Counter:
+        out: Counter = Counter()
+        for op in ops:
+            if op in _DECLS:
+                continue
+            if op in expandable and op not in seen:
+                calls[op] += times
+                out.update(count(expandable[op], times, (*seen, op)))
+            else:
+                out[op] += times
+        return out
+
+    return count(_ASSIGN_RE.findall(graph_body(text)), 1, ()), dict(sorted(calls.items()))
 
 
 def _io_from_tract(

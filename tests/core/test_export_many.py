@@ -10,6 +10,7 @@ from torch import nn
 
 import t2n_core
 from t2n_core.errors import ExportInputError, T2NError
+from t2n_core.inspect import inspect_archive
 from t2n_core.nnef.archive import list_archive
 
 
@@ -76,6 +77,8 @@ def test_encoder_decoder_share_the_embedding_stored_once(tmp_path):
     assert not any("emb" in n for n in files if n != "emb.weight.dat")
     assert {"encoder.lin.weight.dat", "decoder.lin.weight.dat"} <= set(files)
     assert any("emb.weight" in n and "same tensor" in n for n in result.notes)
+    summary = str(inspect_archive(path))
+    assert "  decoder: (decoder_ids, decoder_memory) -> (decoder_output)" in summary
 
     # size: one archive of both stores the embedding once, two archives store it twice
     sep_enc, sep_dec = tmp_path / "enc.nnef.tgz", tmp_path / "dec.nnef.tgz"

@@ -86,6 +86,12 @@ def test_transformer_encoder_one_fragment_called_per_layer(tmp_path):
     assert "fragment block_" not in graph_text(flat.path)
     assert len(text) < len(graph_text(flat.path))
     assert result.op_histogram == flat.op_histogram  # the summary counts ops inside calls
+    from t2n_core.inspect import inspect_archive
+
+    info = inspect_archive(result.path)  # so does inspect, and it says which calls it counted
+    assert info.op_histogram == result.op_histogram
+    assert info.fragment_calls == {"block_transformer_encoder_layer": 4}
+    assert "block_transformer_encoder_layer  4" in str(info)
 
 
 def test_stack_of_conv1d_blocks_dynamic_length(tmp_path):
