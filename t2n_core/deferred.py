@@ -7,9 +7,17 @@ tensor at a time; nothing is kept afterwards. Capture uses an untouched proxy
 (``nnef_float_proxy``), so a model whose every weight is deferred is exported in memory that
 does not grow with the model.
 
-Any torch op applied to a DeferredTensor runs on its float value (read, transformed and
-converted a slab of rows at a time, used, released; an embedding lookup reads only its rows),
-so the model still runs in PyTorch: slowly, but in memory bounded by its largest weight.
+Rows are read, transformed and encoded a slab of about :data:`FLOAT_SLAB_VALUES` values at a
+time, so the rows read are never all in memory at once: writing a weight holds its encoded
+payload (e.g. Q4_0 bytes) and one slab, never the whole source tensor beside it. ``transform``
+must therefore be row-local (its value on rows ``a:b`` is rows ``a:b`` of its value on all
+rows), as a codec whose blocks never cross rows is.
+
+Any torch op applied to a DeferredTensor runs on its float value (built a slab of rows at a
+time, used, released), so the model still runs in PyTorch: slowly, but in memory bounded by its
+largest weight. ``F.linear`` on a DeferredTensor weight (a LM head of 128k rows) never builds
+the whole float weight: its outputs are computed a slab of weight rows at a time, and an
+embedding lookup reads only its rows.
 
 ``transform`` maps the rows as read (the source's dtype) to the stored tensor (for example a
 quantizer returning a QTensor); without one, the rows are converted to ``dtype``.
@@ -22,9 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_map_only
 
@@ -36,7 +46,7 @@ logger = logging.getLogger(__name__)
 #: ``read(begin, end)``: rows ``begin:end`` of dim 0 (all of a rank-0 tensor), in the source dtype
 RowReader = Callable[[int, int], torch.Tensor]
 
-#: values read, transformed and converted at once by :meth:`DeferredTensor.float_value`
+#: values read, transformed and converted or encoded at once (a slab of rows)
 FLOAT_SLAB_VALUES = 1 << 22
 
 _VIEW_OPS = {torch.ops.aten.detach.default, torch.ops.aten.alias.default}
@@ -50,8 +60,6 @@ class DeferredTensor(torch.Tensor):
     >>> (w + 1)[2].tolist(), w.materialize().dtype
     ([5.0, 6.0], torch.float16)
     """
-
-    __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
     def __new__(
@@ -105,11 +113,25 @@ class DeferredTensor(torch.Tensor):
         )  # fmt: skip
 
     def materialize(self) -> Any:
-        """Read the rows and transform them: a plain tensor of ``dtype``, or e.g. a QTensor."""
-        raw = self.read(*self.row_range)
-        if self.transform is not None:
-            return self.transform(raw)
-        return raw.to(self.dtype)
+        """Read the rows and transform them: a plain tensor of ``dtype``, or e.g. a QTensor.
+        (All rows at once: the writer and PyTorch ops go a slab at a time instead.)"""
+        return self._stored_rows(*self.row_range)
+
+    def _stored_rows(self, begin: int, end: int) -> Any:
+        """Rows ``begin:end`` (absolute, in the source) as stored: transformed or converted."""
+        raw = self.read(begin, end)
+        return self.transform(raw) if self.transform is not None else raw.to(self.dtype)
+
+    def _float_rows(self, begin: int, end: int) -> torch.Tensor:
+        value = self._stored_rows(begin, end)
+        return self.to_float(value) if self.to_float is not None else value
+
+    def slabs(self) -> Iterator[tuple[int, int]]:
+        """Absolute row ranges of about :data:`FLOAT_SLAB_VALUES` values each, in order."""
+        first, last = self.row_range
+        step = max(1, FLOAT_SLAB_VALUES // max(1, math.prod(self.shape[1:])))
+        for r0 in range(first, last, step):
+            yield r0, min(last, r0 + step)
 
     # ---- storage protocol (t2n_core.storage) -------------------------------------------
 
@@ -121,32 +143,55 @@ class DeferredTensor(torch.Tensor):
         """The encoding of the materialized tensor, known without reading any value."""
         if self.encoded_like is None:
             nbytes = self.numel() * self.element_size()
-            var = EncodedVariable(
-                "", tuple(self.shape), data=lambda: tensor_buffer(self.materialize()),
-                dtype=self.dtype, nbytes=nbytes,
-            )  # fmt: skip
-            return Encoding([var])
-        template = self.encoded_like.nnef_encoding(label)
+            template = Encoding([EncodedVariable("", tuple(self.shape), data=_unread,
+                                                 dtype=self.dtype, nbytes=nbytes)])  # fmt: skip
+        else:
+            template = self.encoded_like.nnef_encoding(label)
         count = len(template.variables)
         variables = [
-            dataclasses.replace(ev, data=self._payload(label, i, count))
+            dataclasses.replace(ev, data=self._payload(label, template, i, count))
             for i, ev in enumerate(template.variables)
         ]
         return dataclasses.replace(template, variables=variables)
 
-    def _payload(self, label: str, index: int, count: int) -> Callable[[], bytes | memoryview]:
+    def _payload(
+        self, label: str, template: Encoding, index: int, count: int
+    ) -> Callable[[], bytes | memoryview]:
         """Variable ``index`` of the materialized encoding; the writer asks for them in order,
-        so the materialized tensor is kept from the first to the last one, then released."""
+        so the payloads are kept from the first to the last one, then released."""
 
         def produce() -> bytes | memoryview:
             if self._cached is None or index == 0:
-                self._cached = self.materialize().nnef_encoding(label)
-            data = self._cached.variables[index].data()
+                self._cached = self._encode_by_slabs(label, template)
+            data = self._cached[index]
             if index == count - 1:
                 self._cached = None
             return data
 
         return produce
+
+    def _encode_by_slabs(self, label: str, template: Encoding) -> list[memoryview]:
+        """Every variable's payload, the rows read and encoded a slab at a time.
+
+        A variable whose dim 0 is the rows (codes, scales, a Q4_0 payload: row-major) is the
+        concatenation of the slabs' payloads, copied into one buffer of its whole size; any
+        other variable (a code book) must be the same in every slab."""
+        if not self.shape:
+            value = self.materialize()
+            return [_bytes(ev.data()) for ev in _encoding_of(value, label, ()).variables]
+        rows = self.row_range[1] - self.row_range[0]
+        payloads = [_Payload(_payload_size(ev)) for ev in template.variables]
+        for r0, r1 in self.slabs():
+            part = _encoding_of(self._stored_rows(r0, r1), label, (r1 - r0, *self.shape[1:]))
+            if len(part.variables) != len(payloads):
+                raise ValueError(f"{self!r}: a slab's encoding has other variables than the whole")
+            for ev, full, payload in zip(part.variables, template.variables, payloads):
+                by_rows = full.shape[:1] == (rows,) and ev.shape[:1] == (r1 - r0,)
+                payload.add(_bytes(ev.data()), by_rows, f"{self!r}: variable {full.suffix!r}")
+        return [
+            p.result(f"{self!r}: variable {ev.suffix!r}")
+            for ev, p in zip(template.variables, payloads)
+        ]
 
     def nnef_slice_rows(self, begin: int, end: int) -> DeferredTensor | None:
         """Rows ``begin:end``, still deferred (when ``encoded_like`` can cut its own rows)."""
@@ -168,30 +213,47 @@ class DeferredTensor(torch.Tensor):
 
     def float_value(self) -> torch.Tensor:
         """The values PyTorch computes with: the materialized tensor as a plain ``dtype``
-        tensor, built a slab of rows at a time when a transform (a quantizer) needs
-        ``to_float`` (so only the float result is ever whole, not also the read rows and the
-        encoded copy)."""
-        if self.transform is None or self.to_float is None or not self.shape:
+        tensor, built a slab of rows at a time (so only the float result is ever whole, not
+        also the read rows and the encoded copy)."""
+        if not self.shape or (self.transform is not None and self.to_float is None):
             value = self.materialize()
             return self.to_float(value) if self.to_float is not None else value
-        first, last = self.row_range
+        first = self.row_range[0]
         out = torch.empty(self.shape, dtype=self.dtype)
-        step = max(1, FLOAT_SLAB_VALUES // max(1, out[0].numel()))
-        for r0 in range(first, last, step):
-            r1 = min(last, r0 + step)
-            out[r0 - first : r1 - first] = self.to_float(self.transform(self.read(r0, r1)))
+        for r0, r1 in self.slabs():
+            out[r0 - first : r1 - first] = self._float_rows(r0, r1)
         return out
 
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         """``float_value()[index]``, reading only those rows (an embedding lookup)."""
         first = self.row_range[0]
         unique, inverse = torch.unique(index.reshape(-1), return_inverse=True)
-        rows = []
-        for i in unique.tolist():
-            raw = self.read(first + i, first + i + 1)
-            value = raw.to(self.dtype) if self.transform is None else self.transform(raw)
-            rows.append(self.to_float(value) if self.to_float is not None else value)
+        rows = [self._float_rows(first + i, first + i + 1) for i in unique.tolist()]
         return torch.cat(rows)[inverse].reshape(*index.shape, *self.shape[1:])
+
+    def _linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``F.linear(x, self, bias)``, a slab of weight rows (output features) at a time."""
+        first = self.row_range[0]
+        out = torch.empty(*x.shape[:-1], self.shape[0], dtype=x.dtype)
+        for r0, r1 in self.slabs():
+            part = torch.nn.functional.linear(x, self._float_rows(r0, r1))
+            out[..., r0 - first : r1 - first] = part
+        return out if bias is None else out + bias
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear:
+            x, weight, bias = _linear_args(*args, **kwargs)
+            if (
+                isinstance(weight, DeferredTensor)
+                and weight.dim() == 2
+                and (weight.transform is None or weight.to_float is not None)
+                and not isinstance(x, DeferredTensor)
+            ):
+                return weight._linear(x, bias)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -213,3 +275,74 @@ def holds_deferred(model: torch.nn.Module) -> bool:
     """Whether any parameter or buffer of ``model`` is a DeferredTensor."""
     tensors = [*model.parameters(), *model.buffers()]
     return any(isinstance(t, DeferredTensor) for t in tensors)
+
+
+def _linear_args(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return input, weight, bias
+
+
+def _unread() -> bytes:
+    raise AssertionError("a DeferredTensor's template payload is never read")
+
+
+def _bytes(data: bytes | memoryview) -> memoryview:
+    return memoryview(data).cast("B")
+
+
+class _Payload:
+    """One variable's payload, assembled from the slabs' payloads."""
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        self.buffer: np.ndarray | None = None if size is None else np.empty(size, np.uint8)
+        self.parts: list[bytes] = []
+        self.filled = 0
+        self.same: memoryview | None = None
+
+    def add(self, data: memoryview, by_rows: bool, what: str) -> None:
+        """Append a slab's rows, or check that a variable not cut by rows is unchanged."""
+        if not by_rows:
+            if self.same is None:
+                self.same = memoryview(bytes(data))
+            elif self.same != data:
+                raise ValueError(f"{what} differs between slabs of rows but is not cut by rows")
+            return
+        if self.buffer is None:
+            self.parts.append(bytes(data))
+        else:
+            if self.filled + len(data) > len(self.buffer):
+                raise ValueError(f"{what}: the slabs' payloads exceed its size {self.size}")
+            self.buffer[self.filled : self.filled + len(data)] = np.frombuffer(data, np.uint8)
+        self.filled += len(data)
+
+    def result(self, what: str) -> memoryview:
+        if self.same is not None:
+            if self.filled:
+                raise ValueError(f"{what} is cut by rows in some slabs only")
+            return self.same
+        if self.buffer is None:
+            return memoryview(b"".join(self.parts))
+        if self.filled != self.size:
+            raise ValueError(
+                f"{what}: the slabs' payloads hold {self.filled} bytes, not {self.size}"
+            )
+        return memoryview(self.buffer).cast("B")
+
+
+def _encoding_of(value: Any, label: str, shape: tuple[int, ...]) -> Encoding:
+    """``value``'s own encoding (a QTensor), or a plain ``.dat`` of its dtype."""
+    if hasattr(value, "nnef_encoding"):
+        return value.nnef_encoding(label)
+    var = EncodedVariable("", shape, data=lambda: tensor_buffer(value), dtype=value.dtype)
+    return Encoding([var])
+
+
+def _payload_size(ev: EncodedVariable) -> int | None:
+    """The payload size of a template variable, known without producing it (or ``None``)."""
+    if ev.nbytes is not None:
+        return ev.nbytes
+    if ev.dtype is not None:
+        return math.prod(ev.shape) * ev.dtype.itemsize
+    return None
