@@ -100,13 +100,15 @@ def make_checkpoint(size: str, out: Path) -> None:
 
 def export_in_child(ckpt: Path, out: Path, codec: str | None, check: bool, dtype: str) -> dict:
     code = f"""
-        import json, time
+        import json, resource, time
         start = time.perf_counter()
         from benchmarks._child import vm_hwm_bytes
         from t2n_quant.llm import export_checkpoint
         shipped = export_checkpoint({str(ckpt)!r}, {str(out)!r}, codec={codec!r}, dtype={dtype!r},
                                     check={check!r}, overwrite=True, progress=False)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         print(json.dumps({{"seconds": time.perf_counter() - start, "peak": vm_hwm_bytes(),
+                          "cpu": usage.ru_utime + usage.ru_stime,
                           "timings": shipped.timings,
                           "archive": shipped.manifest["archive_bytes"],
                           "params": shipped.manifest["parameters"]}}))
@@ -190,8 +192,8 @@ def main() -> None:
         start = time.perf_counter()
         r = export_in_child(args.ckpt, args.out, args.codec, not args.no_check, args.dtype)
         print(f"{args.ckpt.name} {args.codec or args.dtype} check={not args.no_check}: "
-              f"{r['seconds']:.1f} s in the child ({time.perf_counter() - start:.1f} s with start),"
-              f" peak RSS {r['peak'] / 2**30:.2f} GiB, archive {r['archive'] / 2**20:.0f} MiB, "
+              f"{r['seconds']:.1f} s in the child ({time.perf_counter() - start:.1f} s with start,"
+              f" {r['cpu']:.0f} s CPU), peak RSS {r['peak'] / 2**30:.2f} GiB, archive {r['archive'] / 2**20:.0f} MiB, "
               f"{r['params'] / 1e6:.0f}M parameters; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))  # fmt: skip
     elif args.cmd == "tract":

@@ -73,6 +73,7 @@ class DeferredTensor(torch.Tensor):
         name: str | None = None,
         rows: tuple[int, int] | None = None,
         to_float: Callable[[Any], torch.Tensor] | None = None,
+        float_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> DeferredTensor:
         return torch.Tensor._make_wrapper_subclass(
             cls, tuple(shape), dtype=dtype, device="cpu", requires_grad=False
@@ -89,9 +90,11 @@ class DeferredTensor(torch.Tensor):
         name: str | None = None,
         rows: tuple[int, int] | None = None,
         to_float: Callable[[Any], torch.Tensor] | None = None,
+        float_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.read = read
         self.to_float = to_float
+        self.float_rows = float_rows
         self.transform = transform
         self.encoded_like = encoded_like
         self.tensor_name = name
@@ -104,12 +107,16 @@ class DeferredTensor(torch.Tensor):
         encoded_like: Any,
         dtype: torch.dtype,
         to_float: Callable[[Any], torch.Tensor] | None = None,
+        float_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> DeferredTensor:
         """The same rows, stored as ``transform(rows)`` (encoded like ``encoded_like``);
-        ``to_float`` gives the float tensor that a transformed slab of rows stands for."""
+        ``to_float`` gives the float tensor that a transformed slab of rows stands for, and
+        ``float_rows`` (optional) the same directly from the rows read, bit for bit
+        ``to_float(transform(rows))`` but cheaper (a quantizer's fake quantization skips
+        packing and unpacking): PyTorch ops, which read every weight again, use it."""
         return DeferredTensor(
             self.read, tuple(self.shape), dtype, transform=transform, encoded_like=encoded_like,
-            name=self.tensor_name, rows=self.row_range, to_float=to_float,
+            name=self.tensor_name, rows=self.row_range, to_float=to_float, float_rows=float_rows,
         )  # fmt: skip
 
     def materialize(self) -> Any:
@@ -123,6 +130,8 @@ class DeferredTensor(torch.Tensor):
         return self.transform(raw) if self.transform is not None else raw.to(self.dtype)
 
     def _float_rows(self, begin: int, end: int) -> torch.Tensor:
+        if self.float_rows is not None:
+            return self.float_rows(self.read(begin, end))
         value = self._stored_rows(begin, end)
         return self.to_float(value) if self.to_float is not None else value
 
@@ -206,7 +215,7 @@ class DeferredTensor(torch.Tensor):
         return DeferredTensor(
             self.read, (end - begin, *self.shape[1:]), self.dtype, transform=self.transform,
             encoded_like=encoded_like, name=name, rows=(first + begin, first + end),
-            to_float=self.to_float,
+            to_float=self.to_float, float_rows=self.float_rows,
         )  # fmt: skip
 
     # ---- torch integration -------------------------------------------------------------

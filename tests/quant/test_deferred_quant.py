@@ -18,7 +18,7 @@ def reference(source: torch.Tensor, spec: str) -> torch.Tensor:
     return qt.with_inner(lambda t: t, dtype=torch.float32).dequantize()
 
 
-@pytest.mark.parametrize("spec", ["q4_0", "minmax:4:g32"])
+@pytest.mark.parametrize("spec", ["q4_0", "minmax:4:g32", "symmetric:3:g32", "nf4:4:g32"])
 def test_quantize_model_defers_and_matches(spec, monkeypatch):
     monkeypatch.setattr(t2n_core.deferred, "FLOAT_SLAB_VALUES", 128)  # several slabs
     source = torch.randn(10, 64)
@@ -32,7 +32,8 @@ def test_quantize_model_defers_and_matches(spec, monkeypatch):
     lin._parameters["weight"] = DeferredTensor(read, (10, 64), torch.float32, name="weight")
     summary = quantize_model(lin, spec, progress=False)
     assert not reads and [q.name for q in summary.quantized] == ["weight"]
-    assert summary.quantized[0].bits_per_weight == pytest.approx(4.5 if spec == "q4_0" else 5.0)
+    bits = {"q4_0": 4.5, "minmax:4:g32": 5.0, "symmetric:3:g32": 3.5, "nf4:4:g32": 5.0}[spec]
+    assert summary.quantized[0].bits_per_weight == pytest.approx(bits)
     weight = lin.weight
     assert isinstance(weight, DeferredTensor) and weight.dtype == torch.float32
     x = torch.randn(3, 64)
