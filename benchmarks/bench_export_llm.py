@@ -193,7 +193,8 @@ def main() -> None:
         r = export_in_child(args.ckpt, args.out, args.codec, not args.no_check, args.dtype)
         print(f"{args.ckpt.name} {args.codec or args.dtype} check={not args.no_check}: "
               f"{r['seconds']:.1f} s in the child ({time.perf_counter() - start:.1f} s with start,"
-              f" {r['cpu']:.0f} s CPU), peak RSS {r['peak'] / 2**30:.2f} GiB, archive {r['archive'] / 2**20:.0f} MiB, "
+              f" {r['cpu']:.0f} s CPU), peak RSS {r['peak'] / 2**30:.2f} GiB, "
+              f"archive {r['archive'] / 2**20:.0f} MiB, "
               f"{r['params'] / 1e6:.0f}M parameters; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))  # fmt: skip
     elif args.cmd == "tract":
