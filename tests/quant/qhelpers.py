@@ -1,13 +1,14 @@
-"""Helpers shared by the t2n_quant tests: accuracy metrics and a hand-written tract graph."""
+"""Helpers shared by the t2n_quant tests: accuracy metrics, a weight exported alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
-from t2n_core.nnef.dat import DatHeader
-from t2n_core.storage import Encoding
+import t2n_core
 from t2n_quant.compare import sqnr
 
 #: every accuracy assertion uses these thresholds: the least SQNR a codec of that many
@@ -20,50 +21,21 @@ MIN_SQNR_DB = {2: 2.5, 3: 10.0, 4: 17.5, 5: 24.0, 6: 30.0, 8: 42.5}
 sqnr_db = sqnr
 
 
-def _literal(value: object) -> str:
-    if isinstance(value, str):
-        return f"'{value}'"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_literal(v) for v in value) + "]"
-    return str(value)
+class WeightOnly(nn.Module):
+    """A module whose output is its one weight: exporting it writes that (quantized) weight
+    through the real path (its encoder, the graph passes, the writer)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
 
 
-def write_weight_graph(
-    enc: Encoding, label: str, directory: Path, body: str = "", inputs: tuple[str, ...] = ()
-) -> Path:
-    """Write graph.nnef + .dat files declaring one encoded weight named ``w``.
-
-    ``body`` lines may use ``w`` and the graph ``inputs`` (declared in the body with
-    ``tract_core_external``) and must define ``y``; without a body the graph outputs ``w``.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = ["version 1.0;", ""]
-    extensions = set(enc.extensions) | {"tract_registry tract_core"}
-    lines += [f"extension {e};" for e in sorted(extensions)]
-    lines += ["", *(text.strip() + "\n" for _, text in sorted(enc.fragments.items()))]
-    output = "y" if body else "w"
-    lines += [f"graph G({', '.join(inputs)}) -> ({output})", "{"]
-    single = enc.call is None
-    for ev in enc.variables:
-        kind = "integer" if ev.dtype is not None and not ev.dtype.is_floating_point else "scalar"
-        vname = "w" if single else f"w{ev.suffix}"
-        lines.append(
-            f"  {vname} = variable<{kind}>(label = '{label}{ev.suffix}', "
-            f"shape = {_literal(list(ev.shape))});"
-        )
-        payload = ev.data()
-        if ev.custom_item_type is not None:
-            header = DatHeader.for_tract_type(ev.custom_item_type, ev.shape, len(payload))
-        else:
-            header = DatHeader.for_dtype(ev.dtype, ev.shape)
-        (directory / f"{label}{ev.suffix}.dat").write_bytes(header.pack() + payload)
-    if not single:
-        frag, suffixes, attrs = enc.call
-        args = [f"w{s}" for s in suffixes] + [f"{k} = {_literal(v)}" for k, v in attrs.items()]
-        lines.append(f"  w = {frag}({', '.join(args)});")
-    lines += [f"  {line}" for line in body.splitlines() if line.strip()]
-    lines.append("}")
-    (directory / "graph.nnef").write_text("\n".join(lines) + "\n")
+def export_weight(qt: torch.Tensor, directory: Path) -> Path:
+    """Export :class:`WeightOnly` of ``qt`` (no inputs) to the folder archive ``directory``."""
+    t2n_core.export(WeightOnly(qt), (), directory, progress=False)
     return directory
 
 

@@ -13,7 +13,7 @@ from t2n_quant import QParams, parse_spec, quantize_model, quantize_tensor
 from t2n_quant.codecs.codebook import FP4Codec, NF4Codec
 from t2n_quant.errors import UnsupportedCodecOptionError
 from tests.helpers import export_and_check
-from tests.quant.qhelpers import run_tract, sqnr_db, write_weight_graph
+from tests.quant.qhelpers import export_weight, run_tract, sqnr_db
 
 SPECS = ["nf4", "nf4:g32", "nf4:g48", "nf4:pc", "fp4:g64", "fp4:g128", "int8", "int8:8:g32"]
 
@@ -54,8 +54,7 @@ def test_bad_block_size() -> None:
 @pytest.mark.parametrize("spec", ["nf4:g64", "nf4:g48", "fp4:g32", "fp4:pc", "int8", "int8:8:g16"])
 def test_tract_bit_exact(spec: str, tmp_path: Path) -> None:
     qt = quantize_tensor(weight(2), spec)
-    write_weight_graph(qt.nnef_encoding("layer.weight"), "layer.weight", tmp_path)
-    (out,) = run_tract(tmp_path)
+    (out,) = run_tract(export_weight(qt, tmp_path / "w"))
     expected = qt.dequantize().numpy()
     assert out.dtype == expected.dtype and out.shape == expected.shape
     assert np.array_equal(out.view(np.uint32), expected.view(np.uint32))

@@ -11,7 +11,7 @@ import tract  # noqa: F401  a runtime dependency: missing must fail, not skip
 
 from t2n_quant import quantize_tensor
 from t2n_quant.codecs import SUPPORTED_BITS
-from tests.quant.qhelpers import run_tract, write_weight_graph
+from tests.quant.qhelpers import export_weight, run_tract
 
 GROUPS = ["g16", "g32", "g64", "g128", "g256", "pc"]
 
@@ -23,8 +23,7 @@ def weight(group: str, seed: int) -> torch.Tensor:
 
 
 def tract_weight(qt: torch.Tensor, tmp: Path) -> np.ndarray:
-    write_weight_graph(qt.nnef_encoding("layer.weight"), "layer.weight", tmp)
-    (out,) = run_tract(tmp)
+    (out,) = run_tract(export_weight(qt, tmp / "w"))
     return out
 
 
