@@ -42,7 +42,8 @@ def step_runnables(path: str | os.PathLike) -> tuple[Any, Any]:
     """``(prefill, decode)`` runnables of an archive: its ``prefill`` and ``decode`` graphs
     when it holds them (:func:`~t2n_core.llm.export.export_prefill_decode`), else its one
     step graph twice."""
-    from t2n_core.many import archive_graphs, load_graph
+    from t2n_core.graph_select import archive_graphs
+    from t2n_core.many import load_graph
 
     graphs = archive_graphs(path)
     if {"prefill", "decode"} <= set(graphs):
