@@ -27,14 +27,17 @@ import contextlib
 import copy
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2n_core.deferred import DeferredTensor
 from t2n_core.errors import LoraError
 
 logger = logging.getLogger(__name__)
@@ -306,8 +309,8 @@ def _merged_module(site: LoraSite) -> nn.Module:
     if site.layout == "peft" and (module.disable_adapters or module.merged):
         return module.get_base_layer()  # it already runs as its base layer
     if site.layout == "peft":
-        merged = copy.deepcopy(module)
-        _refuse_quantized(site, merged.get_base_layer())
+        _refuse_quantized(site, module.get_base_layer())
+        merged = copy.deepcopy(module, _read_streamed(module))
         try:
             merged.merge(safe_merge=True)
         except (ValueError, RuntimeError) as exc:
@@ -328,9 +331,24 @@ def _merged_module(site: LoraSite) -> nn.Module:
     return out.to(weight.device)
 
 
+def _read_streamed(module: nn.Module) -> dict[int, nn.Parameter]:
+    """A ``deepcopy`` memo giving each streamed float weight of ``module`` (a
+    :class:`~t2n_core.deferred.DeferredTensor`, which cannot be copied) as a plain tensor."""
+    return {
+        id(t): nn.Parameter(t.materialize(), requires_grad=False)
+        for t in module.parameters()
+        if isinstance(t, DeferredTensor) and t.transform is None
+    }
+
+
 def _refuse_quantized(site: LoraSite, base: nn.Module) -> None:
     weight = getattr(base, "weight", None)
-    if weight is not None and type(weight) not in (torch.Tensor, nn.Parameter):
+    streamed_float = isinstance(weight, DeferredTensor) and weight.transform is None
+    if (
+        weight is not None
+        and type(weight) not in (torch.Tensor, nn.Parameter)
+        and not (streamed_float)
+    ):
         raise LoraError(
             f"{site.path!r}: its base weight is already quantized ({type(weight).__name__}); "
             "merge LoRA before quantizing: quantize_model(model, spec, lora='merged')"
@@ -559,3 +577,21 @@ def plan_for_quantization(model: nn.Module, mode: str | None) -> LoraPlan | None
     for note in scan.notes:
         logger.warning("%s", note)
     return LoraPlan("separate", scan)
+
+
+def with_peft_adapter(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
+    """``model`` with the PEFT LoRA adapter saved in ``folder`` injected (its LoRA layers in
+    place of the adapted ones, the adapter's weights loaded); the model's own object."""
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise LoraError(
+            f"loading the adapter {folder} needs peft: pip install 't2n[lora]'"
+        ) from exc
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise LoraError(f"{folder} has no adapter_config.json: not a PEFT adapter folder")
+    try:
+        wrapped = PeftModel.from_pretrained(model, os.fspath(folder), is_trainable=False)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise LoraError(f"PEFT cannot load the adapter {folder} into this model: {exc}") from exc
+    return wrapped.base_model.model.eval()

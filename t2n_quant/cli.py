@@ -229,6 +229,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write every decoder layer inline (default: each distinct layer once, as an NNEF "
         "fragment called per layer)",
     )  # fmt: skip
+    p.add_argument(
+        "--adapter", metavar="DIR",
+        help="a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) "
+        "loaded onto the checkpoint's model",
+    )  # fmt: skip
+    p.add_argument(
+        "--lora", choices=["separate", "merged"], default=None,
+        help="with --adapter: 'separate' (default) keeps the adapter float in its own files, "
+        "swappable with `t2n adapter swap`, the base weights quantized by --codec; 'merged' "
+        "folds W + s*B*A into one weight before quantizing",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_export_llm)
 
@@ -289,7 +300,8 @@ def run_export_llm(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, calibration_text=text, n_sequences=n_seq, seq_len=seq_len,
         check=not args.no_check, trust_remote_code=args.trust_remote_code,
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
-        fragments=not args.no_fragments, progress=not args.quiet,
+        fragments=not args.no_fragments, progress=not args.quiet, adapter=args.adapter,
+        lora=args.lora,
     )  # fmt: skip
     print(shipped)
     return 0 if shipped.check is None or shipped.check.passed else 1

@@ -31,6 +31,7 @@ def export_checkpoint(
     seq_len: int = 512,
     n_sequences: int = 128,
     progress: bool = True,
+    lora: str | None = None,
     **kwargs: Any,
 ) -> ShippedModel:
     """Export a checkpoint directory like :func:`t2n_core.llm.export_checkpoint`, every matmul
@@ -43,11 +44,20 @@ def export_checkpoint(
     ``codec`` may be a plan (``{glob: spec}``, or the path of a plan's JSON file, see
     :mod:`t2n_quant.plan`). Data-aware calibrations (``"gptq"``, ``"awq"``, ``"gptq:mse"``)
     run on ``calibration_text`` (a file path or strings) tokenized with the checkpoint's
-    tokenizer, ``n_sequences`` x ``seq_len`` tokens.
+    tokenizer, ``n_sequences`` x ``seq_len`` tokens. With a LoRA ``adapter`` (a PEFT folder),
+    ``lora="separate"`` (default) quantizes the base weights and keeps the adapter float and
+    apart; ``lora="merged"`` merges it into the weights before quantizing.
 
     >>> shipped = export_checkpoint("llama-dir", "out/llama-q4", codec="q4_0")  # doctest: +SKIP
     """
     quantize = None
+    if quantized is not None and kwargs.get("adapter") is not None:
+        from t2n_quant.errors import ConfigSpecError
+
+        raise ConfigSpecError(
+            "an adapter renames the weights it adapts (…base_layer.weight): quantize with "
+            "codec, not from a quantized file"
+        )
     if quantized is not None:
         if codec is not None:
             from t2n_quant.errors import ConfigSpecError
@@ -76,11 +86,11 @@ def export_checkpoint(
         def quantize(model: nn.Module) -> Any:
             return quantize_model(
                 model, codec, calibration=calibration, exclude=exclude, data=data,
-                progress=progress,
+                progress=progress, lora=lora,
             )  # fmt: skip
 
     excluded = [exclude] if isinstance(exclude, str) else list(exclude or [])
     return export_float_checkpoint(
         checkpoint, out, quantize=quantize, quantization={"exclude": excluded},
-        progress=progress, **kwargs,
+        progress=progress, lora=lora, **kwargs,
     )  # fmt: skip

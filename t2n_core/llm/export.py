@@ -47,6 +47,7 @@ def export_causal_lm(
     progress: bool = True,
     all_logits: bool = True,
     fragments: bool = True,
+    lora: str | None = None,
 ) -> ExportResult:
     """Export one generation step of a Hugging Face causal LM, with its KV cache, to NNEF.
 
@@ -68,7 +69,9 @@ def export_causal_lm(
     ``atol + rtol * max|reference|`` (defaults: :data:`DEFAULT_TOLERANCE`).
 
     ``fragments`` (default): the decoder layers are captured once per distinct layer and
-    written as one NNEF fragment called per layer (see :func:`t2n_core.export`).
+    written as one NNEF fragment called per layer (see :func:`t2n_core.export`). ``lora``:
+    how LoRA adapters are written, ``"separate"`` (default) or ``"merged"`` (see
+    :mod:`t2n_core.lora`).
 
     >>> result = export_causal_lm(LlamaForCausalLM(config), "llm.nnef.tgz")  # doctest: +SKIP
     """
@@ -105,7 +108,7 @@ def export_causal_lm(
         result = export(
             step, args, path, input_names=input_names, output_names=output_names,
             dynamic_axes=dynamic_axes, check=check, atol=atol, rtol=rtol, overwrite=overwrite,
-            properties=properties, progress=progress, fragments=fragments,
+            properties=properties, progress=progress, fragments=fragments, lora=lora,
         )  # fmt: skip
         prompt = example_inputs(model, batch=batch, past=0, new=EXAMPLE_NEW + 1, dtype=dtype)
         with torch.no_grad():

@@ -50,6 +50,7 @@ from t2n_core.llm.wrapper import (
     num_layers_of,
     output_names_for,
 )
+from t2n_core.lora import with_peft_adapter
 from t2n_core.nnef.archive import (
     TMP_MARK,
     check_target,
@@ -139,13 +140,18 @@ def export_checkpoint(
     f32_norm: bool = False,
     fragments: bool = True,
     progress: bool = True,
+    adapter: str | os.PathLike | None = None,
+    lora: str | None = None,
 ) -> ShippedModel:
     """Export the causal LM of a local checkpoint directory to ``out`` (a new directory).
 
     ``dtype`` (``"f32"``/``"f16"``) is what the weights (bf16, f16 or f32 in the checkpoint)
     are converted to and what tract computes in; ``f32_attention`` / ``f32_norm`` keep those
     parts in f32 in an f16 export. ``fragments=False`` writes every decoder layer inline
-    instead of one NNEF fragment per distinct layer. ``quantize`` (see
+    instead of one NNEF fragment per distinct layer. ``adapter``: a PEFT LoRA adapter folder
+    loaded onto the checkpoint's model (``save_pretrained`` output); ``lora`` writes it
+    ``"separate"`` (default: base weights and adapter apart, swappable with
+    ``t2n adapter swap``) or ``"merged"`` (see :mod:`t2n_core.lora`). ``quantize`` (see
     :func:`t2n_quant.export_checkpoint`, which passes ``quantize_model`` with its codec)
     replaces weights before export; ``quantization``
     is recorded in the manifest. ``check`` runs both io samples in tract against PyTorch.
@@ -170,6 +176,8 @@ def export_checkpoint(
         )
         logger.warning("%s", notes[-1])
     model = _load(ckpt, torch_dtype, f32_norm, notes)
+    if adapter is not None:
+        model = with_peft_adapter(model, adapter)
     timings["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -194,7 +202,7 @@ def export_checkpoint(
             result = export_causal_lm(
                 model, archive, dtype=torch_dtype, check=False, all_logits=all_logits,
                 progress=progress, properties={"source_architecture": ckpt.architecture},
-                fragments=fragments,
+                fragments=fragments, lora=lora,
             )  # fmt: skip
         except UnsupportedOpsError as exc:
             raise UnsupportedOpsError(
