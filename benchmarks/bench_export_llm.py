@@ -10,7 +10,9 @@ RSS (VmHWM). Run, from the repository root:
     python -m benchmarks.bench_export_llm precision /tmp/ck-122m       # f16 vs f32 parts
 
 Sizes: 122m (Llama, hidden 768, 12 layers, vocab 24000), 0.5b / 1.5b (Qwen2 shapes,
-vocab 151936, tied), 8b (Llama-3 shapes). The 8B checkpoint takes 16 GB of disk.
+vocab 151936, tied), 8b (Llama-3 shapes), 14b (Llama-2-13B layers with Llama-3's vocabulary:
+14.0B parameters, 26 GiB of bf16, more than the 24 GiB of memory of the machine it was
+measured on). The 8B checkpoint takes 16 GB of disk, the 14B one 28 GB.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ CONFIGS = {
     "8b": dict(
         model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
+    "14b": dict(
+        model_type="llama", vocab_size=128256, hidden_size=5120, intermediate_size=13824,
+        num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
         tie_word_embeddings=False,
     ),
 }  # fmt: skip
