@@ -114,8 +114,10 @@ def export_in_child(ckpt: Path, out: Path, codec: str | None, check: bool, dtype
         shipped = export_checkpoint({str(ckpt)!r}, {str(out)!r}, codec={codec!r}, dtype={dtype!r},
                                     check={check!r}, overwrite=True, progress=False)
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the tract check's children
         print(json.dumps({{"seconds": time.perf_counter() - start, "peak": vm_hwm_bytes(),
                           "cpu": usage.ru_utime + usage.ru_stime,
+                          "child_peak": 1024 * children.ru_maxrss,
                           "timings": shipped.timings,
                           "archive": shipped.manifest["archive_bytes"],
                           "params": shipped.manifest["parameters"]}}))
@@ -201,6 +203,7 @@ def main() -> None:
         print(f"{args.ckpt.name} {args.codec or args.dtype} check={not args.no_check}: "
               f"{r['seconds']:.1f} s in the child ({time.perf_counter() - start:.1f} s with start,"
               f" {r['cpu']:.0f} s CPU), peak RSS {r['peak'] / 2**30:.2f} GiB, "
+              f"(tract check child {r['child_peak'] / 2**30:.2f} GiB), "
               f"archive {r['archive'] / 2**20:.0f} MiB, "
               f"{r['params'] / 1e6:.0f}M parameters; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))  # fmt: skip
