@@ -10,9 +10,17 @@ inputs its module sees. How they are gathered:
   run on them to gather the Hessians of its weights, its weights are quantized, and the
   quantized block is run again to give the next block its inputs (so each block is
   calibrated on the activations of the already quantized blocks before it, as in GPTQ).
+  Within a block, GPTQ goes stage by stage (``sequential=True``, the default): the Linears
+  reading the first input reached (``q``/``k``/``v``) are quantized, then the block is run
+  again to gather the next stage's inputs (``o``, then ``gate``/``up``, then ``down``)
+  through the quantized ones, so each Linear compensates the error of those before it.
   Only the block at hand needs to be on ``device``; the weights outside the blocks (an LM
   head) are calibrated last, with the blocks replaced by their recorded outputs.
 - **all at once** otherwise: one pass of the float model with every Hessian gathered.
+
+Padding does not count: when a batch carries a 2-D ``attention_mask`` (Hugging Face
+tokenizers' ``padding=True``), the rows of a layer input shaped ``(batch, tokens, k)`` at
+padded positions (mask 0) are left out of its Hessian and activation statistics.
 
 Weights no data-aware method applies to (not a Linear, shared by several modules, never
 reached by the data) get the weight-only ``inner`` calibration and a note saying so.
@@ -60,18 +68,27 @@ class Target:
     """One weight to calibrate with data: its Linear module and the Hessian of its inputs."""
 
     weight: Any  # t2n_quant.weights.Weight
-    codec: Codec
+    codec: Codec | None  # None: only the Hessian is wanted (plan)
     path: str
     module: nn.Linear
     hessian: torch.Tensor | None = None
     rows: int = 0
     act: torch.Tensor | None = None  # sum of |x| per input channel
     first_input: torch.Tensor | None = None  # the input tensor object of the first call
+    seq: int = -1  # when the first input arrived, in the order of the block's calls
 
-    def add(self, x: torch.Tensor) -> None:
+    def reset(self) -> None:
+        self.hessian, self.rows, self.act, self.first_input, self.seq = None, 0, None, None, -1
+
+    def add(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Accumulate the input ``x``; ``mask`` (the batch's tokens, False on padding)
+        drops the padded rows when ``x`` is shaped ``(*mask.shape, k)``."""
         if self.first_input is None:
             self.first_input = x
-        x = x.detach().reshape(-1, x.shape[-1]).float()
+        x = x.detach()
+        if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+            x = x[mask.to(x.device)]
+        x = x.reshape(-1, x.shape[-1]).float()
         h = x.T @ x
         self.hessian = h if self.hessian is None else self.hessian.add_(h)
         a = x.abs().sum(0)
@@ -88,6 +105,32 @@ class Job:
     device: torch.device | None
     assign: Callable[[Target, torch.Tensor, QParams | None], None]
     note: Callable[[str], None]
+    sequential: bool = False
+
+
+def token_mask(batch: Batch) -> torch.Tensor | None:
+    """The real (not padded) tokens of ``batch``: its 2-D ``attention_mask`` keyword as
+    booleans, or None when it has none or pads nothing.
+
+    >>> token_mask(((), {"attention_mask": torch.tensor([[1, 1, 0]])})).tolist()
+    [[True, True, False]]
+    """
+    mask = batch[1].get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return None
+    real = mask != 0
+    return None if bool(real.all()) else real
+
+
+class _Tokens:
+    """The token mask of the batch being run (see :func:`token_mask`), for the hooks."""
+
+    def __init__(self, data: list[Batch]) -> None:
+        self.masks = [token_mask(b) for b in data]
+        self.now: torch.Tensor | None = None
+
+    def at(self, i: int) -> None:
+        self.now = self.masks[i] if i < len(self.masks) else None
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
@@ -212,15 +255,21 @@ def _rejected(stage: str, i: int, err: Exception, what: str) -> CalibrationDataE
 
 @contextlib.contextmanager
 def _gathering(
-    targets: list[Target], scope: nn.Module, prefix: str = ""
+    targets: list[Target], scope: nn.Module, tokens: _Tokens, prefix: str = ""
 ) -> Iterator[dict[int, Any]]:
     """Feed each target its inputs; yields ``{id(tensor): (path, module, tensor)}``: the
     first output of every module of ``scope`` (to find the op producing a Linear's input)."""
     produced: dict[int, Any] = {}
     recorded: set[str] = set()
+    calls = iter(range(1 << 62))
 
     def hook(t: Target) -> Callable[..., None]:
-        return lambda module, args: t.add(args[0])
+        def fn(module: nn.Module, args: Any) -> None:
+            if t.seq < 0:
+                t.seq = next(calls)
+            t.add(args[0], tokens.now)
+
+        return fn
 
     def record(path: str) -> Callable[..., None]:
         def fn(module: nn.Module, args: Any, out: Any) -> None:
@@ -241,8 +290,8 @@ def _gathering(
 
 def _what(targets: list[Target], method: str) -> str:
     names = ", ".join(t.weight.name for t in targets[:4]) + (", ..." if len(targets) > 4 else "")
-    codecs = ", ".join(sorted({t.codec.spec for t in targets}))
-    return f"{method} for {codecs} of {names}" if targets else method
+    codecs = ", ".join(sorted({t.codec.spec for t in targets if t.codec is not None}))
+    return f"{method} for {codecs or 'plan'} of {names}" if targets else method
 
 
 def _run_model(
@@ -261,10 +310,13 @@ def _run_model(
 
 
 def _run_block(
-    block: nn.Module, inputs: list[tuple[tuple[Any, ...], dict[str, Any]]], stage: str, what: str
-) -> list[Any]:
+    block: nn.Module, inputs: list[tuple[tuple[Any, ...], dict[str, Any]]], stage: str, what: str,
+    before: Callable[[int], None] | None = None,
+) -> list[Any]:  # fmt: skip
     outs = []
     for i, (args, kwargs) in enumerate(inputs):
+        if before is not None:
+            before(i)
         try:
             outs.append(block(*args, **kwargs))
         except Exception as err:
@@ -310,18 +362,19 @@ def calibrate_with_data(
     found = find_blocks(model, paths)
     mode = "all at once"
     device = job.device
+    tokens = _Tokens(data)
     with torch.no_grad(), no_kv_cache(model), no_fastpath():
         if found is not None:
             name, blocks = found
             inputs = _capture_first_block(model, blocks, data, device, _what(targets, job.method))
             if inputs is not None:
                 mode = f"block by block ({name}, {len(blocks)} blocks)"
-                _sequential(model, name, blocks, targets, data, inputs, job, progress)
+                _sequential(model, name, blocks, targets, data, inputs, job, progress, tokens)
                 return mode
         what = _what(targets, job.method)
         with _on(model, device):
-            with _gathering(targets, model) as produced:
-                _run_model(model, data, device, "running the model", what)
+            with _gathering(targets, model, tokens) as produced:
+                _run_model(model, data, device, "running the model", what, tokens.at)
 
             def probe() -> torch.Tensor:
                 args, kwargs = data[0]
@@ -371,7 +424,7 @@ def _capture_first_block(
 def _sequential(
     model: nn.Module, name: str, blocks: nn.ModuleList, targets: list[Target],
     data: list[Batch], inputs: list[tuple[tuple[Any, ...], dict[str, Any]]], job: Job,
-    progress: bool,
+    progress: bool, tokens: _Tokens,
 ) -> None:  # fmt: skip
     method, device = job.method, job.device
     prefix = f"{name}." if name else ""
@@ -391,14 +444,19 @@ def _sequential(
         mine = in_block.get(i, [])
         what = _what(mine, method)
         with _on(block, device):
-            if mine:
-                with _gathering(mine, block, f"{prefix}{i}.") as produced:
-                    _run_block(block, inputs, f"running block '{prefix}{i}'", what)
+            pending = mine
+            while pending:
+                for t in pending:
+                    t.reset()
+                with _gathering(pending, block, tokens, f"{prefix}{i}.") as produced:
+                    _run_block(block, inputs, f"running block '{prefix}{i}'", what, tokens.at)
 
                 def probe(block: nn.Module = block, first: Any = inputs[0]) -> torch.Tensor:
                     return _first_tensor(block(*first[0], **first[1]))
 
-                _solve(mine, job, False, f"block {i}", produced, probe)
+                stage = _first_stage(pending) if job.sequential else pending
+                _solve(stage, job, False, f"block {i}", produced, probe)
+                pending = [t for t in pending if all(t is not u for u in stage)]
             outs = _run_block(block, inputs, f"running block '{prefix}{i}' quantized", what)
             inputs = [(_with_first(a, _first_tensor(o)), k) for (a, k), o in zip(inputs, outs)]
     if not rest:
@@ -409,10 +467,11 @@ def _sequential(
             s.mode = "replay"
 
         def replay(b: int) -> None:
+            tokens.at(b)
             for s in stand:
                 s.replay = outs[b]
 
-        with _gathering(rest, model) as produced:
+        with _gathering(rest, model, tokens) as produced:
             _run_model(model, data, device, "running the layers outside the blocks", what,
                        replay)  # fmt: skip
 
@@ -422,6 +481,16 @@ def _sequential(
             return _main_output(model(*_to(args, device), **_to(kwargs, device)))
 
         _solve(rest, job, progress, "outside the blocks", produced, probe)
+
+
+def _first_stage(targets: list[Target]) -> list[Target]:
+    """The targets reading the same input as the first one reached (all of them when none
+    was reached: nothing more to gather)."""
+    reached = [t for t in targets if t.seq >= 0]
+    if not reached:
+        return targets
+    first = min(reached, key=lambda t: t.seq).first_input
+    return [t for t in reached if t.first_input is first]
 
 
 def _solve(
@@ -516,6 +585,32 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     return f"folding into {path!r} would change the model (its output has other users); {plain}"
 
 
+def not_applicable(w: Any) -> str | None:
+    """Why a data-aware method cannot calibrate the weight ``w`` (a ``swap._Weight``), or
+    None: it needs one Linear reading the inputs."""
+    if len(w.users) > 1:
+        return "shared by several modules"
+    if not isinstance(w.users[0][1], nn.Linear) or w.attr != "weight":
+        return f"a {w.module_type}"
+    return None
+
+
+def input_hessians(model: nn.Module, weights: list[Any], data: list[Batch],
+                   device: str | torch.device | None = None) -> dict[str, Target]:  # fmt: skip
+    """``{weight name: Target}`` with the Hessian of each applicable weight's inputs on
+    ``data``, in one pass of the (float) model; the others are left out."""
+    targets = {w.name: Target(w, None, w.users[0][0], w.users[0][1])  # type: ignore[arg-type]
+               for w in weights if not_applicable(w) is None}  # fmt: skip
+    dev = torch.device(device) if device is not None else None
+    tokens = _Tokens(data)
+    found = list(targets.values())
+    with torch.no_grad(), no_kv_cache(model), no_fastpath(), _on(model, dev):
+        with _gathering(found, model, tokens):
+            _run_model(model, data, dev, "gathering layer inputs", _what(found, "gptq"),
+                       tokens.at)  # fmt: skip
+    return {name: t for name, t in targets.items() if t.hessian is not None}
+
+
 def quantize_with_data(
     model: nn.Module,
     todo: list[tuple[Any, Codec]],
@@ -533,7 +628,8 @@ def quantize_with_data(
     from t2n_quant.quantize import quantize_tensor
 
     dev = torch.device(device) if device is not None else None
-    known = {"gptq": ("inner", "damp", "block", "act_order"), "awq": ("inner", "grid")}[method]
+    known = {"gptq": ("inner", "damp", "block", "act_order", "sequential"),
+             "awq": ("inner", "grid")}[method]  # fmt: skip
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown calibration_options {unknown} for {method!r}; "
@@ -542,11 +638,11 @@ def quantize_with_data(
     left: list[tuple[Any, Codec]] = []
     inner = options.get("inner", "minmax")
     for w, codec in todo:
-        path, module = w.users[0]
-        if len(w.users) == 1 and isinstance(module, nn.Linear) and w.attr == "weight":
+        why = not_applicable(w)
+        if why is None:
+            path, module = w.users[0]
             targets.append(Target(w, codec, path, module))
             continue
-        why = "shared by several modules" if len(w.users) > 1 else f"a {w.module_type}"
         summary.notes.append(f"{w.name}: {method} applies to Linear weights only ({why}); "
                              f"weight-only {inner!r} calibration")  # fmt: skip
         left.append((w, codec))
@@ -565,8 +661,10 @@ def quantize_with_data(
         bar.update(1)
 
     if targets:
-        job = Job(method, {k: v for k, v in options.items() if k != "inner" or method == "gptq"},
-                  dev, assign, summary.notes.append)  # fmt: skip
+        sequential = bool(options.get("sequential", True)) and method == "gptq"
+        solver = {k: v for k, v in options.items()
+                  if (k != "inner" or method == "gptq") and k != "sequential"}  # fmt: skip
+        job = Job(method, solver, dev, assign, summary.notes.append, sequential)
         if method == "awq":
             job.options["inner"] = inner
         with bar:

@@ -10,15 +10,18 @@ loads from JSON (:meth:`Plan.save`, :meth:`Plan.load`).
 :func:`plan` measures each layer's sensitivity: for every layer and candidate codec, the
 end-to-end error of the model with only that layer quantized (KL divergence of the
 next-token distributions for a model returning ``logits``, relative squared error of the
-outputs otherwise) on calibration data. It then starts every layer at its smallest
-candidate and upgrades, greedily, the layer with the largest error decrease per added bit,
-while the whole stays within ``budget_bits_per_weight`` (stored bits over the values of the
-planned weights; the errors of single layers are taken as adding up).
+outputs otherwise; padded tokens left out) on calibration data, the layer rounded as
+``quantize_model`` will round it: with a data-aware ``calibration`` (``"gptq"``) by GPTQ on
+the Hessian of the layer's inputs in the float model (gathered in one pass for all layers).
+The layers are swapped in and out of ``model`` itself (no copy of the model). It then
+starts every layer at its smallest candidate and upgrades, greedily, the layer with the
+largest error decrease per added bit, while the whole stays within
+``budget_bits_per_weight`` (stored bits over the values of the planned weights; the errors
+of single layers are taken as adding up).
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import json
 import logging
@@ -35,6 +38,7 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import resolve
 from t2n_quant.errors import PlanError
+from t2n_quant.layerwise import input_hessians, is_data_aware, no_fastpath, no_kv_cache, token_mask
 from t2n_quant.weights import collect_weights, filter_reason, glob_list, skip_reason
 
 logger = logging.getLogger(__name__)
@@ -140,15 +144,45 @@ def _output(out: Any) -> torch.Tensor:
     return leaves[0]
 
 
-def _error(ref: list[torch.Tensor], got: list[torch.Tensor], kl: bool) -> float:
+def _error(
+    ref: list[torch.Tensor], got: list[torch.Tensor], kl: bool, masks: list[torch.Tensor | None]
+) -> float:
     total = 0.0
-    for a, b in zip(ref, got):
+    for a, b, mask in zip(ref, got, masks):
+        if mask is not None and tuple(a.shape[: mask.dim()]) == tuple(mask.shape):
+            a, b = a[mask], b[mask]  # padded tokens do not count
         if kl:
             pa, pb = a.float().log_softmax(-1), b.float().log_softmax(-1)
             total += (pa.exp() * (pa - pb)).sum(-1).mean().item()
         else:
             total += ((a - b).float().square().sum() / a.float().square().sum()).item()
     return total / len(ref)
+
+
+def _put(w: Any, value: torch.Tensor) -> None:
+    for _, module in w.users:
+        module._parameters[w.attr] = value
+
+
+def _trial(w: Any, codec: Codec, calibration: str, options: dict[str, Any],
+           target: Any) -> torch.Tensor:  # fmt: skip
+    """``w`` quantized with ``codec`` as quantize_model would (GPTQ when ``target`` holds the
+    Hessian of its inputs), as a frozen parameter."""
+    from t2n_quant.calibration.gptq import gptq
+    from t2n_quant.quantize import quantize_tensor
+
+    inner = options.get("inner", "minmax")
+    if target is not None:
+        gptq_options = {k: v for k, v in options.items() if k != "inner"}
+        new_w, params = gptq(w.param.detach(), target.hessian, codec, inner=inner,
+                             **gptq_options)  # fmt: skip
+        qt = quantize_tensor(new_w.reshape(w.param.shape), codec, params=params, name=w.name)
+        if qt.dtype != w.param.dtype:
+            qt = qt.with_inner(lambda x: x, dtype=w.param.dtype)
+    else:
+        method = inner if is_data_aware(calibration) else calibration
+        qt = quantize_tensor(w.param, codec, calibration=method, name=w.name)
+    return nn.Parameter(qt, requires_grad=False)
 
 
 def plan(
@@ -158,14 +192,16 @@ def plan(
     *,
     data: Any,
     calibration: str = "mse",
+    calibration_options: dict[str, Any] | None = None,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     max_batches: int = 4,
     progress: bool = True,
 ) -> Plan:
     """A :class:`Plan` (one entry per weight) within ``budget_bits_per_weight``, least
-    end-to-end error first (see the module docstring). Layers are measured with the
-    weight-only ``calibration``; ``data`` takes the forms of
+    end-to-end error first (see the module docstring). Layers are measured with
+    ``calibration`` (weight-only, or ``"gptq"`` / ``"gptq:mse"`` with
+    ``calibration_options`` as for ``quantize_model``); ``data`` takes the forms of
     :mod:`t2n_quant.calibration_data` (its first ``max_batches`` batches are used).
     ``model`` is left as it was.
 
@@ -175,8 +211,13 @@ def plan(
     >>> sorted(p.values())
     ['minmax:2:g32', 'q4_0']
     """
-    from t2n_quant.quantize import quantize_tensor
 
+    options = dict(calibration_options or {})
+    if is_data_aware(calibration) and ":" in calibration:
+        calibration, options["inner"] = calibration.split(":", 1)
+    if is_data_aware(calibration) and calibration != "gptq":
+        raise PlanError(f"plan measures layers with weight-only calibrations or 'gptq', "
+                        f"not {calibration!r}")  # fmt: skip
     codecs = [resolve(c) for c in candidates]
     if not codecs:
         raise PlanError("plan needs at least one candidate codec")
@@ -194,28 +235,35 @@ def plan(
     if not layers:
         raise PlanError("no weight of the model fits any candidate codec")
 
-    with torch.no_grad():
+    masks = [token_mask(b) for b in batches]
+    with torch.no_grad(), no_kv_cache(model), no_fastpath():
         ref = [_output(model(*a, **k)).detach() for a, k in batches]
         kl = any(getattr(model(*a, **k), "logits", None) is not None for a, k in batches[:1])
+        targets = {}
+        if is_data_aware(calibration):
+            targets = input_hessians(model, [w for w, _ in layers], batches)
+            for w, _ in layers:
+                if w.name not in targets:
+                    logger.info("plan: gptq applies to %s (a %s) only weight-only", w.name,
+                                w.module_type)  # fmt: skip
         errors: dict[tuple[str, str], float] = {}
-        work = copy.deepcopy(model)
-        copies = {w.name: w for w in collect_weights(work)}
         total = sum(len(f) for _, f in layers)
         bar = progress_bar(
             total=total, desc="plan: layer sensitivity", unit="trial", disable=not progress
         )
         for w, fits in layers:
-            twin = copies[w.name]
-            original = twin.param
-            for codec in fits:
-                qt = quantize_tensor(original, codec, calibration=calibration, name=w.name)
-                for _, module in twin.users:
-                    module._parameters[twin.attr] = nn.Parameter(qt, requires_grad=False)
-                got = [_output(work(*a, **k)) for a, k in batches]
-                errors[(w.name, codec.spec)] = _error(ref, got, kl)
-                bar.update(1)
-            for _, module in twin.users:
-                module._parameters[twin.attr] = original
+            original = w.param
+            try:
+                for codec in fits:
+                    _put(w, _trial(w, codec, calibration, options, targets.get(w.name)))
+                    got = [_output(model(*a, **k)) for a, k in batches]
+                    errors[(w.name, codec.spec)] = _error(ref, got, kl, masks)
+                    bar.update(1)
+            finally:
+                _put(w, original)
+            target = targets.pop(w.name, None)
+            if target is not None:
+                target.hessian = None
         bar.close()
 
     sizes = {w.name: w.param.numel() for w, _ in layers}

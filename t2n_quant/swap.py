@@ -163,7 +163,8 @@ def quantize_model(
     rounded with GPTQ's error compensation (:mod:`t2n_quant.layerwise`), on ``device``
     (``"cuda"``) block by block; ``calibration_options`` go to the method (``damp``,
     ``inner`` = the weight-only calibration choosing each group's scale, ``block``,
-    ``act_order``);
+    ``act_order``, ``sequential``: within a block, gather each stage's inputs through the
+    already quantized Linears before it, default True);
     ``"gptq:mse"`` is short for ``inner="mse"``.
     The summary records the calibration, its options and a hash of the data, and so does
     ``model.t2n_properties``, which export writes into the archive's properties.

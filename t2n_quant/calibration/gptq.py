@@ -11,7 +11,11 @@ The codec and its rounding rule are untouched: each group's scale (and zero poin
 chosen by a weight-only calibration (``inner``: ``"minmax"``, ``"mse"``, ...) on the
 *updated* values of the group when its first column is reached (per-channel codecs: on the
 whole row, up front), and every value is quantized by the codec's own rule (ggml's for
-q4_0). :func:`gptq` returns the updated weight and those parameters; quantizing the one
+q4_0). With ``inner="mse"`` each column's squared error is weighted by what it costs at
+the output, ``1 / U_jj^2`` (``U`` the factor above; the weight GPTQ's own update uses),
+so the scale fits the columns that matter.
+
+:func:`gptq` returns the updated weight and those parameters; quantizing the one
 with the other (``quantize_tensor(w, codec, params=p)``) gives exactly the codes GPTQ chose,
 in the codec's unchanged byte layout.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from t2n_quant.calibration.mse import mse_search
 from t2n_quant.calibration.registry import Calibration, get_calibration
 from t2n_quant.codecs.base import Codec, QParams
 
@@ -65,6 +70,7 @@ def gptq(
     True
     """
     calibrate = get_calibration(inner)
+    weighted = calibrate is mse_search
     w = weight.detach().reshape(weight.shape[0], -1).float().clone()
     rows, k = w.shape
     if hessian.shape != (k, k):
@@ -79,16 +85,24 @@ def gptq(
     zero = torch.zeros(rows, n_groups, device=w.device) if codec.has_zero else None
     taken = torch.empty_like(w)  # each column as it stood when quantized
     static = n_groups == 1 or act_order
-    if static:  # every group's parameters from the original weight, up front
-        p = calibrate(codec, w.reshape(-1, bs))
-        scale.copy_(p.scale.reshape(rows, n_groups))
-        if zero is not None:
-            zero.copy_(p.zero.reshape(rows, n_groups))  # type: ignore[union-attr]
     order = torch.arange(k, device=w.device)
     if act_order:
         order = torch.argsort(h.diagonal(), descending=True)
-        w, h = w[:, order], h[order][:, order]
-    hinv = inverse_hessian_factor(h, damp)
+    hinv = inverse_hessian_factor(h[order][:, order], damp)
+    importance = hinv.diagonal().square().reciprocal()  # in the quantization order
+    if static:  # every group's parameters from the original weight, up front
+        blocks = w.reshape(-1, bs)
+        if weighted:
+            cost = torch.empty_like(importance)
+            cost[order] = importance
+            p = mse_search(codec, blocks, weights=cost.reshape(n_groups, bs).repeat(rows, 1))
+        else:
+            p = calibrate(codec, blocks)
+        scale.copy_(p.scale.reshape(rows, n_groups))
+        if zero is not None:
+            zero.copy_(p.zero.reshape(rows, n_groups))  # type: ignore[union-attr]
+    if act_order:
+        w = w[:, order]
     columns = order.tolist()
     step = bs * -(-block // bs) if not static else block
     for i1 in range(0, k, step):
@@ -101,7 +115,11 @@ def gptq(
             col = columns[i1 + i]
             g = col // bs
             if not static and col % bs == 0:
-                p = calibrate(codec, w1[:, i : i + bs].contiguous())
+                cols = w1[:, i : i + bs].contiguous()
+                if weighted:
+                    p = mse_search(codec, cols, weights=importance[i1 + i : i1 + i + bs][None])
+                else:
+                    p = calibrate(codec, cols)
                 scale[:, g : g + 1] = p.scale
                 if zero is not None:
                     zero[:, g : g + 1] = p.zero  # type: ignore[index]

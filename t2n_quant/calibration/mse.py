@@ -59,13 +59,22 @@ class BlockFit:
     """Per-block squared errors and the sums that fit parameters (see the module docstring).
 
     ``q`` are the codes as the dequantization sees them (:meth:`Codec.float_codes`):
-    ``value = (q - zero) * scale``.
+    ``value = (q - zero) * scale``. ``weights`` (broadcastable to the blocks, >= 0) weigh
+    each value's squared error (GPTQ passes each column's importance); all sums are then
+    weighted sums.
     """
 
-    def __init__(self, codec: Codec, blocks: torch.Tensor) -> None:
+    def __init__(
+        self, codec: Codec, blocks: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> None:
         self.codec, self.blocks = codec, blocks
-        self.n = blocks.shape[-1]
-        self.sx = blocks.sum(dim=-1, keepdim=True) if codec.has_zero else None
+        self.w = None if weights is None else weights.float().expand_as(blocks)
+        self.xw = blocks if self.w is None else blocks * self.w
+        self.root_w = None if self.w is None else self.w.sqrt()
+        self.n: float | torch.Tensor = (
+            blocks.shape[-1] if self.w is None else self.w.sum(dim=-1, keepdim=True)
+        )
+        self.sx = self.xw.sum(dim=-1, keepdim=True) if codec.has_zero else None
 
     def score(self, params: QParams) -> Scored:
         codec = self.codec
@@ -73,9 +82,12 @@ class BlockFit:
         stored = codec.store(params)
         residual = q if stored.zero is None else torch.sub(q, stored.zero.float())
         residual = residual.mul(stored.scale.float()).sub_(self.blocks)
-        sq = q.sum(dim=-1, keepdim=True) if codec.has_zero else None
+        qw = q if self.w is None else q * self.w
+        sq = qw.sum(dim=-1, keepdim=True) if codec.has_zero else None
+        if self.w is not None:
+            residual.mul_(self.root_w)
         error = rowdot(residual, residual)
-        return Scored(params, q, error, rowdot(self.blocks, q), rowdot(q, q), sq)
+        return Scored(params, q, error, rowdot(self.xw, q), rowdot(qw, q), sq)
 
     def least_squares(self, cur: Scored) -> QParams:
         """The parameters with the least squared error for ``cur``'s codes."""
@@ -83,7 +95,7 @@ class BlockFit:
             s = torch.where(cur.sqq > 0, cur.sxq / cur.sqq.clamp(min=1e-30), cur.params.scale)
             return QParams(s.to(self.codec.storage_dtype).float())
         assert cur.sq is not None and self.sx is not None and cur.params.zero is not None
-        n = float(self.n)
+        n = self.n
         var = cur.sqq - cur.sq * cur.sq / n
         cov = cur.sxq - self.sx * cur.sq / n
         s = torch.where(var > 0, cov / var.clamp(min=1e-30), cur.params.scale)
@@ -116,15 +128,18 @@ def _other_orientation(codec: Codec, blocks: torch.Tensor) -> QParams:
 
 
 @register("mse")
-def mse_search(codec: Codec, blocks: torch.Tensor, *, iters: int = 2) -> QParams:
-    """Per-block parameters with the least squared error (see the module docstring).
+def mse_search(
+    codec: Codec, blocks: torch.Tensor, *, iters: int = 2, weights: torch.Tensor | None = None
+) -> QParams:
+    """Per-block parameters with the least squared error (see the module docstring),
+    each value's error weighted by ``weights`` when given.
 
     >>> from t2n_quant.codecs import Q4_0Codec
     >>> x = torch.randn(64, 32)
     >>> mse_search(Q4_0Codec(), x).scale.shape
     torch.Size([64, 1])
     """
-    fit = BlockFit(codec, blocks)
+    fit = BlockFit(codec, blocks, weights)
     best = fit.score(minmax_params(codec, blocks))
     if not codec.has_zero:
         best = keep_better(best, fit.score(_other_orientation(codec, blocks)))

@@ -144,3 +144,29 @@ def test_torch_transformer_encoder_blocks_reach_every_linear():
     # out_proj.weight without calling out_proj, so that one is calibrated weight-only
     assert unreached == [f"encoder.layers.{i}.self_attn.out_proj.weight" for i in range(2)]
     assert any("self_attn.in_proj_weight" in n and "Linear weights only" in n for n in s.notes)
+
+
+def test_padded_tokens_stay_out_of_the_hessian():
+    from t2n_quant.calibration_data import batches
+    from t2n_quant.layerwise import input_hessians
+    from t2n_quant.swap import _collect
+
+    class Tagger(nn.Module):  # a Hugging Face-like encoder: ids and attention_mask keywords
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(16, 32)
+            self.proj = nn.Linear(32, 32)
+
+        def forward(self, input_ids, attention_mask):
+            return self.proj(self.emb(input_ids))
+
+    torch.manual_seed(0)
+    model = Tagger()
+    ids = torch.randint(1, 16, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    padded = ids.masked_fill(mask == 0, 0)
+    got = input_hessians(model, _collect(model),
+                         batches({"input_ids": padded, "attention_mask": mask}))  # fmt: skip
+    x = model.emb(ids)[mask.bool()].detach()
+    assert list(got) == ["proj.weight"] and got["proj.weight"].rows == 10
+    assert torch.allclose(got["proj.weight"].hessian, x.T @ x, atol=1e-4)

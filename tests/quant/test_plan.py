@@ -120,3 +120,19 @@ def test_export_llm_with_a_plan_and_gptq(tmp_path, capsys):
     assert manifest["quantized"]["lm_head.weight"] == "minmax:3:g32"
     assert "check       passed" in capsys.readouterr().out
     assert main([*args[:4], "--overwrite", "--plan", "p.json", "--codec", "q4_0"]) != 0
+
+
+def test_plan_with_gptq_sensitivities_leaves_the_model_as_it_was():
+    model = mlp()
+    before = {n: p for n, p in model.named_parameters()}
+    values = {n: p.detach().clone() for n, p in before.items()}
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    p = plan(model, 3.5, ["q4_0", "minmax:3:g32", "minmax:2:g32"], data=x,
+             calibration="gptq:mse", progress=False)  # fmt: skip
+    assert set(p) == {"0", "2", "4"}
+    after = dict(model.named_parameters())
+    assert all(after[n] is before[n] and torch.equal(after[n], values[n]) for n in before)
+    s = quantize_model(copy.deepcopy(model), p, calibration="gptq", data=x, progress=False)
+    assert s.bits_per_weight <= 3.5 + 1e-9
+    with pytest.raises(PlanError, match="weight-only calibrations or 'gptq'"):
+        plan(model, 4.0, ["q4_0"], data=x, calibration="awq", progress=False)
