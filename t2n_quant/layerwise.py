@@ -70,7 +70,7 @@ class Target:
     weight: Any  # t2n_quant.weights.Weight
     codec: Codec | None  # None: only the Hessian is wanted (plan)
     path: str
-    module: nn.Linear
+    module: nn.Module  # a Linear, or a Conv1d / Conv2d (gptq)
     hessian: torch.Tensor | None = None
     rows: int = 0
     act: torch.Tensor | None = None  # sum of |x| per input channel
@@ -82,13 +82,16 @@ class Target:
 
     def add(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Accumulate the input ``x``; ``mask`` (the batch's tokens, False on padding)
-        drops the padded rows when ``x`` is shaped ``(*mask.shape, k)``."""
+        drops a Linear's padded rows when ``x`` is shaped ``(*mask.shape, k)``."""
         if self.first_input is None:
             self.first_input = x
         x = x.detach()
-        if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
-            x = x[mask.to(x.device)]
-        x = x.reshape(-1, x.shape[-1]).float()
+        if isinstance(self.module, nn.Linear):
+            if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+                x = x[mask.to(x.device)]
+            x = x.reshape(-1, x.shape[-1]).float()
+        else:
+            x = conv_columns(self.module, x).float()
         h = x.T @ x
         self.hessian = h if self.hessian is None else self.hessian.add_(h)
         a = x.abs().sum(0)
@@ -106,6 +109,27 @@ class Job:
     assign: Callable[[Target, torch.Tensor, QParams | None], None]
     note: Callable[[str], None]
     sequential: bool = False
+
+
+def conv_columns(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input patches of a Conv1d / Conv2d as rows ``(n, in_channels * kernel)``, in the
+    order of the weight's ``rows x k`` view (what each output value is a dot product of).
+
+    >>> conv = nn.Conv1d(2, 4, 3, padding=1)
+    >>> conv_columns(conv, torch.randn(5, 2, 7)).shape
+    torch.Size([35, 6])
+    """
+    assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
+    one_d = isinstance(conv, nn.Conv1d)
+    if x.dim() == (2 if one_d else 3):  # unbatched
+        x = x.unsqueeze(0)
+    if one_d:
+        x = x.unsqueeze(-2)
+    pair = (lambda v: (1, v[0])) if one_d else (lambda v: tuple(v))
+    pad = (0, conv.padding[0]) if one_d else tuple(conv.padding)  # type: ignore[index]
+    cols = torch.nn.functional.unfold(x, pair(conv.kernel_size), dilation=pair(conv.dilation),
+                                      padding=pad, stride=pair(conv.stride))  # fmt: skip
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def token_mask(batch: Batch) -> torch.Tensor | None:
@@ -585,14 +609,24 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     return f"folding into {path!r} would change the model (its output has other users); {plain}"
 
 
-def not_applicable(w: Any) -> str | None:
-    """Why a data-aware method cannot calibrate the weight ``w`` (a ``swap._Weight``), or
-    None: it needs one Linear reading the inputs."""
+def not_applicable(w: Any, method: str = "gptq") -> str | None:
+    """Why ``method`` cannot calibrate the weight ``w`` (a ``swap._Weight``), or None: it
+    needs the one module reading the inputs, a Linear (``awq``), or for ``gptq`` also a
+    Conv1d / Conv2d with zero padding given as numbers and one group."""
     if len(w.users) > 1:
         return "shared by several modules"
-    if not isinstance(w.users[0][1], nn.Linear) or w.attr != "weight":
-        return f"a {w.module_type}"
-    return None
+    module = w.users[0][1]
+    if w.attr != "weight":
+        return f"the {w.attr} of a {w.module_type}"
+    if isinstance(module, nn.Linear):
+        return None
+    if method == "gptq" and isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if module.groups != 1:
+            return f"a grouped {w.module_type} (groups={module.groups})"
+        if isinstance(module.padding, str) or module.padding_mode != "zeros":
+            return f"a {w.module_type} with padding {module.padding!r} ({module.padding_mode})"
+        return None
+    return f"a {w.module_type}"
 
 
 def input_hessians(model: nn.Module, weights: list[Any], data: list[Batch],
@@ -638,12 +672,12 @@ def quantize_with_data(
     left: list[tuple[Any, Codec]] = []
     inner = options.get("inner", "minmax")
     for w, codec in todo:
-        why = not_applicable(w)
+        why = not_applicable(w, method)
         if why is None:
             path, module = w.users[0]
             targets.append(Target(w, codec, path, module))
             continue
-        summary.notes.append(f"{w.name}: {method} applies to Linear weights only ({why}); "
+        summary.notes.append(f"{w.name}: {method} does not apply ({why}); "
                              f"weight-only {inner!r} calibration")  # fmt: skip
         left.append((w, codec))
     done: set[int] = set()

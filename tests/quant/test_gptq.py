@@ -80,7 +80,7 @@ def test_tiny_llama_gptq_block_by_block_and_in_tract(tmp_path):
     quantize_model(plain, "minmax:3:g32", progress=False)
     summary = quantize_model(gq, "minmax:3:g32", calibration="gptq", data=data, progress=False)
     assert any("block by block (model.layers, 2 blocks)" in n for n in summary.notes)
-    assert any("model.embed_tokens.weight" in n and "Linear weights only" in n
+    assert any("model.embed_tokens.weight" in n and "does not apply" in n
                for n in summary.notes)  # fmt: skip
     assert summary.data_hash and "gptq" in summary.headline()
     assert len(summary.quantized) == 2 * 7 + 2
@@ -170,3 +170,40 @@ def test_padded_tokens_stay_out_of_the_hessian():
     x = model.emb(ids)[mask.bool()].detach()
     assert list(got) == ["proj.weight"] and got["proj.weight"].rows == 10
     assert torch.allclose(got["proj.weight"].hessian, x.T @ x, atol=1e-4)
+
+
+class ConvNet(nn.Module):
+    """Conv1d and Conv2d feeding a Linear: GPTQ rounds all three on their input patches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(32, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 16, 2, stride=2, padding=1, dilation=2)
+        self.head = nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.c1(x))  # (n, 32, 16)
+        y = torch.relu(self.c2(y.reshape(-1, 32, 4, 4)))  # (n, 16, 2, 2)
+        return self.head(y.flatten(1))
+
+
+def test_conv_layers_gptq_lowers_error_and_exports(tmp_path):
+    from t2n_quant.layerwise import conv_columns
+    from tests.helpers import export_and_check
+
+    torch.manual_seed(0)
+    model = ConvNet().eval()
+    x = correlated_inputs(64 * 16, 32).reshape(64, 16, 32).transpose(1, 2).contiguous()
+    conv = model.c2
+    cols = conv_columns(conv, x[:2, :, :16].reshape(2, 32, 4, 4))  # as torch's conv sees them
+    want = conv(x[:2, :, :16].reshape(2, 32, 4, 4)) - conv.bias[:, None, None]
+    got = (cols @ conv.weight.reshape(16, -1).T).reshape(2, 4, 16).transpose(1, 2)
+    assert torch.allclose(got.reshape(want.shape), want, atol=1e-5)
+    plain, gq = copy.deepcopy(model), copy.deepcopy(model)
+    quantize_model(plain, "minmax:3:g32", progress=False)
+    s = quantize_model(gq, "minmax:3:g32", calibration="gptq", data=x[:48], progress=False)
+    assert not any("does not apply" in n for n in s.notes) and len(s.quantized) == 3
+    with torch.no_grad():
+        ref = model(x[48:])
+        assert (gq(x[48:]) - ref).square().mean() < (plain(x[48:]) - ref).square().mean()
+    export_and_check(gq, (x[48:50],), tmp_path, name="m.nnef")
