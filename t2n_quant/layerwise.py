@@ -1,7 +1,9 @@
 """Data-aware quantization, block by block: what each weight's module sees on calibration data.
 
-A data-aware calibration (``"gptq"``) needs, per Linear weight, ``H = X^T X`` over the
-inputs its module sees. How they are gathered:
+A data-aware calibration (``"gptq"``) needs, per weight, ``H = X^T X`` over the inputs its
+module sees: the rows fed to a Linear, the patches a Conv1d / Conv2d multiplies, the query /
+key / value fed to an ``nn.MultiheadAttention``'s q/k/v projections (one Hessian per third
+of the packed projection when they differ). How they are gathered:
 
 - **block by block** when the model keeps its repeated blocks in an ``nn.ModuleList``
   (``model.layers``, ``encoder.layer``, ...) and consecutive blocks chain (each block's
@@ -22,7 +24,8 @@ Padding does not count: when a batch carries a 2-D ``attention_mask`` (Hugging F
 tokenizers' ``padding=True``), the rows of a layer input shaped ``(batch, tokens, k)`` at
 padded positions (mask 0) are left out of its Hessian and activation statistics.
 
-Weights no data-aware method applies to (not a Linear, shared by several modules, never
+Weights no data-aware method applies to (see :func:`not_applicable`; shared by several
+modules; an attention's ``out_proj``, which it reads without calling it; never
 reached by the data) get the weight-only ``inner`` calibration and a note saying so.
 """
 
@@ -45,6 +48,10 @@ from t2n_quant.codecs.base import Codec, QParams
 from t2n_quant.errors import CalibrationDataError
 
 logger = logging.getLogger(__name__)
+
+#: ``nn.MultiheadAttention`` weights and the forward arguments (query, key, value) they read
+ATTENTION_INPUTS = {"in_proj_weight": (0, 1, 2), "q_proj_weight": (0,), "k_proj_weight": (1,),
+                    "v_proj_weight": (2,)}  # fmt: skip
 
 #: calibrations that need data, handled here rather than by :mod:`t2n_quant.calibration`
 DATA_AWARE = ("gptq", "awq")
@@ -76,27 +83,59 @@ class Target:
     act: torch.Tensor | None = None  # sum of |x| per input channel
     first_input: torch.Tensor | None = None  # the input tensor object of the first call
     seq: int = -1  # when the first input arrived, in the order of the block's calls
+    #: attention's packed q/k/v projection fed different query / key / value tensors: one
+    #: Hessian per third of the rows (None while they are all the same tensor)
+    parts: list[Target] | None = None
 
     def reset(self) -> None:
         self.hessian, self.rows, self.act, self.first_input, self.seq = None, 0, None, None, -1
+        self.parts = None
 
-    def add(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    def add_inputs(self, xs: list[torch.Tensor], mask: torch.Tensor | None,
+                   shared: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """One call's inputs: one tensor, or attention's (query, key, value) for the packed
+        projection, whose thirds each take their own input's Hessian once they differ."""
+        if self.parts is None and all(x is xs[0] for x in xs):
+            self.add(xs[0], mask, shared)
+            return
+        if self.parts is None:  # split what was gathered while they were the same
+            self.parts = [Target(self.weight, self.codec, self.path, self.module)
+                          for _ in xs]  # fmt: skip
+            for part in self.parts:
+                part.hessian = None if self.hessian is None else self.hessian.clone()
+                part.rows = self.rows
+        if self.first_input is None:
+            self.first_input = xs[0]
+        for part, x in zip(self.parts, xs):
+            part.add(x, mask, shared)
+        self.hessian = self.parts[0].hessian
+
+    def add(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+            shared: dict[str, Any] | None = None) -> None:  # fmt: skip
         """Accumulate the input ``x``; ``mask`` (the batch's tokens, False on padding)
-        drops a Linear's padded rows when ``x`` is shaped ``(*mask.shape, k)``."""
+        drops a Linear's padded rows when ``x`` is shaped ``(*mask.shape, k)``. ``shared``
+        keeps the last input's statistics, so the Linears reading one tensor (q/k/v) take
+        its ``x^T x`` once."""
         if self.first_input is None:
             self.first_input = x
-        x = x.detach()
-        if isinstance(self.module, nn.Linear):
-            if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
-                x = x[mask.to(x.device)]
-            x = x.reshape(-1, x.shape[-1]).float()
+        conv = isinstance(self.module, (nn.Conv1d, nn.Conv2d))
+        if shared is not None and shared.get("x") is x and shared.get("mask") is mask \
+                and not conv and shared.get("conv") is False:  # fmt: skip
+            h, a, n = shared["stats"]
         else:
-            x = conv_columns(self.module, x).float()
-        h = x.T @ x
-        self.hessian = h if self.hessian is None else self.hessian.add_(h)
-        a = x.abs().sum(0)
-        self.act = a if self.act is None else self.act.add_(a)
-        self.rows += x.shape[0]
+            rows = x.detach()
+            if not conv:  # features last
+                if mask is not None and tuple(rows.shape[:-1]) == tuple(mask.shape):
+                    rows = rows[mask.to(rows.device)]
+                rows = rows.reshape(-1, rows.shape[-1]).float()
+            else:
+                rows = conv_columns(self.module, rows).float()
+            h, a, n = rows.T @ rows, rows.abs().sum(0), rows.shape[0]
+            if shared is not None:
+                shared.update(x=x, mask=mask, conv=conv, stats=(h, a, n))
+        self.hessian = h.clone() if self.hessian is None else self.hessian.add_(h)
+        self.act = a.clone() if self.act is None else self.act.add_(a)
+        self.rows += n
 
 
 @dataclass
@@ -279,19 +318,33 @@ def _rejected(stage: str, i: int, err: Exception, what: str) -> CalibrationDataE
 
 @contextlib.contextmanager
 def _gathering(
-    targets: list[Target], scope: nn.Module, tokens: _Tokens, prefix: str = ""
-) -> Iterator[dict[int, Any]]:
+    targets: list[Target], scope: nn.Module, tokens: _Tokens, prefix: str = "",
+    first_stage_only: bool = False,
+) -> Iterator[dict[int, Any]]:  # fmt: skip
     """Feed each target its inputs; yields ``{id(tensor): (path, module, tensor)}``: the
-    first output of every module of ``scope`` (to find the op producing a Linear's input)."""
+    first output of every module of ``scope`` (to find the op producing a Linear's input).
+    ``first_stage_only``: only the targets reading the first input reached (on the first
+    batch) gather; the others only note when they were reached (``seq``)."""
     produced: dict[int, Any] = {}
     recorded: set[str] = set()
     calls = iter(range(1 << 62))
+    first: list[torch.Tensor] = []
+    shared: dict[str, Any] = {}
+    gathers: dict[int, bool] = {}
 
     def hook(t: Target) -> Callable[..., None]:
-        def fn(module: nn.Module, args: Any) -> None:
+        wanted = ATTENTION_INPUTS.get(t.weight.attr, (0,))
+
+        def fn(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+            names = ("query", "key", "value")
+            xs = [args[i] if i < len(args) else kwargs[names[i]] for i in wanted]
             if t.seq < 0:
                 t.seq = next(calls)
-            t.add(args[0], tokens.now)
+                if not first:
+                    first.append(xs[0])
+                gathers[id(t)] = not first_stage_only or xs[0] is first[0]
+            if gathers[id(t)]:
+                t.add_inputs(xs, tokens.now, shared)
 
         return fn
 
@@ -303,13 +356,14 @@ def _gathering(
 
         return fn
 
-    handles = [t.module.register_forward_pre_hook(hook(t)) for t in targets]
+    handles = [t.module.register_forward_pre_hook(hook(t), with_kwargs=True) for t in targets]
     handles += [m.register_forward_hook(record(prefix + p)) for p, m in scope.named_modules()]
     try:
         yield produced
     finally:
         for h in handles:
             h.remove()
+        shared.clear()
 
 
 def _what(targets: list[Target], method: str) -> str:
@@ -472,15 +526,18 @@ def _sequential(
             while pending:
                 for t in pending:
                     t.reset()
-                with _gathering(pending, block, tokens, f"{prefix}{i}.") as produced:
+                with _gathering(pending, block, tokens, f"{prefix}{i}.",
+                                job.sequential) as produced:  # fmt: skip
                     _run_block(block, inputs, f"running block '{prefix}{i}'", what, tokens.at)
 
                 def probe(block: nn.Module = block, first: Any = inputs[0]) -> torch.Tensor:
                     return _first_tensor(block(*first[0], **first[1]))
 
-                stage = _first_stage(pending) if job.sequential else pending
+                # sequential: the targets that gathered (those reading the first input
+                # reached) now; the others reached, next; those never reached: weight-only
+                stage = [t for t in pending if t.hessian is not None or not job.sequential]
                 _solve(stage, job, False, f"block {i}", produced, probe)
-                pending = [t for t in pending if all(t is not u for u in stage)]
+                pending = [t for t in pending if t.seq >= 0 and all(t is not u for u in stage)]
             outs = _run_block(block, inputs, f"running block '{prefix}{i}' quantized", what)
             inputs = [(_with_first(a, _first_tensor(o)), k) for (a, k), o in zip(inputs, outs)]
     if not rest:
@@ -507,14 +564,7 @@ def _sequential(
         _solve(rest, job, progress, "outside the blocks", produced, probe)
 
 
-def _first_stage(targets: list[Target]) -> list[Target]:
-    """The targets reading the same input as the first one reached (all of them when none
-    was reached: nothing more to gather)."""
-    reached = [t for t in targets if t.seq >= 0]
-    if not reached:
-        return targets
-    first = min(reached, key=lambda t: t.seq).first_input
-    return [t for t in reached if t.first_input is first]
+
 
 
 def _solve(
@@ -530,8 +580,17 @@ def _solve(
         w = t.weight.param.detach()
         dev = job.device or w.device
         assert t.hessian is not None
-        new_w, params = gptq(w.to(dev), t.hessian.to(dev), t.codec, **job.options)
-        t.hessian = None
+        assert t.codec is not None
+        if t.parts is None:
+            new_w, params = gptq(w.to(dev), t.hessian.to(dev), t.codec, **job.options)
+        else:  # each third of the rows on its own input's Hessian
+            pieces = [gptq(rows.to(dev), part.hessian.to(dev), t.codec, **job.options)
+                      for rows, part in zip(w.chunk(len(t.parts)), t.parts)]  # type: ignore[union-attr]  # fmt: skip
+            new_w = torch.cat([p[0] for p in pieces])
+            zeros = [p[1].zero for p in pieces]
+            params = QParams(torch.cat([p[1].scale for p in pieces]),
+                             None if zeros[0] is None else torch.cat(zeros))  # type: ignore[arg-type]  # fmt: skip
+        t.hessian, t.parts = None, None
         job.assign(t, new_w.reshape(w.shape), params)
 
 
@@ -612,14 +671,17 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
 def not_applicable(w: Any, method: str = "gptq") -> str | None:
     """Why ``method`` cannot calibrate the weight ``w`` (a ``swap._Weight``), or None: it
     needs the one module reading the inputs, a Linear (``awq``), or for ``gptq`` also a
-    Conv1d / Conv2d with zero padding given as numbers and one group."""
+    Conv1d / Conv2d with zero padding given as numbers and one group, or the q/k/v
+    projections of an ``nn.MultiheadAttention``."""
     if len(w.users) > 1:
         return "shared by several modules"
     module = w.users[0][1]
-    if w.attr != "weight":
+    if w.attr != "weight" and not isinstance(module, nn.MultiheadAttention):
         return f"the {w.attr} of a {w.module_type}"
     if isinstance(module, nn.Linear):
         return None
+    if method == "gptq" and isinstance(module, nn.MultiheadAttention):
+        return None if w.attr in ATTENTION_INPUTS else f"the {w.attr} of a {w.module_type}"
     if method == "gptq" and isinstance(module, (nn.Conv1d, nn.Conv2d)):
         if module.groups != 1:
             return f"a grouped {w.module_type} (groups={module.groups})"

@@ -30,19 +30,22 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 
 def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> QParams:
-    codec, blocks = fit.codec, fit.blocks
+    codec = fit.codec
     stored = codec.store(cur.params)
-    assert cur.q is not None
+    assert cur.q is not None and cur.residual is not None
     s = stored.scale.float()
-    z = stored.zero.float() if stored.zero is not None else 0.0
-    e = shrink_lp(torch.sub(cur.q, z).mul_(s).sub_(blocks).neg_(), beta, p)
-    se = e.sum(dim=-1, keepdim=True)
+    # shrink_lp is zero where |x| <= beta ** (-1 / (2 - p)): usually everywhere (the residual
+    # of min-max-like parameters is at most half a step), then e = 0 needs no pass
+    e = None
+    if float(cur.residual.abs().amax()) > beta ** (-1.0 / (2.0 - p)):
+        e = shrink_lp(cur.residual.neg(), beta, p)
     if codec.has_zero:
         assert cur.sq is not None and fit.sx is not None
         safe = torch.where(s == 0, torch.ones_like(s), s)
-        zero = (cur.sq - (fit.sx - se) / safe) / fit.n
+        sx = fit.sx if e is None else fit.sx - e.sum(dim=-1, keepdim=True)
+        zero = (cur.sq - sx / safe) / fit.n
         return QParams(cur.params.scale, zero.clamp(0.0, float(codec.qmax)))
-    num = cur.sxq - rowdot(e, cur.q)
+    num = cur.sxq if e is None else cur.sxq - rowdot(e, cur.q)
     s = torch.where(cur.sqq > 0, num / cur.sqq.clamp(min=1e-30), cur.params.scale)
     return QParams(s.to(codec.storage_dtype).float())
 

@@ -53,6 +53,8 @@ class Scored:
     sxq: torch.Tensor
     sqq: torch.Tensor
     sq: torch.Tensor | None
+    #: ``dequantized - blocks`` (unweighted fits), valid until the next :meth:`BlockFit.score`
+    residual: torch.Tensor | None = None
 
 
 class BlockFit:
@@ -75,19 +77,26 @@ class BlockFit:
             blocks.shape[-1] if self.w is None else self.w.sum(dim=-1, keepdim=True)
         )
         self.sx = self.xw.sum(dim=-1, keepdim=True) if codec.has_zero else None
+        self.work: torch.Tensor | None = None
+        self.neg_blocks = blocks.neg()
 
     def score(self, params: QParams) -> Scored:
         codec = self.codec
         q = codec.float_codes(self.blocks, params)
         stored = codec.store(params)
-        residual = q if stored.zero is None else torch.sub(q, stored.zero.float())
-        residual = residual.mul(stored.scale.float()).sub_(self.blocks)
+        scale = stored.scale.float()
+        if self.work is None:  # one buffer for every candidate's residual
+            self.work = torch.empty_like(self.blocks)
+        residual = torch.addcmul(self.neg_blocks, q, scale, out=self.work)
+        if stored.zero is not None:
+            residual.sub_(stored.zero.float() * scale)
         qw = q if self.w is None else q * self.w
         sq = qw.sum(dim=-1, keepdim=True) if codec.has_zero else None
         if self.w is not None:
             residual.mul_(self.root_w)
         error = rowdot(residual, residual)
-        return Scored(params, q, error, rowdot(self.xw, q), rowdot(qw, q), sq)
+        kept = residual if self.w is None else None
+        return Scored(params, q, error, rowdot(self.xw, q), rowdot(qw, q), sq, kept)
 
     def least_squares(self, cur: Scored) -> QParams:
         """The parameters with the least squared error for ``cur``'s codes."""

@@ -143,7 +143,43 @@ def test_torch_transformer_encoder_blocks_reach_every_linear():
     # the fused fast path is off, so linear1/linear2 are seen; MultiheadAttention reads
     # out_proj.weight without calling out_proj, so that one is calibrated weight-only
     assert unreached == [f"encoder.layers.{i}.self_attn.out_proj.weight" for i in range(2)]
-    assert any("self_attn.in_proj_weight" in n and "Linear weights only" in n for n in s.notes)
+    assert not any("in_proj_weight" in n for n in s.notes)  # gptq on attention's inputs
+
+
+class CrossAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(64, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, memory, memory, need_weights=False)[0]
+
+
+def test_attention_projections_take_their_own_inputs():
+    from t2n_quant.layerwise import input_hessians
+    from t2n_quant.swap import _collect
+
+    torch.manual_seed(0)
+    model = CrossAttention().eval()
+    x = correlated_inputs(40 * 8, 64).reshape(40, 8, 64) * torch.linspace(0.2, 3, 64)
+    mem = correlated_inputs(40 * 5, 64, seed=1).reshape(40, 5, 64)
+    from t2n_quant.calibration_data import batches
+
+    found = input_hessians(model, _collect(model), batches([(x, mem)]))
+    t = found["attn.in_proj_weight"]
+    assert t.parts is not None and len(t.parts) == 3
+    xs, ms = x.reshape(-1, 64), mem.reshape(-1, 64)
+    assert torch.allclose(t.parts[0].hessian, xs.T @ xs, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(t.parts[2].hessian, ms.T @ ms, rtol=1e-4, atol=1e-3)
+    plain, gq = copy.deepcopy(model), copy.deepcopy(model)
+    quantize_model(plain, "minmax:3:g32", progress=False)
+    s = quantize_model(gq, "minmax:3:g32", calibration="gptq", data=[(x[:32], mem[:32])],
+                       progress=False)  # fmt: skip
+    assert not any("in_proj_weight" in n for n in s.notes)
+    with torch.no_grad():
+        ref = model(x[32:], mem[32:])
+        err = (gq(x[32:], mem[32:]) - ref).square().mean()
+        assert err < (plain(x[32:], mem[32:]) - ref).square().mean()
 
 
 def test_padded_tokens_stay_out_of_the_hessian():
