@@ -669,7 +669,7 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
 
 
 def not_applicable(w: Any, method: str = "gptq") -> str | None:
-    """Why ``method`` cannot calibrate the weight ``w`` (a ``swap._Weight``), or None: it
+    """Why ``method`` cannot calibrate ``w`` (a ``t2n_quant.weights.Weight``), or None: it
     needs the one module reading the inputs, a Linear (``awq``), or for ``gptq`` also a
     Conv1d / Conv2d with zero padding given as numbers and one group, or the q/k/v
     projections of an ``nn.MultiheadAttention``."""

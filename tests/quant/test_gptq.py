@@ -157,7 +157,7 @@ class CrossAttention(nn.Module):
 
 def test_attention_projections_take_their_own_inputs():
     from t2n_quant.layerwise import input_hessians
-    from t2n_quant.swap import _collect
+    from t2n_quant.weights import collect_weights
 
     torch.manual_seed(0)
     model = CrossAttention().eval()
@@ -165,7 +165,7 @@ def test_attention_projections_take_their_own_inputs():
     mem = correlated_inputs(40 * 5, 64, seed=1).reshape(40, 5, 64)
     from t2n_quant.calibration_data import batches
 
-    found = input_hessians(model, _collect(model), batches([(x, mem)]))
+    found = input_hessians(model, collect_weights(model), batches([(x, mem)]))
     t = found["attn.in_proj_weight"]
     assert t.parts is not None and len(t.parts) == 3
     xs, ms = x.reshape(-1, 64), mem.reshape(-1, 64)
@@ -185,7 +185,7 @@ def test_attention_projections_take_their_own_inputs():
 def test_padded_tokens_stay_out_of_the_hessian():
     from t2n_quant.calibration_data import batches
     from t2n_quant.layerwise import input_hessians
-    from t2n_quant.swap import _collect
+    from t2n_quant.weights import collect_weights
 
     class Tagger(nn.Module):  # a Hugging Face-like encoder: ids and attention_mask keywords
         def __init__(self) -> None:
@@ -201,7 +201,7 @@ def test_padded_tokens_stay_out_of_the_hessian():
     ids = torch.randint(1, 16, (2, 6))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
     padded = ids.masked_fill(mask == 0, 0)
-    got = input_hessians(model, _collect(model),
+    got = input_hessians(model, collect_weights(model),
                          batches({"input_ids": padded, "attention_mask": mask}))  # fmt: skip
     x = model.emb(ids)[mask.bool()].detach()
     assert list(got) == ["proj.weight"] and got["proj.weight"].rows == 10
