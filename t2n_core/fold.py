@@ -9,7 +9,8 @@ lets ``nn.MultiheadAttention`` cross-attention, which splits its packed ``in_pro
 into query and key/value rows before the matmuls, keep a tract-native weight (Q4_0)
 compressed: tract can feed such a weight to matmul but not to ``slice``.
 :func:`fold_reshapes` then stores a tensor whose only use is a squeeze with the new shape
-(``nnef_reshape``): a row of a 3-D expert weight, squeezed, becomes one 2-D matrix.
+(``nnef_reshape``): a row of a 3-D expert weight, squeezed, becomes one 2-D matrix, and a
+3-D expert weight flattened to ``[experts * out, in]`` (gathered experts) is stored so.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def fold_row_slices(graph: Graph, is_native: Callable[[Variable], bool]) -> int:
 
 def fold_reshapes(graph: Graph) -> int:
     """Store a tensor that offers ``nnef_reshape`` with the shape of its only use, a
-    ``squeeze`` (static shapes); returns how many were folded. The variable keeps its name
-    and label; the squeeze is dropped."""
+    ``squeeze`` or ``reshape`` (static shapes); returns how many were folded. The variable
+    keeps its name and label; the squeeze or reshape is dropped."""
     uses: dict[str, list[Operation]] = {name: [] for name in graph.variables}
     for op in graph.operations:
         for name in _refs([*op.args, *op.attrs.values()]):
@@ -62,7 +63,7 @@ def fold_reshapes(graph: Graph) -> int:
         if len(ops) != 1 or name in graph.outputs:
             continue
         op = ops[0]
-        if op.op != "squeeze" or op.args != [Ref(name)] or len(op.outputs) != 1:
+        if op.op not in ("squeeze", "reshape") or op.args != [Ref(name)] or len(op.outputs) != 1:
             continue
         if op.outputs[0] in graph.outputs:
             continue

@@ -29,7 +29,7 @@ matmul compressed, since tract cannot run ``slice`` on it.
 
 Optional method: ``nnef_reshape(shape)`` returns the same encoded tensor seen with another
 shape (or ``None`` when the encoding's blocks would not line up). A stored tensor whose only
-use is a ``squeeze`` (static shapes) is then stored with the squeezed shape
+use is a ``squeeze`` or ``reshape`` (static shapes) is then stored with the new shape
 (:func:`t2n_core.fold.fold_reshapes`): ``experts[e]`` of a 3-D expert weight is a row slice
 then a squeeze, and reaches its matmul as one 2-D compressed matrix.
 """

@@ -240,6 +240,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "swappable with `t2n adapter swap`, the base weights quantized by --codec; 'merged' "
         "folds W + s*B*A into one weight before quantizing",
     )  # fmt: skip
+    p.add_argument(
+        "--experts", choices=["dense", "gather"], default="dense",
+        help="mixture-of-experts layers: 'dense' (default) runs every expert on every token, "
+        "masked by the router (experts/top-k times the expert compute, memory independent of "
+        "the prompt); 'gather' runs only the top-k experts per token by gathering their "
+        "weight rows (faster decoding; a prompt of T tokens holds T*top-k float expert "
+        "matrices)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_export_llm)
 
@@ -301,7 +309,7 @@ def run_export_llm(args: argparse.Namespace) -> int:
         check=not args.no_check, trust_remote_code=args.trust_remote_code,
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
         fragments=not args.no_fragments, progress=not args.quiet, adapter=args.adapter,
-        lora=args.lora,
+        lora=args.lora, experts=args.experts,
     )  # fmt: skip
     print(shipped)
     return 0 if shipped.check is None or shipped.check.passed else 1

@@ -9,6 +9,8 @@ models store them.
   (``gate_up_proj``, ``up_proj``, ``down_proj``: ``[experts, out, in]``, the layout of
   ``transformers.integrations.moe.use_experts_implementation``): :func:`expert_weight_attrs`
   names them, and :func:`expert_incompatibility` says when a codec cannot take them.
+  Experts stored ``[experts, in, out]`` (``is_transposed``, GPT-OSS) are first turned into the
+  ``[experts, out, in]`` layout by :func:`untranspose_experts`, for the same reason as Conv1D.
 """
 
 from __future__ import annotations
@@ -86,6 +88,57 @@ def _linear_from(conv: nn.Module) -> nn.Linear | None:
     return linear.train(conv.training)
 
 
+def untranspose_experts(model: nn.Module) -> list[str]:
+    """Store the 3-D weights of every transformers experts module kept ``[experts, in, out]``
+    (``is_transposed``) as ``[experts, out, in]`` and clear ``is_transposed``, so that the
+    codecs' blocks run along the input axis; returns the module paths changed.
+
+    transformers' experts implementations (``grouped_mm``, ``batched_mm``, t2n's) read the
+    layout from ``is_transposed``; a model running the module's own ``eager`` forward, which
+    hard-codes ``[in, out]``, is left as it is (:func:`expert_incompatibility` says why).
+    """
+    paths: list[str] = []
+    for path, module in model.named_modules():
+        attrs = expert_weight_attrs(module)
+        if not attrs or not module.is_transposed or _runs_own_forward(module):
+            continue
+        new = {a: _transposed_experts(module._parameters[a]) for a in attrs}
+        if any(t is None for t in new.values()):
+            logger.warning("experts %r: a deferred weight is transformed, left as it is", path)
+            continue
+        for attr, tensor in new.items():
+            module._parameters[attr] = tensor
+        module.is_transposed = False
+        paths.append(path)
+    if paths:
+        logger.info(
+            "%d MoE experts layer(s) stored [experts, in, out] switched to [experts, out, in] "
+            "(is_transposed=False) to quantize their weights: %s",
+            len(paths), ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else ""),
+        )  # fmt: skip
+    return paths
+
+
+def _runs_own_forward(module: nn.Module) -> bool:
+    """Whether the module's own forward runs (``eager``), not one of the interface's."""
+    config = getattr(module, "config", None)
+    return getattr(config, "_experts_implementation", None) in (None, "eager")
+
+
+def _transposed_experts(weight: torch.Tensor) -> torch.Tensor | None:
+    if isinstance(weight, DeferredTensor):  # not read yet (streamed): read it transposed
+        if weight.transform is not None:
+            return None
+        src, first = weight, weight.row_range[0]
+
+        def read(begin: int, end: int) -> torch.Tensor:
+            return src.read(first + begin, first + end).transpose(1, 2)
+
+        experts, n_in, n_out = weight.shape
+        return DeferredTensor(read, (experts, n_out, n_in), weight.dtype, name=weight.tensor_name)
+    return nn.Parameter(weight.detach().transpose(1, 2).contiguous(), weight.requires_grad)
+
+
 def expert_weight_attrs(module: nn.Module) -> tuple[str, ...]:
     """The 3-D expert matrices of a transformers experts module (``()`` for other modules)."""
     if not hasattr(module, "is_transposed") or not hasattr(module, "has_gate"):
@@ -104,8 +157,11 @@ def expert_incompatibility(module: nn.Module, shape: tuple[int, ...], codec: Cod
     """
     if getattr(module, "is_transposed", False) and isinstance(codec, Q4_0Codec):
         return (
-            "experts stored [experts, in, out] (is_transposed): q4_0 blocks would run along "
-            "the output axis, not the input axis tract's quantized matmul reduces over"
+            "experts stored [experts, in, out] (is_transposed) and run by the module's own "
+            "eager forward, which reads that layout: q4_0 blocks would run along the output "
+            "axis, not the input axis tract's quantized matmul reduces over (set "
+            "config._experts_implementation = 'grouped_mm' to have them transposed and "
+            "quantized)"
         )
     per_expert = codec.incompatibility(tuple(shape[1:]))
     if per_expert is not None:

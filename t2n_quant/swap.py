@@ -30,7 +30,7 @@ from t2n_quant.calibration_data import fingerprint
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
-from t2n_quant.matmul_weights import linearize_conv1d
+from t2n_quant.matmul_weights import linearize_conv1d, untranspose_experts
 from t2n_quant.parametrizations import bake_weight_parametrizations
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
@@ -139,7 +139,8 @@ def quantize_model(
     (and the input projections of ``nn.MultiheadAttention``, the input, hidden and
     projection matrices of every layer and direction of ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``,
     and the 3-D expert weights of transformers MoE layers). transformers ``Conv1D`` layers
-    (GPT-2) are first replaced by the equivalent ``nn.Linear`` (:mod:`t2n_quant.matmul_weights`).
+    (GPT-2) are first replaced by the equivalent ``nn.Linear``, and experts stored
+    ``[experts, in, out]`` (GPT-OSS) transposed (:mod:`t2n_quant.matmul_weights`).
     Any other float parameter of rank >= 2 is left as it is and listed in the summary's
     skipped weights, with the reason.
 
@@ -182,6 +183,7 @@ def quantize_model(
     lora_notes = _prepare_lora(model, lora)
     adapters = adapter_parameters(model)
     linearize_conv1d(model)
+    untranspose_experts(model)
     planned: dict[str, Codec | None] | None = None
     if isinstance(codec_or_config, Mapping):  # a plan: {module glob: spec}, checked up front
         planned = check_plan(codec_or_config, collect_weights(model))

@@ -13,7 +13,7 @@ from torch import nn
 from t2n_core.check import check_archive
 from t2n_core.errors import ExportInputError
 from t2n_core.export import ExportResult, export
-from t2n_core.llm.experts import dense_experts
+from t2n_core.llm.experts import DEFAULT_EXPERTS, check_experts, experts_implementation
 from t2n_core.llm.wrapper import (
     CausalLMWithCache,
     input_names_for,
@@ -48,6 +48,7 @@ def export_causal_lm(
     all_logits: bool = True,
     fragments: bool = True,
     lora: str | None = None,
+    experts: str = DEFAULT_EXPERTS,
 ) -> ExportResult:
     """Export one generation step of a Hugging Face causal LM, with its KV cache, to NNEF.
 
@@ -73,6 +74,12 @@ def export_causal_lm(
     how LoRA adapters are written, ``"separate"`` (default) or ``"merged"`` (see
     :mod:`t2n_core.lora`).
 
+    ``experts`` is how mixture-of-experts layers are written (:mod:`t2n_core.llm.experts`):
+    ``"dense"`` (default) runs every expert on every token, masked by the router's weights
+    (experts / top-k times the expert compute, memory independent of the prompt);
+    ``"gather"`` runs only the top-k experts per token, gathering their weights (less
+    decode compute, but a prompt of T tokens holds T * top-k float expert matrices).
+
     >>> result = export_causal_lm(LlamaForCausalLM(config), "llm.nnef.tgz")  # doctest: +SKIP
     """
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
@@ -90,6 +97,7 @@ def export_causal_lm(
     if dtype != model_dtype:
         logger.info("exporting a %s copy of the %s model", dtype, model_dtype)
         model = copy.deepcopy(model).to(dtype)
+    check_experts(experts)
     tol = DEFAULT_TOLERANCE[dtype]
     atol = tol if atol is None else atol
     rtol = tol if rtol is None else rtol
@@ -104,7 +112,7 @@ def export_causal_lm(
     dynamic_axes: dict[str, dict[int, str]] = {"input_ids": {**batch_axis, 1: "T"}}
     for name in input_names[1:]:
         dynamic_axes[name] = {**batch_axis, 2: "P"}
-    with dense_experts(model):  # MoE layers in a form tract runs, for capture and check
+    with experts_implementation(model, experts):  # MoE layers in a form tract runs
         result = export(
             step, args, path, input_names=input_names, output_names=output_names,
             dynamic_axes=dynamic_axes, check=check, atol=atol, rtol=rtol, overwrite=overwrite,

@@ -39,6 +39,7 @@ from t2n_core.errors import (
 )
 from t2n_core.export import ExportResult
 from t2n_core.llm.checkpoint import Checkpoint, open_checkpoint, streamed_model
+from t2n_core.llm.experts import DEFAULT_EXPERTS, check_experts
 from t2n_core.llm.export import DEFAULT_TOLERANCE, export_causal_lm
 from t2n_core.llm.precision import f32_attention as use_f32_attention
 from t2n_core.llm.precision import f32_norms, is_norm
@@ -112,6 +113,7 @@ class ShippedModel:
             ("archive", f"{human_bytes(m['archive_bytes'])}, tensors "
                         + ", ".join(f"{k} {human_bytes(v)}" for k, v in m["tensor_bytes"].items())),
             ("logits", "all positions" if m["all_logits"] else "last position only"),
+            *([("experts", m["experts"])] if m.get("experts") else []),
             ("tokenizer", "copied" if m["tokenizer"] else "MISSING (generate needs --prompt-ids)"),
             ("check", "skipped (--no-check)" if self.check is None else
                       ("passed" if self.check.passed else "FAILED") +
@@ -139,6 +141,7 @@ def export_checkpoint(
     f32_attention: bool = False,
     f32_norm: bool = False,
     fragments: bool = True,
+    experts: str = DEFAULT_EXPERTS,
     progress: bool = True,
     adapter: str | os.PathLike | None = None,
     lora: str | None = None,
@@ -151,7 +154,9 @@ def export_checkpoint(
     instead of one NNEF fragment per distinct layer. ``adapter``: a PEFT LoRA adapter folder
     loaded onto the checkpoint's model (``save_pretrained`` output); ``lora`` writes it
     ``"separate"`` (default: base weights and adapter apart, swappable with
-    ``t2n adapter swap``) or ``"merged"`` (see :mod:`t2n_core.lora`). ``quantize`` (see
+    ``t2n adapter swap``) or ``"merged"`` (see :mod:`t2n_core.lora`). ``experts``
+    (``"dense"``, ``"gather"``): how mixture-of-experts layers are written, see
+    :func:`~t2n_core.llm.export_causal_lm`. ``quantize`` (see
     :func:`t2n_quant.export_checkpoint`, which passes ``quantize_model`` with its codec)
     replaces weights before export; ``quantization``
     is recorded in the manifest. ``check`` runs both io samples in tract against PyTorch.
@@ -165,6 +170,7 @@ def export_checkpoint(
     clock = time.perf_counter()
     target = check_target(out, overwrite=overwrite, foreign=_not_ours)
     torch_dtype = _torch_dtype(dtype)
+    check_experts(experts)
     if (f32_attention or f32_norm) and torch_dtype != torch.float16:
         raise ExportInputError("f32_attention / f32_norm only apply to an f16 export (dtype='f16')")
     ckpt = open_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
@@ -202,7 +208,7 @@ def export_checkpoint(
             result = export_causal_lm(
                 model, archive, dtype=torch_dtype, check=False, all_logits=all_logits,
                 progress=progress, properties={"source_architecture": ckpt.architecture},
-                fragments=fragments, lora=lora,
+                fragments=fragments, lora=lora, experts=experts,
             )  # fmt: skip
         except UnsupportedOpsError as exc:
             raise UnsupportedOpsError(
@@ -228,7 +234,7 @@ def export_checkpoint(
                 shutil.copyfile(ckpt.directory / name, staging / name)
         manifest = _manifest(
             ckpt, model, result, archive, torch_dtype, summary, quantization, all_logits,
-            f32_attention, f32_norm, list(samples), tol, report,
+            f32_attention, f32_norm, list(samples), tol, report, experts,
         )  # fmt: skip
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         check_target(target, overwrite=overwrite, foreign=_not_ours)  # it may have appeared
@@ -371,6 +377,7 @@ def _manifest(
     samples: list[str],
     tol: float,
     report: CheckReport | None,
+    experts: str,
 ) -> dict[str, Any]:
     tensors = {}
     for name, raw in sorted(read_archive_files(archive, dat_headers_only=True).items()):
@@ -405,6 +412,7 @@ def _manifest(
         "f32_attention": f32_attention,
         "f32_norm": f32_norm,
         "all_logits": all_logits,
+        "experts": experts if any(hasattr(m, "has_gate") for m in model.modules()) else None,
         "codec": getattr(summary, "codec", None),
         "calibration": getattr(summary, "calibration", None),
         **{k: v for k, v in (quantization or {}).items() if k not in ("codec", "calibration")},

@@ -101,8 +101,9 @@ def test_family(name: str, mode: str, tmp_path) -> None:
     check_family(name, mode, tmp_path)
 
 
-def check_family(name: str, mode: str, tmp_path) -> None:
-    """Quantize (q4_0) or convert (f16), export with the tract check, generate in tract."""
+def check_family(name: str, mode: str, tmp_path, experts: str = "dense"):
+    """Quantize (q4_0) or convert (f16), export with the tract check, generate in tract;
+    returns the export's result."""
     model = tiny(name)
     skipped: set[str] = set()
     if mode == "q4_0":
@@ -116,7 +117,7 @@ def check_family(name: str, mode: str, tmp_path) -> None:
         assert all(s.reason for s in summary.skipped)
     elif mode == "f16":
         model = model.to(torch.float16)
-    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
+    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False, experts=experts)
     assert result.check is not None and result.check.passed, str(result.check)
     if mode == "q4_0":
         assert result.tensor_bytes.get("q4_0", 0) > 0
@@ -125,6 +126,7 @@ def check_family(name: str, mode: str, tmp_path) -> None:
                  if k.removeprefix("model.") in params - skipped}  # fmt: skip
         assert not stray, f"float weights in the archive that the summary does not list: {stray}"
     check_generation(model, result.path, mode)
+    return result
 
 
 def test_moe_experts_quantized_per_expert(tmp_path) -> None:

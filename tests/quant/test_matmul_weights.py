@@ -11,6 +11,7 @@ from transformers.pytorch_utils import Conv1D
 
 from t2n_core.deferred import DeferredTensor
 from t2n_quant import QTensor, quantize_model, quantize_tensor
+from t2n_quant.matmul_weights import untranspose_experts
 from tests.llm.families import tiny
 
 
@@ -49,15 +50,53 @@ def test_expert_weights_need_whole_groups_per_expert_row() -> None:
     assert isinstance(model.model.layers[0].self_attn.q_proj.weight, QTensor)
 
 
-def test_transposed_experts_refused_by_q4_0_only() -> None:
-    model = tiny("mixtral")
-    for layer in model.model.layers:
-        layer.mlp.experts.is_transposed = True  # as GPT-OSS stores them: [experts, in, out]
+def test_transposed_experts_are_transposed_then_quantized() -> None:
+    """GPT-OSS stores its experts [experts, in, out]: they become [experts, out, in]
+    (is_transposed cleared), the model computes the same, and q4_0 takes them."""
+    model = tiny("gpt_oss")
+    ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits
+    assert untranspose_experts(model) == [f"model.layers.{i}.mlp.experts" for i in range(2)]
+    experts = model.model.layers[0].mlp.experts
+    assert not experts.is_transposed
+    assert tuple(experts.gate_up_proj.shape) == (4, 256, 64)  # [experts, 2 * intermediate, in]
+    assert tuple(experts.down_proj.shape) == (4, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=1e-5, atol=1e-5)
     summary = quantize_model(model, "q4_0", progress=False)
+    assert {"model.layers.1.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj"} <= {
+        q.name for q in summary.quantized
+    }
+
+
+def test_transposed_experts_under_their_eager_forward_stay_float_with_reason() -> None:
+    """The module's own eager forward hard-codes [in, out]: left as it is, and q4_0 (blocks
+    along the output axis) lists them as skipped; a grouped codec still takes them."""
+    model = tiny("gpt_oss")
+    model.config._experts_implementation = "eager"
+    summary = quantize_model(model, "q4_0", progress=False)
+    assert model.model.layers[0].mlp.experts.is_transposed
     reasons = {s.name: s.reason for s in summary.skipped}
-    assert "is_transposed" in reasons["model.layers.1.mlp.experts.down_proj"]
-    summary = quantize_model(tiny("mixtral"), "minmax:4:g32", progress=False)
+    assert "eager forward" in reasons["model.layers.1.mlp.experts.down_proj"]
+    model = tiny("gpt_oss")
+    model.config._experts_implementation = "eager"
+    summary = quantize_model(model, "minmax:4:g32", progress=False)
     assert "model.layers.1.mlp.experts.down_proj" in {q.name for q in summary.quantized}
+
+
+def test_transposed_deferred_experts_are_read_transposed() -> None:
+    source = torch.randn(4, 64, 96)  # [experts, in, out], as stored in the checkpoint
+    model = tiny("gpt_oss")
+    experts = model.model.layers[0].mlp.experts
+    experts._parameters["down_proj"] = DeferredTensor(
+        lambda b, e: source[b:e], (4, 64, 96), torch.float32, name="down_proj"
+    )
+    experts._parameters["gate_up_proj"] = nn.Parameter(torch.randn(4, 64, 256))
+    untranspose_experts(model)
+    weight = experts.down_proj
+    assert isinstance(weight, DeferredTensor) and tuple(weight.shape) == (4, 96, 64)
+    assert torch.equal(weight.materialize(), source.transpose(1, 2))
 
 
 def test_conv1d_with_a_deferred_weight_is_read_transposed() -> None:

@@ -1,0 +1,94 @@
+"""Mixture-of-experts layers: the ``gather`` form (only the router's top-k experts run per
+token, their weight rows gathered, q4_0 rows straight from the compressed tensor) exports,
+passes the tract check and generates ``model.generate``'s greedy tokens in tract, like the
+``dense`` form of the family tests; GPT-OSS's experts, stored ``[experts, in, out]``, are
+quantized too. Decode speed of the two forms: ``python -m benchmarks.bench_moe_experts``."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+
+from t2n_core.cli import main
+from t2n_core.errors import ExportInputError
+from t2n_core.llm import export_causal_lm
+from t2n_core.nnef.archive import read_archive_files
+from t2n_core.nnef.dat import DatHeader
+from t2n_quant import quantize_model
+from t2n_quant.matmul_weights import expert_weight_attrs
+from tests.llm.families import tiny
+from tests.llm.test_families import check_family
+
+MOE = ("mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss", "deepseek_v3")
+#: in the fast edit loop; every other family and mode is slow (each is an export: seconds)
+FAST = {("mixtral", "q4_0")}
+
+
+def _graph(path) -> str:
+    with tarfile.open(path) as tar:
+        return tar.extractfile("graph.nnef").read().decode()
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        pytest.param(n, m, id=f"{n}-{m}", marks=() if (n, m) in FAST else (pytest.mark.slow,))
+        for n in MOE for m in ("f32", "q4_0")
+    ],
+)  # fmt: skip
+def test_gather_experts(name: str, mode: str, tmp_path) -> None:
+    result = check_family(name, mode, tmp_path, experts="gather")
+    graph = _graph(result.path)
+    experts = [line for line in graph.splitlines() if "experts" in line]
+    # every expert weight is one [experts * rows, cols] tensor, the data of a gather
+    n_weights = sum(len(expert_weight_attrs(m)) for m in tiny(name).modules())
+    gathered = [line for line in experts if "tract_core_gather(" in line]
+    assert n_weights >= 2 and len(gathered) == n_weights, "\n".join(experts)
+    assert not any("rows_" in line for line in experts)  # no per-expert slices (dense form)
+    if mode == "q4_0":
+        files = read_archive_files(result.path, dat_headers_only=True)
+        weights = {
+            name: DatHeader.unpack(raw) for name, raw in files.items()
+            if ".mlp.experts." in name and "proj.dat" in name
+        }  # fmt: skip
+        assert len(weights) == n_weights
+        for header in weights.values():
+            assert header.type_name() == "q4_0" and len(header.shape) == 2, header
+
+
+def test_gpt_oss_experts_quantized() -> None:
+    """GPT-OSS's [experts, in, out] experts are transposed and quantized by q4_0; only the
+    routers (and biases) stay float. In tract (greedy tokens of ``model.generate``, no float
+    matrix in the archive beyond the skipped ones): ``test_families.py::test_family[gpt_oss-q4_0]``
+    and :func:`test_gather_experts` ``[gpt_oss-q4_0]``."""
+    model = tiny("gpt_oss")
+    summary = quantize_model(model, "q4_0", progress=False)
+    quantized = {q.name: q.shape for q in summary.quantized}
+    assert quantized["model.layers.0.mlp.experts.gate_up_proj"] == (4, 256, 64)
+    assert quantized["model.layers.1.mlp.experts.down_proj"] == (4, 64, 128)
+    left = {s.name for s in summary.skipped if not s.name.endswith("_bias")}  # [experts, out]
+    assert left == {f"model.layers.{i}.mlp.router.weight" for i in range(2)}
+
+
+def test_unknown_experts_form_is_refused(tmp_path) -> None:
+    with pytest.raises(ExportInputError, match="experts must be one of"):
+        export_causal_lm(tiny("mixtral"), tmp_path / "x.nnef.tgz", experts="sparse")
+    assert not (tmp_path / "x.nnef.tgz").exists()
+
+
+@pytest.mark.slow
+def test_cli_export_llm_experts_gather(tmp_path, capsys) -> None:
+    """``t2n export-llm --experts gather --codec q4_0`` on a saved Mixtral checkpoint: checked
+    in tract, recorded in the manifest and the summary."""
+    tiny("mixtral").save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    argv = ["export-llm", str(tmp_path / "ckpt"), "-o", str(out), "--codec", "q4_0",
+            "--experts", "gather", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "experts     gather" in printed and "check       passed" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["experts"] == "gather" and manifest["checked"]
+    assert "tract_core_gather(model_model_layers_0_mlp_experts" in _graph(out / "model.nnef.tgz")
