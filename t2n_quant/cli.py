@@ -245,8 +245,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mixture-of-experts layers: 'dense' (default) runs every expert on every token, "
         "masked by the router (experts/top-k times the expert compute, memory independent of "
         "the prompt); 'gather' runs only the top-k experts per token by gathering their "
-        "weight rows (faster decoding; a prompt of T tokens holds T*top-k float expert "
-        "matrices)",
+        "weight rows (less compute, but tract 0.23.9 gathers q4_0 rows slowly: slower than "
+        "dense at the sizes measured, see benchmarks/bench_moe_experts.py; a prompt of T "
+        "tokens holds T*top-k float expert matrices)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_export_llm)

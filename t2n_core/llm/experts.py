@@ -13,9 +13,11 @@ has a static graph. Two forms compute the same sum over the router's top-k exper
 - ``"gather"`` (:func:`gather_experts_forward`): per token, only the k chosen experts' weights
   are read: their rows are gathered from the ``[experts * out, in]`` matrix
   (``tract_core_gather``, which reads q4_0 rows straight from the compressed tensor), then
-  multiplied. Decoding does k experts' work instead of all of them; but the gathered
-  matrices are float, ``tokens x k`` of them at once, so a prompt of T tokens holds
-  ``T * k`` dequantized expert matrices (use it for decoding-heavy, short-prompt use).
+  multiplied. Decoding multiplies k experts' weights instead of all of them; but the
+  gathered matrices are float, ``tokens x k`` of them at once (a prompt of T tokens holds
+  ``T * k`` dequantized expert matrices), and tract 0.23.9 gathers (dequantizes) rows at
+  several ns per value, then repacks them for its matmul: at the sizes measured
+  (``python -m benchmarks.bench_moe_experts``) gather decodes slower than dense.
 
 :func:`experts_implementation` switches a model to one of them for the time of a capture.
 """

@@ -78,7 +78,9 @@ def export_causal_lm(
     ``"dense"`` (default) runs every expert on every token, masked by the router's weights
     (experts / top-k times the expert compute, memory independent of the prompt);
     ``"gather"`` runs only the top-k experts per token, gathering their weights (less
-    decode compute, but a prompt of T tokens holds T * top-k float expert matrices).
+    compute, but a prompt of T tokens holds T * top-k float expert matrices, and tract
+    0.23.9's gather of q4_0 rows makes it slower than dense at the sizes measured by
+    ``benchmarks/bench_moe_experts.py``).
 
     >>> result = export_causal_lm(LlamaForCausalLM(config), "llm.nnef.tgz")  # doctest: +SKIP
     """

@@ -22,8 +22,6 @@ from tests.llm.families import tiny
 from tests.llm.test_families import check_family
 
 MOE = ("mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss", "deepseek_v3")
-#: in the fast edit loop; every other family and mode is slow (each is an export: seconds)
-FAST = {("mixtral", "q4_0")}
 
 
 def _graph(path) -> str:
@@ -31,31 +29,31 @@ def _graph(path) -> str:
         return tar.extractfile("graph.nnef").read().decode()
 
 
+@pytest.mark.slow  # an export + tract generation each: ~15-40 s
 @pytest.mark.parametrize(
-    ("name", "mode"),
-    [
-        pytest.param(n, m, id=f"{n}-{m}", marks=() if (n, m) in FAST else (pytest.mark.slow,))
-        for n in MOE for m in ("f32", "q4_0")
-    ],
-)  # fmt: skip
+    ("name", "mode"), [pytest.param(n, m, id=f"{n}-{m}") for n in MOE for m in ("f32", "q4_0")]
+)
 def test_gather_experts(name: str, mode: str, tmp_path) -> None:
     result = check_family(name, mode, tmp_path, experts="gather")
     graph = _graph(result.path)
     experts = [line for line in graph.splitlines() if "experts" in line]
-    # every expert weight is one [experts * rows, cols] tensor, the data of a gather
-    n_weights = sum(len(expert_weight_attrs(m)) for m in tiny(name).modules())
-    gathered = [line for line in experts if "tract_core_gather(" in line]
-    assert n_weights >= 2 and len(gathered) == n_weights, "\n".join(experts)
-    assert not any("rows_" in line for line in experts)  # no per-expert slices (dense form)
+    # the expert weights are read by gathers, never sliced per expert as the dense form does
+    assert any("tract_core_gather(" in line for line in experts), "\n".join(experts)
+    assert not any("rows_" in line for line in experts)
     if mode == "q4_0":
+        # each [experts, out, in] weight is stored as one 2-D q4_0 [experts * out, in] tensor
+        # that is the direct data of a gather
+        n_weights = sum(len(expert_weight_attrs(m)) for m in tiny(name).modules())
         files = read_archive_files(result.path, dat_headers_only=True)
         weights = {
-            name: DatHeader.unpack(raw) for name, raw in files.items()
-            if ".mlp.experts." in name and "proj.dat" in name
+            name.removesuffix(".dat"): DatHeader.unpack(raw) for name, raw in files.items()
+            if ".mlp.experts." in name and name.endswith("proj.dat")
         }  # fmt: skip
-        assert len(weights) == n_weights
-        for header in weights.values():
+        assert n_weights >= 2 and len(weights) == n_weights, sorted(weights)
+        for label, header in weights.items():
             assert header.type_name() == "q4_0" and len(header.shape) == 2, header
+            variable = label.replace(".", "_")
+            assert any(f"tract_core_gather({variable}," in line for line in experts), label
 
 
 def test_gpt_oss_experts_quantized() -> None:
