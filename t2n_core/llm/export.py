@@ -145,6 +145,7 @@ def export_prefill_decode(
     properties: Mapping[str, str] | None = None,
     progress: bool = True,
     fragments: bool = True,
+    experts: str = DEFAULT_EXPERTS,
 ) -> ManyExportResult:
     """Export a causal LM as two graphs of one archive sharing every weight
     (:func:`t2n_core.export_many`): ``prefill`` (T new tokens, logits of the last position,
@@ -154,7 +155,7 @@ def export_prefill_decode(
     runs such an archive with prefill for the prompt and decode after it. Each graph loaded
     in tract holds its own copy of the weights in memory: the archive is stored once, not
     the loaded weights. ``check`` runs both graphs in tract (prefill on P=5 and on an empty
-    cache) and compares with PyTorch.
+    cache) and compares with PyTorch. ``experts``: as in :func:`export_causal_lm`.
 
     >>> result = export_prefill_decode(llm, "llm.nnef.tgz")   # doctest: +SKIP
     """
@@ -188,7 +189,8 @@ def export_prefill_decode(
             {**names, "dynamic_axes": {"input_ids": batch_axis, **past_axes}},
         ),
     }  # fmt: skip
-    with dense_experts(model):
+    check_experts(experts)
+    with experts_implementation(model, experts):
         result = export_many(
             graphs, path, check=check, atol=atol, rtol=rtol, overwrite=overwrite,
             properties=properties, progress=progress, fragments=fragments,
