@@ -134,12 +134,17 @@ class _Worker:
 _WORKER = _Worker()
 
 
-def in_tract_child(command: str, path: str | os.PathLike, workdir: Path, shown: str) -> None:
+def in_tract_child(
+    command: str, path: str | os.PathLike, workdir: Path, shown: str, *, validate: bool = True
+) -> None:
     """Run ``tract_child.py COMMAND`` on ``path`` in the tract worker process; a tract error
-    or crash -> TractRunError (the worker is started again for the next request)."""
+    or crash -> TractRunError (the worker is started again for the next request). The
+    archive is first checked for what tract must not read (``validate=False``: the caller
+    did, e.g. once for all the steps of a generation)."""
     from t2n_core.nnef.archive import validate_for_tract
 
-    validate_for_tract(path)
+    if validate:
+        validate_for_tract(path)
     # absolute: the worker keeps the directory it was started in
     status, text = _WORKER.request(command, os.path.abspath(path), Path(workdir).absolute())
     if status == 0:

@@ -130,6 +130,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     gen = generate_text(
         args.directory, args.prompt, prompt_ids=ids, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        in_process=args.in_process,
     )  # fmt: skip
     if gen.text is not None:
         print(f"{args.prompt or ''}{gen.text}")
@@ -213,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample among the most likely tokens whose probabilities add up to p (1: all)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, help="random seed for sampling (reproducible output)")
+    p.add_argument(
+        "--in-process", action="store_true",
+        help="run tract in this process (default: in a worker process, so that a tract crash "
+        "is reported instead of ending t2n)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("adapter", help="LoRA adapters of archives exported with --lora separate")

@@ -11,6 +11,13 @@ checks many archives starts it once.
   order), write ``WORKDIR/outputs.npz`` the same way.
 - ``facts``: load ARCHIVE, write its input and output facts (``"2,S,f32"``) as JSON to
   ``WORKDIR/facts.json``.
+- ``open``, ``step``, ``close``: generation in a session this process keeps (keyed by
+  WORKDIR, so they need ``serve``). ``open`` loads ARCHIVE and writes its input facts to
+  ``WORKDIR/facts.json``; each ``step`` runs the new token ids ``WORKDIR/ids.npy`` with, on
+  the first step, the initial state ``WORKDIR/state.npz`` (``arr_0``, ...), later the
+  outputs after the first of the step before (the k/v cache, kept here);
+  ``WORKDIR/outputs.npy`` gets the first output's last position (the next-token logits).
+  ``close`` ends the session.
 - ``pulse``: pulse ARCHIVE as ``WORKDIR/pulse.json`` says (``pulse``, ``symbol``, and the
   ``shapes`` of the whole-sequence outputs), feed ``WORKDIR/inputs.npz`` chunk by chunk until
   each output has ``delay`` + its whole length of frames (:func:`feed_chunks`), write them to
@@ -136,6 +143,48 @@ def _pulse(archive: str, work: Path) -> int:
     return 0
 
 
+#: generation sessions of this process: WORKDIR -> {"runnable": ..., "state": [...]}
+_SESSIONS: dict[str, dict] = {}
+
+
+def _open(archive: str, work: Path) -> int:
+    import tract
+
+    try:
+        model = tract.nnef().with_tract_transformers().with_tract_extra().load(archive)
+        facts = [str(model.input_fact(i)) for i in range(model.input_count())]
+        _SESSIONS[str(work)] = {"runnable": model.into_runnable(), "state": []}
+    except Exception as exc:
+        print(tract_message(exc), file=sys.stderr)
+        return LOAD_FAILED
+    (work / "facts.json").write_text(json.dumps({"inputs": facts}))
+    return 0
+
+
+def _step(work: Path) -> int:
+    import numpy as np
+
+    session = _SESSIONS.get(str(work))
+    if session is None:
+        print(f"no generation session for {work}: open one first", file=sys.stderr)
+        return RUN_FAILED
+    ids = np.load(work / "ids.npy")
+    state = session["state"]
+    first = work / "state.npz"
+    if first.exists():
+        with np.load(first) as data:
+            state = [np.asarray(data[f"arr_{i}"], order="C") for i in range(len(data.files))]
+        first.unlink()
+    try:
+        outputs = [o.to_numpy() for o in session["runnable"].run([ids, *state])]
+    except Exception as exc:
+        print(tract_message(exc), file=sys.stderr)
+        return RUN_FAILED
+    session["state"] = outputs[1:]
+    np.save(work / "outputs.npy", outputs[0][:, -1])
+    return 0
+
+
 def main(argv: list[str]) -> int:
     import numpy as np
     import tract
@@ -144,6 +193,13 @@ def main(argv: list[str]) -> int:
     work = Path(workdir)
     if command == "pulse":
         return _pulse(archive, work)
+    if command == "open":
+        return _open(archive, work)
+    if command == "step":
+        return _step(work)
+    if command == "close":
+        _SESSIONS.pop(str(work), None)
+        return 0
     try:
         model = tract.nnef().with_tract_transformers().with_tract_extra().load(archive)
         select = work / "select.json"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +33,82 @@ def empty_cache(runnable: Any, batch: int) -> list[np.ndarray]:
     """Zero-length past k/v (P = 0) for every past input of an ``export_causal_lm`` archive,
     each with the heads, width and dtype the archive declares for it: keys and values may
     differ (multi-head latent attention), and so may layers."""
+    facts = [str(runnable.input_fact(i)) for i in range(1, runnable.input_count())]
+    return empty_past(facts, batch)
+
+
+def empty_past(facts: list[str], batch: int) -> list[np.ndarray]:
+    """:func:`empty_cache` from tract's facts of the past inputs (``"1,2,P,16,f32"``)."""
     past = []
-    for i in range(1, runnable.input_count()):
-        *dims, dtype = str(runnable.input_fact(i)).split(",")
+    for fact in facts:
+        *dims, dtype = fact.split(",")
         past.append(np.zeros((batch, int(dims[1]), 0, int(dims[3])), _NUMPY_DTYPES[dtype]))
     return past
+
+
+class InProcessSteps:
+    """Generation steps run by tract in this process: the fastest, but a tract panic (an
+    abort) ends the Python process too."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.runnable = load_runnable(path)
+        self.past = empty_cache(self.runnable, 1)
+        self.shown = os.fspath(path)
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Run ``ids [1, T]`` on the cache so far; the next-token logits ``[vocab]``."""
+        try:
+            outputs = [o.to_numpy() for o in self.runnable.run([ids, *self.past])]
+        except Exception as exc:
+            raise TractRunError(
+                f"tract could not run a step of {self.shown}: {tract_message(exc)}"
+            ) from exc
+        self.past = outputs[1:]
+        return outputs[0][0, -1]
+
+    def close(self) -> None:
+        pass
+
+
+class ChildSteps:
+    """Generation steps run in the tract worker process (:mod:`t2n_core.tract_child`), so that
+    a tract crash raises :class:`TractRunError` here instead of ending this process. The
+    model and its k/v cache stay in the worker: a step sends the new token ids and reads
+    back the next-token logits."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from t2n_core.check import in_tract_child
+
+        self.path, self.shown = os.path.abspath(path), os.fspath(path)
+        # each step passes its files through WORKDIR: in memory where the system has a tmpfs
+        fast = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.work = Path(tempfile.mkdtemp(prefix="t2n-generate-", dir=fast))
+        try:  # the archive is checked once, here, for all the steps
+            in_tract_child("open", self.path, self.work, self.shown)
+        except BaseException:
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise
+        inputs = json.loads((self.work / "facts.json").read_text())["inputs"]
+        self.past = empty_past(inputs[1:], 1)
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        from t2n_core.check import in_tract_child
+
+        if self.past:  # the worker keeps the cache from the first step on
+            np.savez(self.work / "state.npz", *self.past)
+            self.past = []
+        np.save(self.work / "ids.npy", ids)
+        in_tract_child("step", self.path, self.work, self.shown, validate=False)
+        return np.load(self.work / "outputs.npy")[0]
+
+    def close(self) -> None:
+        from t2n_core.check import in_tract_child
+
+        try:
+            in_tract_child("close", self.path, self.work, self.shown, validate=False)
+        except TractRunError:
+            pass  # the worker is gone, and the session with it
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def step_runnables(path: str | os.PathLike) -> tuple[Any, Any]:
@@ -148,11 +221,15 @@ def generate_text(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int | None = None,
+    in_process: bool = False,
 ) -> TextGeneration:
     """Generate from a directory written by ``export_checkpoint``, in tract: prefill the
     prompt with an empty cache, then decode one token at a time, feeding the cache back,
     until ``max_new_tokens`` or the EOS token. The tokenizer is the one in the directory;
-    without it, pass ``prompt_ids`` (the text is then None).
+    without it, pass ``prompt_ids`` (the text is then None). tract runs in the worker
+    process of :mod:`t2n_core.tract_child` (a tract crash raises :class:`TractRunError`);
+    ``in_process=True`` runs it here, a little faster per token, but a tract panic then ends
+    this process.
 
     >>> gen = generate_text("out/llama", "Once upon a time", max_new_tokens=16)  # doctest: +SKIP
     >>> print(gen.text, gen.speed())                                            # doctest: +SKIP
@@ -180,27 +257,24 @@ def generate_text(
         raise ExportInputError("the prompt has no tokens")
     eos = manifest.get("eos_token_id")
     eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    runnable = load_runnable(root / manifest["archive"])
+    archive = root / manifest["archive"]
+    steps = InProcessSteps(archive) if in_process else ChildSteps(archive)
     rng = np.random.default_rng(seed)
-    past = empty_cache(runnable, 1)
     ids = np.asarray([prompt_ids], dtype=np.int64)
     new: list[int] = []
     times: list[float] = []
-    for _ in range(max_new_tokens):
-        start = time.perf_counter()
-        try:
-            outputs = [o.to_numpy() for o in runnable.run([ids, *past])]
-        except Exception as exc:
-            raise TractRunError(
-                f"tract could not run a step of {root}: {tract_message(exc)}"
-            ) from exc
-        times.append(time.perf_counter() - start)
-        logits, past = outputs[0], outputs[1:]
-        token = sample_next(logits[0, -1], rng, temperature=temperature, top_k=top_k, top_p=top_p)
-        new.append(token)
-        if token in eos_ids:
-            break
-        ids = np.asarray([[token]], dtype=np.int64)
+    try:
+        for _ in range(max_new_tokens):
+            start = time.perf_counter()
+            logits = steps.step(ids)
+            times.append(time.perf_counter() - start)
+            token = sample_next(logits, rng, temperature=temperature, top_k=top_k, top_p=top_p)
+            new.append(token)
+            if token in eos_ids:
+                break
+            ids = np.asarray([[token]], dtype=np.int64)
+    finally:
+        steps.close()
     text = None
     if tokenizer is not None:  # decoded with the prompt, so that spacing at the seam is right
         full = tokenizer.decode(list(prompt_ids) + new, skip_special_tokens=True)
