@@ -73,14 +73,18 @@ class SwapResult:
     bytes_total: int  # size of all files of the archive
     seconds: float
     notes: list[str] = field(default_factory=list)
+    bytes_linked: int = 0  # unchanged files hard-linked to the base's (folder archives)
 
     def __str__(self) -> str:
         share = 100 * self.bytes_changed / max(self.bytes_total, 1)
+        how = "copied"
+        if self.bytes_linked:
+            how = f"hard-linked to the base archive's ({self.bytes_linked} bytes not copied)"
         lines = [
             f"adapter swapped into {self.path} in {self.seconds:.2f} s: "
             f"{len(self.replaced)} adapter file(s) rewritten, {len(self.changed)} changed: "
             f"{self.bytes_changed} of {self.bytes_total} bytes ({share:.2f}%); every other "
-            "file copied unchanged"
+            f"file unchanged, {how}"
         ]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -333,9 +337,16 @@ def swap_adapter(
     result = SwapResult(
         target, sorted(payloads), sorted(changed), sum(len(payloads[n]) for n in changed),
         sum(sizes.values()), time.perf_counter() - start, notes,
+        _linked_bytes(Path(archive), target, sizes),
     )  # fmt: skip
     logger.info("%s", result)
     return result
+
+
+def _linked_bytes(base: Path, out: Path, sizes: dict[str, int]) -> int:
+    if not (base.is_dir() and out.is_dir()):
+        return 0
+    return sum(n for name, n in sizes.items() if os.path.samefile(base / name, out / name))
 
 
 def _producers(src: Path, payloads: dict[str, bytes], changed: list[str]) -> Iterator[FileProducer]:
@@ -354,9 +365,10 @@ def _producers(src: Path, payloads: dict[str, bytes], changed: list[str]) -> Ite
 
         return content
 
-    if src.is_dir():
+    if src.is_dir():  # unchanged files are hard-linked where the file system allows
         for name in scan_archive(src, dat_headers_only=True)[0]:
-            yield name, produce(name, (src / name).read_bytes)
+            path = src / name
+            yield name, produce(name, path.read_bytes) if name in payloads else (lambda p=path: p)
         return
     with _open_tar(src) as tar:
         for member in tar:

@@ -36,8 +36,10 @@ from t2n_core.nnef.dat import HEADER_SIZE
 logger = logging.getLogger(__name__)
 
 Chunk = bytes | memoryview
-#: (relative path, producer of the content as bytes or as a list of chunks written in order)
-FileProducer = tuple[str, Callable[[], Chunk | list[Chunk]]]
+#: (relative path, producer of the content as bytes, as a list of chunks written in order, or
+#: as the Path of an existing file: hard-linked into a folder archive where the file system
+#: allows it, else copied; t2n never writes a file in place, so linked archives stay apart)
+FileProducer = tuple[str, Callable[[], Chunk | list[Chunk] | Path]]
 
 
 def _chunks(content: Chunk | list[Chunk]) -> list[memoryview]:
@@ -203,9 +205,13 @@ def write_archive(
                 if root not in dest.resolve().parents:
                     raise ArchiveFormatError(f"file {name!r} would be written outside {target}")
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with open(dest, "xb") as f:
-                    for chunk in _chunks(produce()):
-                        f.write(chunk)
+                content = produce()
+                if isinstance(content, Path):
+                    _link_or_copy(content, dest)
+                else:
+                    with open(dest, "xb") as f:
+                        for chunk in _chunks(content):
+                            f.write(chunk)
                 if progress:
                     progress(name)
         if verify is not None:
@@ -218,6 +224,13 @@ def write_archive(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(source, dest)
 
 
 def remove_stale_temporaries(target: Path) -> list[Path]:
@@ -295,15 +308,21 @@ def _write_tar(
         # pax: names longer than 100 characters get a pax header (ustar cannot hold them)
         with tarfile.open(fileobj=gz or raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for name, produce in files:
-                chunks = _chunks(produce())
+                content = produce()
                 info = tarfile.TarInfo(member_path(name))
-                info.size = sum(len(c) for c in chunks)
                 info.mtime = 0
                 info.mode = 0o644
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
-                tar.addfile(info, io.BufferedReader(_ChunkReader(chunks), 1 << 20))
-                del chunks
+                if isinstance(content, Path):
+                    info.size = content.stat().st_size
+                    with open(content, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    chunks = _chunks(content)
+                    info.size = sum(len(c) for c in chunks)
+                    tar.addfile(info, io.BufferedReader(_ChunkReader(chunks), 1 << 20))
+                    del chunks
                 if progress:
                     progress(name)
         if gz is not None:

@@ -281,3 +281,23 @@ def test_the_model_itself_as_the_lora_layer(tmp_path: Path) -> None:
     export_and_check(model, x, tmp_path, name="merged", lora="merged")
     with pytest.raises(LoraError, match=r"wrap it \(nn.Sequential\(model\)\)"):
         quantize_model(model, "q4_0", lora="merged", progress=False)
+
+
+def test_folder_swap_links_the_unchanged_files(tmp_path: Path) -> None:
+    import os
+
+    first = plain_model(0)
+    second = with_adapter_of(first, 1)
+    x = torch.randn(3, 64)
+    base = t2n_core.export(first, (x,), tmp_path / "base", progress=False).path
+    before = read_archive_files(base)
+    swapped = swap_adapter(base, adapter_tensors(second), tmp_path / "swapped")
+    linked = [n for n in before if os.path.samefile(base / n, swapped.path / n)]
+    assert sorted(set(before) - set(linked)) == swapped.replaced
+    assert swapped.bytes_linked == sum(len(before[n]) for n in linked)
+    assert "hard-linked to the base archive's" in str(swapped)
+    assert read_archive_files(base) == before
+    t2n_core.check_archive(swapped.path, [x.numpy()], outputs_of(second, x))
+    as_tar = swap_adapter(base, adapter_tensors(second), tmp_path / "swapped.nnef.tgz")
+    assert as_tar.bytes_linked == 0
+    assert read_archive_files(as_tar.path) == read_archive_files(swapped.path)
