@@ -138,7 +138,7 @@ def _dropout_p(module: nn.Module | None) -> float:
     return float(module.p) if isinstance(module, nn.Dropout) else 0.0
 
 
-def _peft_site(path: str, module: nn.Module) -> LoraSite | None:
+def _peft_site(path: str, module: nn.Module) -> LoraSite:
     active = [a for a in module.active_adapters if a in module.lora_A]
     site = LoraSite(path, module, "peft", ",".join(active))
     if module.disable_adapters:
@@ -180,7 +180,8 @@ def _peft_site(path: str, module: nn.Module) -> LoraSite | None:
 def _plain_site(path: str, module: nn.Module) -> LoraSite:
     site = LoraSite(path, module, "plain", "")
     site.a, site.b = _matrix(module, "lora_A"), _matrix(module, "lora_B")
-    site.scale = _scale_of(module) or 1.0
+    scale = _scale_of(module)
+    site.scale = 1.0 if scale is None else scale  # None: read off the output later
     site.dropout = _dropout_p(getattr(module, "lora_dropout", None))
     if site.a.ndim != 2 or site.b.ndim != 2 or site.b.shape[1] != site.a.shape[0]:
         site.problem = (
