@@ -172,23 +172,9 @@ def export_prefill_decode(
     tol = DEFAULT_TOLERANCE[dtype]
     atol = tol if atol is None else atol
     rtol = tol if rtol is None else rtol
-    step = CausalLMWithCache(model, all_logits=False).eval()
-    n_layers = num_layers_of(model)
-    names = {"input_names": input_names_for(n_layers), "output_names": output_names_for(n_layers)}
+    graphs = prefill_decode_graphs(model, dtype=dtype, dynamic_batch=dynamic_batch)
+    step = graphs["prefill"][0]
     batch = 2 if dynamic_batch else 1
-    batch_axis = {0: "B"} if dynamic_batch else {}
-    past_axes = {name: {**batch_axis, 2: "P"} for name in names["input_names"][1:]}
-    graphs = {
-        "prefill": (
-            step, example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=EXAMPLE_NEW,
-                                 dtype=dtype),
-            {**names, "dynamic_axes": {"input_ids": {**batch_axis, 1: "T"}, **past_axes}},
-        ),
-        "decode": (  # an example of one new token: torch.export keeps that size fixed
-            step, example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=1, dtype=dtype),
-            {**names, "dynamic_axes": {"input_ids": batch_axis, **past_axes}},
-        ),
-    }  # fmt: skip
     check_experts(experts)
     with experts_implementation(model, experts):
         result = export_many(
@@ -208,6 +194,31 @@ def export_prefill_decode(
         assert prefill.check is not None
         prefill.check.outputs += report.outputs
     return result
+
+
+def prefill_decode_graphs(
+    model: nn.Module, *, dtype: torch.dtype, dynamic_batch: bool = True
+) -> dict[str, tuple]:
+    """The graphs of :func:`export_prefill_decode`, for :func:`t2n_core.export_many`:
+    ``{"prefill": (step, example inputs, options), "decode": (...)}``; both wrap ``model``,
+    so they hold the same parameter objects."""
+    step = CausalLMWithCache(model, all_logits=False).eval()
+    n_layers = num_layers_of(model)
+    names = {"input_names": input_names_for(n_layers), "output_names": output_names_for(n_layers)}
+    batch = 2 if dynamic_batch else 1  # torch.export specialises a size-1 example axis
+    batch_axis = {0: "B"} if dynamic_batch else {}
+    past_axes = {name: {**batch_axis, 2: "P"} for name in names["input_names"][1:]}
+    return {
+        "prefill": (
+            step, example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=EXAMPLE_NEW,
+                                 dtype=dtype),
+            {**names, "dynamic_axes": {"input_ids": {**batch_axis, 1: "T"}, **past_axes}},
+        ),
+        "decode": (  # an example of one new token: torch.export keeps that size fixed
+            step, example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=1, dtype=dtype),
+            {**names, "dynamic_axes": {"input_ids": batch_axis, **past_axes}},
+        ),
+    }  # fmt: skip
 
 
 def example_inputs(
