@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from t2n_core.nnef.archive import read_archive_files
+from t2n_core.nnef.dat import DatHeader
 from t2n_quant import quantize_model, quantize_tensor
 from tests.helpers import export_and_check
 
@@ -158,3 +160,24 @@ def test_nnef_slice_rows_matches_the_sliced_values(spec):
         assert ev_part.data() == data[3 * per_row : 7 * per_row]
     with pytest.raises(ValueError, match="out of range"):
         q.nnef_slice_rows(5, 11)
+
+
+class FlatGather(nn.Module):
+    """Rows of a 3-D weight seen as ``[experts * rows, cols]`` (the gather form of MoE)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        weight = quantize_tensor(torch.randn(4, 8, E), "q4_0")
+        self.w = nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.w.reshape(32, E))
+
+
+def test_reshaped_q4_0_weight_is_stored_with_its_new_shape(tmp_path):
+    """A reshape that is the only use of a q4_0 tensor is folded into the stored shape, so the
+    gather reads the compressed rows (tract gathers rows of 2-D q4_0 data only)."""
+    torch.manual_seed(0)
+    result = export_and_check(FlatGather(), (torch.randint(0, 32, (3, 5)),), tmp_path)
+    header = DatHeader.unpack(read_archive_files(result.path, dat_headers_only=True)["w.dat"])
+    assert header.type_name() == "q4_0" and header.shape == (32, E)
