@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from t2n_quant.cli_options import add_codec, add_converted_output, add_selection
 from t2n_quant.errors import CalibrationDataError, ConfigSpecError
 
 logger = logging.getLogger(__name__)
@@ -88,41 +89,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", help="a .safetensors file, its .index.json, or a directory of shards")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
-    p.add_argument(
-        "--codec",
-        default="q4_0",
-        metavar="SPEC",
-        help="quantization spec, e.g. q4_0, minmax:4:g32, nf4:g64 (default q4_0)",
-    )
-    p.add_argument(
-        "--calibration",
-        default="minmax",
-        help="how scales are chosen: minmax, mse or hqq (default minmax)",
-    )
-    p.add_argument(
-        "--include",
-        nargs="+",
-        metavar="GLOB",
-        help="quantize only tensors whose name matches one of these globs",
-    )
-    p.add_argument(
-        "--exclude",
-        nargs="+",
-        metavar="GLOB",
-        default=[],
-        help="keep tensors matching these globs as they are (e.g. 'lm_head.*')",
-    )
+    add_converted_output(p)
+    add_codec(p, "q4_0", "quantization spec, e.g. q4_0, minmax:4:g32, nf4:g64 (default q4_0)")
+    add_selection(p, "tensors")
     p.add_argument(
         "--min-numel",
         type=int,
         default=0,
         help="keep tensors with fewer values as they are (default 0)",
-    )
-    p.add_argument(
-        "--max-shard-size",
-        metavar="SIZE",
-        help="write shards of at most this size (bytes, or with KB/MB/GB) and an index",
     )
     p.set_defaults(func=run_quantize)  # fmt: skip
 
@@ -132,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quantized safetensors file, exactly where the layout maps",
     )
     p.add_argument("src", help="checkpoint directory (config.json + safetensors) or file")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    add_converted_output(p)
     p.add_argument(
         "--dtype",
         choices=["float16", "float32"],
@@ -144,7 +118,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help="re-quantize every layer with this spec (e.g. q4_0) and report the error",
     )
-    p.add_argument("--max-shard-size", metavar="SIZE", help="as for quantize")
     p.set_defaults(func=run_import_gptq)
 
     p = subparsers.add_parser(
@@ -153,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quantized safetensors file (nf4 / fp4 / int8, exactly bitsandbytes' values)",
     )
     p.add_argument("src", help="checkpoint directory or .safetensors file")
-    p.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    add_converted_output(p)
     p.add_argument(
         "--dtype", choices=["float16", "float32"], default="float32",
         help="logical dtype of the 8-bit layers' weights (4-bit ones record theirs)",
@@ -163,7 +136,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="re-quantize every layer with this spec (q4_0: compressed in tract) and report "
         "the added error per layer",
     )  # fmt: skip
-    p.add_argument("--max-shard-size", metavar="SIZE", help="as for quantize")
     p.set_defaults(func=run_import_bnb)  # fmt: skip
 
     p = subparsers.add_parser(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from t2n_core.errors import ExportInputError
+from t2n_quant.cli_options import add_codec, add_selection
 
 
 def spec_help() -> str:
@@ -50,11 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(model, example_inputs)",
     )  # fmt: skip
     p.add_argument("out", help="archive path: a .tgz / .tar.gz / .tar file, else a folder")
-    p.add_argument("--codec", metavar="SPEC", help="quantize with this spec first (see below)")
+    add_codec(p, None, "quantize with this spec first (see below)")
     p.add_argument("--fallback", metavar="SPEC", help="codec for weights --codec cannot take")
-    p.add_argument("--calibration", default="minmax", help="minmax, mse or hqq (default minmax)")
-    p.add_argument("--include", nargs="+", metavar="GLOB", help="quantize only these modules")
-    p.add_argument("--exclude", nargs="+", metavar="GLOB", help="keep these modules float")
+    add_selection(p, "modules")
     p.add_argument(
         "--dynamic", nargs="+", default=[], metavar="INPUT:AXIS:SYMBOL",
         help="dynamic axes, e.g. audio:2:T input_ids:1:S (the symbol names the size in tract)",

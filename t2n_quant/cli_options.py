@@ -1,0 +1,39 @@
+"""Argument groups that several ``t2n`` sub-commands share, written once so that their names,
+defaults and help stay the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+
+CALIBRATIONS = "minmax, mse or hqq"
+
+
+def add_selection(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--include`` / ``--exclude``: fnmatch globs over ``what`` (module paths, tensor names)."""
+    parser.add_argument(
+        "--include", nargs="+", metavar="GLOB",
+        help=f"quantize only the {what} matching one of these globs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--exclude", nargs="+", default=[], metavar="GLOB",
+        help=f"keep the {what} matching these globs float (e.g. 'lm_head*')",
+    )  # fmt: skip
+
+
+def add_codec(parser: argparse.ArgumentParser, default: str | None, help_: str) -> None:
+    """``--codec SPEC`` and ``--calibration`` (how its scales are chosen)."""
+    parser.add_argument("--codec", default=default, metavar="SPEC", help=help_)
+    parser.add_argument(
+        "--calibration", default="minmax",
+        help=f"how the scales are chosen: {CALIBRATIONS} (default minmax)",
+    )  # fmt: skip
+
+
+def add_converted_output(parser: argparse.ArgumentParser) -> None:
+    """``-o/--output`` and ``--max-shard-size`` of a command that writes quantized
+    safetensors."""
+    parser.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    parser.add_argument(
+        "--max-shard-size", metavar="SIZE",
+        help="write shards of at most this size (bytes, or with KB/MB/GB) and an index",
+    )  # fmt: skip
