@@ -82,3 +82,19 @@ def test_custom_callable() -> None:
     qt = quantize_tensor(torch.ones(2, 32), "symmetric:4:g32", calibration=fixed)
     assert torch.equal(qt.scale, torch.full((2, 1), 0.5, dtype=torch.float16))
     assert torch.equal(qt.dequantize(), torch.ones(2, 32))
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+def test_weighted_mse_fits_the_weighted_error(codec: Codec) -> None:
+    from t2n_quant.calibration.mse import mse_search
+
+    blocks = heavy_tailed(128, codec.block_size(64), seed=5)
+    weights = torch.rand(1, blocks.shape[1], generator=torch.Generator().manual_seed(6)) ** 4
+
+    def weighted(params: QParams) -> float:
+        return float(((codec.fake_quantize(blocks, params) - blocks).square() * weights).sum())
+
+    plain = weighted(mse_search(codec, blocks))
+    assert weighted(mse_search(codec, blocks, weights=weights)) <= plain
+    assert weighted(mse_search(codec, blocks, weights=weights)) <= weighted(
+        calibrate(codec, blocks, "minmax"))
