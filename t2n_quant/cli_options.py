@@ -37,3 +37,26 @@ def add_converted_output(parser: argparse.ArgumentParser) -> None:
         "--max-shard-size", metavar="SIZE",
         help="write shards of at most this size (bytes, or with KB/MB/GB) and an index",
     )  # fmt: skip
+
+
+def add_archive_writing(parser: argparse.ArgumentParser, checked: str) -> None:
+    """The options of a command that writes an NNEF archive and checks ``checked`` in tract:
+    ``--no-check``, ``--atol``, ``--rtol``, ``--overwrite``, ``--no-fragments``,
+    ``--compresslevel``, ``--property``."""
+    parser.add_argument("--no-check", action="store_true", help=f"skip running {checked} in tract")
+    parser.add_argument("--atol", type=float, default=1e-4, help="check tolerance (1e-4)")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (1e-4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    parser.add_argument(
+        "--no-fragments", action="store_true",
+        help="write repeated blocks inline (default: each distinct block once, as an NNEF "
+        "fragment called per instance)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compresslevel", type=int, default=0, metavar="0-9",
+        help="gzip level of a .tgz (default 0: stored uncompressed inside gzip)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--property", nargs="+", default=[], metavar="KEY=VALUE",
+        help="extra properties written into graph.nnef",
+    )  # fmt: skip

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from t2n_core.errors import ExportInputError
-from t2n_quant.cli_options import add_codec, add_selection
+from t2n_quant.cli_options import add_archive_writing, add_codec, add_selection
 
 
 def spec_help() -> str:
@@ -64,28 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--input-names", nargs="+", metavar="NAME", help="default: forward's names")
     p.add_argument("--output-names", nargs="+", metavar="NAME", help="default: output, ...")
-    p.add_argument("--no-check", action="store_true", help="skip running the archive in tract")
-    p.add_argument("--atol", type=float, default=1e-4, help="check tolerance (1e-4)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (1e-4)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing archive")
-    p.add_argument(
-        "--no-fragments", action="store_true",
-        help="write repeated blocks inline (default: each distinct block once, as an NNEF "
-        "fragment called per instance)",
-    )  # fmt: skip
+    add_archive_writing(p, "the archive")
     p.add_argument(
         "--lora", choices=["separate", "merged"], default=None,
         help="LoRA adapters (PEFT or lora_A / lora_B layers): 'separate' (default) keeps them "
         "float in their own files, swappable with `t2n adapter swap`, the base weights "
         "quantized by --codec; 'merged' folds W + s*B*A into one weight before quantizing",
-    )  # fmt: skip
-    p.add_argument(
-        "--compresslevel", type=int, default=0, metavar="0-9",
-        help="gzip level of a .tgz (default 0: stored uncompressed inside gzip)",
-    )  # fmt: skip
-    p.add_argument(
-        "--property", nargs="+", default=[], metavar="KEY=VALUE",
-        help="extra properties written into graph.nnef",
     )  # fmt: skip
     p.set_defaults(func=run_export)
 
@@ -102,22 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "{graph name: (model, example_inputs, {options})}",
     )  # fmt: skip
     p.add_argument("out", help="archive path: a .tgz / .tar.gz / .tar file, else a folder")
-    p.add_argument("--no-check", action="store_true", help="skip running each graph in tract")
-    p.add_argument("--atol", type=float, default=1e-4, help="check tolerance (1e-4)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="check tolerance (1e-4)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing archive")
-    p.add_argument(
-        "--no-fragments", action="store_true",
-        help="write repeated blocks inline (default: each distinct block once, as a fragment)",
-    )  # fmt: skip
-    p.add_argument(
-        "--compresslevel", type=int, default=0, metavar="0-9",
-        help="gzip level of a .tgz (default 0: stored uncompressed inside gzip)",
-    )  # fmt: skip
-    p.add_argument(
-        "--property", nargs="+", default=[], metavar="KEY=VALUE",
-        help="extra properties written into graph.nnef",
-    )  # fmt: skip
+    add_archive_writing(p, "each graph")
     p.set_defaults(func=run_export_many)
 
 
