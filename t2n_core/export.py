@@ -125,13 +125,12 @@ def export(
     ...                 dynamic_axes={"input": {0: "B"}}, check=True)   # doctest: +SKIP
     """
     args, input_names = _checked_inputs(model, args, input_names)
+    plan = InputPlan.resolve(args, input_names, dynamic_axes, streaming_axis)
     streaming_properties: dict[str, str] = {}
-    if streaming_axis is not None:
-        from t2n_core.pulse import STREAMING_PROPERTY, with_streaming_axis
+    if plan.streaming_symbol is not None:
+        from t2n_core.pulse import STREAMING_PROPERTY
 
-        dynamic_axes, symbol = with_streaming_axis(dynamic_axes, streaming_axis, input_names)
-        streaming_properties[STREAMING_PROPERTY] = symbol
-    plan = InputPlan.resolve(args, input_names, dynamic_axes)
+        streaming_properties[STREAMING_PROPERTY] = plan.streaming_symbol
     check_target(path, overwrite=overwrite)  # before the capture: fail fast, name the target
     traced = trace_graph(
         model, args, plan, kwargs=kwargs, output_names=output_names, check=check,

@@ -48,6 +48,7 @@ class InputPlan:
 
     inputs: tuple[PlannedInput, ...]
     n_args: int
+    streaming_symbol: str | None = None  # the symbol of every streaming axis, if any
 
     @property
     def names(self) -> list[str]:
@@ -77,14 +78,21 @@ class InputPlan:
         args: tuple[Any, ...],
         input_names: Sequence[str],
         dynamic_axes: DynamicAxes | None = None,
+        streaming_axis: Mapping[str, int] | None = None,
     ) -> InputPlan:
-        """Check ``input_names`` and ``dynamic_axes`` against ``args`` and resolve them.
+        """Check ``input_names``, ``dynamic_axes`` and ``streaming_axis`` against ``args`` and
+        resolve them.
 
         A list of axes gets symbols ``<input>_<axis>``; negative axes count from the end.
+        Every streaming axis (``{input: time axis}``) becomes dynamic on one symbol: the one
+        ``dynamic_axes`` gives it (all must share it), else ``"S"``.
 
         >>> plan = InputPlan.resolve((torch.zeros(2, 3), 1.5), ["x"], {"x": [-1]})
         >>> plan.inputs[0].shape, plan.symbols
         ((2, 'x_1'), ['x_1'])
+        >>> plan = InputPlan.resolve((torch.zeros(2, 3),), ["x"], {"x": {0: "B"}}, {"x": 1})
+        >>> plan.inputs[0].shape, plan.streaming_symbol
+        (('B', 'S'), 'S')
         """
         tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
         names = list(input_names)
@@ -97,11 +105,17 @@ class InputPlan:
             raise ExportInputError(
                 f"dynamic_axes names unknown input(s) {unknown}; inputs are {names}"
             )
-        planned = []
-        for name, (position, tensor) in zip(names, tensors):
-            axes = _axes_of(name, tensor, (dynamic_axes or {}).get(name, {}))
-            planned.append(PlannedInput(name, position, tensor.dtype, tuple(tensor.shape), axes))
-        return cls(tuple(planned), len(args))
+        by_name = dict(zip(names, tensors))
+        axes = {n: _axes_of(n, t, (dynamic_axes or {}).get(n, {})) for n, (_, t) in by_name.items()}
+        symbol = None
+        if streaming_axis is not None:
+            symbol = _add_streaming(axes, streaming_axis, names)
+            axes = {n: _axes_of(n, by_name[n][1], a) for n, a in axes.items()}
+        planned = [
+            PlannedInput(name, position, tensor.dtype, tuple(tensor.shape), axes[name])
+            for name, (position, tensor) in by_name.items()
+        ]
+        return cls(tuple(planned), len(args), symbol)
 
     def dynamic_shapes(self) -> tuple[Any, ...] | None:
         """``torch.export``'s ``dynamic_shapes``, one entry per positional argument (one
@@ -217,3 +231,29 @@ def _axes_of(
             )
         axes[axis] = sym
     return axes
+
+
+def _add_streaming(
+    axes: dict[str, dict[int, str]], streaming_axis: Mapping[str, int], names: list[str]
+) -> str:
+    """Put every streaming axis into ``axes`` on one symbol; returns that symbol."""
+    unknown = [k for k in streaming_axis if k not in names]
+    if unknown or not streaming_axis:
+        raise ExportInputError(
+            f"streaming_axis must map input names to their time axis, e.g. {{'audio': 2}}; "
+            f"got {dict(streaming_axis)} for inputs {names}"
+        )
+    for name, axis in streaming_axis.items():
+        if int(axis) < 0:
+            raise ExportInputError(
+                f"streaming axis of {name!r} must be given as a non-negative index, got {axis}"
+            )
+    named = {axes[n].get(int(a)) for n, a in streaming_axis.items()} - {None}
+    if len(named) > 1:
+        raise ExportInputError(
+            f"streaming axes must share one symbol; dynamic_axes names them {sorted(named)}"
+        )
+    symbol = named.pop() if named else "S"
+    for name, axis in streaming_axis.items():
+        axes[name][int(axis)] = symbol
+    return symbol

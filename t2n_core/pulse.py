@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from t2n_core.check import CheckReport, compare, run_tract, tract_message
-from t2n_core.errors import CheckMismatchError, ExportInputError, PulseError, TractRunError
+from t2n_core.errors import CheckMismatchError, PulseError, TractRunError
 
 logger = logging.getLogger(__name__)
 
@@ -256,41 +256,3 @@ def _pulse_failure(where: str, symbol: str, message: str) -> str:
         f"(ops that need more of the time axis than its past, such as a mean or softmax over "
         f"time, reflect padding or a global pool, cannot). tract says: {message}"
     )
-
-
-def with_streaming_axis(
-    dynamic_axes: Mapping[str, Mapping[int, str] | Sequence[int]] | None,
-    streaming_axis: Mapping[str, int],
-    input_names: Sequence[str],
-) -> tuple[dict[str, Mapping[int, str] | Sequence[int]], str]:
-    """``dynamic_axes`` with every streaming axis on one symbol, and that symbol.
-
-    An axis already named in ``dynamic_axes`` keeps its name (all streaming axes must share
-    it); otherwise the symbol is ``"S"``.
-
-    >>> with_streaming_axis({"audio": {0: "B"}}, {"audio": 2}, ["audio"])
-    ({'audio': {0: 'B', 2: 'S'}}, 'S')
-    """
-    axes: dict[str, dict[int, str]] = {}
-    for name, spec in (dynamic_axes or {}).items():
-        axes[name] = dict(spec) if isinstance(spec, Mapping) else {int(a): f"{name}_{int(a)}"
-                                                                    for a in spec}  # fmt: skip
-    unknown = [k for k in streaming_axis if k not in input_names]
-    if unknown or not streaming_axis:
-        raise ExportInputError(
-            f"streaming_axis must map input names to their time axis, e.g. {{'audio': 2}}; "
-            f"got {dict(streaming_axis)} for inputs {list(input_names)}"
-        )
-    named = {axes.get(n, {}).get(int(a)) for n, a in streaming_axis.items()} - {None}
-    if len(named) > 1:
-        raise ExportInputError(
-            f"streaming axes must share one symbol; dynamic_axes names them {sorted(named)}"
-        )
-    symbol = named.pop() if named else "S"
-    for name, axis in streaming_axis.items():
-        if int(axis) < 0:
-            raise ExportInputError(
-                f"streaming axis of {name!r} must be given as a non-negative index, got {axis}"
-            )
-        axes.setdefault(name, {})[int(axis)] = symbol
-    return dict(axes), symbol

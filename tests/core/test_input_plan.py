@@ -98,3 +98,26 @@ def test_export_names_inputs_around_a_non_tensor_argument(tmp_path):
     assert [str(i) for i in result.inputs] == ["x: f32[B, 5]", "y: f32[B, 5]"]
     text = (result.path / "graph.nnef").read_text()
     assert text.count("extension tract_symbol B;") == 1
+
+
+def test_streaming_axes_share_one_symbol():
+    args = (torch.randn(2, 3, 8), torch.randn(2, 8))
+    plan = InputPlan.resolve(args, ["a", "b"], {"a": {2: "T"}}, {"a": 2, "b": 1})
+    assert plan.streaming_symbol == "T" and [i.axes for i in plan.inputs] == [{2: "T"}, {1: "T"}]
+    assert InputPlan.resolve(args, ["a", "b"], None, {"b": 1}).inputs[1].shape == (2, "S")
+    assert InputPlan.resolve(args, ["a", "b"]).streaming_symbol is None
+
+
+@pytest.mark.parametrize(
+    ("dynamic", "streaming", "match"),
+    [
+        (None, {"c": 1}, "must map input names"),
+        (None, {}, "must map input names"),
+        (None, {"a": -1}, "non-negative index"),
+        ({"a": {2: "T"}, "b": {1: "U"}}, {"a": 2, "b": 1}, "share one symbol"),
+        (None, {"a": 5}, "out of range"),
+    ],
+)  # fmt: skip
+def test_streaming_axis_refused(dynamic, streaming, match):
+    with pytest.raises(ExportInputError, match=match):
+        InputPlan.resolve((torch.randn(2, 3, 8), torch.randn(2, 8)), ["a", "b"], dynamic, streaming)
