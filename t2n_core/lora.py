@@ -286,7 +286,7 @@ class SeparateLora(nn.Module):
             y = F.linear(x, self.weight, self.bias)
         a = self.lora_A
         delta = F.linear(F.linear(x.to(a.dtype), a), self.lora_B) * self.lora_scale
-        return y + delta.to(y.dtype)
+        return (y + delta).to(y.dtype)  # as PEFT: summed in the wider dtype
 
 
 def _as_parameter(t: torch.Tensor) -> nn.Parameter:
@@ -358,20 +358,18 @@ def _refuse_quantized(site: LoraSite, base: nn.Module) -> None:
 
 def _probe(site: LoraSite, replacement: nn.Module, what: str) -> None:
     """Refuse ``replacement`` unless it gives the site's own output on a probe input."""
-    assert site.a is not None
-    weight = site.a
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, weight.shape[1], generator=gen).to(weight.device, weight.dtype)
+    x = _probe_input(site)
     with torch.no_grad(), _eval(site.module), _eval(replacement):
         try:
             want = site.module(x)
         except Exception as exc:  # a forward that needs more than a [3, in] input
             raise LoraError(
-                f"cannot check the LoRA layer {site.path!r} on a [3, {weight.shape[1]}] input "
+                f"cannot check the LoRA layer {site.path!r} on a {list(x.shape)} input "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
         got = replacement(x)
-    tol = 1e-3 if weight.dtype in (torch.float16, torch.bfloat16) else 1e-5
+    low = {torch.float16, torch.bfloat16} & {x.dtype, want.dtype, got.dtype}
+    tol = 1e-3 if low else 1e-5
     err = float((got.float() - want.float()).abs().max())
     if not err <= tol * (1 + float(want.float().abs().max())):
         raise LoraError(
@@ -379,6 +377,17 @@ def _probe(site: LoraSite, replacement: nn.Module, what: str) -> None:
             f"{what} (max difference {err:.3g} on a probe input); its forward is not plain "
             "LoRA, so t2n cannot export it that way"
         )
+
+
+def _probe_input(site: LoraSite) -> torch.Tensor:
+    """``[3, in]`` random values in the dtype the layer is fed (its base weight's: PEFT may
+    keep an f16 model's adapter in f32)."""
+    assert site.a is not None
+    base = site.module.get_base_layer() if site.layout == "peft" else _plain_base(site.module)
+    weight = getattr(base, "weight", None)
+    dtype = weight.dtype if isinstance(weight, torch.Tensor) else site.a.dtype
+    x = torch.randn(3, site.a.shape[1], generator=torch.Generator().manual_seed(0))
+    return x.to(site.a.device, dtype)
 
 
 @contextlib.contextmanager
@@ -400,11 +409,10 @@ def _infer_plain_scale(site: LoraSite) -> None:
     probe = _separate_module(site)
     probe.lora_scale.fill_(0.0)
     assert site.a is not None
-    x = torch.randn(3, site.a.shape[1], generator=torch.Generator().manual_seed(0))
-    x = x.to(site.a.device, site.a.dtype)
+    x = _probe_input(site)
     with torch.no_grad(), _eval(site.module):
         rest = (site.module(x) - probe(x)).double().flatten()
-        delta = F.linear(F.linear(x, site.a), site.b).double().flatten()
+        delta = F.linear(F.linear(x.to(site.a.dtype), site.a), site.b).double().flatten()
     denom = float(delta @ delta)
     site.scale = float(rest @ delta) / denom if denom > 0 else 1.0
 

@@ -120,3 +120,21 @@ def test_several_adapters(tmp_path: Path) -> None:
     with pytest.raises(LoraError, match=r"2 adapters are active at once \(default, other\)"):
         export_llama(model, tmp_path / "two")
     export_llama(model, tmp_path / "merged", lora="merged")
+
+
+def test_f16_model_with_the_f32_adapter_peft_keeps(tmp_path: Path) -> None:
+    from torch import nn
+
+    from tests.helpers import export_and_check
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16)).half().eval()
+    config = LoraConfig(r=4, target_modules=["0", "2"], init_lora_weights=False)
+    tuned = get_peft_model(net, config).eval()  # PEFT upcasts an f16 model's adapter to f32
+    x = torch.randn(3, 64).half()
+    result = export_and_check(tuned, x, tmp_path, atol=1e-2, rtol=1e-2)
+    files = read_archive_files(result.path)
+    site = "base_model.model.0"
+    assert DatHeader.unpack(files[f"{site}.base_layer.weight.dat"]).type_name() == "f16"
+    assert DatHeader.unpack(files[f"{site}.lora_A.dat"]).type_name() == "f32"
+    export_and_check(tuned, x, tmp_path, name="merged", lora="merged", atol=1e-2, rtol=1e-2)
