@@ -437,6 +437,13 @@ def _refuse_problems(sites: list[LoraSite], mode: str) -> None:
         )
 
 
+def _warn_no_lora(model: nn.Module, mode: str) -> None:
+    logger.warning(
+        "lora=%r has no effect: %s has no LoRA layer (PEFT, or lora_A / lora_B beside a weight)",
+        mode, type(model).__name__,
+    )  # fmt: skip
+
+
 def check_mode(mode: str | None) -> LoraMode:
     if mode is None:
         return "separate"
@@ -488,6 +495,8 @@ def plan_lora(model: nn.Module, mode: str | None) -> LoraPlan:
     replacement for ``mode``; raises :class:`LoraError` naming every site that cannot be."""
     plan = LoraPlan(check_mode(mode), find_lora(model))
     sites = plan.scan.sites
+    if mode is not None and not sites:
+        _warn_no_lora(model, mode)
     if plan.mode == "separate":
         _refuse_problems(sites, "separate")
     for site in sites:
@@ -578,6 +587,7 @@ def plan_for_quantization(model: nn.Module, mode: str | None) -> LoraPlan | None
     if not scan.sites:
         if mode is not None:
             check_mode(mode)
+            _warn_no_lora(model, mode)
         return None
     if check_mode(mode) == "merged":
         return plan_lora(model, "merged")

@@ -206,7 +206,8 @@ def run_export(args: argparse.Namespace) -> int:
         streaming_axis=_streaming_axis(args.streaming) or None, check=not args.no_check,
         atol=args.atol, rtol=args.rtol, overwrite=args.overwrite,
         compresslevel=args.compresslevel, properties=_properties(args.property) or None,
-        fragments=not args.no_fragments, lora=args.lora,
+        fragments=not args.no_fragments,
+        lora=None if args.codec and args.lora == "merged" else args.lora,  # merged already
     )  # fmt: skip
     print(result)
     return 0

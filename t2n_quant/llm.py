@@ -92,5 +92,6 @@ def export_checkpoint(
     excluded = [exclude] if isinstance(exclude, str) else list(exclude or [])
     return export_float_checkpoint(
         checkpoint, out, quantize=quantize, quantization={"exclude": excluded},
-        progress=progress, lora=lora, **kwargs,
+        progress=progress, lora=None if quantize is not None and lora == "merged" else lora,
+        **kwargs,
     )  # fmt: skip

@@ -301,3 +301,11 @@ def test_folder_swap_links_the_unchanged_files(tmp_path: Path) -> None:
     as_tar = swap_adapter(base, adapter_tensors(second), tmp_path / "swapped.nnef.tgz")
     assert as_tar.bytes_linked == 0
     assert read_archive_files(as_tar.path) == read_archive_files(swapped.path)
+
+
+def test_lora_option_without_lora_layers_is_reported(tmp_path: Path, caplog) -> None:
+    x = torch.randn(3, 64)
+    export_and_check(nn.Linear(64, 8), x, tmp_path, lora="merged")
+    assert "lora='merged' has no effect: Linear has no LoRA layer" in caplog.text
+    quantize_model(nn.Sequential(nn.Linear(64, 64)), "q4_0", lora="separate", progress=False)
+    assert "lora='separate' has no effect: Sequential" in caplog.text
