@@ -8,6 +8,15 @@ RSS (VmHWM). Run, from the repository root:
     python -m benchmarks.bench_export_llm export /tmp/ck-0.5b /tmp/out-0.5b --codec q4_0
     python -m benchmarks.bench_export_llm tract /tmp/out-0.5b          # tract RSS, tokens/s
     python -m benchmarks.bench_export_llm precision /tmp/ck-122m       # f16 vs f32 parts
+    python -m benchmarks.bench_export_llm compare /tmp/ck-122m --codec q4_0 --repeat 3
+
+``compare`` times whole processes, alternating, beside the reference tool
+(``t2n_export_llm_to_tract`` of torch-to-nnef-llm in ``--ref-venv``, default
+/work/refvenv-llm, whose ``tract`` on the PATH only answers ``--version``). Both sides start a
+fresh interpreter, load the checkpoint, export, write io samples and the archive; neither
+runs tract (t2n ``--no-check``, the reference ``-nv``) unless ``--check`` (t2n only: the
+reference cannot, its tract being a stub). q4_0 is compared with the reference's
+``min_max_q4_0_with_embeddings`` (t2n quantizes the embedding too).
 
 Sizes: 122m (Llama, hidden 768, 12 layers, vocab 24000), 0.5b / 1.5b (Qwen2 shapes,
 vocab 151936, tied), 8b (Llama-3 shapes), 14b (Llama-2-13B layers with Llama-3's vocabulary:
@@ -20,6 +29,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,6 +190,60 @@ def precision_effect(ckpt: Path, tmp: Path) -> None:
         print(f"| {name} | {err:.2e} |")
 
 
+def timed_process(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run ``cmd``; its wall time, CPU time (user + system) and peak RSS (from wait4)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{output.decode(errors='replace')[-4000:]}")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak": usage.ru_maxrss * 1024}
+
+
+def compare_with_reference(
+    ckpt: Path, tmp: Path, codec: str | None, repeat: int, check: bool, ref_venv: Path
+) -> None:
+    """Whole-process export time of t2n (CLI) and the reference tool, alternating."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    ref_env = {**env, "PATH": f"{ref_venv / 'bin'}:{env['PATH']}"}
+    ref_env.pop("PYTHONPATH")
+    ours = [sys.executable, "-m", "t2n_core.cli", "export-llm", str(ckpt), "-o",
+            str(tmp / "t2n"), "--dtype", "f32", "--quiet"]  # fmt: skip
+    ours += ["--codec", codec] if codec else []
+    ours += [] if check else ["--no-check"]
+    ref = [str(ref_venv / "bin" / "t2n_export_llm_to_tract"), "-e", str(tmp / "ref"), "-d",
+           str(ckpt), "-dt", "f32", "-nv", "--tract-specific-path",
+           str(ref_venv / "bin" / "tract")]  # fmt: skip
+    ref += ["-c", "min_max_q4_0_with_embeddings"] if codec == "q4_0" else []
+    if codec not in (None, "q4_0"):
+        raise SystemExit("compare knows the reference's equivalent of q4_0 only")
+    label = f"{ckpt.name} {codec or 'f32'}"
+    print(f"{label}: t2n {' '.join(ours[1:])}\n{label}: reference {' '.join(ref)}", flush=True)
+    rows = []
+    for i in range(repeat):
+        load = os.getloadavg()[0]
+        runs = {}
+        for side, cmd, side_env in (("t2n", ours, env), ("reference", ref, ref_env)):
+            shutil.rmtree(tmp / side, ignore_errors=True)
+            runs[side] = timed_process(cmd, side_env)
+        shutil.rmtree(tmp, ignore_errors=True)
+        rows.append((load, runs))
+        t, r = runs["t2n"], runs["reference"]
+        print(f"run {i + 1}: load {load:.2f} | t2n wall {t['wall']:.1f} s cpu {t['cpu']:.1f} s "
+              f"peak {t['peak'] / 2**30:.2f} GiB | reference wall {r['wall']:.1f} s cpu "
+              f"{r['cpu']:.1f} s peak {r['peak'] / 2**30:.2f} GiB | ratio wall "
+              f"{t['wall'] / r['wall']:.2f} cpu {t['cpu'] / r['cpu']:.2f}", flush=True)  # fmt: skip
+    best = {side: min(runs[side]["wall"] for _, runs in rows) for side in ("t2n", "reference")}
+    cpu = {side: min(runs[side]["cpu"] for _, runs in rows) for side in ("t2n", "reference")}
+    print(f"{label} best of {repeat}: t2n {best['t2n']:.1f} s wall ({cpu['t2n']:.1f} s cpu), "
+          f"reference {best['reference']:.1f} s wall ({cpu['reference']:.1f} s cpu): ratio "
+          f"{best['t2n'] / best['reference']:.2f} wall, {cpu['t2n'] / cpu['reference']:.2f} cpu; "
+          f"load average {os.getloadavg()[0]:.2f} now")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -189,6 +256,13 @@ def main() -> None:
     p.add_argument("--codec")
     p.add_argument("--dtype", default="f32")
     p.add_argument("--no-check", action="store_true")
+    p = sub.add_parser("compare")
+    p.add_argument("ckpt", type=Path)
+    p.add_argument("--codec", choices=["q4_0"])
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--check", action="store_true", help="t2n runs its tract check too")
+    p.add_argument("--ref-venv", type=Path, default=Path("/work/refvenv-llm"))
+    p.add_argument("--tmp", type=Path, default=Path("/tmp/t2n-compare"))
     p = sub.add_parser("tract")
     p.add_argument("out", type=Path)
     p = sub.add_parser("precision")
@@ -207,6 +281,9 @@ def main() -> None:
               f"archive {r['archive'] / 2**20:.0f} MiB, "
               f"{r['params'] / 1e6:.0f}M parameters; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))  # fmt: skip
+    elif args.cmd == "compare":
+        compare_with_reference(args.ckpt, args.tmp, args.codec, args.repeat, args.check,
+                               args.ref_venv)  # fmt: skip
     elif args.cmd == "tract":
         r = tract_speed(args.out)
         print(f"{args.out.name}: prefill {r['prefill']:.0f} tokens/s, decode {r['decode']:.1f} "
