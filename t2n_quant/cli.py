@@ -180,7 +180,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument(
-        "--no-check", action="store_true", help="do not run the io samples in tract"
+        "--no-check", action="store_true",
+        help="do not run the io samples in tract, nor compute them (faster: three PyTorch passes "
+        "fewer) unless --samples",
+    )  # fmt: skip
+    p.add_argument(
+        "--samples", action="store_true",
+        help="with --no-check: still write the io samples (for `t2n check` later)",
     )  # fmt: skip
     p.add_argument(
         "--trust-remote-code", action="store_true",
@@ -279,7 +285,8 @@ def run_export_llm(args: argparse.Namespace) -> int:
         args.checkpoint, args.output, dtype=args.dtype, codec=args.plan or args.codec,
         quantized=args.quantized, calibration=args.calibration, exclude=args.exclude or None,
         overwrite=args.overwrite, calibration_text=text, n_sequences=n_seq, seq_len=seq_len,
-        check=not args.no_check, trust_remote_code=args.trust_remote_code,
+        check=not args.no_check, samples=args.samples or None,
+        trust_remote_code=args.trust_remote_code,
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
         fragments=not args.no_fragments, progress=not args.quiet, adapter=args.adapter,
         lora=args.lora, experts=args.experts,

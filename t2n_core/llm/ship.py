@@ -4,7 +4,9 @@ The output directory holds ``model.nnef.tgz`` (one generation step with KV cache
 generation config and tokenizer files, ``manifest.json`` and io samples
 (``prompt_inputs.npz`` / ``prompt_outputs.npz``: a prompt with an empty cache;
 ``step_*.npz``: one token with the prompt's cache; ``chunk_*.npz``: two tokens with that
-cache), keyed by the graph's io names, that ``t2n check`` replays.
+cache), keyed by the graph's io names, that ``t2n check`` replays. The samples cost three
+PyTorch passes over the streamed weights (each read, converted or quantized again), so
+without the check they are written only when asked (``samples=True``).
 
 Weights are streamed: the model is built on the meta device from config.json and every weight
 is read from the shards (converted to the requested dtype, or quantized) only when written, so
@@ -115,7 +117,8 @@ class ShippedModel:
             ("logits", "all positions" if m["all_logits"] else "last position only"),
             *([("experts", m["experts"])] if m.get("experts") else []),
             ("tokenizer", "copied" if m["tokenizer"] else "MISSING (generate needs --prompt-ids)"),
-            ("check", "skipped (--no-check)" if self.check is None else
+            ("check", f"skipped (--no-check), io samples: {', '.join(m['samples']) or 'none'}"
+                      if self.check is None else
                       ("passed" if self.check.passed else "FAILED") +
                       f" on {', '.join(m['samples'])} (max abs error "
                       f"{max(o.max_abs_error for o in self.check.outputs):.3g})"),
@@ -136,6 +139,7 @@ def export_checkpoint(
     quantization: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     check: bool = True,
+    samples: bool | None = None,
     trust_remote_code: bool = False,
     all_logits: bool = False,
     f32_attention: bool = False,
@@ -159,7 +163,9 @@ def export_checkpoint(
     :func:`~t2n_core.llm.export_causal_lm`. ``quantize`` (see
     :func:`t2n_quant.export_checkpoint`, which passes ``quantize_model`` with its codec)
     replaces weights before export; ``quantization``
-    is recorded in the manifest. ``check`` runs both io samples in tract against PyTorch.
+    is recorded in the manifest. ``check`` runs the io samples in tract against PyTorch;
+    ``samples`` (default: ``check``) writes them (PyTorch's outputs, for ``t2n check`` later)
+    without running tract when ``check`` is False.
     Raises :class:`~t2n_core.errors.CheckpointError` naming the file for a missing config or
     weights, a truncated or corrupted shard; nothing is written then.
 
@@ -217,24 +223,26 @@ def export_checkpoint(
             ) from exc  # fmt: skip
         timings["capture + write"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        samples = _samples(model, ckpt, torch_dtype, all_logits, progress)
-        for name, (inputs, outputs) in samples.items():
-            np.savez(staging / f"{name}_inputs.npz", **inputs)
-            np.savez(staging / f"{name}_outputs.npz", **outputs)
-        timings["reference"] = time.perf_counter() - clock
+        io_samples: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+        if check or samples:
+            clock = time.perf_counter()
+            io_samples = _samples(model, ckpt, torch_dtype, all_logits, progress)
+            for name, (inputs, outputs) in io_samples.items():
+                np.savez(staging / f"{name}_inputs.npz", **inputs)
+                np.savez(staging / f"{name}_outputs.npz", **outputs)
+            timings["reference"] = time.perf_counter() - clock
         report = None
         tol = DEFAULT_TOLERANCE[torch_dtype]
         if check:
             clock = time.perf_counter()
-            report = _check(archive, samples, tol, progress)
+            report = _check(archive, io_samples, tol, progress)
             timings["check"] = time.perf_counter() - clock
         for name in (*CONFIG_FILES, *ckpt.tokenizer_files):
             if (ckpt.directory / name).is_file():
                 shutil.copyfile(ckpt.directory / name, staging / name)
         manifest = _manifest(
             ckpt, model, result, archive, torch_dtype, summary, quantization, all_logits,
-            f32_attention, f32_norm, list(samples), tol, report, experts,
+            f32_attention, f32_norm, list(io_samples), tol, report, experts,
         )  # fmt: skip
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         check_target(target, overwrite=overwrite, foreign=_not_ours)  # it may have appeared

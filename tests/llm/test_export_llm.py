@@ -76,6 +76,27 @@ def test_cli_bf16_sharded_export_generate_check(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_no_check_writes_samples_only_when_asked(tmp_path, capsys):
+    """--no-check skips the three PyTorch reference passes (no io samples) unless --samples;
+    the samples written without a check replay in tract with ``t2n check``."""
+    save_tiny_llama(tmp_path / "ckpt", tokenizer=False)
+    args = ["export-llm", str(tmp_path / "ckpt"), "--quiet", "--no-check", "-o"]
+    assert main([*args, str(tmp_path / "bare")]) == 0
+    assert "io samples: none" in capsys.readouterr().out
+    assert not list((tmp_path / "bare").glob("*.npz"))
+    assert json.loads((tmp_path / "bare" / "manifest.json").read_text())["samples"] == []
+    out = tmp_path / "sampled"
+    assert main([*args, str(out), "--samples", "--codec", "q4_0"]) == 0
+    assert "io samples: prompt, step, chunk" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["samples"] == ["prompt", "step", "chunk"] and manifest["checked"] is None
+    for sample in manifest["samples"]:
+        assert main(["check", str(out / "model.nnef.tgz"), "--inputs",
+                     str(out / f"{sample}_inputs.npz"), "--outputs",
+                     str(out / f"{sample}_outputs.npz")]) == 0  # fmt: skip
+
+
+@pytest.mark.slow
 def test_q4_0_export_generates_like_quantized_torch(tmp_path):
     model = save_tiny_llama(tmp_path / "ckpt", dtype=torch.float32)
     shipped = export_quantized(tmp_path / "ckpt", tmp_path / "out", codec="q4_0", progress=False)
