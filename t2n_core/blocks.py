@@ -497,13 +497,20 @@ class Blocks:
 
     # ---- capturing each distinct block once ---------------------------------------------
 
-    def capture_all(self, export: Callable[..., ExportedProgram]) -> None:
-        """Capture every distinct block once (see the module docstring)."""
+    def capture_all(self, export: Callable[..., ExportedProgram], progress: Any = None) -> None:
+        """Capture every distinct block once (see the module docstring); ``progress``: a
+        tqdm bar advanced once per distinct block."""
         groups: dict[Any, list[Site]] = defaultdict(list)
         for site in self.sites.values():
             groups[(site.structure, site.const_key(), _example_key(site))].append(site)
+        if progress is not None:
+            progress.total += len(groups)
         for sites in groups.values():
+            if progress is not None:
+                progress.set_postfix_str(f"block {type(sites[0].module).__name__}", refresh=False)
             self._capture_group(sites, export)
+            if progress is not None:
+                progress.update(1)
 
     def _capture_group(self, sites: list[Site], export: Callable[..., ExportedProgram]) -> None:
         """One capture for ``sites`` (equal structure, constants and input shapes). Integer

@@ -20,6 +20,7 @@ from t2n_core.blocks import BlockCaptureError, Blocks
 from t2n_core.decompositions import decomposition_table
 from t2n_core.errors import CaptureError, ExportInputError
 from t2n_core.input_plan import InputPlan, varargs_index
+from t2n_core.progress import progress_bar
 from t2n_core.shape_rules import shape_rules
 from t2n_core.storage import NNEFStorage
 from t2n_core.symbolic import SymbolTable
@@ -116,15 +117,19 @@ def capture(
     plan: InputPlan,
     *,
     fragments: bool = True,
+    progress: bool = False,
 ) -> Captured:
     """``torch.export`` the model (eval mode, QTensors as proxies) and decompose it.
 
     With ``fragments``, each distinct repeated block is captured once and called per instance
     (:mod:`t2n_core.blocks`); if a block cannot be captured alone, the model is captured flat.
+    ``progress``: a bar over the steps (trace, decompose, each distinct block) once they last.
     """
     dynamic_shapes = group_varargs(model, plan.dynamic_shapes())
     blocks = Blocks.find(model) if fragments else None
+    bar = progress_bar(total=2, desc="capture", unit="step", disable=not progress, leave=False)
     with (
+        bar,
         eval_mode(model),
         float_proxies(model) as originals,
         torch.no_grad(),
@@ -141,12 +146,12 @@ def capture(
             with contextlib.redirect_stderr(io.StringIO()), _quiet_torch_logs():
                 ep = None
                 if blocks is not None:
-                    ep = _capture_with_blocks(model, args, kwargs, dynamic_shapes, blocks)
+                    ep = _capture_with_blocks(model, args, kwargs, dynamic_shapes, blocks, bar)
                     blocks.originals = originals
                 if ep is None:
                     blocks = None
-                    ep = _export(model, args, kwargs, dynamic_shapes)
-                    ep = ep.run_decompositions(decomposition_table())
+                    bar.reset(total=2)
+                    ep = _traced_and_decomposed(model, args, kwargs, dynamic_shapes, bar)
         except Exception as exc:  # torch raises many types
             raise capture_error(type(model).__name__, exc, plan) from exc
     tensors: dict[str, Any] = {}
@@ -164,16 +169,26 @@ def capture(
     return Captured(ep, tensors, plan, symbols, blocks)
 
 
-def _capture_with_blocks(model, args, kwargs, dynamic_shapes, blocks: Blocks):
+def _traced_and_decomposed(model, args, kwargs, dynamic_shapes, bar: Any) -> ExportedProgram:
+    """``torch.export`` then decompose, each a step of the progress ``bar``."""
+    bar.set_postfix_str("trace", refresh=False)
+    ep = _export(model, args, kwargs, dynamic_shapes)
+    bar.update(1)
+    bar.set_postfix_str("decompose", refresh=False)
+    ep = ep.run_decompositions(decomposition_table())
+    bar.update(1)
+    return ep
+
+
+def _capture_with_blocks(model, args, kwargs, dynamic_shapes, blocks: Blocks, bar: Any):
     """The model with its repeated blocks as ``t2n::block`` calls, each block captured once;
     None (after a warning saying why) if that fails, to capture the model flat instead."""
     try:
         with blocks.intercept(), blocks.active():
-            ep = _export(model, args, kwargs, dynamic_shapes)
-            ep = ep.run_decompositions(decomposition_table())
+            ep = _traced_and_decomposed(model, args, kwargs, dynamic_shapes, bar)
         if not blocks.sites:
             return None
-        blocks.capture_all(_export_block)
+        blocks.capture_all(_export_block, progress=bar)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, BlockCaptureError):

@@ -262,7 +262,7 @@ def trace_graph(
 
     lora_plan = plan_lora(model, lora)
     with applied(model, lora_plan) as target:
-        captured = capture(target, args, kwargs, plan, fragments=fragments)
+        captured = capture(target, args, kwargs, plan, fragments=fragments, progress=progress)
     _refuse_dtypes_tract_lacks(plan, captured.program)
     try:
         graph = _translate(captured, output_names, progress)
@@ -274,7 +274,7 @@ def trace_graph(
             "repeated blocks of %s written flat (no fragments): %s", type(model).__name__, reason
         )
         with applied(model, lora_plan) as target:
-            captured = capture(target, args, kwargs, plan, fragments=False)
+            captured = capture(target, args, kwargs, plan, fragments=False, progress=progress)
         graph = _translate(captured, output_names, progress)
     bound = set(captured.symbols.names.values())  # torch may merge two axes into one symbol
     graph.symbols = [s for s in plan.symbols if s in bound]

@@ -179,17 +179,22 @@ def export_checkpoint(
     check_experts(experts)
     if (f32_attention or f32_norm) and torch_dtype != torch.float16:
         raise ExportInputError("f32_attention / f32_norm only apply to an f16 export (dtype='f16')")
-    ckpt = open_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
-    notes: list[str] = []
-    if not ckpt.has_tokenizer:
-        notes.append(
-            f"no tokenizer in {ckpt.directory} (none of tokenizer.json, tokenizer.model, "
-            "vocab.json, vocab.txt): exported without one; `t2n generate` will need token ids"
-        )
-        logger.warning("%s", notes[-1])
-    model = _load(ckpt, torch_dtype, f32_norm, notes)
-    if adapter is not None:
-        model = with_peft_adapter(model, adapter)
+    with progress_bar(total=2, desc="load", unit="step", disable=not progress, leave=False) as bar:
+        bar.set_postfix_str("config and shard headers", refresh=False)
+        ckpt = open_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
+        bar.update(1)
+        notes: list[str] = []
+        if not ckpt.has_tokenizer:
+            notes.append(
+                f"no tokenizer in {ckpt.directory} (none of tokenizer.json, tokenizer.model, "
+                "vocab.json, vocab.txt): exported without one; `t2n generate` will need token ids"
+            )
+            logger.warning("%s", notes[-1])
+        bar.set_postfix_str(f"{ckpt.architecture} with streamed weights", refresh=False)
+        model = _load(ckpt, torch_dtype, f32_norm, notes)
+        if adapter is not None:
+            model = with_peft_adapter(model, adapter)
+        bar.update(1)
     timings["load"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -76,13 +76,19 @@ def test_cli_bf16_sharded_export_generate_check(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_no_check_writes_samples_only_when_asked(tmp_path, capsys):
+def test_no_check_writes_samples_only_when_asked(tmp_path, capsys, monkeypatch):
     """--no-check skips the three PyTorch reference passes (no io samples) unless --samples;
-    the samples written without a check replay in tract with ``t2n check``."""
+    the samples written without a check replay in tract with ``t2n check``. Load and capture
+    show progress bars (here at once: no delay)."""
     save_tiny_llama(tmp_path / "ckpt", tokenizer=False)
-    args = ["export-llm", str(tmp_path / "ckpt"), "--quiet", "--no-check", "-o"]
+    monkeypatch.setattr("t2n_core.progress.DELAY_S", 0.0)
+    args = ["export-llm", str(tmp_path / "ckpt"), "--no-check", "-o"]
     assert main([*args, str(tmp_path / "bare")]) == 0
-    assert "io samples: none" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "io samples: none" in printed.out
+    for bar in ("load: ", "capture: ", "block LlamaDecoderLayer", "write: "):
+        assert bar in printed.err
+    args.insert(2, "--quiet")
     assert not list((tmp_path / "bare").glob("*.npz"))
     assert json.loads((tmp_path / "bare" / "manifest.json").read_text())["samples"] == []
     out = tmp_path / "sampled"
