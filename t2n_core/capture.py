@@ -123,11 +123,14 @@ def capture(
 
     With ``fragments``, each distinct repeated block is captured once and called per instance
     (:mod:`t2n_core.blocks`); if a block cannot be captured alone, the model is captured flat.
-    ``progress``: a bar over the steps (trace, decompose, each distinct block) once they last.
+    ``progress``: a bar over the steps (trace, decompose, each distinct block) of a model that
+    repeats blocks (the captures that last seconds: a layer stack), once they last a second.
     """
     dynamic_shapes = group_varargs(model, plan.dynamic_shapes())
     blocks = Blocks.find(model) if fragments else None
-    bar = progress_bar(total=2, desc="capture", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(
+        total=2, desc="capture", unit="step", disable=not progress or blocks is None, leave=False
+    )
     with (
         bar,
         eval_mode(model),
