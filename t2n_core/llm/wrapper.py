@@ -3,6 +3,7 @@ k/v out, so that ``torch.export`` captures one step of generation with its KV ca
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import weakref
@@ -102,10 +103,15 @@ class CausalLMWithCache(nn.Module):
                 f"got {len(past)}"
             )
         layers = []
+        initialized: dict[torch.device, DynamicLayer] = {}
         for i in range(self.num_layers):
-            layer = DynamicLayer()
             key, value = past[2 * i], past[2 * i + 1]
-            layer.lazy_initialization(key, value)
+            if key.device not in initialized:
+                # once, not per layer: while capturing, each lazy_initialization adds two traced
+                # constant tensors (replaced at once by the past tensors) to the capture's cost
+                initialized[key.device] = DynamicLayer()
+                initialized[key.device].lazy_initialization(key, value)
+            layer = copy.copy(initialized[key.device])
             layer.keys, layer.values = key, value
             layers.append(layer)
         cache = DynamicCache()
