@@ -1,14 +1,21 @@
-"""Fold a per-channel affine op that follows a convolution into its tract-native filter.
+"""Keep tract from folding a per-channel multiply into a tract-native (Q4_0) filter.
 
-tract folds a per-channel multiply after a convolution (an inference batch norm is a
-``mul`` then an ``add`` by constants) into the convolution's kernel while it optimises the
-graph, and fails when that kernel is block-quantized (Q4_0: "Tensor storage is not plain").
-The writer therefore does that fold itself, on the encoded tensor: the storage protocol's
-optional ``nnef_scale_rows(factors)`` scales the rows (output channels) of the filter
-without decoding it, and the shift joins the convolution's bias. For Q4_0 this equals
-folding the batch norm into the float weight before quantizing (the codes are unchanged,
-only the stored f16 block scales round differently), and tract never has to rewrite a
-quantized kernel.
+tract folds a per-channel ``mul`` (or ``div``) after a convolution (an inference batch norm
+is a ``mul`` then an ``add`` by constants) into the convolution's kernel while it optimises
+the graph, and fails when that kernel is block-quantized (Q4_0: "Tensor storage is not
+plain"). For each conv with a tract-native filter whose only user is a ``mul`` or ``div``,
+this pass either
+
+- folds the multiply itself, on the encoded tensor, when that is exact: the storage
+  protocol's optional ``nnef_scale_rows(factors)`` scales the rows (output channels) of the
+  filter without decoding it (Q4_0: its f16 block scales) and returns ``None`` unless every
+  scaled block scale is exact (power-of-two factors); the shift joins the bias; or
+- keeps the multiply and puts ``max(y, y)`` between the conv and it, an identity tract does
+  not look through (as :mod:`t2n_core.concat_guard`), so the filter is written byte for byte
+  as quantized and tract multiplies the conv's output.
+
+Folding with rounded f16 block scales (the earlier behaviour) changed the weight by up to half
+an f16 ulp per block, which failed the export's own check at its default tolerance.
 """
 
 from __future__ import annotations
@@ -38,14 +45,41 @@ def fold_channel_affine(graph: Graph, is_native: Callable[[Variable], bool]) -> 
     when its filter is tract-native; returns one note per fold (also logged)."""
     notes: list[str] = []
     evaluator = _Constants(graph)
+    guarded = 0
     for conv in [op for op in graph.operations if op.op == "conv"]:
         note = _fold_one(graph, conv, evaluator, is_native)
         if note is not None:
             notes.append(note)
             logger.info("%s", note)
+        elif _guard_one(graph, conv, is_native):
+            guarded += 1
     if notes:
         graph.remove_dead_code()
+    if guarded:
+        logger.debug("kept the per-channel multiply after %d tract-native conv(s), guarded "
+                     "by max(y, y)", guarded)  # fmt: skip
     return notes
+
+
+def _guard_one(graph: Graph, conv: Operation, is_native: Callable[[Variable], bool]) -> bool:
+    """Put ``max(y, y)`` between a conv with a tract-native filter and its only user when
+    that user is a ``mul`` or ``div`` (which tract would fold into the filter)."""
+    filt = conv.args[1] if len(conv.args) > 1 else None
+    if not isinstance(filt, Ref) or filt.name not in graph.variables:
+        return False
+    if not is_native(graph.variables[filt.name]):
+        return False
+    user = _only_user(graph, conv.outputs[0])
+    if user is None or user.op not in ("mul", "div"):
+        return False
+    out = conv.outputs[0]
+    value = graph.values[out]
+    name = graph.fresh_name(f"{out}_unfolded")
+    graph.add_value(Value(name, value.dtype, value.shape))
+    guard = Operation("max", [name], [Ref(out), Ref(out)], source=conv.source)
+    graph.operations.insert(graph.operations.index(user), guard)
+    user.args = [Ref(name) if a == Ref(out) else a for a in user.args]
+    return True
 
 
 def _fold_one(
@@ -76,12 +110,7 @@ def _fold_one(
     if bias is None:
         return None
     scaled = var.tensor.nnef_scale_rows(scale)
-    if scaled is None:
-        logger.warning(
-            "cannot fold the per-channel scale after conv %r into its filter %r (the scaled "
-            "block scales overflow); tract may fail to load it",
-            conv.source, var.label,
-        )  # fmt: skip
+    if scaled is None:  # not exact: the multiply stays, guarded (_guard_one)
         return None
     new_bias = (bias.reshape(-1).float() * scale + shift).reshape(1, channels)
     base = var.label.removesuffix(".weight")

@@ -16,7 +16,7 @@ An :class:`Encoding` is made of
 
 Optional methods, each used by a writer pass and allowed to return ``None`` ("cannot"):
 ``nnef_slice_cols(begin, end)`` (the same on dim 1, see below), ``nnef_scale_rows(factors)``
-(row ``r`` times ``factors[r]``, still encoded: :mod:`t2n_core.fold_scale`),
+(row ``r`` times ``factors[r]``, still encoded, ``None`` unless exact: :mod:`t2n_core.fold_scale`),
 ``nnef_fragment_view()`` (the same values in an encoding with a ``call``, for the uses of a
 tract-native tensor that tract cannot run on it: :func:`t2n_core.native_uses.give_native_views`),
 and ``nnef_slice_rows(begin, end)`` returns a tensor of the same kind holding

@@ -351,17 +351,21 @@ class QTensor(torch.Tensor):
                        self.tensor_name)  # fmt: skip
 
     def nnef_scale_rows(self, factors: torch.Tensor) -> QTensor | None:
-        """Row ``r`` multiplied by ``factors[r]``, still encoded (for folding a batch norm).
+        """Row ``r`` multiplied by ``factors[r]``, still encoded and exact (for folding a
+        batch norm).
 
         ``value = (code - zero) * scale`` is linear in the block scale, so this scales the
-        block scales of each row and keeps the codes: what quantizing the scaled weight
-        would give, up to the rounding of the stored scale. ``None`` when a scaled block
-        scale would not fit the stored scale dtype.
+        block scales of each row and keeps the codes. ``None`` unless every scaled block
+        scale is exact in the stored scale dtype (a power-of-two factor, say): a rounded
+        scale would make the weight differ from the model's by up to half an ulp of f16,
+        more than an export's check tolerates.
 
         >>> from t2n_quant import quantize_tensor
         >>> q = quantize_tensor(torch.randn(2, 64), "q4_0")
         >>> f = torch.tensor([2.0, -0.5])
-        >>> torch.allclose(q.nnef_scale_rows(f).dequantize(), q.dequantize() * f[:, None])
+        >>> torch.equal(q.nnef_scale_rows(f).dequantize(), q.dequantize() * f[:, None])
+        True
+        >>> q.nnef_scale_rows(torch.tensor([1.1, 1.0])) is None
         True
         """
         factors = factors.reshape(-1).to(torch.float32)
@@ -369,8 +373,9 @@ class QTensor(torch.Tensor):
             raise ValueError(f"{factors.numel()} factors for {self.rows} rows")
         per_row = self.k // self.block_size
         per_block = factors.repeat_interleave(per_row).reshape(self.scale.shape)
-        scaled = (self.scale.float() * per_block).to(self.scale.dtype)
-        if not torch.isfinite(scaled).all():
+        wanted = self.scale.double() * per_block.double()
+        scaled = wanted.to(self.scale.dtype)
+        if not torch.isfinite(scaled).all() or not torch.equal(scaled.double(), wanted):
             return None
         return QTensor(
             self.codec, self.packed, scaled, self.zero, self.shape, self.dtype, self.tensor_name
