@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from t2n_quant.calibration.minmax import minmax_params
-from t2n_quant.calibration.mse import BlockFit, Scored, keep_better, rowdot
+from t2n_quant.calibration.mse import BlockFit, Scored, keep_better
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
@@ -29,23 +29,36 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     return a.sub_(a.pow(p - 1.0).div_(beta)).relu_().copysign_(x)
 
 
+def _sparse_shrink_sums(
+    residual: torch.Tensor, q: torch.Tensor, beta: float, p: float
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per block ``sum e`` and ``sum e * q`` for ``e = shrink_lp(-residual)``, or Nones when
+    ``e`` is all zero. ``shrink_lp`` is zero where ``|x| <= beta ** (-1 / (2 - p))``, which is
+    most values (a residual is at most about half a step), so only the others are shrunk."""
+    t = beta ** (-1.0 / (2.0 - p))
+    if float(residual.amax()) <= t and float(residual.amin()) >= -t:
+        return None, None
+    rows, cols = ((residual > t).logical_or_(residual < -t)).nonzero(as_tuple=True)
+    e = shrink_lp(residual[rows, cols].neg_(), beta, p)
+    n = residual.shape[0]
+    se = torch.zeros(n, dtype=e.dtype, device=e.device).index_add_(0, rows, e)
+    seq = torch.zeros_like(se).index_add_(0, rows, e * q[rows, cols])
+    return se[:, None], seq[:, None]
+
+
 def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> QParams:
     codec = fit.codec
     stored = codec.store(cur.params)
     assert cur.q is not None and cur.residual is not None
     s = stored.scale.float()
-    # shrink_lp is zero where |x| <= beta ** (-1 / (2 - p)): usually everywhere (the residual
-    # of min-max-like parameters is at most half a step), then e = 0 needs no pass
-    e = None
-    if float(cur.residual.abs().amax()) > beta ** (-1.0 / (2.0 - p)):
-        e = shrink_lp(cur.residual.neg(), beta, p)
+    se, seq = _sparse_shrink_sums(cur.residual, cur.q, beta, p)
     if codec.has_zero:
         assert cur.sq is not None and fit.sx is not None
         safe = torch.where(s == 0, torch.ones_like(s), s)
-        sx = fit.sx if e is None else fit.sx - e.sum(dim=-1, keepdim=True)
+        sx = fit.sx if se is None else fit.sx - se
         zero = (cur.sq - sx / safe) / fit.n
         return QParams(cur.params.scale, zero.clamp(0.0, float(codec.qmax)))
-    num = cur.sxq if e is None else cur.sxq - rowdot(e, cur.q)
+    num = cur.sxq if seq is None else cur.sxq - seq
     s = torch.where(cur.sqq > 0, num / cur.sqq.clamp(min=1e-30), cur.params.scale)
     return QParams(s.to(codec.storage_dtype).float())
 
