@@ -61,17 +61,52 @@ def fold_channel_affine(graph: Graph, is_native: Callable[[Variable], bool]) -> 
     return notes
 
 
+def guard_block_convs(graph: Graph, is_native: Callable[[Variable], bool]) -> int:
+    """In each fragment body, put ``max(y, y)`` between a conv whose filter parameter
+    receives a tract-native tensor (in some call) and a ``mul`` / ``div`` only user, so that
+    the fragment can keep the conv (the filter stays a fragment argument, nothing is folded
+    per instance); returns how many were inserted."""
+    guarded = 0
+    for name, body in graph.blocks.items():
+        native: set[str] = set()
+        for call in (op for op in graph.operations if op.op == name):
+            for param, arg in zip(body.inputs, call.args, strict=False):
+                var = graph.variables.get(arg.name) if isinstance(arg, Ref) else None
+                if var is not None and is_native(var):
+                    native.add(param.name)
+        for conv in [op for op in body.operations if op.op == "conv"]:
+            filt = conv.args[1] if len(conv.args) > 1 else None
+            if isinstance(filt, Ref) and filt.name in native and multiply_follows(body, conv):
+                _insert_guard(body, conv)
+                guarded += 1
+    if guarded:
+        logger.debug("kept the per-channel multiply after %d tract-native conv(s) in "
+                     "fragments, guarded by max(y, y)", guarded)  # fmt: skip
+    return guarded
+
+
+def multiply_follows(graph: Graph, conv: Operation) -> bool:
+    """Whether the only user of ``conv``'s output is a ``mul`` or ``div``, which tract folds
+    into the conv's filter while loading."""
+    user = _only_user(graph, conv.outputs[0])
+    return user is not None and user.op in ("mul", "div")
+
+
 def _guard_one(graph: Graph, conv: Operation, is_native: Callable[[Variable], bool]) -> bool:
     """Put ``max(y, y)`` between a conv with a tract-native filter and its only user when
     that user is a ``mul`` or ``div`` (which tract would fold into the filter)."""
     filt = conv.args[1] if len(conv.args) > 1 else None
     if not isinstance(filt, Ref) or filt.name not in graph.variables:
         return False
-    if not is_native(graph.variables[filt.name]):
+    if not is_native(graph.variables[filt.name]) or not multiply_follows(graph, conv):
         return False
+    _insert_guard(graph, conv)
+    return True
+
+
+def _insert_guard(graph: Graph, conv: Operation) -> None:
     user = _only_user(graph, conv.outputs[0])
-    if user is None or user.op not in ("mul", "div"):
-        return False
+    assert user is not None
     out = conv.outputs[0]
     value = graph.values[out]
     name = graph.fresh_name(f"{out}_unfolded")
@@ -79,7 +114,6 @@ def _guard_one(graph: Graph, conv: Operation, is_native: Callable[[Variable], bo
     guard = Operation("max", [name], [Ref(out), Ref(out)], source=conv.source)
     graph.operations.insert(graph.operations.index(user), guard)
     user.args = [Ref(name) if a == Ref(out) else a for a in user.args]
-    return True
 
 
 def _fold_one(

@@ -8,6 +8,7 @@ import logging
 
 from t2n_core.encoding import is_native
 from t2n_core.errors import TranslationError
+from t2n_core.fold_scale import multiply_follows
 from t2n_core.ir import Graph, Operation, Ref, Variable
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,9 @@ def native_parameters(body: Graph) -> dict[int, set[int]]:
     the positions of the parameters whose value its matmuls take as input.
 
     Such a parameter must only feed matmul (as the weight, its input not a concatenation,
-    which tract would split, see :mod:`t2n_core.concat_guard`) or gather (as the data);
-    anything else needs the graph passes that run on a flat graph.
+    which tract would split, see :mod:`t2n_core.concat_guard`), gather (as the data) or conv
+    (as the filter, not followed by a multiply: :func:`t2n_core.fold_scale.guard_block_convs`
+    guards those first); anything else needs the graph passes that run on a flat graph.
     """
     params = {v.name: i for i, v in enumerate(body.inputs)}
     ok: dict[int, set[int]] = {}
@@ -143,6 +145,8 @@ def _native_use(body: Graph, op: Operation, position: int) -> bool | str:
     comes (through axis moves) from a parameter of ``body``, that parameter's name."""
     if op.op == "tract_core_gather":
         return position == 0
+    if op.op == "conv":  # as the filter, unless tract would fold a multiply into it
+        return position == 1 and not multiply_follows(body, op)
     if op.op != "matmul" or position != 1:
         return False
     return _concat_free_source(body, op.args[0])

@@ -17,7 +17,7 @@ from t2n_core.concat_guard import guard_concat_before_native_matmul
 from t2n_core.encoding import attach_encodings, is_native
 from t2n_core.file_labels import assign_file_labels
 from t2n_core.fold import fold_reshapes, fold_row_slices
-from t2n_core.fold_scale import fold_channel_affine
+from t2n_core.fold_scale import fold_channel_affine, guard_block_convs
 from t2n_core.ir import Graph
 from t2n_core.loop_weights import inline_native_loop_weights
 from t2n_core.native_uses import (
@@ -39,6 +39,7 @@ def prepare_for_archive(graph: Graph) -> Graph:
     """
     if graph.prepared:
         return graph
+    guard_block_convs(graph, is_native)
     inline_blocks_with_native_misuse(graph)
     fold_row_slices(graph, is_native)
     fold_reshapes(graph)

@@ -234,3 +234,34 @@ def test_block_translation_failure_falls_back_to_flat(tmp_path, caplog, monkeypa
         result = export_and_check(model, (torch.randn(2, 4),), tmp_path, name="t.nnef")
     assert "written flat" in caplog.text and "this block cannot be a fragment" in caplog.text
     assert "fragment block_" not in graph_text(result.path)
+
+
+def test_q4_0_conv_with_batch_norm_stays_in_its_fragment(tmp_path, caplog):
+    """The q4_0 filter is a fragment argument; the batch norm's multiply stays in the body
+    behind max(y, y) (tract would fold it into the quantized kernel), nothing is folded per
+    instance, so the fragment is kept, and tract agrees with the flat export."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[ConvBlock(32) for _ in range(3)])  # k = 96: q4_0
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            nn.init.uniform_(m.weight, -0.5, 1.5)
+            nn.init.normal_(m.bias)
+    model = randomize_norms(model)
+    quantize_model(model, "q4_0", progress=False)
+    x = torch.randn(1, 32, 12)
+    with caplog.at_level(logging.INFO, logger="t2n_core.native_uses"):
+        result = export_and_check(
+            model, (x,), tmp_path, name="q.nnef", dynamic_axes={"input": {2: "T"}},
+            check_inputs=[(torch.randn(1, 32, 20),)],
+        )  # fmt: skip
+    assert "inlined" not in caplog.text
+    text = graph_text(result.path)
+    assert text.count("fragment block_conv_block(") == 1 and calls(text, "block_conv_block") == 3
+    assert "max(conv_convolution, conv_convolution)" in text and "folded_weight" not in text
+    raw = (result.path / "1.conv.weight.dat").read_bytes()
+    assert DatHeader.unpack(raw).type_name() == "q4_0"
+    flat = export_and_check(model, (x,), tmp_path, name="flat.nnef", fragments=False)
+    assert "fragment block_" not in graph_text(flat.path)
+    assert result.op_histogram == flat.op_histogram
+    with torch.no_grad():
+        assert float(model(x).std()) > 0.1
