@@ -30,6 +30,19 @@ def vm_rss_bytes() -> int:
     return _status_bytes("VmRSS")
 
 
+def worker_hwm_bytes() -> int:
+    """Peak resident memory of this process's tract worker (``t2n_core.check``), 0 if none."""
+    from t2n_core.check import _WORKER
+
+    if _WORKER.proc is None:
+        return 0
+    with open(f"/proc/{_WORKER.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def run_child(code: str, timeout: float = 1800) -> dict:
     """Run ``code`` (which must print one JSON line last) in a new interpreter."""
     proc = subprocess.run(

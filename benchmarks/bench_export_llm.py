@@ -9,6 +9,8 @@ RSS (VmHWM). Run, from the repository root:
     python -m benchmarks.bench_export_llm tract /tmp/out-0.5b          # tract RSS, tokens/s
     python -m benchmarks.bench_export_llm precision /tmp/ck-122m       # f16 vs f32 parts
     python -m benchmarks.bench_export_llm compare /tmp/ck-122m --codec q4_0 --repeat 3
+    python -m benchmarks.bench_export_llm write /tmp/ck-14b /tmp/14b.nnef.tgz --codec q4_0
+    python -m benchmarks.bench_export_llm prefill /tmp/ck-14b /tmp/14b.nnef.tgz --codec q4_0
 
 ``compare`` times whole processes, alternating, beside the reference tool
 (``t2n_export_llm_to_tract`` of torch-to-nnef-llm in ``--ref-venv``, default
@@ -17,6 +19,9 @@ fresh interpreter, load the checkpoint, export, write io samples and the archive
 runs tract (t2n ``--no-check``, the reference ``-nv``) unless ``--check`` (t2n only: the
 reference cannot, its tract being a stub). q4_0 is compared with the reference's
 ``min_max_q4_0_with_embeddings`` (t2n quantizes the embedding too).
+
+``write`` exports the archive alone (no io samples, so one pass over the checkpoint instead of
+four); ``prefill`` loads it in tract, runs 8 tokens, and compares with the streamed PyTorch model.
 
 Sizes: 122m (Llama, hidden 768, 12 layers, vocab 24000), 0.5b / 1.5b (Qwen2 shapes,
 vocab 151936, tied), 8b (Llama-3 shapes), 14b (Llama-2-13B layers with Llama-3's vocabulary:
@@ -127,15 +132,75 @@ def export_in_child(ckpt: Path, out: Path, codec: str | None, check: bool, dtype
         shipped = export_checkpoint({str(ckpt)!r}, {str(out)!r}, codec={codec!r}, dtype={dtype!r},
                                     check={check!r}, overwrite=True, progress=False)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the tract check's children
+        from benchmarks._child import worker_hwm_bytes
         print(json.dumps({{"seconds": time.perf_counter() - start, "peak": vm_hwm_bytes(),
                           "cpu": usage.ru_utime + usage.ru_stime,
-                          "child_peak": 1024 * children.ru_maxrss,
+                          "child_peak": worker_hwm_bytes(),
                           "timings": shipped.timings,
                           "archive": shipped.manifest["archive_bytes"],
                           "params": shipped.manifest["parameters"]}}))
     """
     return run_child(code, timeout=3600)
+
+
+def write_in_child(ckpt: Path, out: Path, codec: str | None) -> dict:
+    """The archive alone (``export_causal_lm``, no io samples): one pass over the weights."""
+    code = f"""
+        import json, resource, time
+        start = time.perf_counter()
+        import torch
+        from benchmarks._child import vm_hwm_bytes
+        from t2n_core.llm import export_causal_lm
+        from t2n_core.llm.checkpoint import open_checkpoint, streamed_model
+        from t2n_quant import quantize_model
+        ckpt = open_checkpoint({str(ckpt)!r})
+        model = streamed_model(ckpt, torch.float32)
+        if {codec!r}:
+            quantize_model(model, {codec!r}, progress=False)
+        result = export_causal_lm(model, {str(out)!r}, dtype=torch.float32, check=False,
+                                  all_logits=False, overwrite=True, progress=False)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({{"seconds": time.perf_counter() - start, "peak": vm_hwm_bytes(),
+                          "cpu": usage.ru_utime + usage.ru_stime, "weights": ckpt.weight_bytes,
+                          "archive": result.path.stat().st_size}}))
+    """
+    return run_child(code, timeout=7200)
+
+
+def prefill_in_child(ckpt: Path, archive: Path, codec: str | None, tokens: int = 8) -> dict:
+    """tract loads ``archive`` and runs a prompt of ``tokens`` random ids (empty cache), in a
+    child of this child (its peak RSS apart); then the streamed PyTorch model runs the same
+    prompt (one pass over the checkpoint) and the last position's logits are compared."""
+    code = f"""
+        import json, resource, time
+        import numpy as np, torch
+        from benchmarks._child import vm_hwm_bytes
+        from t2n_core.check import run_tract
+        from t2n_core.llm.checkpoint import open_checkpoint, streamed_model
+        from t2n_core.llm.wrapper import CausalLMWithCache, past_shapes_of
+        from t2n_quant import quantize_model
+        ckpt = open_checkpoint({str(ckpt)!r})
+        model = streamed_model(ckpt, torch.float32)
+        if {codec!r}:
+            quantize_model(model, {codec!r}, progress=False)
+        vocab = model.config.get_text_config(decoder=True).vocab_size
+        ids = np.random.default_rng(0).integers(3, vocab, (1, {tokens}), dtype=np.int64)
+        empty = [np.zeros((1, h, 0, d), np.float32) for h, d in past_shapes_of(model)]
+        start = time.perf_counter()
+        got = run_tract({str(archive)!r}, [ids, *empty])[0]
+        tract_s = time.perf_counter() - start
+        from benchmarks._child import worker_hwm_bytes
+        tract_peak = worker_hwm_bytes()
+        start = time.perf_counter()
+        with torch.no_grad():
+            step = CausalLMWithCache(model, all_logits=False)
+            ref = step(torch.from_numpy(ids), *map(torch.from_numpy, empty))[0].numpy()
+        err = float(np.abs(got - ref).max() / np.abs(ref).max())
+        print(json.dumps({{"tract_seconds": tract_s, "tract_peak": tract_peak,
+                          "torch_seconds": time.perf_counter() - start, "peak": vm_hwm_bytes(),
+                          "error": err, "same_argmax": bool(got.argmax() == ref.argmax())}}))
+    """
+    return run_child(code, timeout=7200)
 
 
 def tract_speed(out: Path, prompt: int = 64, decode: int = 32) -> dict:
@@ -263,6 +328,14 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="t2n runs its tract check too")
     p.add_argument("--ref-venv", type=Path, default=Path("/work/refvenv-llm"))
     p.add_argument("--tmp", type=Path, default=Path("/tmp/t2n-compare"))
+    p = sub.add_parser("write")
+    p.add_argument("ckpt", type=Path)
+    p.add_argument("archive", type=Path)
+    p.add_argument("--codec")
+    p = sub.add_parser("prefill")
+    p.add_argument("ckpt", type=Path)
+    p.add_argument("archive", type=Path)
+    p.add_argument("--codec")
     p = sub.add_parser("tract")
     p.add_argument("out", type=Path)
     p = sub.add_parser("precision")
@@ -277,13 +350,24 @@ def main() -> None:
         print(f"{args.ckpt.name} {args.codec or args.dtype} check={not args.no_check}: "
               f"{r['seconds']:.1f} s in the child ({time.perf_counter() - start:.1f} s with start,"
               f" {r['cpu']:.0f} s CPU), peak RSS {r['peak'] / 2**30:.2f} GiB, "
-              f"(tract check child {r['child_peak'] / 2**30:.2f} GiB), "
+              f"(tract check worker {r['child_peak'] / 2**30:.2f} GiB), "
               f"archive {r['archive'] / 2**20:.0f} MiB, "
               f"{r['params'] / 1e6:.0f}M parameters; "
               + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))  # fmt: skip
     elif args.cmd == "compare":
         compare_with_reference(args.ckpt, args.tmp, args.codec, args.repeat, args.check,
                                args.ref_venv)  # fmt: skip
+    elif args.cmd == "write":
+        r = write_in_child(args.ckpt, args.archive, args.codec)
+        print(f"{args.ckpt.name} {args.codec or 'f32'} archive only: {r['seconds']:.1f} s "
+              f"({r['cpu']:.0f} s CPU), peak RSS {r['peak'] / 2**30:.2f} GiB for "
+              f"{r['weights'] / 2**30:.1f} GiB of weights, archive {r['archive'] / 2**30:.2f} GiB")
+    elif args.cmd == "prefill":
+        r = prefill_in_child(args.ckpt, args.archive, args.codec)
+        print(f"{args.archive}: tract load + 8-token prefill {r['tract_seconds']:.1f} s, tract "
+              f"peak RSS {r['tract_peak'] / 2**30:.2f} GiB; PyTorch (streamed) "
+              f"{r['torch_seconds']:.1f} s, peak RSS {r['peak'] / 2**30:.2f} GiB; last logits "
+              f"max error / max |logit| {r['error']:.2e}, same argmax {r['same_argmax']}")
     elif args.cmd == "tract":
         r = tract_speed(args.out)
         print(f"{args.out.name}: prefill {r['prefill']:.0f} tokens/s, decode {r['decode']:.1f} "
