@@ -41,11 +41,14 @@ LINEAR_SPECS: list[tuple[str, str, dict]] = [
     ("minmax:3:g32", "mse", {}), ("minmax:3:g32", "gptq:mse", AO),
     ("symmetric:3:pc", "mse", {}), ("symmetric:3:pc", "gptq:mse", AO),
     ("minmax:2:g64", "mse", {}), ("minmax:2:g64", "gptq:mse", AO),
-    ("plan<=3", "gptq:mse", AO),
+    ("plan<=4", "gptq:mse", AO), ("plan<=3", "gptq:mse", AO),
 ]  # fmt: skip
-#: plan candidates: bits per weight on MiniLM's 384 / 1536-wide rows in brackets
-PLAN_CANDIDATES = ["q4_0", "minmax:3:g128", "symmetric:3:pc", "minmax:2:g64"]  # 4.5, 3.25,
-# 3.01-3.04, 2.5
+#: plan candidates per budget; bits per weight on MiniLM's 384 / 1536-wide rows: q4_0 4.5,
+#: minmax:3:g32 4.0, minmax:3:g128 3.25, symmetric:3:pc 3.01-3.04, minmax:2:g64 2.5
+PLAN_CANDIDATES = {
+    4.0: ["q4_0", "minmax:3:g32", "minmax:3:g128", "symmetric:3:pc"],
+    3.0: ["q4_0", "minmax:3:g128", "symmetric:3:pc", "minmax:2:g64"],
+}
 
 
 def calibration_sentences(n: int = 1024) -> list[str]:
@@ -163,9 +166,9 @@ def _linear_only(base, texts: list[str], ref: torch.Tensor) -> None:
     sample = calibration_batches(tok, sentences[:64], batch=16)  # plan sensitivities
     print(f"load average at start: {os.getloadavg()[0]:.1f} (2 cores shared; times are wall)")
     plans = {}
-    for budget in (3.0,):
+    for budget, candidates in PLAN_CANDIDATES.items():
         start = time.perf_counter()
-        plans[f"plan<={budget:g}"] = plan(bert, budget, PLAN_CANDIDATES, data=sample,
+        plans[f"plan<={budget:g}"] = plan(bert, budget, candidates, data=sample,
                                           calibration="gptq:mse", calibration_options=AO,
                                           exclude="embeddings.*", progress=False)  # fmt: skip
         chosen = plans[f"plan<={budget:g}"].values()
