@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 
+from t2n_quant import cli_options
 from t2n_quant.cli_options import add_codec, add_converted_output, add_selection
 from t2n_quant.errors import CalibrationDataError, ConfigSpecError
+from t2n_quant.layerwise import DATA_AWARE, is_data_aware
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sequences taken from each text at most (default 32)",
     )  # fmt: skip
     p.add_argument("--device", default=None, help="device for data-aware calibration (e.g. cuda)")
+    cli_options.add_calibration_options(p)
     p.add_argument(
         "--codecs", nargs="+", default=list(COMPARE_SPECS), metavar="SPEC",
         help=f"quantization specs to compare (default: {' '.join(COMPARE_SPECS)})",
@@ -174,6 +177,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calibration-tokens", type=int, nargs=2, default=[128, 512], metavar=("N", "LEN"),
         help="calibration sequences and tokens per sequence (default 128 512)",
     )  # fmt: skip
+    cli_options.add_calibration_options(p)
     p.add_argument(
         "--exclude", nargs="+", default=[], metavar="GLOB",
         help="module paths left float (fnmatch globs, e.g. 'lm_head' 'model.embed_tokens')",
@@ -290,6 +294,7 @@ def run_export_llm(args: argparse.Namespace) -> int:
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
         fragments=not args.no_fragments, progress=not args.quiet, adapter=args.adapter,
         lora=args.lora, experts=args.experts,
+        calibration_options=cli_options.calibration_options(args.calibration_option) or None,
     )  # fmt: skip
     print(shipped)
     return 0 if shipped.check is None or shipped.check.passed else 1
@@ -309,8 +314,10 @@ def run_compare(args: argparse.Namespace) -> int:
     else:
         model, inputs, data = _lm_inputs(args)
     metric = "kl" if args.checkpoint else "sqnr"
+    options = cli_options.calibration_options(args.calibration_option) or None
     comparison = compare(model, inputs, args.codecs, calibrations=args.calibrations, data=data,
-                         device=args.device, metric=metric)  # fmt: skip
+                         device=args.device, metric=metric,
+                         calibration_options=options)  # fmt: skip
     print(comparison)
     if args.layers:
         print("\nper-layer output SQNR (dB) vs the float model, errors accumulated:")
@@ -337,9 +344,11 @@ def _lm_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor,
     ids = torch.cat(text_batches(tokenizer, Path(args.text), seq_len=args.seq_len,
                                  n_sequences=args.max_sequences))  # fmt: skip
     data = None
-    if any(c.split(":")[0] == "gptq" for c in args.calibrations):
+    if any(is_data_aware(c) for c in args.calibrations):
         if not args.calibration_text:
-            raise CalibrationDataError("calibration gptq needs --calibration-text FILE")
+            raise CalibrationDataError(
+                f"calibrations {', '.join(DATA_AWARE)} need --calibration-text FILE"
+            )
         data = text_batches(tokenizer, Path(args.calibration_text), seq_len=args.seq_len,
                             n_sequences=args.max_sequences)  # fmt: skip
     print(f"{folder.name}: {type(model).__name__}, {ids.shape[0]} sequence(s) of "

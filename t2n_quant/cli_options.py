@@ -29,6 +29,46 @@ def add_codec(parser: argparse.ArgumentParser, default: str | None, help_: str) 
     )  # fmt: skip
 
 
+def add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    """``--calibration-option KEY=VALUE``: the options of a data-aware calibration."""
+    parser.add_argument(
+        "--calibration-option", nargs="+", default=[], metavar="KEY=VALUE",
+        help="options of a data-aware calibration, e.g. act_order=true. gptq: act_order "
+        "(columns by decreasing activation, default false), sequential (layers of a block one "
+        "after the other, default true), damp (0.01), block (128), inner (minmax or mse); "
+        "awq: grid (20), inner. true/false and numbers are read as such",
+    )  # fmt: skip
+
+
+def calibration_options(pairs: list[str]) -> dict[str, object]:
+    """``["act_order=true", "damp=0.02"]`` -> ``{"act_order": True, "damp": 0.02}``.
+
+    >>> calibration_options(["act_order=true", "block=64", "damp=0.02", "inner=mse"])
+    {'act_order': True, 'block': 64, 'damp': 0.02, 'inner': 'mse'}
+    """
+    from t2n_quant.errors import ConfigSpecError
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ConfigSpecError(
+                f"--calibration-option {pair!r}: expected KEY=VALUE, e.g. act_order=true"
+            )
+        value: object = text.strip()
+        if text.strip().lower() in ("true", "false"):
+            value = text.strip().lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    pass
+        options[key.strip()] = value
+    return options
+
+
 def add_converted_output(parser: argparse.ArgumentParser) -> None:
     """``-o/--output`` and ``--max-shard-size`` of a command that writes quantized
     safetensors."""

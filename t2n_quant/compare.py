@@ -366,6 +366,7 @@ def compare(
     metric: str = "sqnr",
     data: Any = None,
     device: str | torch.device | None = None,
+    calibration_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Comparison:
     """Quantize a copy of ``model`` with every spec and calibration and measure what it costs.
@@ -377,8 +378,9 @@ def compare(
     the bits per weight actually stored and the bytes before / after. ``include`` /
     ``exclude`` go to :func:`~t2n_quant.quantize_model`; ``metric`` (``"sqnr"``,
     ``"cosine"`` or ``"kl"``) ranks configs in :meth:`Comparison.best`. ``model`` is left as
-    it was. Data-aware calibrations (``"gptq"``) calibrate on ``data`` (on ``device``); keep
-    ``inputs`` out of it so the figures are measured on unseen inputs.
+    it was. Data-aware calibrations (``"gptq"``) calibrate on ``data`` (on ``device``), with
+    ``calibration_options`` as for :func:`~t2n_quant.quantize_model`; keep ``inputs`` out
+    of it so the figures are measured on unseen inputs.
 
     Causal language models (the output has ``logits``, ``inputs`` are token ids ``B x T``)
     also get :class:`LMMetrics` per config: KL divergence of the next-token distributions
@@ -444,7 +446,9 @@ def compare(
             aware = is_data_aware(cal)
             summary = quantize_model(qmodel, codec, calibration=cal, include=include,
                                      exclude=exclude, data=data if aware else None,
-                                     device=device, progress=False)  # fmt: skip
+                                     device=device, progress=False,
+                                     calibration_options=calibration_options if aware else None,
+                                     )  # fmt: skip
             with _recording(qmodel, measured) as acts:
                 raw = qmodel(*args)
                 out = _float_leaves(raw)

@@ -21,6 +21,10 @@ class ConfigSpecError(T2NError, ValueError):
     """A quantization spec string (``"minmax:4:g32"``) could not be parsed."""
 
 
+class CalibrationOptionError(ConfigSpecError, TypeError):
+    """``calibration_options`` the calibration method does not take."""
+
+
 class FixedCodecOptionError(UnsupportedCodecOptionError, ConfigSpecError):
     """A codec was given another value for an option it fixes (q4_0's ``bits=4``)."""
 

@@ -45,7 +45,7 @@ from t2n_quant.calibration.awq import search_scales
 from t2n_quant.calibration.gptq import gptq
 from t2n_quant.calibration_data import Batch
 from t2n_quant.codecs.base import Codec, QParams
-from t2n_quant.errors import CalibrationDataError
+from t2n_quant.errors import CalibrationDataError, CalibrationOptionError
 
 logger = logging.getLogger(__name__)
 
@@ -728,7 +728,7 @@ def quantize_with_data(
              "awq": ("inner", "grid")}[method]  # fmt: skip
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise TypeError(f"unknown calibration_options {unknown} for {method!r}; "
+        raise CalibrationOptionError(f"unknown calibration_options {unknown} for {method!r}; "
                         f"known: {', '.join(known)}")  # fmt: skip
     targets: list[Target] = []
     left: list[tuple[Any, Codec]] = []

@@ -26,6 +26,7 @@ def export_checkpoint(
     codec: str | Mapping[str, str] | None = None,
     quantized: str | os.PathLike | None = None,
     calibration: str = "minmax",
+    calibration_options: Mapping[str, Any] | None = None,
     exclude: str | Sequence[str] | None = None,
     calibration_text: str | os.PathLike | Sequence[str] | None = None,
     seq_len: int = 512,
@@ -44,9 +45,10 @@ def export_checkpoint(
     ``codec`` may be a plan (``{glob: spec}``, or the path of a plan's JSON file, see
     :mod:`t2n_quant.plan`). Data-aware calibrations (``"gptq"``, ``"awq"``, ``"gptq:mse"``)
     run on ``calibration_text`` (a file path or strings) tokenized with the checkpoint's
-    tokenizer, ``n_sequences`` x ``seq_len`` tokens. With a LoRA ``adapter`` (a PEFT folder),
-    ``lora="separate"`` (default) quantizes the base weights and keeps the adapter float and
-    apart; ``lora="merged"`` merges it into the weights before quantizing.
+    tokenizer, ``n_sequences`` x ``seq_len`` tokens, with ``calibration_options`` as for
+    :func:`~t2n_quant.quantize_model` (``{"act_order": True}``). With a LoRA ``adapter`` (a
+    PEFT folder), ``lora="separate"`` (default) quantizes the base weights and keeps the
+    adapter float and apart; ``lora="merged"`` merges it into the weights before quantizing.
 
     >>> shipped = export_checkpoint("llama-dir", "out/llama-q4", codec="q4_0")  # doctest: +SKIP
     """
@@ -86,7 +88,7 @@ def export_checkpoint(
         def quantize(model: nn.Module) -> Any:
             return quantize_model(
                 model, codec, calibration=calibration, exclude=exclude, data=data,
-                progress=progress, lora=lora,
+                progress=progress, lora=lora, calibration_options=calibration_options,
             )  # fmt: skip
 
     excluded = [exclude] if isinstance(exclude, str) else list(exclude or [])

@@ -29,6 +29,7 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
+from t2n_quant.errors import CalibrationOptionError
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
 from t2n_quant.matmul_weights import linearize_conv1d, untranspose_experts
 from t2n_quant.parametrizations import bake_weight_parametrizations
@@ -198,7 +199,7 @@ def quantize_model(
         calibration, options["inner"] = str(calibration).split(":", 1)
     calibrate = get_calibration(options.get("inner", "minmax") if data_aware else calibration)
     if not data_aware and options:
-        raise TypeError(
+        raise CalibrationOptionError(
             f"calibration_options {sorted(options)} given to weight-only {calibration!r}"
         )
     cal_name = getattr(calibration, "__name__", "custom")

@@ -428,6 +428,8 @@ def _manifest(
         "experts": experts if any(hasattr(m, "has_gate") for m in model.modules()) else None,
         "codec": getattr(summary, "codec", None),
         "calibration": getattr(summary, "calibration", None),
+        "calibration_options": dict(getattr(summary, "calibration_options", None) or {}) or None,
+        "calibration_data_sha256": getattr(summary, "data_hash", None),
         **{k: v for k, v in (quantization or {}).items() if k not in ("codec", "calibration")},
         "quantized_weights": len(quantized),
         "bits_per_weight": 8 * after / numel if numel else None,

@@ -75,6 +75,25 @@ def test_cli_compare_on_a_checkpoint_with_text(tmp_path, capsys):
     assert "4 sequence(s) of 32 tokens" in out
 
 
+def test_cli_compare_passes_calibration_options(tmp_path, capsys):
+    """--calibration-option reaches the data-aware calibration (provenance shows it), and an
+    option the method does not know is an error naming it."""
+    from t2n_core.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    tiny_llama().save_pretrained(ckpt)
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    char_tokenizer(text).save_pretrained(ckpt)
+    (tmp_path / "eval.txt").write_text(text)
+    (tmp_path / "calib.txt").write_text(text[::-1])
+    common = ["compare", str(ckpt), "--text", str(tmp_path / "eval.txt"), "--calibration-text",
+              str(tmp_path / "calib.txt"), "--seq-len", "32", "--max-sequences", "2",
+              "--codecs", "q4_0", "--calibrations", "gptq"]  # fmt: skip
+    assert main([*common, "--calibration-option", "act_order=true", "damp=0.05"]) == 0
+    assert main([*common, "--calibration-option", "no_such=1"]) != 0
+    assert "no_such" in capsys.readouterr().err
+
+
 def test_cli_compare_checkpoint_needs_text(tmp_path, capsys):
     from t2n_core.cli import main
 

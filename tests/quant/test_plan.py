@@ -112,10 +112,14 @@ def test_export_llm_with_a_plan_and_gptq(tmp_path, capsys):
     Plan({"model.layers.0.*": "q4_0", "*": "minmax:3:g32"}).save(tmp_path / "plan.json")
     args = ["export-llm", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"), "--plan",
             str(tmp_path / "plan.json"), "--calibration", "gptq", "--calibration-text",
-            str(tmp_path / "calib.txt"), "--calibration-tokens", "4", "16", "--quiet"]  # fmt: skip
+            str(tmp_path / "calib.txt"), "--calibration-tokens", "4", "16", "--quiet",
+            "--calibration-option", "act_order=true", "damp=0.05"]  # fmt: skip
     assert main(args) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["calibration"] == "gptq"
+    assert manifest["calibration_options"] == {"act_order": True, "damp": 0.05}
+    data_hash = manifest["calibration_data_sha256"]
+    assert len(data_hash) >= 16 and int(data_hash, 16)
     assert manifest["quantized"]["model.layers.0.mlp.up_proj.weight"] == "q4_0"
     assert manifest["quantized"]["lm_head.weight"] == "minmax:3:g32"
     assert "check       passed" in capsys.readouterr().out
