@@ -58,6 +58,7 @@ def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> Q
         sx = fit.sx if se is None else fit.sx - se
         zero = (cur.sq - sx / safe) / fit.n
         return QParams(cur.params.scale, zero.clamp(0.0, float(codec.qmax)))
+    assert cur.sxq is not None and cur.sqq is not None
     num = cur.sxq if seq is None else cur.sxq - seq
     s = torch.where(cur.sqq > 0, num / cur.sqq.clamp(min=1e-30), cur.params.scale)
     return QParams(s.to(codec.storage_dtype).float())
@@ -81,8 +82,8 @@ def hqq_params(
     """
     fit = BlockFit(codec, blocks)
     best = cur = fit.score(minmax_params(codec, blocks))
-    for _ in range(iters):
-        cur = fit.score(_half_quadratic_step(fit, cur, beta, p))
+    for i in range(iters):
+        cur = fit.score(_half_quadratic_step(fit, cur, beta, p), sums=i < iters - 1)
         best = keep_better(best, cur)
         beta *= kappa
     return best.params

@@ -26,14 +26,26 @@ from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
 
-def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(-1, keepdim=True)`` for ``(n, k)`` tensors, without the ``(n, k)``
-    temporary (a batched matmul).
+def rowsum(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(-1, keepdim=True)`` for an ``(n, k)`` tensor; a matrix-vector product for short
+    rows, where it is faster on CPU.
+
+    >>> rowsum(torch.ones(2, 3)).tolist()
+    [[3.0], [3.0]]
+    """
+    if x.shape[-1] > 32:
+        return x.sum(dim=-1, keepdim=True)
+    return torch.mm(x, torch.ones(x.shape[-1], 1, dtype=x.dtype, device=x.device))
+
+
+def rowdot(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(a * b).sum(-1, keepdim=True)`` for ``(n, k)`` tensors; ``out`` (``(n, k)``) takes
+    the product, so a caller that reuses it allocates nothing of the tensor's size.
 
     >>> rowdot(torch.ones(2, 3), torch.ones(2, 3)).tolist()
     [[3.0], [3.0]]
     """
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1, 1)
+    return rowsum(torch.mul(a, b, out=out) if out is not None else a * b)
 
 
 def block_error(codec: Codec, blocks: torch.Tensor, params: QParams, norm: float) -> torch.Tensor:
@@ -50,8 +62,9 @@ class Scored:
     params: QParams
     q: torch.Tensor | None
     error: torch.Tensor
-    sxq: torch.Tensor
-    sqq: torch.Tensor
+    #: ``None`` when scored with ``sums=False`` (the last iterate, which nothing is fitted from)
+    sxq: torch.Tensor | None
+    sqq: torch.Tensor | None
     sq: torch.Tensor | None
     #: ``dequantized - blocks`` (unweighted fits), valid until the next :meth:`BlockFit.score`
     residual: torch.Tensor | None = None
@@ -76,30 +89,37 @@ class BlockFit:
         self.n: float | torch.Tensor = (
             blocks.shape[-1] if self.w is None else self.w.sum(dim=-1, keepdim=True)
         )
-        self.sx = self.xw.sum(dim=-1, keepdim=True) if codec.has_zero else None
-        self.work: torch.Tensor | None = None
-        self.neg_blocks = blocks.neg()
+        self.sx = rowsum(self.xw) if codec.has_zero else None
+        # two buffers of the blocks' size, reused by every candidate: the residual and the
+        # products summed (fresh tensors of that size cost page faults on every candidate)
+        self.work = torch.empty_like(blocks)
+        self.tmp = torch.empty_like(blocks)
 
-    def score(self, params: QParams) -> Scored:
+    def score(self, params: QParams, sums: bool = True) -> Scored:
+        """``params``' codes and error; with ``sums``, also the sums the next fit needs."""
         codec = self.codec
         q = codec.float_codes(self.blocks, params)
         stored = codec.store(params)
         scale = stored.scale.float()
-        if self.work is None:  # one buffer for every candidate's residual
-            self.work = torch.empty_like(self.blocks)
-        residual = torch.addcmul(self.neg_blocks, q, scale, out=self.work)
         if stored.zero is not None:
-            residual.sub_(stored.zero.float() * scale)
-        qw = q if self.w is None else q * self.w
-        sq = qw.sum(dim=-1, keepdim=True) if codec.has_zero else None
+            residual = torch.sub(q, stored.zero.float(), out=self.work).mul_(scale)
+        else:
+            residual = torch.mul(q, scale, out=self.work)
+        residual.sub_(self.blocks)
         if self.w is not None:
             residual.mul_(self.root_w)
-        error = rowdot(residual, residual)
+        error = rowdot(residual, residual, out=self.tmp)
         kept = residual if self.w is None else None
-        return Scored(params, q, error, rowdot(self.xw, q), rowdot(qw, q), sq, kept)
+        if not sums:
+            return Scored(params, q, error, None, None, None, kept)
+        qw = q if self.w is None else q * self.w
+        sq = rowsum(qw) if codec.has_zero else None
+        sxq, sqq = rowdot(self.xw, q, out=self.tmp), rowdot(qw, q, out=self.tmp)
+        return Scored(params, q, error, sxq, sqq, sq, kept)
 
     def least_squares(self, cur: Scored) -> QParams:
         """The parameters with the least squared error for ``cur``'s codes."""
+        assert cur.sxq is not None and cur.sqq is not None
         if not self.codec.has_zero:
             s = torch.where(cur.sqq > 0, cur.sxq / cur.sqq.clamp(min=1e-30), cur.params.scale)
             return QParams(s.to(self.codec.storage_dtype).float())
@@ -124,8 +144,8 @@ def keep_better(best: Scored, cand: Scored) -> Scored:
     zero = pick(cand.params.zero, best.params.zero)
     return Scored(
         QParams(torch.where(b, cand.params.scale, best.params.scale), zero), None,
-        torch.where(b, cand.error, best.error), torch.where(b, cand.sxq, best.sxq),
-        torch.where(b, cand.sqq, best.sqq), pick(cand.sq, best.sq),
+        torch.where(b, cand.error, best.error), pick(cand.sxq, best.sxq),
+        pick(cand.sqq, best.sqq), pick(cand.sq, best.sq),
     )  # fmt: skip
 
 
@@ -153,7 +173,7 @@ def mse_search(
     if not codec.has_zero:
         best = keep_better(best, fit.score(_other_orientation(codec, blocks)))
     cur = best
-    for _ in range(iters):
-        cur = fit.score(fit.least_squares(cur))
+    for i in range(iters):
+        cur = fit.score(fit.least_squares(cur), sums=i < iters - 1)
         best = keep_better(best, cur)
     return best.params
