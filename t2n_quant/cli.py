@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import logging
 import math
 from pathlib import Path
@@ -83,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="figure for --plot: bits/weight vs SQNR (default) or per-layer SQNR",
     )  # fmt: skip
     p.set_defaults(func=run_compare)
+
+    _register_plan(subparsers, export_command.spec_help())
 
     p = subparsers.add_parser(
         "quantize",
@@ -235,6 +238,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_export_llm)
 
 
+def _register_plan(subparsers: argparse._SubParsersAction, spec_help: str) -> None:
+    from t2n_quant.plan import CANDIDATES
+
+    p = subparsers.add_parser(
+        "plan",
+        help="choose a codec per layer of a causal LM checkpoint within a bits-per-weight "
+        "budget, measured end to end on text; writes the JSON `t2n export-llm --plan` takes",
+        epilog=spec_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="a Hugging Face causal LM checkpoint folder (config, "
+                   "weights, tokenizer)")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, metavar="JSON",
+                   help="the plan file to write ({module glob: spec})")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument(
+        "--budget", type=float, required=True, metavar="BITS",
+        help="stored bits per weight at most, over the planned weights (codes, scales, zeros; "
+        "q4_0 is 4.5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--candidates", nargs="+", default=list(CANDIDATES), metavar="SPEC",
+        help=f"codecs each layer may get (default: {' '.join(CANDIDATES)})",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration", default="mse", choices=["minmax", "mse", "hqq", "gptq", "gptq:mse"],
+        help="how each trial layer is rounded, as export-llm will round it (default mse); "
+        "gptq needs --calibration-text",
+    )  # fmt: skip
+    cli_options.add_calibration_options(p)
+    p.add_argument(
+        "--text", metavar="FILE",
+        help="text each layer's sensitivity (KL of next-token distributions) is measured on",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-text", metavar="FILE",
+        help="text gptq takes its layer inputs from (give export-llm the same)",
+    )  # fmt: skip
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    p.add_argument(
+        "--max-sequences", type=int, default=32,
+        help="sequences taken from each text at most (default 32)",
+    )  # fmt: skip
+    add_selection(p, "module paths")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_plan)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import t2n_core
     from t2n_core.examples import keyword_spotter
@@ -312,7 +363,8 @@ def run_compare(args: argparse.Namespace) -> int:
         data = None
         print(f"example: {type(model).__name__}, input audio {list(inputs.shape)}")
     else:
-        model, inputs, data = _lm_inputs(args)
+        model, texts, data = _lm_inputs(args, any(is_data_aware(c) for c in args.calibrations))
+        inputs = torch.cat(texts)
     metric = "kl" if args.checkpoint else "sqnr"
     options = cli_options.calibration_options(args.calibration_option) or None
     comparison = compare(model, inputs, args.codecs, calibrations=args.calibrations, data=data,
@@ -328,8 +380,11 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lm_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, object]:
-    """The checkpoint's model, the token ids of ``--text`` and the calibration batches."""
+def _lm_inputs(
+    args: argparse.Namespace, data_aware: bool
+) -> tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor] | None]:
+    """The checkpoint's model, the token-id batches of ``--text`` and, when ``data_aware``,
+    those of ``--calibration-text``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from t2n_quant.calibration_data import text_batches
@@ -338,22 +393,69 @@ def _lm_inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor,
     if not (folder / "config.json").is_file():
         raise CalibrationDataError(f"{folder} is not a checkpoint folder (no config.json)")
     if not args.text:
-        raise CalibrationDataError("comparing a checkpoint needs --text FILE (evaluation text)")
+        raise CalibrationDataError(
+            f"t2n {args.command} on a checkpoint needs --text FILE (the text the model is "
+            "measured on)"
+        )
+    if data_aware and not args.calibration_text:
+        raise CalibrationDataError(
+            f"calibrations {', '.join(DATA_AWARE)} need --calibration-text FILE"
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
-    ids = torch.cat(text_batches(tokenizer, Path(args.text), seq_len=args.seq_len,
-                                 n_sequences=args.max_sequences))  # fmt: skip
+    texts = text_batches(tokenizer, Path(args.text), seq_len=args.seq_len,
+                         n_sequences=args.max_sequences)  # fmt: skip
     data = None
-    if any(is_data_aware(c) for c in args.calibrations):
-        if not args.calibration_text:
-            raise CalibrationDataError(
-                f"calibrations {', '.join(DATA_AWARE)} need --calibration-text FILE"
-            )
+    if data_aware:
         data = text_batches(tokenizer, Path(args.calibration_text), seq_len=args.seq_len,
                             n_sequences=args.max_sequences)  # fmt: skip
-    print(f"{folder.name}: {type(model).__name__}, {ids.shape[0]} sequence(s) of "
-          f"{ids.shape[1]} tokens from {args.text}")  # fmt: skip
-    return model, ids, data
+    print(f"{folder.name}: {type(model).__name__}, {sum(len(b) for b in texts)} sequence(s) "
+          f"of {texts[0].shape[1]} tokens from {args.text}")  # fmt: skip
+    return model, texts, data
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from t2n_quant.config import resolve
+    from t2n_quant.errors import PlanError
+    from t2n_quant.plan import bits_per_weight, check_plan, plan
+    from t2n_quant.weights import collect_weights
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise PlanError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise PlanError(f"cannot write {out}: folder {out.parent} does not exist")
+    for spec in args.candidates:
+        resolve(spec)  # a bad spec fails before the model is loaded
+    options = cli_options.calibration_options(args.calibration_option) or None
+    if args.calibration_text and not is_data_aware(args.calibration):
+        logger.warning("--calibration-text is for gptq; %s does not read it", args.calibration)
+    model, texts, data = _lm_inputs(args, is_data_aware(args.calibration))
+    mixed = plan(
+        model, args.budget, args.candidates, data=texts, calibration_data=data,
+        calibration=args.calibration, calibration_options=options, include=args.include,
+        exclude=args.exclude or None, max_batches=len(texts), progress=not args.quiet,
+    )  # fmt: skip
+    weights = collect_weights(model)
+    chosen = check_plan(mixed, weights)
+    stored = values = 0.0
+    print("\n| module glob | codec | weight | bits/weight |\n|---|---|---|---|")
+    for w in weights:
+        codec = chosen.get(w.name)
+        if codec is None:
+            continue
+        glob = next(g for g in mixed if any(fnmatch.fnmatchcase(p, g) for p, _ in w.users))
+        bits = bits_per_weight(codec, w.param.shape)
+        stored += bits * w.param.numel()
+        values += w.param.numel()
+        print(f"| {glob} | {codec.spec} | {w.name} {list(w.param.shape)} | {bits:.3f} |")
+    left = [w.name for w in weights if chosen.get(w.name) is None]
+    print(f"\n{len(mixed)} entries: {stored / max(values, 1):.3f} bits per planned weight "
+          f"(budget {args.budget:g}); left float: {', '.join(left) or 'none'}")  # fmt: skip
+    mixed.save(out)
+    print(f"plan written to {out}; use it with t2n export-llm {args.checkpoint} -o OUT "
+          f"--plan {out} --calibration {args.calibration}")  # fmt: skip
+    return 0
 
 
 def _second_length(path: Path, model: torch.nn.Module, audio: torch.Tensor) -> None:

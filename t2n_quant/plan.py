@@ -37,13 +37,15 @@ from t2n_core.progress import progress_bar
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import resolve
-from t2n_quant.errors import PlanError
+from t2n_quant.errors import CalibrationOptionError, PlanError
 from t2n_quant.layerwise import input_hessians, is_data_aware, no_fastpath, no_kv_cache, token_mask
 from t2n_quant.weights import collect_weights, filter_reason, glob_list, skip_reason
 
 logger = logging.getLogger(__name__)
 
 FLOAT = "float"
+#: the candidates plan() tries when none are given: tract-native 4.5, 3.5 and 2.5, 8.5 bits
+CANDIDATES = ("q4_0", "minmax:3:g32", "minmax:2:g32", "symmetric:8:g32")
 
 
 class Plan(dict[str, str]):
@@ -188,9 +190,10 @@ def _trial(w: Any, codec: Codec, calibration: str, options: dict[str, Any],
 def plan(
     model: nn.Module,
     budget_bits_per_weight: float = 4.5,
-    candidates: Sequence[str] = ("q4_0", "minmax:3:g32", "minmax:2:g32", "symmetric:8:g32"),
+    candidates: Sequence[str] = CANDIDATES,
     *,
     data: Any,
+    calibration_data: Any = None,
     calibration: str = "mse",
     calibration_options: dict[str, Any] | None = None,
     include: str | Sequence[str] | None = None,
@@ -202,7 +205,9 @@ def plan(
     end-to-end error first (see the module docstring). Layers are measured with
     ``calibration`` (weight-only, or ``"gptq"`` / ``"gptq:mse"`` with
     ``calibration_options`` as for ``quantize_model``); ``data`` takes the forms of
-    :mod:`t2n_quant.calibration_data` (its first ``max_batches`` batches are used).
+    :mod:`t2n_quant.calibration_data` (its first ``max_batches`` batches are used);
+    ``calibration_data`` (same forms, default ``data``) gives gptq its Hessians, so that the
+    layers are rounded as ``quantize_model(..., data=calibration_data)`` will round them.
     ``model`` is left as it was.
 
     >>> torch.manual_seed(0); m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
@@ -218,6 +223,21 @@ def plan(
     if is_data_aware(calibration) and calibration != "gptq":
         raise PlanError(f"plan measures layers with weight-only calibrations or 'gptq', "
                         f"not {calibration!r}")  # fmt: skip
+    if not is_data_aware(calibration) and options:
+        raise CalibrationOptionError(
+            f"calibration_options {sorted(options)} given to weight-only {calibration!r}"
+        )
+    if options.pop("sequential", None) is not None:
+        logger.info("plan: each layer is measured on the float model's inputs; the "
+                    "'sequential' option applies to quantize_model only")  # fmt: skip
+    unknown = sorted(set(options) - {"inner", "damp", "block", "act_order"})
+    if unknown:
+        raise CalibrationOptionError(
+            f"unknown calibration_options {unknown} for 'gptq'; known: inner, damp, block, "
+            "act_order, sequential"
+        )
+    if calibration_data is not None and not is_data_aware(calibration):
+        logger.warning("plan: calibration_data is used by gptq only; %r ignores it", calibration)
     codecs = [resolve(c) for c in candidates]
     if not codecs:
         raise PlanError("plan needs at least one candidate codec")
@@ -241,7 +261,10 @@ def plan(
         kl = any(getattr(model(*a, **k), "logits", None) is not None for a, k in batches[:1])
         targets = {}
         if is_data_aware(calibration):
-            targets = input_hessians(model, [w for w, _ in layers], batches)
+            hessian_batches = batches
+            if calibration_data is not None:
+                hessian_batches = calibration_batches(calibration_data)[:max_batches]
+            targets = input_hessians(model, [w for w, _ in layers], hessian_batches)
             for w, _ in layers:
                 if w.name not in targets:
                     logger.info("plan: gptq applies to %s (a %s) only weight-only", w.name,
