@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from t2n_quant.calibration.minmax import minmax_params
-from t2n_quant.calibration.mse import BlockFit, Scored, keep_better
+from t2n_quant.calibration.mse import BlockFit, Scored, keep_better, rowdot, rowsum
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
@@ -29,21 +29,21 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     return a.sub_(a.pow(p - 1.0).div_(beta)).relu_().copysign_(x)
 
 
-def _sparse_shrink_sums(
-    residual: torch.Tensor, q: torch.Tensor, beta: float, p: float
+def _shrink_sums(
+    fit: BlockFit, residual: torch.Tensor, q: torch.Tensor, beta: float, p: float
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per block ``sum e`` and ``sum e * q`` for ``e = shrink_lp(-residual)``, or Nones when
-    ``e`` is all zero. ``shrink_lp`` is zero where ``|x| <= beta ** (-1 / (2 - p))``, which is
-    most values (a residual is at most about half a step), so only the others are shrunk."""
+    ``e`` is all zero (``shrink_lp`` is zero where ``|x| <= beta ** (-1 / (2 - p))``).
+    Dense, in ``fit``'s buffers: where many values pass the threshold, gathering them costs
+    more than shrinking them all. ``residual`` is overwritten."""
     t = beta ** (-1.0 / (2.0 - p))
-    if float(residual.amax()) <= t and float(residual.amin()) >= -t:
+    lo, hi = torch.aminmax(residual)
+    if float(hi) <= t and float(lo) >= -t:
         return None, None
-    rows, cols = ((residual > t).logical_or_(residual < -t)).nonzero(as_tuple=True)
-    e = shrink_lp(residual[rows, cols].neg_(), beta, p)
-    n = residual.shape[0]
-    se = torch.zeros(n, dtype=e.dtype, device=e.device).index_add_(0, rows, e)
-    seq = torch.zeros_like(se).index_add_(0, rows, e * q[rows, cols])
-    return se[:, None], seq[:, None]
+    # -shrink_lp(-r) = sign(r) relu(|r| - |r|**(p-1) / beta) = r relu(1 - |r|**(p-2) / beta)
+    keep = torch.abs(residual, out=fit.tmp).pow_(p - 2.0).div_(-beta).add_(1.0).relu_()
+    minus_e = residual.mul_(keep)
+    return rowsum(minus_e).neg_(), rowdot(minus_e, q, out=fit.tmp).neg_()
 
 
 def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> QParams:
@@ -51,7 +51,7 @@ def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> Q
     stored = codec.store(cur.params)
     assert cur.q is not None and cur.residual is not None
     s = stored.scale.float()
-    se, seq = _sparse_shrink_sums(cur.residual, cur.q, beta, p)
+    se, seq = _shrink_sums(fit, cur.residual, cur.q, beta, p)
     if codec.has_zero:
         assert cur.sq is not None and fit.sx is not None
         safe = torch.where(s == 0, torch.ones_like(s), s)

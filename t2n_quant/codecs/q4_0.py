@@ -62,7 +62,8 @@ class Q4_0Codec(Codec, name="q4_0", aliases=("q4",)):
         d = params.scale.float()
         inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
         t = blocks * inv
-        return t.add_(8.5).clamp_(0.0, 15.0).trunc_().sub_(8.0)
+        # floor = trunc on the clamped, non-negative values, and far faster than trunc on CPU
+        return t.add_(8.5).clamp_(0.0, 15.0).floor_().sub_(8.0)
 
     def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         return self.float_codes(blocks, params).mul_(self.store(params).scale.float())
