@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from t2n_quant.calibration.minmax import minmax_params
-from t2n_quant.calibration.mse import BlockFit, Scored, keep_better, rowdot, rowsum
+from t2n_quant.calibration.mse import BlockFit, Scored, in_chunks, keep_better, rowdot, rowsum
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
@@ -80,6 +80,12 @@ def hqq_params(
     >>> hqq_params(MinMaxCodec(bits=3, group_size=64), torch.randn(16, 64)).zero.shape
     torch.Size([16, 1])
     """
+    return in_chunks(lambda b, _: _hqq(codec, b, iters, p, beta, kappa), blocks)
+
+
+def _hqq(
+    codec: Codec, blocks: torch.Tensor, iters: int, p: float, beta: float, kappa: float
+) -> QParams:
     fit = BlockFit(codec, blocks)
     best = cur = fit.score(minmax_params(codec, blocks))
     for i in range(iters):
