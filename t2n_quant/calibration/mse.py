@@ -40,7 +40,7 @@ def in_chunks(
     fitted independently, so the parameters are the same); ``weights`` with one row per
     block are cut with the blocks, others (one row for all) are passed whole.
 
-    >>> p = in_chunks(lambda b, w: QParams(b[:, :1]), torch.arange(1 << 19.).reshape(-1, 2))
+    >>> p = in_chunks(lambda b, w: QParams(b[:, :1]), torch.arange(2.0**19).reshape(-1, 2))
     >>> p.scale.shape, p.scale[-1].item()
     (torch.Size([262144, 1]), 524286.0)
     """
