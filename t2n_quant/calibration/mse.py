@@ -140,7 +140,9 @@ class BlockFit:
         residual.sub_(self.blocks)
         if self.w is not None:
             residual.mul_(self.root_w)
-        error = rowdot(residual, residual, out=self.tmp)
+        # one fused pass; sqrt and square are monotonic, so no candidate is ranked above a
+        # better one
+        error = torch.linalg.vector_norm(residual, dim=-1, keepdim=True).square_()
         kept = residual if self.w is None else None
         if not sums:
             return Scored(params, q, error, None, None, None, kept)
