@@ -13,9 +13,12 @@ checks many archives starts it once.
   ``WORKDIR/facts.json``.
 - ``open``, ``step``, ``close``: generation in a session this process keeps (keyed by
   WORKDIR, so they need ``serve``). ``open`` loads ARCHIVE and writes its input facts to
-  ``WORKDIR/facts.json``; each ``step`` runs the new token ids ``WORKDIR/ids.npy`` with, on
-  the first step, the initial state ``WORKDIR/state.npz`` (``arr_0``, ...), later the
-  outputs after the first of the step before (the k/v cache, kept here);
+  ``WORKDIR/facts.json``; with ``WORKDIR/graphs.json`` (a list of transform lists, one per
+  graph kept, e.g. prefill then decode), the first graph runs the first step and the last
+  every later one, and the facts are the first graph's. Each ``step`` runs the new token
+  ids ``WORKDIR/ids.npy`` with, on the first step, the initial state ``WORKDIR/state.npz``
+  (``arr_0``, ...), later the outputs after the first of the step before (the k/v cache,
+  kept here);
   ``WORKDIR/outputs.npy`` gets the first output's last position (the next-token logits).
   ``close`` ends the session.
 - ``pulse``: pulse ARCHIVE as ``WORKDIR/pulse.json`` says (``pulse``, ``symbol``, and the
@@ -143,17 +146,24 @@ def _pulse(archive: str, work: Path) -> int:
     return 0
 
 
-#: generation sessions of this process: WORKDIR -> {"runnable": ..., "state": [...]}
+#: generation sessions of this process: WORKDIR -> {"runnables": [...], "state": [...], "steps": n}
 _SESSIONS: dict[str, dict] = {}
 
 
 def _open(archive: str, work: Path) -> int:
     import tract
 
+    graphs = work / "graphs.json"
+    selections = json.loads(graphs.read_text()) if graphs.exists() else [[]]
     try:
-        model = tract.nnef().with_tract_transformers().with_tract_extra().load(archive)
-        facts = [str(model.input_fact(i)) for i in range(model.input_count())]
-        _SESSIONS[str(work)] = {"runnable": model.into_runnable(), "state": []}
+        runnables, facts = [], []
+        for transforms in selections:
+            model = tract.nnef().with_tract_transformers().with_tract_extra().load(archive)
+            for transform in transforms:
+                model.transform(transform)  # keep one graph of several (t2n_core.many)
+            facts = facts or [str(model.input_fact(i)) for i in range(model.input_count())]
+            runnables.append(model.into_runnable())
+        _SESSIONS[str(work)] = {"runnables": runnables, "state": [], "steps": 0}
     except Exception as exc:
         print(tract_message(exc), file=sys.stderr)
         return LOAD_FAILED
@@ -176,11 +186,13 @@ def _step(work: Path) -> int:
             state = [np.asarray(data[f"arr_{i}"], order="C") for i in range(len(data.files))]
         first.unlink()
     try:
-        outputs = [o.to_numpy() for o in session["runnable"].run([ids, *state])]
+        runnables = session["runnables"]  # the first graph on the first step, then the last
+        runnable = runnables[0] if session["steps"] == 0 else runnables[-1]
+        outputs = [o.to_numpy() for o in runnable.run([ids, *state])]
     except Exception as exc:
         print(tract_message(exc), file=sys.stderr)
         return RUN_FAILED
-    session["state"] = outputs[1:]
+    session["state"], session["steps"] = outputs[1:], session["steps"] + 1
     np.save(work / "outputs.npy", outputs[0][:, -1])
     return 0
 

@@ -48,23 +48,29 @@ def empty_past(facts: list[str], batch: int) -> list[np.ndarray]:
 
 class InProcessSteps:
     """Generation steps run by tract in this process: the fastest, but a tract panic (an
-    abort) ends the Python process too."""
+    abort) ends the Python process too. An archive of prefill and decode graphs runs each
+    where it belongs (:func:`step_runnables`)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.runnable = load_runnable(path)
-        self.past = empty_cache(self.runnable, 1)
+    def __init__(self, path: str | os.PathLike, batch: int = 1) -> None:
+        self.prefill, self.decode = step_runnables(path)
+        self.runnable = self.prefill
+        self.past = empty_cache(self.prefill, batch)
         self.shown = os.fspath(path)
 
-    def step(self, ids: np.ndarray) -> np.ndarray:
-        """Run ``ids [1, T]`` on the cache so far; the next-token logits ``[vocab]``."""
+    def step_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Run ``ids [B, T]`` on the cache so far; the next-token logits ``[B, vocab]``."""
         try:
             outputs = [o.to_numpy() for o in self.runnable.run([ids, *self.past])]
         except Exception as exc:
             raise TractRunError(
                 f"tract could not run a step of {self.shown}: {tract_message(exc)}"
             ) from exc
-        self.past = outputs[1:]
-        return outputs[0][0, -1]
+        self.past, self.runnable = outputs[1:], self.decode
+        return outputs[0][:, -1]
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Run ``ids [1, T]`` on the cache so far; the next-token logits ``[vocab]``."""
+        return self.step_rows(ids)[0]
 
     def close(self) -> None:
         pass
@@ -74,9 +80,10 @@ class ChildSteps:
     """Generation steps run in the tract worker process (:mod:`t2n_core.tract_child`), so that
     a tract crash raises :class:`TractRunError` here instead of ending this process. The
     model and its k/v cache stay in the worker: a step sends the new token ids and reads
-    back the next-token logits."""
+    back the next-token logits. An archive of prefill and decode graphs keeps both in the
+    worker, prefill for the first step and decode after."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, batch: int = 1) -> None:
         from t2n_core.check import in_tract_child
 
         self.path, self.shown = os.path.abspath(path), os.fspath(path)
@@ -84,14 +91,21 @@ class ChildSteps:
         fast = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self.work = Path(tempfile.mkdtemp(prefix="t2n-generate-", dir=fast))
         try:  # the archive is checked once, here, for all the steps
+            graphs = step_graphs(path)
+            if graphs is not None:
+                from t2n_core.graph_select import graph_io, select_transforms
+
+                selections = [select_transforms(graph_io(path, g)) for g in graphs]
+                (self.work / "graphs.json").write_text(json.dumps(selections))
             in_tract_child("open", self.path, self.work, self.shown)
         except BaseException:
             shutil.rmtree(self.work, ignore_errors=True)
             raise
         inputs = json.loads((self.work / "facts.json").read_text())["inputs"]
-        self.past = empty_past(inputs[1:], 1)
+        self.past = empty_past(inputs[1:], batch)
 
-    def step(self, ids: np.ndarray) -> np.ndarray:
+    def step_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Run ``ids [B, T]`` on the cache so far; the next-token logits ``[B, vocab]``."""
         from t2n_core.check import in_tract_child
 
         if self.past:  # the worker keeps the cache from the first step on
@@ -99,7 +113,11 @@ class ChildSteps:
             self.past = []
         np.save(self.work / "ids.npy", ids)
         in_tract_child("step", self.path, self.work, self.shown, validate=False)
-        return np.load(self.work / "outputs.npy")[0]
+        return np.load(self.work / "outputs.npy")
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Run ``ids [1, T]`` on the cache so far; the next-token logits ``[vocab]``."""
+        return self.step_rows(ids)[0]
 
     def close(self) -> None:
         from t2n_core.check import in_tract_child
@@ -111,46 +129,53 @@ class ChildSteps:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def step_graphs(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``("prefill", "decode")`` when the archive holds those graphs
+    (:func:`~t2n_core.llm.export.export_prefill_decode`), else None (one step graph)."""
+    from t2n_core.graph_select import archive_graphs
+
+    return ("prefill", "decode") if {"prefill", "decode"} <= set(archive_graphs(path)) else None
+
+
 def step_runnables(path: str | os.PathLike) -> tuple[Any, Any]:
     """``(prefill, decode)`` runnables of an archive: its ``prefill`` and ``decode`` graphs
-    when it holds them (:func:`~t2n_core.llm.export.export_prefill_decode`), else its one
-    step graph twice."""
-    from t2n_core.graph_select import archive_graphs
+    when it holds them (:func:`step_graphs`), else its one step graph twice."""
     from t2n_core.many import load_graph
 
-    graphs = archive_graphs(path)
-    if {"prefill", "decode"} <= set(graphs):
-        return tuple(load_graph(path, g).into_runnable() for g in ("prefill", "decode"))
+    graphs = step_graphs(path)
+    if graphs is not None:
+        prefill, decode = (load_graph(path, g).into_runnable() for g in graphs)
+        return prefill, decode
     runnable = load_runnable(path)
     return runnable, runnable
 
 
-def greedy_generate(path: str | os.PathLike, prompt: np.ndarray, steps: int) -> Generation:
+def greedy_generate(
+    path: str | os.PathLike, prompt: np.ndarray, steps: int, *, in_process: bool = False
+) -> Generation:
     """Prefill ``prompt [B, T]`` with an empty cache (P = 0), then decode greedily one token at
     a time, feeding tract's present k/v back as the next past; ``steps`` tokens in all. An
-    archive of prefill and decode graphs runs each where it belongs (:func:`step_runnables`).
+    archive of prefill and decode graphs runs each where it belongs (:func:`step_graphs`).
+    tract runs in the worker process of :mod:`t2n_core.tract_child` (a tract crash raises
+    :class:`TractRunError`); ``in_process=True`` runs it here, a little faster per token,
+    but a tract panic then ends this process.
 
     >>> gen = greedy_generate("llm.nnef.tgz", ids, 4)                     # doctest: +SKIP
     """
-    prefill, decode = step_runnables(path)
     prompt = np.asarray(prompt, dtype=np.int64)
-    past = empty_cache(prefill, prompt.shape[0])
+    batch = prompt.shape[0]
+    runner = InProcessSteps(path, batch) if in_process else ChildSteps(path, batch)
     ids = prompt
     tokens: list[np.ndarray] = []
     logits_per_step: list[np.ndarray] = []
-    for i in range(steps):
-        runnable = prefill if i == 0 else decode
-        try:
-            outputs = [o.to_numpy() for o in runnable.run([ids, *past])]
-        except Exception as exc:
-            raise TractRunError(
-                f"tract could not run a step of {os.fspath(path)}: {tract_message(exc)}"
-            ) from exc
-        logits, past = outputs[0], outputs[1:]
-        last = logits[:, -1]
-        logits_per_step.append(last)
-        ids = last.argmax(-1).astype(np.int64)[:, None]
-        tokens.append(ids)
+    try:
+        for _ in range(steps):
+            last = runner.step_rows(ids)
+            logits_per_step.append(last)
+            ids = last.argmax(-1).astype(np.int64)[:, None]
+            tokens.append(ids)
+    finally:
+        runner.close()
     return Generation(np.concatenate(tokens, axis=1), logits_per_step)
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from t2n_core.errors import TractRunError
 from t2n_core.llm import (
     CausalLMWithCache,
     example_inputs,
@@ -40,10 +41,14 @@ def torch_greedy(model: nn.Module, prompt: torch.Tensor, steps: int):
 
 
 def check_generation(model: nn.Module, path, dtype: torch.dtype) -> None:
-    """Prefill + ``DECODE_STEPS`` greedy steps in tract equal the same loop in PyTorch."""
+    """Prefill + ``DECODE_STEPS`` greedy steps in tract (in the worker process) equal the
+    same loop in PyTorch, and the same loop with tract in this process."""
     torch.manual_seed(2)
     prompt = torch.randint(0, VOCAB, (1, PROMPT))
     gen = greedy_generate(path, prompt.numpy(), 1 + DECODE_STEPS)
+    here = greedy_generate(path, prompt.numpy(), 1 + DECODE_STEPS, in_process=True)
+    np.testing.assert_array_equal(gen.tokens, here.tokens)
+    assert all(np.array_equal(a, b) for a, b in zip(gen.logits, here.logits, strict=True))
     tokens, logits = torch_greedy(model, prompt, 1 + DECODE_STEPS)
     np.testing.assert_array_equal(gen.tokens, tokens)
     tol = LOGIT_TOL[dtype]
@@ -87,6 +92,24 @@ def test_f32_model_exported_as_f16_copy(tmp_path):
                               progress=False)  # fmt: skip
     assert result.check.passed and result.outputs[0].dtype == "f16"
     assert next(model.parameters()).dtype == torch.float32  # the model itself is unchanged
+
+
+def test_greedy_generate_in_the_worker_survives_a_tract_panic(tmp_path):
+    """greedy_generate runs tract in the worker: a batch of two gives the tokens and logits
+    of tract in this process, and ids past the vocabulary (tract's gather panics, which
+    would abort this process) raise TractRunError; the worker serves the next call."""
+    path = export_causal_lm(tiny_llama(), tmp_path / "llm.nnef.tgz", check=False,
+                            progress=False).path  # fmt: skip
+    prompt = np.random.default_rng(0).integers(0, VOCAB, (2, 5))
+    worker = greedy_generate(path, prompt, 3)
+    here = greedy_generate(path, prompt, 3, in_process=True)
+    np.testing.assert_array_equal(worker.tokens, here.tokens)
+    assert worker.tokens.shape == (2, 3) and worker.logits[0].shape == (2, VOCAB)
+    assert all(np.array_equal(a, b) for a, b in zip(worker.logits, here.logits, strict=True))
+    assert worker.logits[0].std() > 0
+    with pytest.raises(TractRunError, match=r"crashed|could not run"):
+        greedy_generate(path, prompt + 100 * VOCAB, 2)
+    np.testing.assert_array_equal(greedy_generate(path, prompt, 3).tokens, worker.tokens)
 
 
 def test_example_inputs_shapes():
