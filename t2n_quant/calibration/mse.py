@@ -112,9 +112,15 @@ class BlockFit:
     """
 
     def __init__(
-        self, codec: Codec, blocks: torch.Tensor, weights: torch.Tensor | None = None
+        self,
+        codec: Codec,
+        blocks: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        scale_sums: bool = True,
     ) -> None:
         self.codec, self.blocks = codec, blocks
+        #: whether :meth:`score` takes ``sum x*q`` and ``sum q*q`` (a fit of the scale needs them)
+        self.scale_sums = scale_sums
         self.w = None if weights is None else weights.float().expand_as(blocks)
         self.xw = blocks if self.w is None else blocks * self.w
         self.root_w = None if self.w is None else self.w.sqrt()
@@ -148,6 +154,8 @@ class BlockFit:
             return Scored(params, q, error, None, None, None, kept)
         qw = q if self.w is None else q * self.w
         sq = rowsum(qw) if codec.has_zero else None
+        if not self.scale_sums:
+            return Scored(params, q, error, None, None, sq, kept)
         sxq, sqq = rowdot(self.xw, q, out=self.tmp), rowdot(qw, q, out=self.tmp)
         return Scored(params, q, error, sxq, sqq, sq, kept)
 
