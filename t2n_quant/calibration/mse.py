@@ -132,11 +132,15 @@ class BlockFit:
         # products summed (fresh tensors of that size cost page faults on every candidate)
         self.work = torch.empty_like(blocks)
         self.tmp = torch.empty_like(blocks)
+        #: codes alternate between two buffers: a step reads the last candidate's codes
+        self.codes = (torch.empty_like(blocks), torch.empty_like(blocks))
+        self.scored = 0
 
     def score(self, params: QParams, sums: bool = True) -> Scored:
         """``params``' codes and error; with ``sums``, also the sums the next fit needs."""
         codec = self.codec
-        q = codec.float_codes(self.blocks, params)
+        q = codec.float_codes(self.blocks, params, out=self.codes[self.scored % 2])
+        self.scored += 1
         stored = codec.store(params)
         scale = stored.scale.float()
         if stored.zero is not None:

@@ -271,10 +271,13 @@ class Codec(ABC):
     def unpack(self, packed: torch.Tensor, block_size: int) -> torch.Tensor:
         """Inverse of :meth:`pack`."""
 
-    def float_codes(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
+    def float_codes(
+        self, blocks: torch.Tensor, params: QParams, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The codes of ``blocks`` as float32 ``q`` with ``value = (q - zero) * scale``: the
         stored codes for codecs with a zero point, their :meth:`levels` for the others
-        (calibrations score and fit with them).
+        (calibrations score and fit with them). ``out``, a float32 tensor of the blocks'
+        shape, may hold the result (codecs that compute in place use it; others ignore it).
 
         >>> Codec.create("symmetric", bits=4, group_size=16).float_codes(
         ...     torch.full((1, 16), -1.0), QParams(torch.ones(1, 1)))[0, 0].item()

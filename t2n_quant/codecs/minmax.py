@@ -36,13 +36,15 @@ class MinMaxCodec(GroupedCodec, name="minmax", aliases=("asym",)):
     group_size: int | None = 32
     has_zero: ClassVar[bool] = True
 
-    def _codes_float(self, blocks: torch.Tensor, params: QParams) -> tuple[torch.Tensor, ...]:
+    def _codes_float(
+        self, blocks: torch.Tensor, params: QParams, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         if params.zero is None:
             raise ValueError("minmax needs zero points; got QParams without zero")
         stored = self.store(params)
         scale, zero = stored.scale.float(), stored.zero.float()  # type: ignore[union-attr]
         inv = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
-        t = blocks * inv
+        t = torch.mul(blocks, inv, out=out) if out is not None else blocks * inv
         return t.add_(zero).round_().clamp_(0.0, float(self.qmax)), scale, zero
 
     def quantize_blocks(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
@@ -52,8 +54,10 @@ class MinMaxCodec(GroupedCodec, name="minmax", aliases=("asym",)):
         assert stored.zero is not None
         return (codes.float() - stored.zero.float()) * stored.scale.float()
 
-    def float_codes(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
-        return self._codes_float(blocks, params)[0]
+    def float_codes(
+        self, blocks: torch.Tensor, params: QParams, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._codes_float(blocks, params, out)[0]
 
     def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         codes, scale, zero = self._codes_float(blocks, params)

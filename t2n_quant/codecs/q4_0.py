@@ -58,10 +58,12 @@ class Q4_0Codec(Codec, name="q4_0", aliases=("q4",)):
     def dequantize_blocks(self, codes: torch.Tensor, stored: QParams) -> torch.Tensor:
         return (codes.float() - 8.0) * stored.scale.float()
 
-    def float_codes(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
+    def float_codes(
+        self, blocks: torch.Tensor, params: QParams, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         d = params.scale.float()
         inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
-        t = blocks * inv
+        t = torch.mul(blocks, inv, out=out) if out is not None else blocks * inv
         # floor = trunc on the clamped, non-negative values, and far faster than trunc on CPU
         return t.add_(8.5).clamp_(0.0, 15.0).floor_().sub_(8.0)
 

@@ -47,12 +47,15 @@ class SymmetricCodec(GroupedCodec, name="symmetric", aliases=("sym",)):
     def dequantize_blocks(self, codes: torch.Tensor, stored: QParams) -> torch.Tensor:
         return (codes.float() - float(self.offset)) * stored.scale.float()
 
-    def float_codes(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
+    def float_codes(
+        self, blocks: torch.Tensor, params: QParams, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # the signed codes directly: the clamp of _codes_float shifted by -offset (3 passes, not 5)
         scale = self.store(params).scale.float()
         inv = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
         low = -float(self.offset)
-        return (blocks * inv).round_().clamp_(low, low + self.qmax)
+        t = torch.mul(blocks, inv, out=out) if out is not None else blocks * inv
+        return t.round_().clamp_(low, low + self.qmax)
 
     def fake_quantize(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         codes, scale = self._codes_float(blocks, params)
