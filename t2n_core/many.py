@@ -38,6 +38,7 @@ from t2n_core.export import (
 from t2n_core.graph_select import GRAPHS_PROPERTY, graph_io, select_transforms
 from t2n_core.input_plan import DynamicAxes, InputPlan
 from t2n_core.ir import IDENTIFIER_RULE, Graph, Operation, Ref, Value, is_identifier
+from t2n_core.many_lora import adapter_sites, check_adapter_files, label_adapters, lora_properties
 from t2n_core.nnef.archive import check_target, write_archive
 from t2n_core.passes import prepare_for_archive
 from t2n_core.progress import progress_bar
@@ -131,6 +132,7 @@ def export_many(
     properties: Mapping[str, str] | None = None,
     progress: bool = True,
     fragments: bool = True,
+    lora: str | None = None,
 ) -> ManyExportResult:
     """Export several models (or one model's several call forms) into ONE NNEF archive in
     which each tensor they share is stored once.
@@ -142,8 +144,10 @@ def export_many(
     graphs use the same tensor object (a shared ``nn.Parameter`` or buffer) or tensors of
     equal contents (same dtype, shape, encoding and bytes). ``check=True`` runs every graph
     in tract (:func:`load_graph`'s way) on its example inputs and compares with PyTorch
-    before the archive replaces anything at ``path``. The other options are
-    :func:`t2n_core.export`'s.
+    before the archive replaces anything at ``path``. ``lora`` is :func:`t2n_core.export`'s:
+    separate adapters are recorded in ``lora.sites`` once per adapted layer, however many
+    graphs use it (:mod:`t2n_core.many_lora`), so ``t2n adapter swap`` works on the archive.
+    The other options are :func:`t2n_core.export`'s.
 
     >>> result = export_many({"encoder": (enc, (x,)), "decoder": (dec, (y,))},
     ...                      "model.nnef.tgz", check=True)   # doctest: +SKIP
@@ -170,10 +174,11 @@ def export_many(
         try:
             traced[name] = trace_graph(
                 spec.model, args, plan, kwargs=spec.kwargs, output_names=spec.output_names,
-                check=check, progress=progress, fragments=fragments,
+                check=check, progress=progress, fragments=fragments, lora=lora,
             )  # fmt: skip
         except ExportInputError as exc:
             raise ExportInputError(f"graph {name!r}: {exc}") from None
+    sites = adapter_sites(traced)
     merged, io = merge_graphs({name: t.graph for name, t in traced.items()})
     props: dict[str, str] = {}
     for spec in specs.values():
@@ -184,12 +189,16 @@ def export_many(
         "torch_version": torch.__version__.split("+")[0],
         "tract_version_checked": _tract_version(),
         **props,
+        **lora_properties(traced, sites),
         **(properties or {}),
         GRAPHS_PROPERTY: json.dumps(io, separators=(",", ":")),
     }
     prepare_for_archive(merged)
-    merged.notes += [f"stored once: {s}" for s in share_identical_tensors(merged)]
+    adapters = {v.name for site in sites for v, _ in site.variables}
+    merged.notes += [f"stored once: {s}" for s in share_identical_tensors(merged, adapters)]
+    label_adapters(merged, sites)
     files = list(archive_files(merged))
+    check_adapter_files(sites, [name for name, _ in files])
     reports: dict[str, CheckReport] = {}
 
     def verify(staged: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from t2n_core.encoding import encoding_of
@@ -48,14 +49,18 @@ def _digest(var: Variable) -> str:
     return h.hexdigest()
 
 
-def share_identical_tensors(graph: Graph) -> list[SharedTensor]:
+def share_identical_tensors(graph: Graph, apart: Collection[str] = ()) -> list[SharedTensor]:
     """Give every variable of ``graph`` whose data equals an earlier one's (the same tensor
     object, or the same ``.dat`` headers and payload bytes) that variable's label, so that
     :func:`t2n_core.writer.archive_files` writes its files once. Run it after
     :func:`t2n_core.passes.prepare_for_archive` (the labels are final then). Payloads are
-    hashed only among variables whose headers match. Returns what is now shared, in order."""
+    hashed only among variables whose headers match. Variables named in ``apart`` (LoRA
+    adapters, which a swap replaces) keep their labels and lend them to no other variable.
+    Returns what is now shared, in order."""
     by_files: dict[tuple, list[Variable]] = defaultdict(list)
     for var in graph.variables.values():
+        if var.name in apart:
+            continue
         by_files[_files_of(var)].append(var)
     shared: dict[str, SharedTensor] = {}
     for files, group in by_files.items():

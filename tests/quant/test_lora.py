@@ -309,3 +309,41 @@ def test_lora_option_without_lora_layers_is_reported(tmp_path: Path, caplog) -> 
     assert "lora='merged' has no effect: Linear has no LoRA layer" in caplog.text
     quantize_model(nn.Sequential(nn.Linear(64, 64)), "q4_0", lora="separate", progress=False)
     assert "lora='separate' has no effect: Sequential" in caplog.text
+
+
+def test_export_many_records_each_site_once_and_swaps(tmp_path: Path) -> None:
+    """Two graphs share a LoRA-adapted Linear (path 0 in one, 2 in the other), the second
+    has its own at path 0 too: three uses, two sites (``a.0``, ``b.0``: the same path names
+    two sites), each stored once and listed in lora.sites; equal scales (2.0) stay two files.
+    A swap then gives each graph, in tract, PyTorch's outputs with the new adapters."""
+    from t2n_core.lora import SUFFIXES
+    from t2n_core.lora_swap import archive_sites
+
+    torch.manual_seed(3)
+    shared = LoraLinear(16, 16, 4, 2.0)
+    first = nn.Sequential(shared, nn.Tanh())
+    second = nn.Sequential(LoraLinear(16, 16, 2, 2.0), nn.ReLU(), shared)
+    pair = nn.ModuleList([first, second]).eval()
+    x = torch.randn(3, 16)
+    result = t2n_core.export_many(
+        {"a": (pair[0], (x,)), "b": (pair[1], (x,))}, tmp_path / "m.nnef.tgz", check=True,
+        progress=False,
+    )  # fmt: skip
+    assert all(r.check is not None and r.check.passed for r in result.graphs.values())
+    assert [(s.path, s.rank) for s in archive_sites(result.path)] == [("a.0", 4), ("b.0", 2)]
+    adapter_files = sorted(n for n in result.files if ".lora_" in n)
+    assert adapter_files == sorted(f"{s}.{k}.dat" for s in ("a.0", "b.0") for k in SUFFIXES)
+
+    new = copy.deepcopy(pair)  # the copy shares its one Linear between its two graphs too
+    g = torch.Generator().manual_seed(5)
+    for name, p in new.named_parameters():
+        if "lora_" in name:
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+    adapter = {f"a.{k}": v for k, v in adapter_tensors(new[0]).items()}
+    adapter |= {f"b.{k}": v for k, v in adapter_tensors(new[1]).items() if k.startswith("0.")}
+    swapped = swap_adapter(result.path, adapter, tmp_path / "swapped.nnef.tgz")
+    assert swapped.changed == [f"{s}.{k}.dat" for s in ("a.0", "b.0") for k in ("lora_A", "lora_B")]
+    for graph, old_model, new_model in (("a", pair[0], new[0]), ("b", pair[1], new[1])):
+        expected = outputs_of(new_model, x)
+        assert not np.allclose(outputs_of(old_model, x)[0], expected[0], atol=1e-2)
+        t2n_core.check_archive(swapped.path, [x.numpy()], expected, graph=graph)
