@@ -65,12 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input-names", nargs="+", metavar="NAME", help="default: forward's names")
     p.add_argument("--output-names", nargs="+", metavar="NAME", help="default: output, ...")
     add_archive_writing(p, "the archive")
-    p.add_argument(
-        "--lora", choices=["separate", "merged"], default=None,
-        help="LoRA adapters (PEFT or lora_A / lora_B layers): 'separate' (default) keeps them "
-        "float in their own files, swappable with `t2n adapter swap`, the base weights "
-        "quantized by --codec; 'merged' folds W + s*B*A into one weight before quantizing",
-    )  # fmt: skip
+    _add_lora(p, "the base weights quantized by --codec; 'merged' folds W + s*B*A into one "
+              "weight before quantizing")  # fmt: skip
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(
@@ -87,7 +83,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("out", help="archive path: a .tgz / .tar.gz / .tar file, else a folder")
     add_archive_writing(p, "each graph")
+    _add_lora(p, "a layer several graphs use is one adapter, stored once; 'merged' folds "
+              "W + s*B*A into one weight")  # fmt: skip
     p.set_defaults(func=run_export_many)
+
+
+def _add_lora(parser: argparse.ArgumentParser, more: str) -> None:
+    parser.add_argument(
+        "--lora", choices=["separate", "merged"], default=None,
+        help="LoRA adapters (PEFT or lora_A / lora_B layers): 'separate' (default) keeps them "
+        f"float in their own files, swappable with `t2n adapter swap`, {more}",
+    )  # fmt: skip
 
 
 EXPORT_MANY_HELP = """\
@@ -173,6 +179,7 @@ def run_export_many(args: argparse.Namespace) -> int:
         graphs, args.out, check=not args.no_check, atol=args.atol, rtol=args.rtol,
         overwrite=args.overwrite, compresslevel=args.compresslevel,
         properties=_properties(args.property) or None, fragments=not args.no_fragments,
+        lora=args.lora,
     )  # fmt: skip
     print(result)
     return 0

@@ -270,6 +270,26 @@ def test_command_line_export_and_swap(tmp_path: Path, capsys) -> None:
     )  # exists, no --overwrite
 
 
+def test_command_line_export_many_keeps_or_merges_the_adapter(tmp_path: Path, capsys) -> None:
+    """``t2n export-many --lora``: separate writes one adapter for a layer both graphs use,
+    merged writes none; both graphs pass their tract check either way."""
+    from t2n_core.cli import main
+
+    (tmp_path / "lora_pair.py").write_text(MODEL_FILE + """
+
+def pair():
+    model, x = build()
+    return {"a": (model, x), "b": (nn.Sequential(model, nn.Linear(64, 4)).eval(), x)}
+""")  # fmt: skip
+    entry = f"{tmp_path / 'lora_pair.py'}:pair"
+    for mode, adapter_files in (("separate", 3), ("merged", 0)):
+        out = tmp_path / f"{mode}.nnef.tgz"
+        assert main(["export-many", entry, str(out), "--lora", mode]) == 0
+        assert capsys.readouterr().out.count("tract check passed") == 2
+        files = t2n_core.nnef.archive.list_archive(out)
+        assert sum(".lora_" in name for name in files) == adapter_files, files
+
+
 def test_the_model_itself_as_the_lora_layer(tmp_path: Path) -> None:
     model = LoraLinear(64, 32, 4, 2.0).eval()
     x = torch.randn(3, 64)
