@@ -53,18 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a Hugging Face causal LM checkpoint folder (config, weights, tokenizer); "
         "default: the included keyword-spotter example",
     )  # fmt: skip
-    p.add_argument(
-        "--text", metavar="FILE",
-        help="text the LM metrics (KL, top-1, perplexity) are measured on (with a checkpoint)",
-    )  # fmt: skip
-    p.add_argument(
-        "--calibration-text", metavar="FILE",
-        help="text for data-aware calibrations (gptq); keep it apart from --text",
-    )  # fmt: skip
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
-    p.add_argument(
-        "--max-sequences", type=int, default=32,
-        help="sequences taken from each text at most (default 32)",
+    cli_options.add_lm_texts(
+        p, "text the LM metrics (KL, top-1, perplexity) are measured on (with a checkpoint)",
+        "text for data-aware calibrations (gptq); keep it apart from --text",
     )  # fmt: skip
     p.add_argument("--device", default=None, help="device for data-aware calibration (e.g. cuda)")
     cli_options.add_calibration_options(p)
@@ -268,18 +259,9 @@ def _register_plan(subparsers: argparse._SubParsersAction, spec_help: str) -> No
         "gptq needs --calibration-text",
     )  # fmt: skip
     cli_options.add_calibration_options(p)
-    p.add_argument(
-        "--text", metavar="FILE",
-        help="text each layer's sensitivity (KL of next-token distributions) is measured on",
-    )  # fmt: skip
-    p.add_argument(
-        "--calibration-text", metavar="FILE",
-        help="text gptq takes its layer inputs from (give export-llm the same)",
-    )  # fmt: skip
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
-    p.add_argument(
-        "--max-sequences", type=int, default=32,
-        help="sequences taken from each text at most (default 32)",
+    cli_options.add_lm_texts(
+        p, "text each layer's sensitivity (KL of next-token distributions) is measured on",
+        "text gptq takes its layer inputs from (give export-llm the same)",
     )  # fmt: skip
     add_selection(p, "module paths")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

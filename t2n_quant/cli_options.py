@@ -29,6 +29,20 @@ def add_codec(parser: argparse.ArgumentParser, default: str | None, help_: str) 
     )  # fmt: skip
 
 
+def add_lm_texts(parser: argparse.ArgumentParser, measured: str, calibration: str) -> None:
+    """``--text`` / ``--calibration-text`` and how they are cut (``--seq-len``,
+    ``--max-sequences``): the texts a command reads with a checkpoint's tokenizer."""
+    parser.add_argument("--text", metavar="FILE", help=measured)
+    parser.add_argument("--calibration-text", metavar="FILE", help=calibration)
+    parser.add_argument(
+        "--seq-len", type=int, default=256, help="tokens per sequence (default 256)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-sequences", type=int, default=32,
+        help="sequences taken from each text at most (default 32)",
+    )  # fmt: skip
+
+
 def add_calibration_options(parser: argparse.ArgumentParser) -> None:
     """``--calibration-option KEY=VALUE``: the options of a data-aware calibration."""
     parser.add_argument(
