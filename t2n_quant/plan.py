@@ -146,19 +146,14 @@ def _output(out: Any) -> torch.Tensor:
     return leaves[0]
 
 
-def _error(
-    ref: list[torch.Tensor], got: list[torch.Tensor], kl: bool, masks: list[torch.Tensor | None]
-) -> float:
-    total = 0.0
-    for a, b, mask in zip(ref, got, masks):
-        if mask is not None and tuple(a.shape[: mask.dim()]) == tuple(mask.shape):
-            a, b = a[mask], b[mask]  # padded tokens do not count
-        if kl:
-            pa, pb = a.float().log_softmax(-1), b.float().log_softmax(-1)
-            total += (pa.exp() * (pa - pb)).sum(-1).mean().item()
-        else:
-            total += ((a - b).float().square().sum() / a.float().square().sum()).item()
-    return total / len(ref)
+def _error(ref: torch.Tensor, got: torch.Tensor, kl: bool, mask: torch.Tensor | None) -> float:
+    """The error of one batch's output ``got`` against the float model's ``ref``."""
+    if mask is not None and tuple(ref.shape[: mask.dim()]) == tuple(mask.shape):
+        ref, got = ref[mask], got[mask]  # padded tokens do not count
+    if kl:
+        pa, pb = ref.float().log_softmax(-1), got.float().log_softmax(-1)
+        return (pa.exp() * (pa - pb)).sum(-1).mean().item()
+    return ((ref - got).float().square().sum() / ref.float().square().sum()).item()
 
 
 def _put(w: Any, value: torch.Tensor) -> None:
@@ -185,6 +180,57 @@ def _trial(w: Any, codec: Codec, calibration: str, options: dict[str, Any],
         method = inner if is_data_aware(calibration) else calibration
         qt = quantize_tensor(w.param, codec, calibration=method, name=w.name)
     return nn.Parameter(qt, requires_grad=False)
+
+
+def _measure(
+    model: nn.Module,
+    layers: list[tuple[Any, list[Codec]]],
+    batches: list[Any],
+    calibration: str,
+    options: dict[str, Any],
+    targets: dict[str, Any],
+    progress: bool,
+) -> dict[tuple[str, str], float]:
+    """``{(weight name, codec spec): end-to-end error}``: each layer quantized alone with each
+    of its codecs, the error averaged over ``batches``.
+
+    Memory does not grow with the number of batches: per layer, the float output of one batch
+    at a time is computed and compared with that batch's outputs of the layer's trials (the
+    float forward is repeated once per layer, so ``1 / len(codecs)`` more forward passes
+    than holding the float outputs of every batch, whose size is tokens x vocabulary)."""
+    errors: dict[tuple[str, str], float] = {}
+    masks = [token_mask(b) for b in batches]
+    total = len(batches) * sum(len(f) for _, f in layers)
+    bar = progress_bar(
+        total=total, desc="plan: layer sensitivity", unit="trial", disable=not progress
+    )
+    with torch.no_grad(), no_kv_cache(model), no_fastpath():
+        for w, fits in layers:
+            target = targets.pop(w.name, None)
+            trials = [_trial(w, c, calibration, options, target) for c in fits]
+            if target is not None:
+                target.hessian = None
+            sums = [0.0] * len(fits)
+            original = w.param
+            try:
+                for (a, k), mask in zip(batches, masks):
+                    raw = model(*a, **k)
+                    kl = isinstance(getattr(raw, "logits", None), torch.Tensor)
+                    ref = _output(raw).detach()
+                    del raw
+                    for i, trial in enumerate(trials):
+                        _put(w, trial)
+                        got = _output(model(*a, **k))
+                        sums[i] += _error(ref, got, kl, mask)
+                        _put(w, original)
+                        bar.update(1)
+                    del ref, got
+            finally:
+                _put(w, original)
+            for codec, s in zip(fits, sums):
+                errors[(w.name, codec.spec)] = s / len(batches)
+    bar.close()
+    return errors
 
 
 def plan(
@@ -255,39 +301,18 @@ def plan(
     if not layers:
         raise PlanError("no weight of the model fits any candidate codec")
 
-    masks = [token_mask(b) for b in batches]
-    with torch.no_grad(), no_kv_cache(model), no_fastpath():
-        ref = [_output(model(*a, **k)).detach() for a, k in batches]
-        kl = any(getattr(model(*a, **k), "logits", None) is not None for a, k in batches[:1])
-        targets = {}
-        if is_data_aware(calibration):
-            hessian_batches = batches
-            if calibration_data is not None:
-                hessian_batches = calibration_batches(calibration_data)[:max_batches]
+    targets = {}
+    if is_data_aware(calibration):
+        hessian_batches = batches
+        if calibration_data is not None:
+            hessian_batches = calibration_batches(calibration_data)[:max_batches]
+        with torch.no_grad(), no_kv_cache(model), no_fastpath():
             targets = input_hessians(model, [w for w, _ in layers], hessian_batches)
-            for w, _ in layers:
-                if w.name not in targets:
-                    logger.info("plan: gptq applies to %s (a %s) only weight-only", w.name,
-                                w.module_type)  # fmt: skip
-        errors: dict[tuple[str, str], float] = {}
-        total = sum(len(f) for _, f in layers)
-        bar = progress_bar(
-            total=total, desc="plan: layer sensitivity", unit="trial", disable=not progress
-        )
-        for w, fits in layers:
-            original = w.param
-            try:
-                for codec in fits:
-                    _put(w, _trial(w, codec, calibration, options, targets.get(w.name)))
-                    got = [_output(model(*a, **k)) for a, k in batches]
-                    errors[(w.name, codec.spec)] = _error(ref, got, kl, masks)
-                    bar.update(1)
-            finally:
-                _put(w, original)
-            target = targets.pop(w.name, None)
-            if target is not None:
-                target.hessian = None
-        bar.close()
+        for w, _ in layers:
+            if w.name not in targets:
+                logger.info("plan: gptq applies to %s (a %s) only weight-only", w.name,
+                            w.module_type)  # fmt: skip
+    errors = _measure(model, layers, batches, calibration, options, targets, progress)
 
     sizes = {w.name: w.param.numel() for w, _ in layers}
     budget = budget_bits_per_weight * sum(sizes.values())
