@@ -68,12 +68,42 @@ def lm_metrics(ref_logits: torch.Tensor, logits: torch.Tensor, tokens: torch.Ten
     >>> m = lm_metrics(x, x, ids); (m.kl, m.top1)
     (0.0, 1.0)
     """
-    ref = ref_logits[:, :-1].float().log_softmax(-1)
-    got = logits[:, :-1].float().log_softmax(-1)
-    kl = (ref.exp() * (ref - got)).sum(-1).mean().clamp(min=0.0).item()
-    top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
-    nll = -got.gather(-1, tokens[:, 1:, None].long()).mean().item()
-    return LMMetrics(round(kl, 9), top1, math.exp(nll))
+    sums = _LMSums()
+    sums.add(ref_logits, logits, tokens)
+    return sums.metrics()
+
+
+@dataclass
+class _LMSums:
+    """Running sums of :class:`LMMetrics` over batches of token ids: the metrics of all the
+    batches at once, while only one batch's logits are held."""
+
+    kl: float = 0.0
+    same: float = 0.0
+    nll: float = 0.0
+    ref_nll: float = 0.0
+    positions: int = 0
+
+    def add(self, ref_logits: torch.Tensor, logits: torch.Tensor | None,
+            tokens: torch.Tensor) -> None:  # fmt: skip
+        """Add one batch; ``logits=None`` adds the float model's perplexity only."""
+        ref = ref_logits[:, :-1].float().log_softmax(-1)
+        nxt = tokens[:, 1:, None].long()
+        self.ref_nll -= ref.gather(-1, nxt).double().sum().item()
+        self.positions += nxt.numel()
+        if logits is None:
+            return
+        got = logits[:, :-1].float().log_softmax(-1)
+        self.kl += (ref.exp() * (ref - got)).sum(-1).double().sum().item()
+        self.same += (ref.argmax(-1) == got.argmax(-1)).sum().item()
+        self.nll -= got.gather(-1, nxt).double().sum().item()
+
+    def metrics(self) -> LMMetrics:
+        n = max(self.positions, 1)
+        return LMMetrics(round(max(self.kl / n, 0.0), 9), self.same / n, math.exp(self.nll / n))
+
+    def reference_perplexity(self) -> float:
+        return math.exp(self.ref_nll / max(self.positions, 1))
 
 
 def perplexity(logits: torch.Tensor, tokens: torch.Tensor) -> float:
@@ -333,8 +363,44 @@ def _recording(model: nn.Module, paths: Sequence[str]) -> Iterator[dict[str, lis
             h.remove()
 
 
-def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+@dataclass
+class _Closeness:
+    """Running sums of the SQNR and mean row cosine of outputs against the float model's, fed
+    one batch at a time: the figures of all batches at once (:func:`sqnr` of the outputs
+    concatenated; per output, the mean of :func:`mean_cosine` over its rows; those means
+    averaged), while only one batch's outputs are held."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+    cosines: dict[int, list[float]] = field(default_factory=dict)  # output: [sum, rows]
+    mismatch: bool = False
+
+    def add(self, ref: list[torch.Tensor], got: list[torch.Tensor]) -> None:
+        if not ref or len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
+            self.mismatch = True
+            return
+        for i, (a, b) in enumerate(zip(ref, got)):
+            a, b = a.detach().double(), b.detach().double()
+            self.signal += a.pow(2).sum().item()
+            self.noise += (a - b).pow(2).sum().item()
+            if a.dim() == 0:
+                a, b = a.reshape(1, 1), b.reshape(1, 1)
+            a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+            cos = nn.functional.cosine_similarity(a, b, dim=-1)
+            acc = self.cosines.setdefault(i, [0.0, 0])
+            acc[0] += cos.sum().item()
+            acc[1] += cos.numel()
+
+    def sqnr(self) -> float | None:
+        if self.mismatch or not self.cosines:
+            return None
+        return math.inf if self.noise == 0 else 10 * math.log10(self.signal / self.noise)
+
+    def cosine(self) -> float | None:
+        if self.mismatch or not self.cosines:
+            return None
+        means = [total / max(rows, 1) for total, rows in self.cosines.values()]
+        return round(sum(means) / len(means), 12)
 
 
 def _model_bytes(model: nn.Module) -> int:
@@ -348,11 +414,12 @@ def _as_args(inputs: Any) -> tuple[Any, ...]:
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
-def _outputs_close(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[float, float]:
-    if not ref or len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
-        return math.nan, math.nan
-    cos = [mean_cosine(a, b) for a, b in zip(ref, got)]
-    return sqnr(_flat(ref), _flat(got)), sum(cos) / len(cos)
+def _token_ids(args: tuple[Any, ...]) -> torch.Tensor | None:
+    """The inputs of a causal LM (one integer tensor ``B x T``), or None."""
+    if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    ids = args[0]
+    return ids if ids.dim() == 2 and not ids.dtype.is_floating_point else None
 
 
 def compare(
@@ -367,6 +434,7 @@ def compare(
     data: Any = None,
     device: str | torch.device | None = None,
     calibration_options: Mapping[str, Any] | None = None,
+    batch_size: int = 8,
     progress: bool = True,
 ) -> Comparison:
     """Quantize a copy of ``model`` with every spec and calibration and measure what it costs.
@@ -385,7 +453,9 @@ def compare(
     Causal language models (the output has ``logits``, ``inputs`` are token ids ``B x T``)
     also get :class:`LMMetrics` per config: KL divergence of the next-token distributions
     against the float model, top-1 agreement and perplexity on ``inputs``; the table shows
-    them first.
+    them first. Token ids run ``batch_size`` rows at a time (the float model's too, once per
+    config), so the memory held (logits: tokens x vocabulary; every measured layer's output)
+    is one batch's whatever the number of rows; the figures are those of all rows at once.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
@@ -405,6 +475,10 @@ def compare(
     if data is None and any(is_data_aware(c) for c, _ in cals):
         raise CalibrationDataError(f"calibrations {DATA_AWARE} need data= (calibration batches)")
     args = _as_args(inputs)
+    tokens = _token_ids(args)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    chunks = [(ids,) for ids in tokens.split(batch_size)] if tokens is not None else [args]
 
     float_weights = {w.name: w for w in collect_weights(model)}
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -416,15 +490,18 @@ def compare(
     candidates = list(dict.fromkeys(p for p in candidates if p in modules))
 
     with torch.no_grad(), no_fastpath():
-        with _recording(model, candidates) as seen:
-            raw = model(*args)
-            ref_out = _float_leaves(raw)
-        tokens = args[0] if len(args) == 1 else None
-        ref_logits = _logits(raw)
-        if tokens is None or tokens.dtype.is_floating_point or tokens.dim() != 2:
-            ref_logits = None
-        ref_ppl = None if ref_logits is None else perplexity(ref_logits, tokens)
-        del raw
+        seen: set[str] = set()  # the modules whose forward runs
+        ref_lm: _LMSums | None = _LMSums() if tokens is not None else None
+        for chunk in chunks:
+            with _recording(model, candidates) as acts:
+                ref_logits = _logits(model(*chunk))
+            seen.update(acts)
+            if ref_lm is not None and ref_logits is not None:
+                ref_lm.add(ref_logits, None, chunk[0])
+            elif ref_logits is None:
+                ref_lm = None
+            del acts, ref_logits
+        ref_ppl = None if ref_lm is None else ref_lm.reference_perplexity()
         where: dict[str, str | None] = {}
         for name, w in float_weights.items():
             path = w.users[0][0]
@@ -432,8 +509,6 @@ def compare(
             chain = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
             where[name] = next((p for p in chain if p in seen), None)
         measured = sorted({p for p in where.values() if p is not None}, key=candidates.index)
-        ref_acts = {p: seen[p] for p in measured}
-        del seen
         before = _model_bytes(model)
 
         results = []
@@ -449,14 +524,27 @@ def compare(
                                      device=device, progress=False,
                                      calibration_options=calibration_options if aware else None,
                                      )  # fmt: skip
-            with _recording(qmodel, measured) as acts:
-                raw = qmodel(*args)
-                out = _float_leaves(raw)
-            lm = None
-            if ref_logits is not None and (got := _logits(raw)) is not None:
-                lm = lm_metrics(ref_logits, got, tokens)
-            del raw
-            e2e_sqnr, e2e_cos = _outputs_close(ref_out, out)
+            e2e = _Closeness()
+            per_layer = {path: _Closeness() for path in measured}
+            lm = None if ref_lm is None else _LMSums()
+            for chunk in chunks:
+                with _recording(model, measured) as ref_acts:
+                    raw = model(*chunk)
+                    ref_out = _float_leaves(raw)
+                ref_logits = _logits(raw)
+                with _recording(qmodel, measured) as acts:
+                    raw = qmodel(*chunk)
+                    out = _float_leaves(raw)
+                got = _logits(raw)
+                del raw
+                if lm is not None and ref_logits is not None and got is not None:
+                    lm.add(ref_logits, got, chunk[0])
+                elif lm is not None:
+                    lm = None
+                e2e.add(ref_out, out)
+                for path, closeness in per_layer.items():
+                    closeness.add(ref_acts.get(path, []), acts.get(path, []))
+                del ref_acts, acts, ref_out, out, ref_logits, got
             qweights = {w.name: w for w in collect_weights(qmodel)}
             layers = []
             for name, fw in float_weights.items():
@@ -464,24 +552,22 @@ def compare(
                 is_q = isinstance(q, QTensor)
                 ref_w = fw.param.dequantize() if isinstance(fw.param, QTensor) else fw.param
                 path = where[name]
-                out_sqnr = out_cos = None
-                if path is not None and path in acts:
-                    a, b = _flat(ref_acts[path]), _flat(acts[path])
-                    if a.shape == b.shape:
-                        out_sqnr = sqnr(a, b)
-                        out_cos = sum(map(mean_cosine, ref_acts[path], acts[path])) / len(
-                            ref_acts[path]
-                        )
+                closeness = per_layer.get(path) if path is not None else None
+                out_sqnr = closeness.sqnr() if closeness is not None else None
+                out_cos = closeness.cosine() if closeness is not None else None
                 layers.append(LayerResult(
                     name, path or "-", fw.module_type, tuple(fw.param.shape), is_q,
                     q.bits_per_weight if is_q else 8.0 * fw.param.element_size(),
                     sqnr(ref_w, q.dequantize() if is_q else q), out_sqnr, out_cos,
                 ))  # fmt: skip
             numel = sum(math.prod(q.shape) for q in summary.quantized)
+            e2e_sqnr, e2e_cos = e2e.sqnr(), e2e.cosine()
             results.append(ConfigResult(
                 label, cal_name, 8.0 * summary.bytes_after / numel if numel else 32.0,
                 summary.bytes_before, summary.bytes_after, before, _model_bytes(qmodel),
-                e2e_sqnr, e2e_cos, layers, summary, lm,
+                math.nan if e2e_sqnr is None else e2e_sqnr,
+                math.nan if e2e_cos is None else e2e_cos, layers, summary,
+                None if lm is None else lm.metrics(),
             ))  # fmt: skip
-            del qmodel, acts
+            del qmodel
     return Comparison(type(model).__name__, results, metric, ref_ppl)
