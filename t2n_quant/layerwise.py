@@ -3,7 +3,9 @@
 A data-aware calibration (``"gptq"``) needs, per weight, ``H = X^T X`` over the inputs its
 module sees: the rows fed to a Linear, the patches a Conv1d / Conv2d multiplies, the query /
 key / value fed to an ``nn.MultiheadAttention``'s q/k/v projections (one Hessian per third
-of the packed projection when they differ). How they are gathered:
+of the packed projection when they differ), and the heads' outputs its ``out_proj``
+multiplies (recomputed by :func:`attention_output`, as the attention reads ``out_proj``'s
+weight without calling it). How they are gathered:
 
 - **block by block** when the model keeps its repeated blocks in an ``nn.ModuleList``
   (``model.layers``, ``encoder.layer``, ...) and consecutive blocks chain (each block's
@@ -25,8 +27,8 @@ tokenizers' ``padding=True``), the rows of a layer input shaped ``(batch, tokens
 padded positions (mask 0) are left out of its Hessian and activation statistics.
 
 Weights no data-aware method applies to (see :func:`not_applicable`; shared by several
-modules; an attention's ``out_proj``, which it reads without calling it; never
-reached by the data) get the weight-only ``inner`` calibration and a note saying so.
+modules; never reached by the data) get the weight-only ``inner`` calibration and a note
+saying so.
 """
 
 from __future__ import annotations
@@ -316,6 +318,35 @@ def _rejected(stage: str, i: int, err: Exception, what: str) -> CalibrationDataE
     )
 
 
+def attention_output(mha: nn.MultiheadAttention, args: Any, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The input of ``mha.out_proj`` on the call ``mha(*args, **kwargs)``: the heads'
+    outputs, concatenated (batch first). ``nn.MultiheadAttention`` multiplies them by
+    ``out_proj.weight`` inside ``F.multi_head_attention_forward`` without calling
+    ``out_proj``; they are its output with an identity projection (``x @ I + 0`` is exact),
+    computed with the module's own settings and arguments (hooks not run).
+
+    >>> mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    >>> x = torch.randn(3, 5, 8)
+    >>> y = attention_output(mha, (x, x, x), {})
+    >>> torch.allclose(mha.out_proj(y), mha(x, x, x)[0], atol=1e-6)
+    True
+    """
+    proj = mha.out_proj
+    weight, bias = proj._parameters["weight"], proj._parameters.get("bias")
+    assert weight is not None
+    eye = torch.eye(mha.embed_dim, dtype=weight.dtype, device=weight.device)
+    proj._parameters["weight"] = nn.Parameter(eye, requires_grad=False)
+    if bias is not None:
+        proj._parameters["bias"] = nn.Parameter(torch.zeros_like(eye[0]), requires_grad=False)
+    try:
+        out = mha.forward(*args, **kwargs)[0]
+    finally:
+        proj._parameters["weight"], proj._parameters["bias"] = weight, bias
+    if not mha.batch_first and out.dim() == 3:  # (tokens, batch, E): as a token mask reads
+        out = out.transpose(0, 1)
+    return out
+
+
 @contextlib.contextmanager
 def _gathering(
     targets: list[Target], scope: nn.Module, tokens: _Tokens, prefix: str = "",
@@ -338,6 +369,13 @@ def _gathering(
         def fn(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
             names = ("query", "key", "value")
             xs = [args[i] if i < len(args) else kwargs[names[i]] for i in wanted]
+            take(xs)
+
+        def after(module: nn.Module, args: Any, kwargs: dict[str, Any], out: Any) -> None:
+            assert isinstance(module, nn.MultiheadAttention)
+            take([attention_output(module, args, kwargs)])
+
+        def take(xs: list[torch.Tensor]) -> None:
             if t.seq < 0:
                 t.seq = next(calls)
                 if not first:
@@ -346,7 +384,7 @@ def _gathering(
             if gathers[id(t)]:
                 t.add_inputs(xs, tokens.now, shared)
 
-        return fn
+        return after if id(t.module) in owners else fn
 
     def record(path: str) -> Callable[..., None]:
         def fn(module: nn.Module, args: Any, out: Any) -> None:
@@ -356,7 +394,14 @@ def _gathering(
 
         return fn
 
-    handles = [t.module.register_forward_pre_hook(hook(t), with_kwargs=True) for t in targets]
+    # an attention's out_proj is read, not called: its input is taken after the attention ran
+    owners = {id(m.out_proj): m for m in scope.modules() if isinstance(m, nn.MultiheadAttention)}
+    handles = [
+        owners[id(t.module)].register_forward_hook(hook(t), with_kwargs=True)
+        if id(t.module) in owners
+        else t.module.register_forward_pre_hook(hook(t), with_kwargs=True)
+        for t in targets
+    ]
     handles += [m.register_forward_hook(record(prefix + p)) for p, m in scope.named_modules()]
     try:
         yield produced
@@ -562,9 +607,6 @@ def _sequential(
             return _main_output(model(*_to(args, device), **_to(kwargs, device)))
 
         _solve(rest, job, progress, "outside the blocks", produced, probe)
-
-
-
 
 
 def _solve(

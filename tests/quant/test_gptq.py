@@ -139,11 +139,10 @@ def test_torch_transformer_encoder_blocks_reach_every_linear():
     data = [torch.randint(0, 64, (2, 8)) for _ in range(2)]
     s = quantize_model(model, "q4_0", calibration="gptq", data=data, progress=False)
     assert any("block by block (encoder.layers, 2 blocks)" in n for n in s.notes)
-    unreached = [n.split(":")[0] for n in s.notes if "never reached" in n]
     # the fused fast path is off, so linear1/linear2 are seen; MultiheadAttention reads
-    # out_proj.weight without calling out_proj, so that one is calibrated weight-only
-    assert unreached == [f"encoder.layers.{i}.self_attn.out_proj.weight" for i in range(2)]
-    assert not any("in_proj_weight" in n for n in s.notes)  # gptq on attention's inputs
+    # out_proj.weight without calling out_proj: its input is recomputed
+    weight_only = [n.split(":")[0] for n in s.notes if "weight-only" in n]
+    assert weight_only == ["embed.weight"], s.notes
 
 
 class CrossAttention(nn.Module):
@@ -180,6 +179,47 @@ def test_attention_projections_take_their_own_inputs():
         ref = model(x[32:], mem[32:])
         err = (gq(x[32:], mem[32:]) - ref).square().mean()
         assert err < (plain(x[32:], mem[32:]) - ref).square().mean()
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_output_is_what_out_proj_multiplies(batch_first):
+    from t2n_quant.layerwise import attention_output
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, kdim=8, vdim=12, batch_first=batch_first).eval()
+    with torch.no_grad():
+        mha.out_proj.bias.normal_()  # zero at init
+    q = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+    k = torch.randn(3, 7, 8) if batch_first else torch.randn(7, 3, 8)
+    v = torch.randn(3, 7, 12) if batch_first else torch.randn(7, 3, 12)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, 5:] = True
+    with torch.no_grad():
+        want = mha(q, k, v, key_padding_mask=pad)[0]
+        x = attention_output(mha, (q, k, v), {"key_padding_mask": pad})  # batch first
+        got = mha.out_proj(x if batch_first else x.transpose(0, 1))
+    assert x.shape == (3, 5, 16) and torch.allclose(got, want, atol=1e-6)
+    assert isinstance(mha.out_proj.weight, nn.Parameter) and mha.out_proj.bias.abs().sum() > 0
+
+
+def test_attention_out_proj_takes_gptq_and_exports(tmp_path):
+    from tests.helpers import export_and_check
+
+    torch.manual_seed(0)
+    model = CrossAttention().eval()
+    x = correlated_inputs(40 * 8, 64).reshape(40, 8, 64) * torch.linspace(0.2, 3, 64)
+    mem = correlated_inputs(40 * 5, 64, seed=1).reshape(40, 5, 64)
+    plain, gq = copy.deepcopy(model), copy.deepcopy(model)
+    quantize_model(plain, "minmax:3:g32", include="*out_proj", progress=False)
+    s = quantize_model(gq, "minmax:3:g32", calibration="gptq", data=[(x[:32], mem[:32])],
+                       include="*out_proj", progress=False)  # fmt: skip
+    assert [q.name for q in s.quantized] == ["attn.out_proj.weight"]
+    assert not any("out_proj" in n for n in s.notes), s.notes  # not weight-only
+    with torch.no_grad():
+        ref = model(x[32:], mem[32:])
+        err = (gq(x[32:], mem[32:]) - ref).square().mean()
+        assert err < 0.8 * (plain(x[32:], mem[32:]) - ref).square().mean()
+    export_and_check(gq, (x[32:34], mem[32:34]), tmp_path, name="m.nnef")
 
 
 def test_padded_tokens_stay_out_of_the_hessian():
