@@ -177,14 +177,30 @@ def run_tract(
     """Run ``path`` in tract (in a child process) on ``inputs``; tract's outputs, in order.
     ``graph`` names one graph of an archive of several (:func:`t2n_core.many.export_many`):
     only its inputs are given and its outputs returned."""
+    return run_tract_each(path, [inputs], shown_as=shown_as, graph=graph)[0]
+
+
+def run_tract_each(
+    path: str | os.PathLike,
+    batches: Sequence[Sequence[np.ndarray]],
+    *,
+    shown_as: str | None = None,
+    graph: str | None = None,
+) -> list[list[np.ndarray]]:
+    """:func:`run_tract` on each list of inputs of ``batches``, the archive validated and
+    loaded once for all: tract's outputs of each, in order."""
     shown = shown_as or os.fspath(path)
     with tempfile.TemporaryDirectory(prefix="t2n-tract-") as tmp:
         work = Path(tmp)
         _write_selection(path, graph, work)
-        np.savez(work / "inputs.npz", *[np.asarray(x) for x in inputs])
+        for i, inputs in enumerate(batches):
+            np.savez(work / f"inputs_{i}.npz", *[np.asarray(x) for x in inputs])
         in_tract_child("run", path, work, shown)
-        with np.load(work / "outputs.npz") as data:
-            return [data[f"arr_{i}"] for i in range(len(data.files))]
+        results = []
+        for i in range(len(batches)):
+            with np.load(work / f"outputs_{i}.npz") as data:
+                results.append([data[f"arr_{k}"] for k in range(len(data.files))])
+        return results
 
 
 def _write_selection(path: str | os.PathLike, graph: str | None, work: Path) -> None:

@@ -74,6 +74,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from t2n_core.check import compare, run_tract
     from t2n_core.inspect import inspect_archive
 
+    if args.inputs is None:  # a directory of export-llm: replay its io samples
+        from t2n_core.llm.samples import check_directory
+
+        options = ("outputs", "save", "pulse", "graph", "allow_nan")
+        given = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k)]
+        if given:
+            raise T2NError(f"{', '.join(given)} need --inputs (an archive and its inputs)")
+        report = check_directory(args.archive, atol=args.atol, rtol=args.rtol)
+        print(report)
+        return 0 if report.passed else 1
+    args.atol = 1e-4 if args.atol is None else args.atol
+    args.rtol = 1e-4 if args.rtol is None else args.rtol
     info = inspect_archive(args.archive)
     in_specs, out_specs = info.inputs, info.outputs
     if args.graph is not None:
@@ -162,17 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("check", help="run an archive in tract, optionally compare outputs")
-    p.add_argument("archive", help="directory or .tgz")
     p.add_argument(
-        "--inputs", required=True,
+        "archive",
+        help="directory or .tgz; or, without --inputs, a directory written by export-llm: "
+        "its io samples are replayed (its manifest's tolerance unless --atol / --rtol)",
+    )
+    p.add_argument(
+        "--inputs",
         help=".npz with one array per input: keyed by the input names, or in input order",
-    )  # fmt: skip
+    )
     p.add_argument("--outputs", help=".npz of reference outputs (keyed by name, or in order)")
     p.add_argument("--save", help="write tract's outputs to this .npz (with --outputs too)")
-    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
-    p.add_argument(
-        "--rtol", type=float, default=1e-4, help="tolerance relative to max|reference| (1e-4)"
-    )
+    p.add_argument("--atol", type=float, help="absolute tolerance (1e-4)")
+    p.add_argument("--rtol", type=float, help="tolerance relative to max|reference| (1e-4)")
     p.add_argument(
         "--allow-nan", action="store_true",
         help="NaN passes where both tract and the reference have NaN (else any NaN fails)",

@@ -8,7 +8,8 @@ checks many archives starts it once.
 - ``run`` and ``facts`` first apply the tract transforms listed in ``WORKDIR/select.json``
   when there is one (keeping one graph of several: :mod:`t2n_core.many`).
 - ``run``: load ARCHIVE, run it on ``WORKDIR/inputs.npz`` (``arr_0``, ``arr_1``, ... in
-  order), write ``WORKDIR/outputs.npz`` the same way.
+  order), write ``WORKDIR/outputs.npz`` the same way; likewise each ``WORKDIR/inputs_N.npz``
+  to ``WORKDIR/outputs_N.npz``, all on the one load (io samples of one archive).
 - ``facts``: load ARCHIVE, write its input and output facts (``"2,S,f32"``) as JSON to
   ``WORKDIR/facts.json``.
 - ``open``, ``step``, ``close``: generation in a session this process keeps (keyed by
@@ -228,14 +229,15 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         print(tract_message(exc), file=sys.stderr)
         return LOAD_FAILED
-    with np.load(work / "inputs.npz") as data:
-        inputs = [np.asarray(data[f"arr_{i}"], order="C") for i in range(len(data.files))]
-    try:
-        outputs = [o.to_numpy() for o in runnable.run(inputs)]
-    except Exception as exc:
-        print(tract_message(exc), file=sys.stderr)
-        return RUN_FAILED
-    np.savez(work / "outputs.npz", *outputs)
+    for batch in sorted(work.glob("inputs*.npz")):
+        with np.load(batch) as data:
+            inputs = [np.asarray(data[f"arr_{i}"], order="C") for i in range(len(data.files))]
+        try:
+            outputs = [o.to_numpy() for o in runnable.run(inputs)]
+        except Exception as exc:
+            print(tract_message(exc), file=sys.stderr)
+            return RUN_FAILED
+        np.savez(work / batch.name.replace("inputs", "outputs", 1), *outputs)
     return 0
 
 

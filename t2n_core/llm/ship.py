@@ -4,9 +4,9 @@ The output directory holds ``model.nnef.tgz`` (one generation step with KV cache
 generation config and tokenizer files, ``manifest.json`` and io samples
 (``prompt_inputs.npz`` / ``prompt_outputs.npz``: a prompt with an empty cache;
 ``step_*.npz``: one token with the prompt's cache; ``chunk_*.npz``: two tokens with that
-cache), keyed by the graph's io names, that ``t2n check`` replays. The samples cost three
-PyTorch passes over the streamed weights (each read, converted or quantized again), so
-without the check they are written only when asked (``samples=True``).
+cache), keyed by the graph's io names, that ``t2n check`` replays (:mod:`t2n_core.llm.samples`).
+The samples cost a PyTorch pass over the streamed weights (each read, converted or quantized
+again), so without the check they are written only when asked (``samples=True``).
 
 Weights are streamed: the model is built on the meta device from config.json and every weight
 is read from the shards (converted to the requested dtype, or quantized) only when written, so
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from t2n_core.check import CheckReport, check_archive
+from t2n_core.check import CheckReport
 from t2n_core.errors import (
     CheckpointError,
     CheckpointLayoutError,
@@ -45,13 +45,17 @@ from t2n_core.llm.experts import DEFAULT_EXPERTS, check_experts
 from t2n_core.llm.export import DEFAULT_TOLERANCE, export_causal_lm
 from t2n_core.llm.precision import f32_attention as use_f32_attention
 from t2n_core.llm.precision import f32_norms, is_norm
+from t2n_core.llm.samples import (
+    IoSample,
+    check_samples,
+    reference_samples,
+    sample_tokens,
+    save_samples,
+)
 from t2n_core.llm.support import KNOWN_TO_WORK
 from t2n_core.llm.wrapper import (
-    CausalLMWithCache,
-    input_names_for,
     kv_shape_of,
     num_layers_of,
-    output_names_for,
 )
 from t2n_core.lora import with_peft_adapter
 from t2n_core.nnef.archive import (
@@ -70,14 +74,9 @@ logger = logging.getLogger(__name__)
 
 ARCHIVE_NAME = "model.nnef.tgz"
 MANIFEST_NAME = "manifest.json"
-SAMPLE_PROMPT = "Once upon a time"
 #: files copied from the checkpoint beside the archive (tokenizer files are added)
 CONFIG_FILES = ("config.json", "generation_config.json")
 DTYPES = {"f32": torch.float32, "f16": torch.float16}
-
-#: io samples, each fed the cache of the one before: the prompt (empty cache), one token, then
-#: two tokens at once (a causal block after a cache); value: new tokens of the *next* sample
-SAMPLES = {"prompt": 1, "step": 2, "chunk": 0}
 
 #: ``quantize(model) -> summary``: replaces weights in place (t2n_quant.quantize_model)
 Quantizer = Callable[[nn.Module], Any]
@@ -228,19 +227,23 @@ def export_checkpoint(
             ) from exc  # fmt: skip
         timings["capture + write"] = time.perf_counter() - clock
 
-        io_samples: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+        io_samples: dict[str, IoSample] = {}
         if check or samples:
             clock = time.perf_counter()
-            io_samples = _samples(model, ckpt, torch_dtype, all_logits, progress)
-            for name, (inputs, outputs) in io_samples.items():
-                np.savez(staging / f"{name}_inputs.npz", **inputs)
-                np.savez(staging / f"{name}_outputs.npz", **outputs)
+            vocab = int(model.config.get_text_config(decoder=True).vocab_size)
+            ids = sample_tokens(ckpt.directory if ckpt.has_tokenizer else None, vocab)
+            io_samples = reference_samples(
+                model, ids, torch_dtype, all_logits=all_logits, progress=progress
+            )
+            save_samples(io_samples, staging)
             timings["reference"] = time.perf_counter() - clock
         report = None
         tol = DEFAULT_TOLERANCE[torch_dtype]
         if check:
             clock = time.perf_counter()
-            report = _check(archive, io_samples, tol, progress)
+            with progress_bar(total=1, desc="check", unit="archive", disable=not progress,
+                              leave=False):  # fmt: skip
+                report = check_samples(archive, io_samples, atol=tol, rtol=tol)
             timings["check"] = time.perf_counter() - clock
         for name in (*CONFIG_FILES, *ckpt.tokenizer_files):
             if (ckpt.directory / name).is_file():
@@ -314,66 +317,6 @@ def _load(ckpt: Checkpoint, dtype: torch.dtype, f32_norm: bool, notes: list[str]
             if is_norm(module):
                 module.float()
     return model.eval()
-
-
-def _sample_prompt(ckpt: Checkpoint, vocab: int) -> np.ndarray:
-    if ckpt.has_tokenizer:
-        try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(ckpt.directory, local_files_only=True)
-            ids = tokenizer(SAMPLE_PROMPT, return_tensors="np")["input_ids"].astype(np.int64)
-            if ids.shape[1] >= 2:
-                return ids
-        except Exception as exc:  # a broken tokenizer is reported, the export goes on
-            logger.warning(
-                "tokenizer of %s unusable for the sample prompt: %s", ckpt.directory, exc
-            )
-    return np.random.default_rng(0).integers(0, vocab, (1, 8), dtype=np.int64)
-
-
-def _samples(
-    model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype, all_logits: bool, progress: bool
-) -> dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """PyTorch's inputs and outputs for :data:`SAMPLES`, keyed by the graph's io names."""
-    n_layers = num_layers_of(model)
-    kv_heads, head_dim = kv_shape_of(model)
-    vocab = int(model.config.get_text_config(decoder=True).vocab_size)
-    in_names, out_names = input_names_for(n_layers), output_names_for(n_layers)
-    step = CausalLMWithCache(model, all_logits=all_logits).eval()
-    prompt = torch.from_numpy(_sample_prompt(ckpt, vocab))
-    empty = [torch.zeros(1, kv_heads, 0, head_dim, dtype=dtype) for _ in range(2 * n_layers)]
-    samples = {}
-    bar = progress_bar(total=len(SAMPLES), desc="reference", disable=not progress, leave=False)
-    with torch.no_grad(), bar:
-        args: list[torch.Tensor] = [prompt, *empty]
-        for name, new in SAMPLES.items():
-            outputs = step(*args)
-            samples[name] = (
-                {n: a.numpy() for n, a in zip(in_names, args)},
-                {n: o.numpy() for n, o in zip(out_names, outputs)},
-            )
-            bar.update(1)
-            next_token = outputs[0][:, -1].float().argmax(-1, keepdim=True)
-            args = [next_token.expand(1, new), *outputs[1:]]
-    return samples
-
-
-def _check(
-    archive: Path,
-    samples: Mapping[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
-    tol: float,
-    progress: bool,
-) -> CheckReport:
-    report = CheckReport(atol=tol, rtol=tol)
-    for name, (inputs, outputs) in progress_bar(samples.items(), desc="check", disable=not progress,
-                                        leave=False):  # fmt: skip
-        part = check_archive(
-            archive, list(inputs.values()), list(outputs.values()),
-            names=[f"{o}@{name}" for o in outputs], atol=tol, rtol=tol,
-        )  # fmt: skip
-        report.outputs += part.outputs
-    return report
 
 
 def _manifest(
