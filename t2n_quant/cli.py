@@ -167,10 +167,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calibration-text", metavar="FILE",
         help="text for gptq / awq, tokenized with the checkpoint's tokenizer",
     )  # fmt: skip
-    p.add_argument(
-        "--calibration-tokens", type=int, nargs=2, default=[128, 512], metavar=("N", "LEN"),
-        help="calibration sequences and tokens per sequence (default 128 512)",
-    )  # fmt: skip
+    cli_options.add_sequences(p, "--calibration-text", seq_len=512, max_sequences=128)
+    cli_options.add_deprecated_calibration_tokens(p)
     cli_options.add_calibration_options(p)
     p.add_argument(
         "--exclude", nargs="+", default=[], metavar="GLOB",
@@ -317,11 +315,11 @@ def run_export_llm(args: argparse.Namespace) -> int:
     if args.plan and args.codec:
         raise ConfigSpecError("give --codec or --plan, not both")
     text = Path(args.calibration_text) if args.calibration_text else None
-    n_seq, seq_len = args.calibration_tokens
     shipped = export_checkpoint(
         args.checkpoint, args.output, dtype=args.dtype, codec=args.plan or args.codec,
         quantized=args.quantized, calibration=args.calibration, exclude=args.exclude or None,
-        overwrite=args.overwrite, calibration_text=text, n_sequences=n_seq, seq_len=seq_len,
+        overwrite=args.overwrite, calibration_text=text, n_sequences=args.max_sequences,
+        seq_len=args.seq_len,
         check=not args.no_check, samples=args.samples or None,
         trust_remote_code=args.trust_remote_code,
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,

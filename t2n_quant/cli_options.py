@@ -4,6 +4,10 @@ defaults and help stay the same everywhere."""
 from __future__ import annotations
 
 import argparse
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 CALIBRATIONS = "minmax, mse or hqq"
 
@@ -34,12 +38,44 @@ def add_lm_texts(parser: argparse.ArgumentParser, measured: str, calibration: st
     ``--max-sequences``): the texts a command reads with a checkpoint's tokenizer."""
     parser.add_argument("--text", metavar="FILE", help=measured)
     parser.add_argument("--calibration-text", metavar="FILE", help=calibration)
+    add_sequences(parser, "each of --text and --calibration-text", seq_len=256, max_sequences=32)
+
+
+def add_sequences(
+    parser: argparse.ArgumentParser, of: str, *, seq_len: int, max_sequences: int
+) -> None:
+    """``--seq-len`` / ``--max-sequences``: how a text is cut into token-id sequences (the same
+    spelling in every command that reads text; each command keeps its own defaults)."""
     parser.add_argument(
-        "--seq-len", type=int, default=256, help="tokens per sequence (default 256)"
+        "--seq-len", type=int, default=seq_len, metavar="LEN",
+        help=f"tokens per sequence cut from {of} (default {seq_len}); a text shorter than one "
+        "sequence gives one sequence of its length",
     )  # fmt: skip
     parser.add_argument(
-        "--max-sequences", type=int, default=32,
-        help="sequences taken from each text at most (default 32)",
+        "--max-sequences", type=int, default=max_sequences, metavar="N",
+        help=f"sequences taken from {of} at most, from its start (default {max_sequences}; "
+        "fewer when the text is shorter)",
+    )  # fmt: skip
+
+
+class _CalibrationTokens(argparse.Action):
+    """The old ``--calibration-tokens N LEN``: sets ``--max-sequences N --seq-len LEN``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        n, length = values
+        logger.warning("%s N LEN is deprecated; use --max-sequences %d --seq-len %d",
+                       option_string, n, length)  # fmt: skip
+        namespace.max_sequences, namespace.seq_len = n, length
+
+
+def add_deprecated_calibration_tokens(parser: argparse.ArgumentParser) -> None:
+    """``--calibration-tokens N LEN``, kept working (with a warning) for ``--max-sequences N
+    --seq-len LEN``."""
+    parser.add_argument(
+        "--calibration-tokens", type=int, nargs=2, metavar=("N", "LEN"),
+        action=_CalibrationTokens, default=argparse.SUPPRESS,
+        help="deprecated spelling of --max-sequences N --seq-len LEN",
     )  # fmt: skip
 
 

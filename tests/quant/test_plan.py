@@ -112,7 +112,7 @@ def test_export_llm_with_a_plan_and_gptq(tmp_path, capsys):
     Plan({"model.layers.0.*": "q4_0", "*": "minmax:3:g32"}).save(tmp_path / "plan.json")
     args = ["export-llm", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"), "--plan",
             str(tmp_path / "plan.json"), "--calibration", "gptq", "--calibration-text",
-            str(tmp_path / "calib.txt"), "--calibration-tokens", "4", "16", "--quiet",
+            str(tmp_path / "calib.txt"), "--max-sequences", "4", "--seq-len", "16", "--quiet",
             "--calibration-option", "act_order=true", "damp=0.05"]  # fmt: skip
     assert main(args) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

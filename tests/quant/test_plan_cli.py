@@ -67,7 +67,7 @@ def test_cli_plan_with_gptq_then_export_llm_checks_in_tract(ckpt, capsys):
     capsys.readouterr()
     assert main(["export-llm", str(tmp / "ckpt"), "-o", str(tmp / "out"), "--plan",
                  str(tmp / "plan.json"), "--calibration", "gptq", "--calibration-text",
-                 str(tmp / "calib.txt"), "--calibration-tokens", "4", "16",
+                 str(tmp / "calib.txt"), "--max-sequences", "4", "--seq-len", "16",
                  "--calibration-option", "damp=0.05", "--quiet"]) == 0  # fmt: skip
     assert "check       passed" in capsys.readouterr().out
     manifest = json.loads((tmp / "out" / "manifest.json").read_text())
