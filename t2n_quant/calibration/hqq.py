@@ -30,40 +30,42 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 
 def _shrink_sums(
-    fit: BlockFit, residual: torch.Tensor, q: torch.Tensor, beta: float, p: float
+    fit: BlockFit, residual: torch.Tensor, u: torch.Tensor | None, beta: float, p: float
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Per block ``sum e`` and ``sum e * q`` for ``e = shrink_lp(-residual)``, or Nones when
-    ``e`` is all zero (``shrink_lp`` is zero where ``|x| <= beta ** (-1 / (2 - p))``).
-    Dense, in ``fit``'s buffers: where many values pass the threshold, gathering them costs
-    more than shrinking them all. ``residual`` is overwritten."""
+    """Per block ``sum e`` and (when ``u`` is given) ``sum e * u`` for
+    ``e = shrink_lp(residual)``, float64, or Nones when ``e`` is all zero (``shrink_lp`` is
+    zero where ``|x| <= beta ** (-1 / (2 - p))``). Dense, in ``fit``'s buffers: where many
+    values pass the threshold, gathering them costs more than shrinking them all.
+    ``residual`` is overwritten."""
     t = beta ** (-1.0 / (2.0 - p))
     lo, hi = torch.aminmax(residual)
     if float(hi) <= t and float(lo) >= -t:
         return None, None
-    # -shrink_lp(-r) = sign(r) relu(|r| - |r|**(p-1) / beta) = r relu(1 - |r|**(p-2) / beta)
+    # shrink_lp(r) = sign(r) relu(|r| - |r|**(p-1) / beta) = r relu(1 - |r|**(p-2) / beta)
     # |r|**(p-2) as exp2((p-2) log2|r|): vectorised, where pow is not (1e-6 relative apart)
     keep = torch.abs(residual, out=fit.tmp).log2_().mul_(p - 2.0).exp2_()
     keep.div_(-beta).add_(1.0).relu_()
-    minus_e = residual.mul_(keep)
-    return rowsum(minus_e).neg_(), rowdot(minus_e, q, out=fit.tmp).neg_()
+    e = residual.mul_(keep)
+    return rowsum(e).double(), None if u is None else rowdot(e, u, out=fit.tmp).double()
 
 
 def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> QParams:
     codec = fit.codec
-    stored = codec.store(cur.params)
-    assert cur.q is not None and cur.residual is not None
-    s = stored.scale.float()
-    se, seq = _shrink_sums(fit, cur.residual, cur.q, beta, p)
+    assert cur.u is not None and cur.residual is not None
+    se, seu = _shrink_sums(fit, cur.residual, None if codec.has_zero else cur.u, beta, p)
     if codec.has_zero:
-        assert cur.sq is not None and fit.sx is not None
+        # the zero point whose values have the mean of x - e: z + (sum u - sum(x - e) / s) / n
+        assert cur.su is not None and fit.sx is not None and cur.params.zero is not None
+        stored = codec.store(cur.params)
+        s = stored.scale.double()
         safe = torch.where(s == 0, torch.ones_like(s), s)
         sx = fit.sx if se is None else fit.sx - se
-        zero = (cur.sq - sx / safe) / fit.n
-        return QParams(cur.params.scale, zero.clamp(0.0, float(codec.qmax)))
-    assert cur.sxq is not None and cur.sqq is not None
-    num = cur.sxq if seq is None else cur.sxq - seq
-    s = torch.where(cur.sqq > 0, num / cur.sqq.clamp(min=1e-30), cur.params.scale)
-    return QParams(s.to(codec.storage_dtype).float())
+        zero = stored.zero.double() + (cur.su - sx / safe) / fit.n  # type: ignore[union-attr]
+        return QParams(cur.params.scale, zero.clamp(0.0, float(codec.qmax)).float())
+    assert cur.sxu is not None and cur.suu is not None
+    num = cur.sxu if seu is None else cur.sxu - seu
+    s = torch.where(cur.suu > 0, num / cur.suu.clamp(min=1e-300), cur.params.scale.double())
+    return QParams(s.float().to(codec.storage_dtype).float())
 
 
 @register("hqq")

@@ -1,8 +1,8 @@
 """MSE calibration: least-squares refinement of min-max parameters, block by block.
 
-Vectorised over all blocks and cheap: a handful of candidates, each scored with one pass
-that also takes the per-block sums (``sum x*q``, ``sum q*q``, ...) the next candidate is
-fitted from, instead of a grid of fake-quantized copies.
+Vectorised over all blocks and cheap: a handful of candidates, each scored by its codes,
+its residual and two fused norms (:class:`BlockFit`), which also give the per-block sums
+the next candidate is fitted from, instead of a grid of fake-quantized copies.
 
 1. Starts: the min-max parameters (so the result is never worse than min-max); for
    codecs without a zero point (q4_0 included) also the other orientation of the signed
@@ -80,6 +80,15 @@ def rowdot(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) ->
     return rowsum(torch.mul(a, b, out=out) if out is not None else a * b)
 
 
+def squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """``(x * x).sum(-1, keepdim=True)`` in one fused pass, as float32.
+
+    >>> squared_norm(torch.tensor([[3.0, 4.0]])).tolist()
+    [[25.0]]
+    """
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_()
+
+
 def block_error(codec: Codec, blocks: torch.Tensor, params: QParams, norm: float) -> torch.Tensor:
     """``sum |fake_quantize(blocks) - blocks| ** norm`` per block, shape ``(n_blocks, 1)``."""
     diff = codec.fake_quantize(blocks, params).sub_(blocks)
@@ -89,26 +98,33 @@ def block_error(codec: Codec, blocks: torch.Tensor, params: QParams, norm: float
 
 @dataclass
 class Scored:
-    """Parameters, the codes they give, the sums that score them, and their error."""
+    """Parameters, the codes they give, their error, and the sums a fit needs.
+
+    ``u`` are the codes less the zero point, so a block's values are ``u * scale``; the sums
+    are float64 per block: ``sxu = sum w x u``, ``suu = sum w u u``, ``su = sum w u`` (``w``
+    the weights, 1 unweighted; ``su`` only for codecs with a zero point).
+    """
 
     params: QParams
-    q: torch.Tensor | None
+    u: torch.Tensor | None
     error: torch.Tensor
     #: ``None`` when scored with ``sums=False`` (the last iterate, which nothing is fitted from)
-    sxq: torch.Tensor | None
-    sqq: torch.Tensor | None
-    sq: torch.Tensor | None
-    #: ``dequantized - blocks`` (unweighted fits), valid until the next :meth:`BlockFit.score`
+    sxu: torch.Tensor | None
+    suu: torch.Tensor | None
+    su: torch.Tensor | None
+    #: ``blocks - values`` (unweighted), valid until the next :meth:`BlockFit.score`
     residual: torch.Tensor | None = None
 
 
 class BlockFit:
     """Per-block squared errors and the sums that fit parameters (see the module docstring).
 
-    ``q`` are the codes as the dequantization sees them (:meth:`Codec.float_codes`):
-    ``value = (q - zero) * scale``. ``weights`` (broadcastable to the blocks, >= 0) weigh
-    each value's squared error (GPTQ passes each column's importance); all sums are then
-    weighted sums.
+    A candidate costs its codes (:meth:`Codec.float_codes`), the residual ``x - u * s`` (one
+    ``addcmul``) and two fused norms: its error ``sum w r r`` and ``sum w u u``. ``sum w x u``
+    is not summed but solved from ``error = sum w x x - 2 s sum w x u + s**2 sum w u u``
+    (float64; the error is exact, so no candidate is ranked on a cancelling difference).
+    ``weights`` (broadcastable to the blocks, >= 0) weigh each value's squared error (GPTQ
+    passes each column's importance).
     """
 
     def __init__(
@@ -119,65 +135,69 @@ class BlockFit:
         scale_sums: bool = True,
     ) -> None:
         self.codec, self.blocks = codec, blocks
-        #: whether :meth:`score` takes ``sum x*q`` and ``sum q*q`` (a fit of the scale needs them)
+        #: whether :meth:`score` takes ``sum x*u`` and ``sum u*u`` (a fit of the scale needs them)
         self.scale_sums = scale_sums
         self.w = None if weights is None else weights.float().expand_as(blocks)
-        self.xw = blocks if self.w is None else blocks * self.w
         self.root_w = None if self.w is None else self.w.sqrt()
+        xw = blocks if self.w is None else blocks * self.w
+        self.xx = squared_norm(blocks if self.root_w is None else blocks * self.root_w).double()
         self.n: float | torch.Tensor = (
-            blocks.shape[-1] if self.w is None else self.w.sum(dim=-1, keepdim=True)
+            float(blocks.shape[-1]) if self.w is None else self.w.sum(-1, keepdim=True).double()
         )
-        self.sx = rowsum(self.xw) if codec.has_zero else None
-        # two buffers of the blocks' size, reused by every candidate: the residual and the
-        # products summed (fresh tensors of that size cost page faults on every candidate)
+        self.sx = rowsum(xw).double() if codec.has_zero else None
+        # buffers of the blocks' size, reused by every candidate (fresh tensors of that size
+        # cost page faults on every candidate): the residual, a scratch one, and the codes,
+        # alternating between two, since a step reads the last candidate's codes
         self.work = torch.empty_like(blocks)
         self.tmp = torch.empty_like(blocks)
-        #: codes alternate between two buffers: a step reads the last candidate's codes
         self.codes = (torch.empty_like(blocks), torch.empty_like(blocks))
         self.scored = 0
 
     def score(self, params: QParams, sums: bool = True) -> Scored:
         """``params``' codes and error; with ``sums``, also the sums the next fit needs."""
         codec = self.codec
-        q = codec.float_codes(self.blocks, params, out=self.codes[self.scored % 2])
+        u = codec.float_codes(self.blocks, params, out=self.codes[self.scored % 2])
         self.scored += 1
         stored = codec.store(params)
         scale = stored.scale.float()
         if stored.zero is not None:
-            residual = torch.sub(q, stored.zero.float(), out=self.work).mul_(scale)
-        else:
-            residual = torch.mul(q, scale, out=self.work)
-        residual.sub_(self.blocks)
-        if self.w is not None:
-            residual.mul_(self.root_w)
-        # one fused pass; sqrt and square are monotonic, so no candidate is ranked above a
-        # better one
-        error = torch.linalg.vector_norm(residual, dim=-1, keepdim=True).square_()
-        kept = residual if self.w is None else None
+            u.sub_(stored.zero.float())
+        residual = torch.addcmul(self.blocks, u, scale, value=-1.0, out=self.work)
+        weighted = residual if self.root_w is None else residual * self.root_w
+        error = squared_norm(weighted)
         if not sums:
-            return Scored(params, q, error, None, None, None, kept)
-        qw = q if self.w is None else q * self.w
-        sq = rowsum(qw) if codec.has_zero else None
+            return Scored(params, u, error, None, None, None, residual)
+        su = None
+        if codec.has_zero:
+            su = (rowsum(u) if self.w is None else rowdot(u, self.w, out=self.tmp)).double()
         if not self.scale_sums:
-            return Scored(params, q, error, None, None, sq, kept)
-        sxq, sqq = rowdot(self.xw, q, out=self.tmp), rowdot(qw, q, out=self.tmp)
-        return Scored(params, q, error, sxq, sqq, sq, kept)
+            return Scored(params, u, error, None, None, su, residual)
+        suu = squared_norm(u if self.root_w is None else torch.mul(u, self.root_w, out=self.tmp))
+        suu = suu.double()
+        s = scale.double()
+        sxu = (self.xx + s * s * suu - error.double()) / (2.0 * s)
+        sxu = torch.where(s != 0, sxu, torch.zeros_like(sxu))
+        return Scored(params, u, error, sxu, suu, su, residual)
 
     def least_squares(self, cur: Scored) -> QParams:
         """The parameters with the least squared error for ``cur``'s codes."""
-        assert cur.sxq is not None and cur.sqq is not None
-        if not self.codec.has_zero:
-            s = torch.where(cur.sqq > 0, cur.sxq / cur.sqq.clamp(min=1e-30), cur.params.scale)
-            return QParams(s.to(self.codec.storage_dtype).float())
-        assert cur.sq is not None and self.sx is not None and cur.params.zero is not None
+        assert cur.sxu is not None and cur.suu is not None
+        codec = self.codec
+        old = cur.params.scale.double()
+        if not codec.has_zero:
+            s = torch.where(cur.suu > 0, cur.sxu / cur.suu.clamp(min=1e-300), old)
+            return QParams(s.float().to(codec.storage_dtype).float())
+        # values (q - z) s' + c fitted as a * u + b (u = q - z): s' = a, zero' = z - b / a
+        assert cur.su is not None and self.sx is not None and cur.params.zero is not None
         n = self.n
-        var = cur.sqq - cur.sq * cur.sq / n
-        cov = cur.sxq - self.sx * cur.sq / n
-        s = torch.where(var > 0, cov / var.clamp(min=1e-30), cur.params.scale)
-        s = torch.where(s > 0, s, cur.params.scale).to(self.codec.storage_dtype).float()
-        safe = torch.where(s > 0, s, torch.ones_like(s))
-        zero = ((cur.sq * s - self.sx) / (n * safe)).clamp(0.0, float(self.codec.qmax))
-        return QParams(s, torch.where(s > 0, zero, cur.params.zero))
+        var = cur.suu - cur.su * cur.su / n
+        cov = cur.sxu - self.sx * cur.su / n
+        a = torch.where(var > 0, cov / var.clamp(min=1e-300), old)
+        a = torch.where(a > 0, a, old).float().to(codec.storage_dtype).double()
+        safe = torch.where(a > 0, a, torch.ones_like(a))
+        zero = codec.store(cur.params).zero.double()  # type: ignore[union-attr]
+        zero = (zero + (cur.su * safe - self.sx) / (n * safe)).clamp(0.0, float(codec.qmax))
+        return QParams(a.float(), torch.where(a > 0, zero, cur.params.zero.double()).float())
 
 
 def keep_better(best: Scored, cand: Scored) -> Scored:
@@ -190,8 +210,8 @@ def keep_better(best: Scored, cand: Scored) -> Scored:
     zero = pick(cand.params.zero, best.params.zero)
     return Scored(
         QParams(torch.where(b, cand.params.scale, best.params.scale), zero), None,
-        torch.where(b, cand.error, best.error), pick(cand.sxq, best.sxq),
-        pick(cand.sqq, best.sqq), pick(cand.sq, best.sq),
+        torch.where(b, cand.error, best.error), pick(cand.sxu, best.sxu),
+        pick(cand.suu, best.suu), pick(cand.su, best.su),
     )  # fmt: skip
 
 

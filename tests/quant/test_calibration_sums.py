@@ -1,0 +1,131 @@
+"""mse / hqq internals against the slow reference formulas: BlockFit's sums (``sum w x u`` is
+solved from the error, not summed), its least-squares step, and the never-worse-than-minmax
+guarantee on weights of any scale, with zero and constant blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from t2n_quant import calibrate
+from t2n_quant.calibration.minmax import minmax_params
+from t2n_quant.calibration.mse import BlockFit, block_error, mse_search
+from t2n_quant.codecs import Codec, MinMaxCodec, Q4_0Codec, QParams, SymmetricCodec
+
+CODECS = [Q4_0Codec(), MinMaxCodec(4, 32), MinMaxCodec(2, 16), MinMaxCodec(8, None),
+          SymmetricCodec(4, 32), SymmetricCodec(3, 16), SymmetricCodec(8, None)]  # fmt: skip
+IDS = [c.spec for c in CODECS]
+
+
+def reference_sums(
+    codec: Codec, x: torch.Tensor, params: QParams, w: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The sums and the error, straight from their definitions, in float64."""
+    stored = codec.store(params)
+    u = codec.float_codes(x, params).double()
+    if stored.zero is not None:
+        u = u - stored.zero.double()
+    value = u * stored.scale.double()
+    xd, wd = x.double(), w.double().expand_as(u)
+    return {
+        "error": ((xd - value) ** 2 * wd).sum(-1, keepdim=True),
+        "sxu": (wd * xd * u).sum(-1, keepdim=True),
+        "suu": (wd * u * u).sum(-1, keepdim=True),
+        "su": (wd * u).sum(-1, keepdim=True),
+    }
+
+
+def scaled_blocks(codec: Codec, scale: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(24, codec.block_size(64), generator=g) * scale
+    x[3] = 0.0  # an all-zero block
+    x[5] = 0.5 * scale  # a constant block
+    return x
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 300.0])
+def test_blockfit_sums_match_the_definitions(codec: Codec, scale: float, weighted: bool) -> None:
+    x = scaled_blocks(codec, scale, seed=1)
+    k = x.shape[1]
+    w = torch.rand(1, k, generator=torch.Generator().manual_seed(2)) if weighted else None
+    fit = BlockFit(codec, x, w)
+    # min-max, a shrunk scale (clips) and a grown one: the sums hold for any parameters
+    mm = minmax_params(codec, x)
+    for factor in (1.0, 0.7, 1.3):
+        params = QParams(mm.scale * factor, mm.zero)
+        got = fit.score(params)
+        ref = reference_sums(codec, x, params, torch.ones(1, k) if w is None else w)
+        norm = ref["error"] + ref["suu"] * codec.store(params).scale.double() ** 2
+        torch.testing.assert_close(got.error.double(), ref["error"], rtol=1e-5, atol=1e-30)
+        assert got.sxu is not None and got.suu is not None
+        # sum x u is solved from the error: its slack is relative to sum x x, not to itself
+        sxu_slack = 1e-5 * (norm + 1e-30) / codec.store(params).scale.double().abs().clamp(
+            min=1e-30)
+        assert bool(((got.sxu - ref["sxu"]).abs() <= sxu_slack).all())
+        torch.testing.assert_close(got.suu, ref["suu"], rtol=1e-5, atol=1e-6)
+        if codec.has_zero:
+            assert got.su is not None
+            torch.testing.assert_close(got.su, ref["su"], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+def test_least_squares_step_matches_the_normal_equations(codec: Codec) -> None:
+    x = scaled_blocks(codec, 1.0, seed=3)
+    fit = BlockFit(codec, x)
+    start = minmax_params(codec, x)
+    step = fit.least_squares(fit.score(start))
+    ref = reference_sums(codec, x, start, torch.ones(1, x.shape[1]))
+    stored = codec.store(start)
+    live = (ref["suu"] > 0).squeeze(1) & (x.abs().amax(-1) > 0)
+    if not codec.has_zero:
+        s = (ref["sxu"] / ref["suu"]).float().to(torch.float16).float()
+        torch.testing.assert_close(step.scale[live], s[live], rtol=1e-3, atol=0)
+        return
+    # fit x ~ a u + b per block; then scale = a and zero = z - b / a
+    n = x.shape[1]
+    sx = x.double().sum(-1, keepdim=True)
+    var = ref["suu"] - ref["su"] ** 2 / n
+    a = (ref["sxu"] - sx * ref["su"] / n) / var
+    live &= (var > 0).squeeze(1) & (a > 0).squeeze(1)
+    a16 = a.float().to(torch.float16).double()
+    zero = (stored.zero.double() - (sx - a16 * ref["su"]) / n / a16).clamp(0, codec.qmax)
+    torch.testing.assert_close(step.scale.double()[live], a16[live], rtol=1e-3, atol=0)
+    torch.testing.assert_close(step.zero.double()[live], zero[live], rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    codec=st.sampled_from(CODECS),
+    method=st.sampled_from(["mse", "hqq"]),
+    scale=st.sampled_from([1e-4, 0.02, 1.0, 50.0]),
+    heavy=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_never_worse_than_minmax_any_scale(
+    codec: Codec, method: str, scale: float, heavy: bool, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, codec.block_size(64), generator=g)
+    if heavy:  # Student-t with 2 degrees of freedom: a normal over a chi
+        x = x / (torch.randn(16, x.shape[1], 2, generator=g).square().mean(-1).sqrt() + 1e-3)
+    x = x * scale
+    x[0] = 0.0
+    base = block_error(codec, x, minmax_params(codec, x), 2.0)
+    got = block_error(codec, x, calibrate(codec, x, method), 2.0)
+    assert bool((got <= base).all())
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+def test_weighted_mse_never_worse_than_minmax_in_its_weights(codec: Codec) -> None:
+    x = scaled_blocks(codec, 0.05, seed=4)
+    w = torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) ** 3  # per block
+
+    def weighted(params: QParams) -> torch.Tensor:
+        return ((codec.fake_quantize(x, params) - x).square() * w).sum(-1)
+
+    assert bool((weighted(mse_search(codec, x, weights=w)) <= weighted(
+        minmax_params(codec, x))).all())  # fmt: skip
