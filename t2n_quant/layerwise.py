@@ -637,12 +637,16 @@ def _solve(
 
 
 def _fold(producer: nn.Module, s: torch.Tensor) -> Callable[[], None] | None:
-    """Divide ``producer``'s output channels by ``s`` (a norm's affine weight and bias, or a
-    Linear's rows); returns the undo, or None when ``producer`` is not such an op."""
+    """Divide ``producer``'s output channels by ``s`` (a norm's affine weight and bias, a
+    Linear's rows, a convolution's output channels); returns the undo, or None when
+    ``producer`` is not such an op."""
     k = s.numel()
     params = []
     if isinstance(producer, nn.Linear) and producer.out_features == k:
         params = [(producer.weight, s[:, None]), (producer.bias, s)]
+    elif isinstance(producer, (nn.Conv1d, nn.Conv2d)) and producer.out_channels == k:
+        rows = s.reshape(-1, *[1] * (producer.weight.dim() - 1))
+        params = [(producer.weight, rows), (producer.bias, s)]
     elif not isinstance(producer, nn.Linear):
         weight = getattr(producer, "weight", None)
         if isinstance(weight, nn.Parameter) and weight.dim() == 1 and weight.numel() == k:
@@ -664,16 +668,32 @@ def _fold(producer: nn.Module, s: torch.Tensor) -> Callable[[], None] | None:
 
 def _awq(targets: list[Target], job: Job, produced: dict[int, Any],
          probe: Callable[[], torch.Tensor]) -> None:  # fmt: skip
-    """AWQ on each group of targets reading the same input, folded into its producer."""
-    groups: dict[int, list[Target]] = {}
+    """AWQ on each group of targets reading the same input the same way (Linears; one kind
+    of convolution), folded into its producer."""
+    groups: dict[tuple[int, Any], list[Target]] = {}
     for t in targets:
-        groups.setdefault(id(t.first_input), []).append(t)
-    for group in groups.values():
+        if t.parts is not None:  # one set of scales cannot serve three inputs
+            job.note(f"awq: {t.weight.name}: its query, key and value differ; plain "
+                     f"{job.options['inner']!r} rounding")  # fmt: skip
+            t.hessian, t.parts = None, None
+            job.assign(t, t.weight.param.detach(), None)
+            continue
+        groups.setdefault((id(t.first_input), _columns(t.module)), []).append(t)
+    # last reached first: a group's producer may be an earlier group's module, still float
+    for group in reversed(groups.values()):
         names = ", ".join(t.weight.name for t in group)
         job.note(f"awq: {names}: {_awq_group(group, job, produced, probe)}")
         for t in group:
             t.hessian = None
             job.assign(t, t.weight.param.detach(), None)
+
+
+def _columns(module: nn.Module) -> Any:
+    """How ``module`` turns its input into the columns its weight multiplies: None for a
+    Linear or an attention's projections (the features), a convolution's geometry."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return (type(module), module.kernel_size, module.stride, module.padding, module.dilation)
+    return None
 
 
 def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
@@ -687,34 +707,42 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     path, producer, _ = found
     first = group[0]
     act = first.act / max(first.rows, 1)  # type: ignore[operator]
+    repeat = 1
+    if isinstance(first.module, (nn.Conv1d, nn.Conv2d)):  # columns: channel x kernel
+        repeat = act.numel() // first.module.in_channels
+        act = act.reshape(-1, repeat).mean(1)
     weights = [t.weight.param.detach() for t in group]
     codecs, h = [t.codec for t in group], first.hessian
     assert h is not None
     s, alpha, ratio = search_scales(weights, codecs, h, act, inner=inner,
-                                    grid=job.options.get("grid", 20))  # fmt: skip
+                                    grid=job.options.get("grid", 20), repeat=repeat)  # fmt: skip
     if alpha == 0:
         return f"no scaling beats {plain}"
     ref = probe()
     undo = _fold(producer, s)
     if undo is None:
         return f"{path!r} ({type(producer).__name__}) cannot take the scales; {plain}"
+
+    def along_inputs(w: torch.Tensor) -> torch.Tensor:  # dim 1: a weight's input channels
+        return s.to(w.device, w.dtype).reshape(1, -1, *[1] * (w.dim() - 2))
+
     for w in weights:
-        w.mul_(s.to(w.device, w.dtype))
+        w.mul_(along_inputs(w))
     got = probe()
     err = float((got - ref).float().norm() / ref.float().norm().clamp(min=1e-30))
     if err < 1e-3:
         return f"scales (alpha {alpha:.2f}, output error x{ratio:.2f}) folded into {path!r}"
     undo()
     for w in weights:
-        w.div_(s.to(w.device, w.dtype))
+        w.div_(along_inputs(w))
     return f"folding into {path!r} would change the model (its output has other users); {plain}"
 
 
 def not_applicable(w: Any, method: str = "gptq") -> str | None:
     """Why ``method`` cannot calibrate ``w`` (a ``t2n_quant.weights.Weight``), or None: it
-    needs the one module reading the inputs, a Linear (``awq``), or for ``gptq`` also a
-    Conv1d / Conv2d with zero padding given as numbers and one group, or the q/k/v
-    projections of an ``nn.MultiheadAttention``."""
+    needs the one module reading the inputs: a Linear, a Conv1d / Conv2d with zero padding
+    given as numbers and one group, or the q/k/v projections of an
+    ``nn.MultiheadAttention`` (``gptq`` and ``awq`` alike)."""
     if len(w.users) > 1:
         return "shared by several modules"
     module = w.users[0][1]
@@ -722,9 +750,9 @@ def not_applicable(w: Any, method: str = "gptq") -> str | None:
         return f"the {w.attr} of a {w.module_type}"
     if isinstance(module, nn.Linear):
         return None
-    if method == "gptq" and isinstance(module, nn.MultiheadAttention):
+    if isinstance(module, nn.MultiheadAttention):
         return None if w.attr in ATTENTION_INPUTS else f"the {w.attr} of a {w.module_type}"
-    if method == "gptq" and isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         if module.groups != 1:
             return f"a grouped {w.module_type} (groups={module.groups})"
         if isinstance(module.padding, str) or module.padding_mode != "zeros":

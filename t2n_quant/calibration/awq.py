@@ -2,7 +2,9 @@
 
 After Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and
 Acceleration" (2023). The Linears that read the same input ``X`` (``q``/``k``/``v`` after a
-norm) are quantized as ``Q(W diag(s)) diag(1/s)``: channels with large activations get
+norm; also an attention's packed input projection, or a Conv1d / Conv2d, whose input
+channels each cover ``kernel`` columns of its ``rows x k`` view) are quantized as
+``Q(W diag(s)) diag(1/s)``: channels with large activations get
 finer steps. ``s = mean|X|^alpha`` (normalised), with ``alpha`` searched on a grid for the
 least output error ``sum_L ||(Q(W_L diag(s)) diag(1/s) - W_L) X^T||^2``, computed from
 ``H = X^T X`` (no pass over the data per candidate). ``diag(1/s)`` is then folded into the
@@ -41,10 +43,13 @@ def search_scales(
     *,
     inner: str | Calibration = "minmax",
     grid: int = 20,
+    repeat: int = 1,
 ) -> tuple[torch.Tensor, float, float]:
     """``(s, alpha, error ratio)``: the per-input-channel scales with the least output error
     for the Linears ``weights`` reading one input, ``act`` its mean ``|x|`` per channel.
     ``alpha = 0`` (``s = 1``, plain rounding) is a candidate, so the ratio is at most 1.
+    ``repeat``: columns of the weights' ``rows x k`` view (and of ``hessian``) per channel,
+    channel-major (a convolution's kernel positions; 1 for a Linear).
 
     >>> torch.manual_seed(0); x = torch.randn(512, 64) * torch.linspace(0.1, 4, 64)
     <torch._C.Generator object at ...>
@@ -62,10 +67,11 @@ def search_scales(
         alpha = i / grid
         s = a.pow(alpha)
         s = s / (s.max() * s.min()).sqrt()
+        cols = s.repeat_interleave(repeat) if repeat > 1 else s
         err = 0.0
         for w, codec in zip(weights, codecs):
             w2 = w.reshape(w.shape[0], -1).float()
-            q = fake_quantize_weight(w2 * s, codec, calibrate) / s
+            q = fake_quantize_weight(w2 * cols, codec, calibrate) / cols
             err += output_error(q - w2, h)
         if base is None:
             base = err
