@@ -36,7 +36,7 @@ then a squeeze, and reaches its matmul as one 2-D compressed matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,6 +58,9 @@ class EncodedVariable:
     dtype: torch.dtype | None = None
     custom_item_type: int | None = None
     nbytes: int | None = None  # payload size when known without producing it
+    #: the payload as pieces produced in order, each written before the next is made (a
+    #: weight streamed a slab of rows at a time); only with ``nbytes``, which they add up to
+    chunks: Callable[[], Iterator[bytes | memoryview]] | None = None
 
     def payload_size(self) -> int:
         return self.nbytes if self.nbytes is not None else len(self.data())
@@ -65,6 +68,8 @@ class EncodedVariable:
     def __post_init__(self) -> None:
         if (self.dtype is None) == (self.custom_item_type is None):
             raise ValueError("EncodedVariable needs exactly one of dtype or custom_item_type")
+        if self.chunks is not None and self.nbytes is None:
+            raise ValueError("EncodedVariable with chunks needs nbytes (the size they add up to)")
 
 
 @dataclass(frozen=True)

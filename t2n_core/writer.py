@@ -8,10 +8,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
+from itertools import chain
 
 from t2n_core.encoding import encoding_of
 from t2n_core.ir import Graph
 from t2n_core.nnef import dat, text
+from t2n_core.nnef.archive import Stream
+from t2n_core.nnef.dat import HEADER_SIZE
 from t2n_core.storage import EncodedVariable
 
 logger = logging.getLogger(__name__)
@@ -55,8 +58,11 @@ def tensor_bytes_by_type(graph: Graph) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def _dat_producer(ev: EncodedVariable) -> Callable[[], list[bytes | memoryview]]:
-    def produce() -> list[bytes | memoryview]:
+def _dat_producer(ev: EncodedVariable) -> Callable[[], list[bytes | memoryview] | Stream]:
+    def produce() -> list[bytes | memoryview] | Stream:
+        if ev.chunks is not None and ev.nbytes is not None:
+            header = header_of(ev, ev.nbytes)
+            return Stream(HEADER_SIZE + header.data_length, chain([header.pack()], ev.chunks()))
         payload = ev.data()
         header = header_of(ev, len(payload))
         if ev.custom_item_type is None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gzip
-import io
 import logging
 import os
 import posixpath
@@ -27,19 +25,39 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from t2n_core.errors import ArchiveExistsError, ArchiveFormatError, ArchiveTargetError
 from t2n_core.nnef.dat import HEADER_SIZE
+from t2n_core.nnef.tar_stream import TarStream
 
 logger = logging.getLogger(__name__)
 
 Chunk = bytes | memoryview
-#: (relative path, producer of the content as bytes, as a list of chunks written in order, or
-#: as the Path of an existing file: hard-linked into a folder archive where the file system
-#: allows it, else copied; t2n never writes a file in place, so linked archives stay apart)
-FileProducer = tuple[str, Callable[[], Chunk | list[Chunk] | Path]]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Content of a known ``size`` given as ``chunks`` produced one after the other: each is
+    written before the next is asked for, so the content is never whole in memory. The
+    chunks must add up to ``size`` (the tar header is written first), else the export fails.
+    """
+
+    size: int
+    chunks: Iterable[Chunk]
+
+
+#: (relative path, producer of the content as bytes, as a list of chunks written in order, as
+#: a :class:`Stream`, or as the Path of an existing file: hard-linked into a folder archive
+#: where the file system allows it, else copied; t2n never writes a file in place, so linked
+#: archives stay apart)
+FileProducer = tuple[str, Callable[[], Chunk | list[Chunk] | Stream | Path]]
+
+#: a file copied into a tar is read this many bytes at a time
+_COPY_CHUNK = 1 << 22
 
 
 def _chunks(content: Chunk | list[Chunk]) -> list[memoryview]:
@@ -47,30 +65,10 @@ def _chunks(content: Chunk | list[Chunk]) -> list[memoryview]:
     return [memoryview(c).cast("B") for c in items]
 
 
-class _ChunkReader(io.RawIOBase):
-    """A file object reading a list of buffers in order, copying only what is read."""
-
-    def __init__(self, chunks: list[memoryview]):
-        self._chunks = chunks
-        self._index = 0
-        self._offset = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        out = memoryview(buffer).cast("B")
-        written = 0
-        while written < len(out) and self._index < len(self._chunks):
-            chunk = self._chunks[self._index]
-            n = min(len(out) - written, len(chunk) - self._offset)
-            out[written : written + n] = chunk[self._offset : self._offset + n]
-            written += n
-            self._offset += n
-            if self._offset == len(chunk):
-                self._index += 1
-                self._offset = 0
-        return written
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(_COPY_CHUNK):
+            yield chunk
 
 
 def is_tar_path(path: Path) -> bool:
@@ -210,8 +208,7 @@ def write_archive(
                     _link_or_copy(content, dest)
                 else:
                     with open(dest, "xb") as f:
-                        for chunk in _chunks(content):
-                            f.write(chunk)
+                        _write_content(f, name, content)
                 if progress:
                     progress(name)
         if verify is not None:
@@ -293,40 +290,50 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+def _write_content(f: BinaryIO, name: str, content: Chunk | list[Chunk] | Stream) -> None:
+    if not isinstance(content, Stream):
+        for chunk in _chunks(content):
+            f.write(chunk)
+        return
+    written = 0
+    for chunk in content.chunks:
+        written += f.write(chunk) or 0
+    if written != content.size:
+        raise ArchiveFormatError(f"{name}: {written} bytes produced, {content.size} announced")
+
+
 def _write_tar(
     path: Path,
     files: Iterable[FileProducer],
     compresslevel: int,
     progress: Callable[[str], None] | None,
 ) -> None:
-    with open(path, "wb") as raw:
-        gz = (
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
-            if path.name.endswith(("gz",))
-            else None
-        )
-        # pax: names longer than 100 characters get a pax header (ustar cannot hold them)
-        with tarfile.open(fileobj=gz or raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name, produce in files:
-                content = produce()
-                info = tarfile.TarInfo(member_path(name))
-                info.mtime = 0
-                info.mode = 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                if isinstance(content, Path):
-                    info.size = content.stat().st_size
-                    with open(content, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    chunks = _chunks(content)
-                    info.size = sum(len(c) for c in chunks)
-                    tar.addfile(info, io.BufferedReader(_ChunkReader(chunks), 1 << 20))
-                    del chunks
-                if progress:
-                    progress(name)
-        if gz is not None:
-            gz.close()
+    gzip = compresslevel if path.name.endswith("gz") else None
+    with open(path, "wb", buffering=0) as raw:
+        tar = TarStream(raw, gzip)
+        for name, produce in files:
+            content = produce()
+            info = tarfile.TarInfo(member_path(name))
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            chunks: Iterable[Chunk]
+            if isinstance(content, Path):
+                info.size, chunks = content.stat().st_size, _file_chunks(content)
+            elif isinstance(content, Stream):
+                info.size, chunks = content.size, content.chunks
+            else:
+                chunks = _chunks(content)
+                info.size = sum(len(c) for c in chunks)
+            tar.begin(info)
+            for chunk in chunks:
+                tar.write(chunk)
+            tar.end()
+            del content, chunks
+            if progress:
+                progress(name)
+        tar.close()
 
 
 def list_archive(path: str | os.PathLike) -> dict[str, int]:

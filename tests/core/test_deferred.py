@@ -28,6 +28,20 @@ def test_encoding_reads_nothing_until_written():
     assert reads == [(0, 6)]
 
 
+def test_writer_streams_the_payload_a_slab_at_a_time(monkeypatch):
+    import t2n_core.deferred
+
+    monkeypatch.setattr(t2n_core.deferred, "FLOAT_SLAB_VALUES", 8)  # two rows of 4 values
+    source = torch.randn(6, 4)
+    source[1, 2] = float("nan")
+    weight, reads = counted(source)
+    (var,) = weight.nnef_encoding("w").variables
+    assert var.chunks is not None and not reads
+    chunks = [bytes(c) for c in var.chunks()]
+    assert [len(c) for c in chunks] == [32, 32, 32] and reads == [(0, 2), (2, 4), (4, 6)]
+    assert b"".join(chunks) == bytes(tensor_buffer(source.bfloat16().float()))  # NaN bits too
+
+
 def test_ops_run_on_the_values_and_embedding_reads_its_rows_only():
     source = torch.randn(6, 4)
     weight, reads = counted(source)
