@@ -68,6 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="calibrations to try with each spec (minmax, mse, hqq, gptq, gptq:mse = GPTQ "
         "with mse group scales; default: minmax)",
     )  # fmt: skip
+    p.add_argument(
+        "--batch-size", type=int, default=8, metavar="N",
+        help="sequences of --text run at once (default 8): the float and quantized logits and "
+        "layer outputs held are one batch's",
+    )  # fmt: skip
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
     p.add_argument("--plot", metavar="PNG", help="save a figure (needs matplotlib)")
     p.add_argument(
@@ -348,7 +353,7 @@ def run_compare(args: argparse.Namespace) -> int:
     metric = "kl" if args.checkpoint else "sqnr"
     options = cli_options.calibration_options(args.calibration_option) or None
     comparison = compare(model, inputs, args.codecs, calibrations=args.calibrations, data=data,
-                         device=args.device, metric=metric,
+                         device=args.device, metric=metric, batch_size=args.batch_size,
                          calibration_options=options)  # fmt: skip
     print(comparison)
     if args.layers:

@@ -68,7 +68,8 @@ def test_cli_compare_on_a_checkpoint_with_text(tmp_path, capsys):
     (tmp_path / "calib.txt").write_text(text[::-1])
     rc = main(["compare", str(ckpt), "--text", str(tmp_path / "eval.txt"), "--calibration-text",
                str(tmp_path / "calib.txt"), "--seq-len", "32", "--max-sequences", "4",
-               "--codecs", "q4_0", "--calibrations", "minmax", "gptq"])  # fmt: skip
+               "--codecs", "q4_0", "--calibrations", "minmax", "gptq",
+               "--batch-size", "3"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0
     assert "KL (nats)" in out and "float perplexity" in out and "gptq" in out
