@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 
 from t2n_quant.calibration.minmax import minmax_params
-from t2n_quant.calibration.mse import BlockFit, Scored, in_chunks, keep_better, rowdot, rowsum
+from t2n_quant.calibration.mse import (
+    BlockFit,
+    Scored,
+    Scratch,
+    in_chunks,
+    keep_better,
+    rowdot,
+    rowsum,
+)
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
@@ -84,13 +92,20 @@ def hqq_params(
     >>> hqq_params(MinMaxCodec(bits=3, group_size=64), torch.randn(16, 64)).zero.shape
     torch.Size([16, 1])
     """
-    return in_chunks(lambda b, _: _hqq(codec, b, iters, p, beta, kappa), blocks)
+    return in_chunks(lambda b, _, s: _hqq(codec, b, iters, p, beta, kappa, s), blocks)
 
 
 def _hqq(
-    codec: Codec, blocks: torch.Tensor, iters: int, p: float, beta: float, kappa: float
+    codec: Codec,
+    blocks: torch.Tensor,
+    iters: int,
+    p: float,
+    beta: float,
+    kappa: float,
+    scratch: Scratch | None = None,
 ) -> QParams:
-    fit = BlockFit(codec, blocks, scale_sums=not codec.has_zero)  # zero-point steps: sum q only
+    # zero-point steps take sum u only
+    fit = BlockFit(codec, blocks, scale_sums=not codec.has_zero, scratch=scratch)
     best = cur = fit.score(minmax_params(codec, blocks))
     for i in range(iters):
         cur = fit.score(_half_quadratic_step(fit, cur, beta, p), sums=i < iters - 1)

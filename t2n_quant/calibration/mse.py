@@ -17,6 +17,7 @@ the next candidate is fitted from, instead of a grid of fake-quantized copies.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,30 +27,76 @@ from t2n_quant.calibration.minmax import minmax_params, signed_max
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
-#: values fitted at a time: the few buffers of that size a fit sweeps then stay in cache,
-#: which on CPU makes mse / hqq about twice as fast as one sweep over a 1M-value slab
-CHUNK_VALUES = 1 << 18
+#: values fitted at a time, in buffers kept between chunks and calls (:func:`scratch_for`);
+#: on CPU, 128K-value chunks cost ~1.5x more (per-chunk overhead), 1M-value ones no less
+CHUNK_VALUES = 1 << 19
+
+
+class Scratch:
+    """``count`` buffers for blocks of up to ``rows`` rows like ``like``, lent to every chunk
+    a calibration fits.
+
+    >>> s = Scratch(2, torch.zeros(8, 4), rows=8)
+    >>> [tuple(b.shape) for b in s.lend(torch.zeros(3, 4))]
+    [(3, 4), (3, 4)]
+    """
+
+    def __init__(self, count: int, like: torch.Tensor, rows: int) -> None:
+        self.size = rows * like.shape[-1]
+        self.dtype, self.device = like.dtype, like.device
+        self.flat = torch.empty(count, self.size, dtype=like.dtype, device=like.device).unbind(0)
+
+    def fits(self, blocks: torch.Tensor) -> bool:
+        """Whether :meth:`lend` can view its buffers as ``blocks``."""
+        return (
+            blocks.numel() <= self.size
+            and blocks.dtype == self.dtype
+            and blocks.device == self.device
+        )
+
+    def lend(self, blocks: torch.Tensor) -> list[torch.Tensor]:
+        """The buffers, each viewed as a tensor of ``blocks``' shape."""
+        return [f[: blocks.numel()].view(blocks.shape) for f in self.flat]
+
+
+#: buffers a :class:`BlockFit` borrows: residual, scratch, and two for the codes
+FIT_BUFFERS = 4
+#: each thread's last :class:`Scratch`, kept between calls: fresh buffers of a chunk's size
+#: cost page faults on first touch, on CPU about as much as the fit itself
+_kept = threading.local()
+
+
+def scratch_for(blocks: torch.Tensor, rows: int) -> Scratch:
+    """This thread's kept :class:`Scratch` if it fits ``rows`` rows like ``blocks``, else a
+    new one, kept instead (at most :data:`FIT_BUFFERS` x :data:`CHUNK_VALUES` values)."""
+    like = blocks[:rows]
+    kept: Scratch | None = getattr(_kept, "scratch", None)
+    if kept is None or not kept.fits(like):
+        kept = _kept.scratch = Scratch(FIT_BUFFERS, blocks, like.shape[0])
+    return kept
 
 
 def in_chunks(
-    fit: Callable[[torch.Tensor, torch.Tensor | None], QParams],
+    fit: Callable[[torch.Tensor, torch.Tensor | None, Scratch], QParams],
     blocks: torch.Tensor,
     weights: torch.Tensor | None = None,
 ) -> QParams:
-    """``fit(blocks, weights)`` on runs of about :data:`CHUNK_VALUES` values (blocks are
-    fitted independently, so the parameters are the same); ``weights`` with one row per
-    block are cut with the blocks, others (one row for all) are passed whole.
+    """``fit(blocks, weights, scratch)`` on runs of about :data:`CHUNK_VALUES` values (blocks
+    are fitted independently, so the parameters are the same), all with this thread's
+    :class:`Scratch` (:func:`scratch_for`); ``weights`` with one row per block are cut with
+    the blocks, others (one row for all) are passed whole.
 
-    >>> p = in_chunks(lambda b, w: QParams(b[:, :1]), torch.arange(2.0**19).reshape(-1, 2))
+    >>> p = in_chunks(lambda b, w, s: QParams(b[:, :1]), torch.arange(2.0**19).reshape(-1, 2))
     >>> p.scale.shape, p.scale[-1].item()
     (torch.Size([262144, 1]), 524286.0)
     """
     rows = max(1, CHUNK_VALUES // blocks.shape[-1])
+    scratch = scratch_for(blocks, rows)
     if blocks.shape[0] <= rows:
-        return fit(blocks, weights)
+        return fit(blocks, weights, scratch)
     per_block = weights is not None and weights.dim() == 2 and weights.shape[0] == blocks.shape[0]
     parts = [
-        fit(blocks[i : i + rows], weights[i : i + rows] if per_block else weights)  # type: ignore[index]
+        fit(blocks[i : i + rows], weights[i : i + rows] if per_block else weights, scratch)  # type: ignore[index]
         for i in range(0, blocks.shape[0], rows)
     ]
     zeros = [p.zero for p in parts if p.zero is not None]
@@ -133,6 +180,7 @@ class BlockFit:
         blocks: torch.Tensor,
         weights: torch.Tensor | None = None,
         scale_sums: bool = True,
+        scratch: Scratch | None = None,
     ) -> None:
         self.codec, self.blocks = codec, blocks
         #: whether :meth:`score` takes ``sum x*u`` and ``sum u*u`` (a fit of the scale needs them)
@@ -146,11 +194,12 @@ class BlockFit:
         )
         self.sx = rowsum(xw).double() if codec.has_zero else None
         # buffers of the blocks' size, reused by every candidate (fresh tensors of that size
-        # cost page faults on every candidate): the residual, a scratch one, and the codes,
-        # alternating between two, since a step reads the last candidate's codes
-        self.work = torch.empty_like(blocks)
-        self.tmp = torch.empty_like(blocks)
-        self.codes = (torch.empty_like(blocks), torch.empty_like(blocks))
+        # cost page faults): the residual, a scratch one, and the codes, alternating between
+        # two, since a step reads the last candidate's codes
+        if scratch is None:
+            scratch = Scratch(FIT_BUFFERS, blocks, blocks.shape[0])
+        self.work, self.tmp, *codes = scratch.lend(blocks)
+        self.codes = (codes[0], codes[1])
         self.scored = 0
 
     def score(self, params: QParams, sums: bool = True) -> Scored:
@@ -234,13 +283,17 @@ def mse_search(
     >>> mse_search(Q4_0Codec(), x).scale.shape
     torch.Size([64, 1])
     """
-    return in_chunks(lambda b, w: _mse_search(codec, b, iters, w), blocks, weights)
+    return in_chunks(lambda b, w, s: _mse_search(codec, b, iters, w, s), blocks, weights)
 
 
 def _mse_search(
-    codec: Codec, blocks: torch.Tensor, iters: int, weights: torch.Tensor | None
+    codec: Codec,
+    blocks: torch.Tensor,
+    iters: int,
+    weights: torch.Tensor | None,
+    scratch: Scratch | None = None,
 ) -> QParams:
-    fit = BlockFit(codec, blocks, weights)
+    fit = BlockFit(codec, blocks, weights, scratch=scratch)
     best = fit.score(minmax_params(codec, blocks))
     if not codec.has_zero:
         best = keep_better(best, fit.score(_other_orientation(codec, blocks)))

@@ -63,8 +63,9 @@ def test_blockfit_sums_match_the_definitions(codec: Codec, scale: float, weighte
         torch.testing.assert_close(got.error.double(), ref["error"], rtol=1e-5, atol=1e-30)
         assert got.sxu is not None and got.suu is not None
         # sum x u is solved from the error: its slack is relative to sum x x, not to itself
-        sxu_slack = 1e-5 * (norm + 1e-30) / codec.store(params).scale.double().abs().clamp(
-            min=1e-30)
+        sxu_slack = (
+            1e-5 * (norm + 1e-30) / codec.store(params).scale.double().abs().clamp(min=1e-30)
+        )
         assert bool(((got.sxu - ref["sxu"]).abs() <= sxu_slack).all())
         torch.testing.assert_close(got.suu, ref["suu"], rtol=1e-5, atol=1e-6)
         if codec.has_zero:
@@ -129,3 +130,26 @@ def test_weighted_mse_never_worse_than_minmax_in_its_weights(codec: Codec) -> No
 
     assert bool((weighted(mse_search(codec, x, weights=w)) <= weighted(
         minmax_params(codec, x))).all())  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["mse", "hqq"])
+def test_chunks_and_kept_scratch_change_nothing(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from t2n_quant.calibration import mse
+
+    codec = MinMaxCodec(3, 16)
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(7))
+    whole = calibrate(codec, x, method)  # one chunk
+    monkeypatch.setattr(mse, "CHUNK_VALUES", 16 * 6)  # 7 chunks, the last one short
+    calibrate(codec, torch.randn(13, 16) * 50, method)  # leaves other values in the scratch
+    chunked = calibrate(codec, x, method)
+    in_thread: list[QParams] = []
+    t = threading.Thread(target=lambda: in_thread.append(calibrate(codec, x, method)))
+    t.start()
+    t.join()
+    for got in (chunked, in_thread[0]):  # row sums of other lengths round differently
+        torch.testing.assert_close(got.scale, whole.scale, rtol=1e-6, atol=0)
+        torch.testing.assert_close(got.zero, whole.zero, rtol=1e-6, atol=1e-6)
