@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,11 +197,76 @@ def run_tract_each(
         for i, inputs in enumerate(batches):
             np.savez(work / f"inputs_{i}.npz", *[np.asarray(x) for x in inputs])
         in_tract_child("run", path, work, shown)
-        results = []
-        for i in range(len(batches)):
-            with np.load(work / f"outputs_{i}.npz") as data:
-                results.append([data[f"arr_{k}"] for k in range(len(data.files))])
-        return results
+        return _read_outputs(work, len(batches))
+
+
+class TractLoad:
+    """``path`` loaded in the tract worker in the background, from construction on, while
+    this process does other work (computes the references): :meth:`run` waits for the load
+    and runs lists of inputs on it, as often as asked; :meth:`close` (or leaving the ``with``
+    block) drops it. A load that failed raises its :class:`TractRunError` from :meth:`run`.
+
+    >>> with TractLoad("model.nnef.tgz") as loaded:      # doctest: +SKIP
+    ...     references = compute_references()            # meanwhile, tract loads the archive
+    ...     outputs = loaded.run([inputs_a, inputs_b])
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, *, shown_as: str | None = None, graph: str | None = None
+    ) -> None:
+        self.path, self.shown = path, shown_as or os.fspath(path)
+        self.work = Path(tempfile.mkdtemp(prefix="t2n-tract-"))
+        self.error: BaseException | None = None
+        if graph is not None:
+            from t2n_core.graph_select import graph_io, select_transforms
+
+            selection = [select_transforms(graph_io(path, graph))]
+            (self.work / "graphs.json").write_text(json.dumps(selection))
+        self._thread = threading.Thread(target=self._open, name="t2n-tract-load", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            in_tract_child("open", self.path, self.work, self.shown)
+        except BaseException as exc:  # raised by run(), in the caller's thread
+            self.error = exc
+
+    def run(self, batches: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+        """tract's outputs on each list of inputs of ``batches``, in order."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        for i, inputs in enumerate(batches):
+            np.savez(self.work / f"inputs_{i}.npz", *[np.asarray(x) for x in inputs])
+        try:
+            in_tract_child("run", self.path, self.work, self.shown, validate=False)
+            return _read_outputs(self.work, len(batches))
+        finally:
+            for old in [*self.work.glob("inputs*.npz"), *self.work.glob("outputs*.npz")]:
+                old.unlink()
+
+    def close(self) -> None:
+        self._thread.join()
+        if self.error is None:
+            try:
+                in_tract_child("close", self.path, self.work, self.shown, validate=False)
+            except TractRunError:
+                pass  # the worker is gone, and the model with it
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self) -> TractLoad:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_outputs(work: Path, count: int) -> list[list[np.ndarray]]:
+    results = []
+    for i in range(count):
+        with np.load(work / f"outputs_{i}.npz") as data:
+            results.append([data[f"arr_{k}"] for k in range(len(data.files))])
+    return results
 
 
 def _write_selection(path: str | os.PathLike, graph: str | None, work: Path) -> None:

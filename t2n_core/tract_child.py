@@ -9,7 +9,8 @@ checks many archives starts it once.
   when there is one (keeping one graph of several: :mod:`t2n_core.many`).
 - ``run``: load ARCHIVE, run it on ``WORKDIR/inputs.npz`` (``arr_0``, ``arr_1``, ... in
   order), write ``WORKDIR/outputs.npz`` the same way; likewise each ``WORKDIR/inputs_N.npz``
-  to ``WORKDIR/outputs_N.npz``, all on the one load (io samples of one archive).
+  to ``WORKDIR/outputs_N.npz``, all on the one load (io samples of one archive). With a
+  session ``open`` made for WORKDIR, ARCHIVE is not loaded again: its first graph runs.
 - ``facts``: load ARCHIVE, write its input and output facts (``"2,S,f32"``) as JSON to
   ``WORKDIR/facts.json``.
 - ``open``, ``step``, ``close``: generation in a session this process keeps (keyed by
@@ -199,7 +200,6 @@ def _step(work: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    import numpy as np
     import tract
 
     command, archive, workdir = argv
@@ -213,6 +213,9 @@ def main(argv: list[str]) -> int:
     if command == "close":
         _SESSIONS.pop(str(work), None)
         return 0
+    session = _SESSIONS.get(str(work))
+    if command == "run" and session is not None:  # loaded by ``open``: run its first graph
+        return _run_each(session["runnables"][0], work)
     try:
         model = tract.nnef().with_tract_transformers().with_tract_extra().load(archive)
         select = work / "select.json"
@@ -229,6 +232,13 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         print(tract_message(exc), file=sys.stderr)
         return LOAD_FAILED
+    return _run_each(runnable, work)
+
+
+def _run_each(runnable, work: Path) -> int:
+    """Run each ``WORKDIR/inputs*.npz``, write its ``outputs*.npz``."""
+    import numpy as np
+
     for batch in sorted(work.glob("inputs*.npz")):
         with np.load(batch) as data:
             inputs = [np.asarray(data[f"arr_{i}"], order="C") for i in range(len(data.files))]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from t2n_core.check import CheckReport, compare, run_tract_each
+from t2n_core.check import CheckReport, TractLoad, compare, run_tract_each
 from t2n_core.errors import CheckMismatchError, T2NError
 from t2n_core.llm.wrapper import (
     CausalLMWithCache,
@@ -194,13 +194,15 @@ def check_samples(
     rtol: float,
     raise_on_mismatch: bool = True,
     shown_as: str | None = None,
+    loaded: TractLoad | None = None,
 ) -> CheckReport:
-    """Run every sample in tract, the archive loaded once, and compare with PyTorch's
-    outputs (see :func:`~t2n_core.check.compare`); outputs are named ``OUTPUT@SAMPLE``. A
-    mismatch raises :class:`~t2n_core.errors.CheckMismatchError` unless
-    ``raise_on_mismatch=False``."""
+    """Run every sample in tract, the archive loaded once (``loaded``: already loading, see
+    :class:`~t2n_core.check.TractLoad`), and compare with PyTorch's outputs (see
+    :func:`~t2n_core.check.compare`); outputs are named ``OUTPUT@SAMPLE``. A mismatch raises
+    :class:`~t2n_core.errors.CheckMismatchError` unless ``raise_on_mismatch=False``."""
     shown = shown_as or str(archive)
-    ran = run_tract_each(archive, [list(i.values()) for i, _ in samples.values()], shown_as=shown)
+    batches = [list(inputs.values()) for inputs, _ in samples.values()]
+    ran = loaded.run(batches) if loaded else run_tract_each(archive, batches, shown_as=shown)
     report = CheckReport(atol=atol, rtol=rtol)
     for (name, (_, expected)), actual in zip(samples.items(), ran, strict=True):
         part = compare([f"{o}@{name}" for o in expected], actual, list(expected.values()),

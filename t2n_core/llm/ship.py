@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from t2n_core.check import CheckReport
+from t2n_core.check import CheckReport, TractLoad
 from t2n_core.errors import (
     CheckpointError,
     CheckpointLayoutError,
@@ -211,6 +211,7 @@ def export_checkpoint(
     )
     staging = tmp / "staging"
     staging.mkdir()
+    loading: TractLoad | None = None
     try:
         clock = time.perf_counter()
         archive = staging / ARCHIVE_NAME
@@ -228,6 +229,8 @@ def export_checkpoint(
         timings["capture + write"] = time.perf_counter() - clock
 
         io_samples: dict[str, IoSample] = {}
+        if check:  # tract loads the archive (another process) while PyTorch computes samples
+            loading = TractLoad(archive)
         if check or samples:
             clock = time.perf_counter()
             vocab = int(model.config.get_text_config(decoder=True).vocab_size)
@@ -243,7 +246,7 @@ def export_checkpoint(
             clock = time.perf_counter()
             with progress_bar(total=1, desc="check", unit="archive", disable=not progress,
                               leave=False):  # fmt: skip
-                report = check_samples(archive, io_samples, atol=tol, rtol=tol)
+                report = check_samples(archive, io_samples, atol=tol, rtol=tol, loaded=loading)
             timings["check"] = time.perf_counter() - clock
         for name in (*CONFIG_FILES, *ckpt.tokenizer_files):
             if (ckpt.directory / name).is_file():
@@ -256,6 +259,8 @@ def export_checkpoint(
         check_target(target, overwrite=overwrite, foreign=_not_ours)  # it may have appeared
         replace_target(staging, target, tmp)  # an old output ends up in tmp, removed below
     finally:
+        if loading is not None:
+            loading.close()
         shutil.rmtree(tmp, ignore_errors=True)
     result.path = target / ARCHIVE_NAME
     shipped = ShippedModel(target, manifest, result, report, summary, timings, notes)

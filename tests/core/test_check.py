@@ -112,3 +112,42 @@ def test_relative_paths_after_a_change_of_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     x = np.ones((3, 4), np.float32)
     assert t2n_core.run_tract("a.tgz", [x])[0].shape == (3, 2)
+
+
+def test_an_archive_loaded_once_runs_many_inputs(tmp_path, monkeypatch):
+    """TractLoad loads in the worker in the background, then runs several inputs (of other
+    lengths) on that one load, as often as asked; run_tract_each does the same at once."""
+    from t2n_core import check
+
+    linear = torch.nn.Linear(4, 2)
+    result = t2n_core.export(linear, (torch.randn(3, 4),), tmp_path / "m.tgz",
+                             dynamic_axes={"input": {0: "N"}}, progress=False)  # fmt: skip
+    batches = [[np.random.default_rng(n).normal(size=(n, 4)).astype(np.float32)] for n in (1, 5)]
+    with torch.no_grad():
+        expected = [linear(torch.from_numpy(b[0])).numpy() for b in batches]
+    loads = []
+    real = check.in_tract_child
+
+    def counted(command, *args, **kwargs):
+        loads.append(command)
+        return real(command, *args, **kwargs)
+
+    monkeypatch.setattr(check, "in_tract_child", counted)
+    with check.TractLoad(result.path) as loaded:
+        for _ in range(2):
+            ran = loaded.run(batches)
+            for (got,), want in zip(ran, expected, strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert loads == ["open", "run", "run", "close"]
+    assert [r[0].shape for r in check.run_tract_each(result.path, batches)] == [(1, 2), (5, 2)]
+
+
+def test_a_background_load_that_fails_raises_when_run(tmp_path):
+    from t2n_core.check import TractLoad
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "graph.nnef").write_text("version 1.0;\ngraph network(x) -> (y) { y = nope(x); }\n")
+    with TractLoad(broken) as loaded, pytest.raises(TractRunError, match="could not load"):
+        loaded.run([[np.ones((1, 4), np.float32)]])
+    assert not loaded.work.exists()
