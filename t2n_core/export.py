@@ -23,11 +23,12 @@ from t2n_core.io_spec import IOSpec
 from t2n_core.ir import IDENTIFIER_RULE, Graph, is_identifier, sanitize
 from t2n_core.lora import LoraPlan, applied, plan_lora
 from t2n_core.nnef.archive import check_target, write_archive
+from t2n_core.nnef.dat import DatHeader
 from t2n_core.passes import prepare_for_archive
 from t2n_core.progress import progress_bar
 from t2n_core.translate import translate
 from t2n_core.version import __version__
-from t2n_core.writer import archive_files, tensor_bytes_by_type
+from t2n_core.writer import archive_files, dat_headers, tensor_bytes_by_type
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
     check: CheckReport | None = None
     notes: list[str] = field(default_factory=list)  # graph rewrites worth knowing about
+    dat_headers: dict[str, DatHeader] = field(default_factory=dict)  # by file name
 
     @property
     def total_tensor_bytes(self) -> int:
@@ -183,6 +185,7 @@ def export(
         op_histogram=graph.op_histogram(),
         tensor_bytes=tensor_bytes_by_type(graph),
         files=[name for name, _ in files],
+        dat_headers=dat_headers(graph),
         notes=list(graph.notes),
         check=check_report[0] if check_report else None,
     )

@@ -44,17 +44,23 @@ def header_of(ev: EncodedVariable, payload_size: int | None = None) -> dat.DatHe
     return dat.DatHeader.for_dtype(ev.dtype, ev.shape)
 
 
+def dat_headers(graph: Graph) -> dict[str, dat.DatHeader]:
+    """The header of every ``.dat`` file :func:`archive_files` writes, by file name, known
+    without producing any payload (a file shared by several variables is listed once)."""
+    headers: dict[str, dat.DatHeader] = {}
+    for var in graph.variables.values():
+        for ev in encoding_of(var).variables:
+            name = f"{var.label}{ev.suffix}.dat"
+            if name not in headers:
+                headers[name] = header_of(ev)
+    return headers
+
+
 def tensor_bytes_by_type(graph: Graph) -> dict[str, int]:
     """Payload bytes of every stored file, by ``.dat`` item type name (as ``inspect`` reports)."""
     totals: Counter[str] = Counter()
-    counted: set[str] = set()
-    for var in graph.variables.values():
-        for ev in encoding_of(var).variables:
-            if var.label + ev.suffix in counted:
-                continue  # a shared file (t2n_core.share) is stored once
-            counted.add(var.label + ev.suffix)
-            header = header_of(ev)
-            totals[header.type_name()] += header.data_length
+    for header in dat_headers(graph).values():
+        totals[header.type_name()] += header.data_length
     return dict(sorted(totals.items()))
 
 
@@ -65,12 +71,12 @@ def _dat_producer(ev: EncodedVariable) -> Callable[[], list[bytes | memoryview] 
             return Stream(HEADER_SIZE + header.data_length, chain([header.pack()], ev.chunks()))
         payload = ev.data()
         header = header_of(ev, len(payload))
-        if ev.custom_item_type is None:
-            if header.data_length != len(payload):
-                raise ValueError(
-                    f"payload of {ev.suffix or 'tensor'} has {len(payload)} bytes, header says "
-                    f"{header.data_length}"
-                )
+        expected = header.data_length if ev.custom_item_type is None else ev.nbytes
+        if expected is not None and expected != len(payload):
+            raise ValueError(
+                f"payload of {ev.suffix or 'tensor'} has {len(payload)} bytes, {expected} "
+                "were announced"
+            )
         return [header.pack(), payload]  # written one after the other: no joined copy
 
     return produce

@@ -61,11 +61,9 @@ from t2n_core.lora import with_peft_adapter
 from t2n_core.nnef.archive import (
     TMP_MARK,
     check_target,
-    read_archive_files,
     remove_stale_temporaries,
     replace_target,
 )
-from t2n_core.nnef.dat import DatHeader
 from t2n_core.progress import progress_bar
 from t2n_core.summary import human_bytes
 from t2n_core.version import __version__
@@ -341,15 +339,13 @@ def _manifest(
     experts: str,
 ) -> dict[str, Any]:
     tensors = {}
-    for name, raw in sorted(read_archive_files(archive, dat_headers_only=True).items()):
-        if name.endswith(".dat"):
-            header = DatHeader.unpack(raw)
-            shape = [int(d) for d in header.shape]
-            numel = max(int(np.prod(shape)), 1)
-            tensors[name.removesuffix(".dat")] = {
-                "type": header.type_name(), "shape": shape, "bytes": header.data_length,
-                "bits_per_weight": round(8 * header.data_length / numel, 4),
-            }  # fmt: skip
+    for name, header in sorted(result.dat_headers.items()):  # those written, not read back
+        shape = [int(d) for d in header.shape]
+        numel = max(int(np.prod(shape)), 1)
+        tensors[name.removesuffix(".dat")] = {
+            "type": header.type_name(), "shape": shape, "bytes": header.data_length,
+            "bits_per_weight": round(8 * header.data_length / numel, 4),
+        }  # fmt: skip
     text = model.config.get_text_config(decoder=True)
     generation = getattr(model, "generation_config", None)
     eos = getattr(generation, "eos_token_id", None) or getattr(text, "eos_token_id", None)
