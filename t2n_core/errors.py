@@ -15,6 +15,11 @@ class ExportInputError(T2NError, ValueError):
     """The model, example inputs, names or axes handed to ``export`` are not usable."""
 
 
+class UnsupportedArchitectureError(ExportInputError):
+    """A causal LM whose cache holds state the exported KV-cache step cannot carry (the
+    recurrent state of Mamba-like layers, ...); names the architecture and what is known to work."""
+
+
 class CaptureError(T2NError, RuntimeError):
     """``torch.export`` could not capture the model (data-dependent control flow, ...)."""
 

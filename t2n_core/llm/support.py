@@ -9,3 +9,10 @@ KNOWN_TO_WORK = (
     "Cohere", "Starcoder2", "GPT-J", "Bloom", "Falcon (multi-query)", "Mixtral", "Qwen3-MoE",
     "Qwen2-MoE", "Phi", "GPT-OSS", "DeepSeek-V3",
 )  # fmt: skip
+
+#: what a user of an architecture outside the list reads (see docs/llm-architectures.md)
+NOT_SUPPORTED_NOTE = (
+    "Recurrent and hybrid architectures (Mamba, RWKV, Jamba, Qwen3-Next, ...) keep a state "
+    "that this step does not carry yet; the architectures tried and why the others fail: "
+    "docs/llm-architectures.md"
+)

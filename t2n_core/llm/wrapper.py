@@ -11,6 +11,8 @@ import weakref
 import torch
 from torch import nn
 
+from t2n_core.errors import UnsupportedArchitectureError
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +51,8 @@ def past_shapes_of(model: nn.Module) -> list[tuple[int, int]]:
             try:
                 with FakeTensorMode(allow_non_fake_inputs=True):
                     shapes = _probe(model)
+            except UnsupportedArchitectureError:
+                raise
             except Exception:  # a layer without a fake kernel: run it
                 logger.debug("fake-tensor probe of the cache failed, running one token")
                 shapes = _probe(model)
@@ -61,13 +65,70 @@ def _probe(model: nn.Module) -> list[tuple[int, int]]:
     ids = torch.zeros(1, 1, dtype=torch.long, device=device)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
-    layers = getattr(cache, "layers", None)
-    pairs = [(layer.keys, layer.values) for layer in layers] if layers is not None else cache
+    cache = out["cache"] if "cache" in out else out.get("past_key_values")
     shapes = []
-    for pair in pairs:
+    for pair in _key_value_pairs(model, cache):
         shapes += [(int(t.shape[1]), int(t.shape[3])) for t in pair]
     return shapes
+
+
+#: the tensors a cache layer may hold: what the exported step takes and returns per layer
+KV_TENSORS = ("keys", "values")
+
+
+def _key_value_pairs(model: nn.Module, cache: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(keys, values)`` of each layer of ``cache``; raises
+    :class:`~t2n_core.errors.UnsupportedArchitectureError` when the cache holds anything else
+    (a recurrent state, extra indexer keys, a cache class of the model's own)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None and isinstance(cache, (tuple, list)) and all(
+        isinstance(p, (tuple, list)) and len(p) == 2
+        and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in p)
+        for p in cache
+    ):  # fmt: skip
+        return [tuple(p) for p in cache]
+    if layers is None:
+        _unsupported(model, f"its cache is a {type(cache).__name__}, not a transformers Cache "
+                     "of key/value layers")  # fmt: skip
+    pairs = []
+    for i, layer in enumerate(layers):
+        tensors = _held_tensors(layer)
+        extra = sorted(tensors - set(KV_TENSORS))
+        if extra or not all(isinstance(getattr(layer, k, None), torch.Tensor) for k in KV_TENSORS):
+            held = ", ".join(extra or sorted(tensors)) or "no tensor"
+            _unsupported(
+                model, f"cache layer {i} is a {type(layer).__name__} holding {held} (a recurrent "
+                "or otherwise non key/value state)" if extra else
+                f"cache layer {i} is a {type(layer).__name__} without keys and values "
+                f"(it holds {held})",
+            )  # fmt: skip
+        pairs.append((layer.keys, layer.values))
+    return pairs
+
+
+def _held_tensors(layer: object) -> set[str]:
+    """Names of the tensors a cache layer holds, also inside its dicts and lists
+    (``conv_states[0]``)."""
+    names = set()
+    for key, value in vars(layer).items():
+        if isinstance(value, torch.Tensor):
+            names.add(key)
+        elif isinstance(value, (dict, list, tuple)):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            names |= {f"{key}[{i}]" for i, v in items if isinstance(v, torch.Tensor)}
+    return names
+
+
+def _unsupported(model: nn.Module, why: str) -> None:
+    from t2n_core.llm.support import KNOWN_TO_WORK, NOT_SUPPORTED_NOTE
+
+    model_type = getattr(model.config, "model_type", "?")
+    raise UnsupportedArchitectureError(
+        f"{type(model).__name__} (model_type {model_type!r}) cannot be exported with a KV "
+        f"cache: {why}. export_causal_lm exports one generation step whose state is the "
+        f"key/value tensors of each attention layer. {NOT_SUPPORTED_NOTE}\n"
+        f"Known to export: {', '.join(KNOWN_TO_WORK)}."
+    )
 
 
 class CausalLMWithCache(nn.Module):

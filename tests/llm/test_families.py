@@ -52,8 +52,13 @@ def torch_greedy(model: nn.Module, prompt: torch.Tensor, steps: int):
         eos_token_id=None, max_new_tokens=steps, do_sample=False, output_logits=True,
         return_dict_in_generate=True, pad_token_id=0,
     )  # fmt: skip
-    with torch.no_grad():
-        out = model.generate(prompt, generation_config=config)
+    # generate fills a None of the given config from the model's own: unset the EOS there too
+    eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
+    try:
+        with torch.no_grad():
+            out = model.generate(prompt, generation_config=config)
+    finally:
+        model.generation_config.eos_token_id = eos
     assert out.sequences.shape[1] == prompt.shape[1] + steps
     return out.sequences[:, prompt.shape[1] :].numpy(), [x.float().numpy() for x in out.logits]
 
