@@ -85,22 +85,52 @@ def main() -> None:
 
 
 def _calibration_cost(size: int, repeat: int) -> None:
-    """quantize_tensor seconds with mse / hqq over minmax, and the squared error they keep."""
+    """quantize_tensor time with mse / hqq over minmax, and the squared error they keep.
+
+    The three calibrations run in turn inside each repeat (so a burst of load on a shared
+    machine hits them alike); the medians of wall and of thread CPU time are reported."""
+    import os
+    import statistics
+
     w = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
-    print(f"{size}x{size} float32 (normal), torch threads: {torch.get_num_threads()}")
-    print("| codec | minmax s | mse s (x minmax) | hqq s (x minmax) | mse / hqq error vs minmax |")
+    print(f"{size}x{size} float32 (normal), torch threads: {torch.get_num_threads()}, "
+          f"{repeat} repeats, medians; load average before: {_load()}")  # fmt: skip
+    print("| codec | minmax ms (cpu) | mse x minmax, wall (cpu) | hqq x minmax, wall (cpu) "
+          "| mse / hqq error vs minmax |")  # fmt: skip
     print("|---|---|---|---|---|")
+    cals = ("minmax", "mse", "hqq")
     for spec in ["q4_0", "minmax:4:g32", "symmetric:4:g32", "minmax:3:g64", "minmax:2:g16",
                  "symmetric:8:pc"]:  # fmt: skip
-        t, err = {}, {}
-        for cal in ("minmax", "mse", "hqq"):
-            t[cal] = best_of(lambda s=spec, c=cal: quantize_tensor(w, s, calibration=c), repeat)
-            err[cal] = (quantize_tensor(w, spec, calibration=cal).dequantize() - w).square().sum()
+        wall: dict[str, list[float]] = {c: [] for c in cals}
+        cpu: dict[str, list[float]] = {c: [] for c in cals}
+        for cal in cals:  # warm-up
+            quantize_tensor(w, spec, calibration=cal)
+        for _ in range(repeat):
+            for cal in cals:
+                t0, c0 = time.perf_counter(), time.thread_time()
+                quantize_tensor(w, spec, calibration=cal)
+                cpu[cal].append(time.thread_time() - c0)
+                wall[cal].append(time.perf_counter() - t0)
+        err = {
+            c: (quantize_tensor(w, spec, calibration=c).dequantize() - w).square().sum()
+            for c in cals
+        }
+        mw = {c: statistics.median(v) for c, v in wall.items()}
+        mc = {c: statistics.median(v) for c, v in cpu.items()}
         print(
-            f"| {spec} | {t['minmax']:.4f} | {t['mse']:.4f} ({t['mse'] / t['minmax']:.1f}x) | "
-            f"{t['hqq']:.4f} ({t['hqq'] / t['minmax']:.1f}x) | "
-            f"{err['mse'] / err['minmax']:.3f} / {err['hqq'] / err['minmax']:.3f} |"
+            f"| {spec} | {mw['minmax'] * 1e3:.1f} ({mc['minmax'] * 1e3:.1f}) | "
+            + " | ".join(
+                f"{mw[c] / mw['minmax']:.2f}x ({mc[c] / mc['minmax']:.2f}x)" for c in cals[1:]
+            )
+            + f" | {err['mse'] / err['minmax']:.3f} / {err['hqq'] / err['minmax']:.3f} |"
         )
+    print(f"load average after: {_load()} ({os.cpu_count()} cpus)")
+
+
+def _load() -> str:
+    import os
+
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _same_codec_in_numpy(w: torch.Tensor, repeat: int) -> None:

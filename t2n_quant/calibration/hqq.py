@@ -41,7 +41,7 @@ def _shrink_sums(
     fit: BlockFit, residual: torch.Tensor, u: torch.Tensor | None, beta: float, p: float
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per block ``sum e`` and (when ``u`` is given) ``sum e * u`` for
-    ``e = shrink_lp(residual)``, float64, or Nones when ``e`` is all zero (``shrink_lp`` is
+    ``e = shrink_lp(residual)``, or Nones when ``e`` is all zero (``shrink_lp`` is
     zero where ``|x| <= beta ** (-1 / (2 - p))``). Dense, in ``fit``'s buffers: where many
     values pass the threshold, gathering them costs more than shrinking them all.
     ``residual`` is overwritten."""
@@ -54,7 +54,7 @@ def _shrink_sums(
     keep = torch.abs(residual, out=fit.tmp).log2_().mul_(p - 2.0).exp2_()
     keep.div_(-beta).add_(1.0).relu_()
     e = residual.mul_(keep)
-    return rowsum(e).double(), None if u is None else rowdot(e, u, out=fit.tmp).double()
+    return rowsum(e), None if u is None else rowdot(e, u, out=fit.tmp)
 
 
 def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> QParams:
@@ -65,15 +65,15 @@ def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> Q
         # the zero point whose values have the mean of x - e: z + (sum u - sum(x - e) / s) / n
         assert cur.su is not None and fit.sx is not None and cur.params.zero is not None
         stored = codec.store(cur.params)
-        s = stored.scale.double()
+        s = stored.scale.float()
         safe = torch.where(s == 0, torch.ones_like(s), s)
         sx = fit.sx if se is None else fit.sx - se
-        zero = stored.zero.double() + (cur.su - sx / safe) / fit.n  # type: ignore[union-attr]
-        return QParams(cur.params.scale, zero.clamp(0.0, float(codec.qmax)).float())
+        zero = (cur.su - sx / safe).div_(fit.n).add_(stored.zero.float())  # type: ignore[union-attr]
+        return QParams(cur.params.scale, zero.clamp_(0.0, float(codec.qmax)))
     assert cur.sxu is not None and cur.suu is not None
     num = cur.sxu if seu is None else cur.sxu - seu
-    s = torch.where(cur.suu > 0, num / cur.suu.clamp(min=1e-300), cur.params.scale.double())
-    return QParams(s.float().to(codec.storage_dtype).float())
+    s = torch.where(cur.suu > 0, num / cur.suu, cur.params.scale)
+    return QParams(s.to(codec.storage_dtype).float())
 
 
 @register("hqq")

@@ -38,14 +38,17 @@ def f16_ceil(x: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tenso
     return bumped.view(dtype).float()
 
 
-def signed_max(blocks: torch.Tensor) -> torch.Tensor:
+def signed_max(
+    blocks: torch.Tensor, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per block, the signed value of largest magnitude; the first one on ties (as ggml).
+    ``lo`` / ``hi``, the blocks' minima / maxima, are taken when not given.
 
     >>> signed_max(torch.tensor([[1.0, -3.0, 3.0], [-2.0, 2.0, 0.0]])).flatten().tolist()
     [-3.0, -2.0]
     """
-    hi = blocks.amax(dim=-1, keepdim=True)
-    lo = blocks.amin(dim=-1, keepdim=True)
+    hi = blocks.amax(dim=-1, keepdim=True) if hi is None else hi
+    lo = blocks.amin(dim=-1, keepdim=True) if lo is None else lo
     m = torch.where(hi >= -lo, hi, lo)
     tie = (hi == -lo).squeeze(1)  # both signs reach the largest magnitude, or all zeros
     if bool(tie.any()):

@@ -17,13 +17,14 @@ the next candidate is fitted from, instead of a grid of fake-quantized copies.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from t2n_quant.calibration.minmax import minmax_params, signed_max
+from t2n_quant.calibration.minmax import minmax_from_stats, signed_max
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
 
@@ -148,7 +149,7 @@ class Scored:
     """Parameters, the codes they give, their error, and the sums a fit needs.
 
     ``u`` are the codes less the zero point, so a block's values are ``u * scale``; the sums
-    are float64 per block: ``sxu = sum w x u``, ``suu = sum w u u``, ``su = sum w u`` (``w``
+    are per block: ``sxu = sum w x u``, ``suu = sum w u u``, ``su = sum w u`` (``w``
     the weights, 1 unweighted; ``su`` only for codecs with a zero point).
     """
 
@@ -169,7 +170,7 @@ class BlockFit:
     A candidate costs its codes (:meth:`Codec.float_codes`), the residual ``x - u * s`` (one
     ``addcmul``) and two fused norms: its error ``sum w r r`` and ``sum w u u``. ``sum w x u``
     is not summed but solved from ``error = sum w x x - 2 s sum w x u + s**2 sum w u u``
-    (float64; the error is exact, so no candidate is ranked on a cancelling difference).
+    (the error is exact, so no candidate is ranked on a cancelling difference).
     ``weights`` (broadcastable to the blocks, >= 0) weigh each value's squared error (GPTQ
     passes each column's importance).
     """
@@ -188,11 +189,11 @@ class BlockFit:
         self.w = None if weights is None else weights.float().expand_as(blocks)
         self.root_w = None if self.w is None else self.w.sqrt()
         xw = blocks if self.w is None else blocks * self.w
-        self.xx = squared_norm(blocks if self.root_w is None else blocks * self.root_w).double()
+        self.xx = squared_norm(blocks if self.root_w is None else blocks * self.root_w)
         self.n: float | torch.Tensor = (
-            float(blocks.shape[-1]) if self.w is None else self.w.sum(-1, keepdim=True).double()
+            float(blocks.shape[-1]) if self.w is None else self.w.sum(-1, keepdim=True)
         )
-        self.sx = rowsum(xw).double() if codec.has_zero else None
+        self.sx = rowsum(xw) if codec.has_zero else None
         # buffers of the blocks' size, reused by every candidate (fresh tensors of that size
         # cost page faults): the residual, a scratch one, and the codes, alternating between
         # two, since a step reads the last candidate's codes
@@ -218,35 +219,31 @@ class BlockFit:
             return Scored(params, u, error, None, None, None, residual)
         su = None
         if codec.has_zero:
-            su = (rowsum(u) if self.w is None else rowdot(u, self.w, out=self.tmp)).double()
+            su = rowsum(u) if self.w is None else rowdot(u, self.w, out=self.tmp)
         if not self.scale_sums:
             return Scored(params, u, error, None, None, su, residual)
         suu = squared_norm(u if self.root_w is None else torch.mul(u, self.root_w, out=self.tmp))
-        suu = suu.double()
-        s = scale.double()
-        sxu = (self.xx + s * s * suu - error.double()) / (2.0 * s)
-        sxu = torch.where(s != 0, sxu, torch.zeros_like(sxu))
-        return Scored(params, u, error, sxu, suu, su, residual)
+        # error = xx - 2 s sxu + s^2 suu: no term cancels (they are about xx, xx and 2 xx
+        # where the error is small), so float32 keeps sxu to about 1e-7
+        sxu = (self.xx - error).addcmul_(scale * scale, suu).div_(2.0 * scale)
+        return Scored(params, u, error, sxu.nan_to_num_(0.0, 0.0, 0.0), suu, su, residual)
 
     def least_squares(self, cur: Scored) -> QParams:
         """The parameters with the least squared error for ``cur``'s codes."""
         assert cur.sxu is not None and cur.suu is not None
-        codec = self.codec
-        old = cur.params.scale.double()
+        codec, old = self.codec, cur.params.scale
         if not codec.has_zero:
-            s = torch.where(cur.suu > 0, cur.sxu / cur.suu.clamp(min=1e-300), old)
-            return QParams(s.float().to(codec.storage_dtype).float())
+            s = torch.where(cur.suu > 0, cur.sxu / cur.suu, old)
+            return QParams(s.to(codec.storage_dtype).float())
         # values (q - z) s' + c fitted as a * u + b (u = q - z): s' = a, zero' = z - b / a
         assert cur.su is not None and self.sx is not None and cur.params.zero is not None
-        n = self.n
-        var = cur.suu - cur.su * cur.su / n
-        cov = cur.sxu - self.sx * cur.su / n
-        a = torch.where(var > 0, cov / var.clamp(min=1e-300), old)
-        a = torch.where(a > 0, a, old).float().to(codec.storage_dtype).double()
-        safe = torch.where(a > 0, a, torch.ones_like(a))
-        zero = codec.store(cur.params).zero.double()  # type: ignore[union-attr]
-        zero = (zero + (cur.su * safe - self.sx) / (n * safe)).clamp(0.0, float(codec.qmax))
-        return QParams(a.float(), torch.where(a > 0, zero, cur.params.zero.double()).float())
+        mean_u = cur.su / self.n
+        var = cur.suu - cur.su * mean_u  # n times the variance of u
+        a = (cur.sxu - self.sx * mean_u).div_(var)
+        a = torch.where((var > 0) & (a > 0), a, old).to(codec.storage_dtype).float()
+        z = cur.params.zero.to(codec.storage_dtype).float()
+        zero = (mean_u - self.sx / (self.n * a)).add_(z).clamp_(0.0, float(codec.qmax))
+        return QParams(a, torch.where(a > 0, zero, cur.params.zero))
 
 
 def keep_better(best: Scored, cand: Scored) -> Scored:
@@ -264,11 +261,31 @@ def keep_better(best: Scored, cand: Scored) -> Scored:
     )  # fmt: skip
 
 
-def _other_orientation(codec: Codec, blocks: torch.Tensor) -> QParams:
-    m = signed_max(blocks)
+def starts(codec: Codec, blocks: torch.Tensor) -> tuple[QParams, QParams | None]:
+    """The min-max parameters (as :func:`~t2n_quant.calibration.minmax.minmax_params`) and,
+    for codecs without a zero point, the other orientation of the signed max ``m``, from one
+    pass of block minima / maxima.
+
+    >>> from t2n_quant.codecs import Q4_0Codec
+    >>> mm, other = starts(Q4_0Codec(), torch.tensor([[1.0, -4.0] * 16]))
+    >>> mm.scale.item(), other.scale.item()  # -4 / -8, and -4 / 7 in f16
+    (0.5, -0.5712890625)
+    """
+    lo = blocks.amin(dim=-1, keepdim=True)
+    hi = blocks.amax(dim=-1, keepdim=True)
+    if codec.has_zero:
+        return minmax_from_stats(codec, lo, hi, None), None
+    m = signed_max(blocks, lo, hi)
+    signed = codec.scale_rule == "signed_max"
+    mm = minmax_from_stats(codec, m, m, m) if signed else minmax_from_stats(codec, lo, hi, None)
+    top = _extreme_level(codec, highest=signed)
+    return mm, QParams((m / top).to(codec.storage_dtype).float())
+
+
+@functools.cache
+def _extreme_level(codec: Codec, highest: bool) -> float:
     levels = codec.levels()
-    top = float(levels.max() if codec.scale_rule == "signed_max" else levels.min())
-    return QParams((m / top).to(codec.storage_dtype).float())
+    return float(levels.max() if highest else levels.min())
 
 
 @register("mse")
@@ -294,9 +311,10 @@ def _mse_search(
     scratch: Scratch | None = None,
 ) -> QParams:
     fit = BlockFit(codec, blocks, weights, scratch=scratch)
-    best = fit.score(minmax_params(codec, blocks))
-    if not codec.has_zero:
-        best = keep_better(best, fit.score(_other_orientation(codec, blocks)))
+    mm, other = starts(codec, blocks)
+    best = fit.score(mm)
+    if other is not None:
+        best = keep_better(best, fit.score(other))
     cur = best
     for i in range(iters):
         cur = fit.score(fit.least_squares(cur), sums=i < iters - 1)

@@ -66,11 +66,11 @@ def test_blockfit_sums_match_the_definitions(codec: Codec, scale: float, weighte
         sxu_slack = (
             1e-5 * (norm + 1e-30) / codec.store(params).scale.double().abs().clamp(min=1e-30)
         )
-        assert bool(((got.sxu - ref["sxu"]).abs() <= sxu_slack).all())
-        torch.testing.assert_close(got.suu, ref["suu"], rtol=1e-5, atol=1e-6)
+        assert bool(((got.sxu.double() - ref["sxu"]).abs() <= sxu_slack).all())
+        torch.testing.assert_close(got.suu.double(), ref["suu"], rtol=1e-5, atol=1e-6)
         if codec.has_zero:
             assert got.su is not None
-            torch.testing.assert_close(got.su, ref["su"], rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(got.su.double(), ref["su"], rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=IDS)
@@ -153,3 +153,17 @@ def test_chunks_and_kept_scratch_change_nothing(
     for got in (chunked, in_thread[0]):  # row sums of other lengths round differently
         torch.testing.assert_close(got.scale, whole.scale, rtol=1e-6, atol=0)
         torch.testing.assert_close(got.zero, whole.zero, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+def test_starts_are_minmax_exactly(codec: Codec) -> None:
+    from t2n_quant.calibration.mse import starts
+
+    x = scaled_blocks(codec, 1.0, seed=8)
+    x[7] = -x[7].abs().amax()  # a tie of magnitudes across signs
+    x[7, 0] = -x[7, 0]
+    mm, other = starts(codec, x)
+    ref = minmax_params(codec, x)
+    assert torch.equal(mm.scale, ref.scale)
+    assert (mm.zero is None and ref.zero is None) or torch.equal(mm.zero, ref.zero)
+    assert (other is None) == codec.has_zero
