@@ -7,6 +7,8 @@ gives the tokens and logits of ``model.generate(do_sample=False)``.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -72,34 +74,42 @@ def test_wrapper_matches_full_sequence():
     assert [tuple(p.shape) for p in present] == [(2, kv_heads, 8, head_dim)] * 4
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """dtype name -> (model, export result) of the tiny Llama, each exported (and checked in
+    tract) once for the tests of this file: f32 as is, f16 as the copy ``dtype=`` makes of
+    the f32 model (an f16 model exported as it is: ``test_families.py``'s f16 cases)."""
+
+    def export_one(name: str):
+        model = tiny_llama()
+        path = tmp_path_factory.mktemp(name) / "llm.nnef.tgz"
+        result = export_causal_lm(model, path, dtype=DTYPES[name], progress=False)
+        return model, result
+
+    return {name: export_one(name) for name in DTYPES}
+
+
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-def test_one_step_then_generation(dtype, tmp_path):
-    model = tiny_llama().to(dtype)
-    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
+def test_one_step_then_generation(dtype, exported):
+    model, result = exported["f32" if dtype == torch.float32 else "f16"]
     assert result.check is not None and result.check.passed, str(result.check)
     assert [str(s) for s in result.inputs[:2]] == [
         "input_ids: i64[B, T]", f"past_key_0: {'f32' if dtype == torch.float32 else 'f16'}"
         "[B, 2, P, 16]",
     ]  # fmt: skip
-    assert result.outputs[0].shape == ("B", "T", VOCAB)
+    assert result.outputs[0].shape == ("B", "T", VOCAB) and result.outputs[0].dtype == (
+        "f32" if dtype == torch.float32 else "f16"
+    )
     assert [o.name for o in result.outputs[1:3]] == ["present_key_0", "present_value_0"]
-    check_generation(model, result.path, dtype)
-
-
-def test_f32_model_exported_as_f16_copy(tmp_path):
-    model = tiny_llama()
-    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", dtype=torch.float16,
-                              progress=False)  # fmt: skip
-    assert result.check.passed and result.outputs[0].dtype == "f16"
     assert next(model.parameters()).dtype == torch.float32  # the model itself is unchanged
+    check_generation(copy.deepcopy(model).to(dtype), result.path, dtype)
 
 
-def test_greedy_generate_in_the_worker_survives_a_tract_panic(tmp_path):
+def test_greedy_generate_in_the_worker_survives_a_tract_panic(exported):
     """greedy_generate runs tract in the worker: a batch of two gives the tokens and logits
     of tract in this process, and ids past the vocabulary (tract's gather panics, which
     would abort this process) raise TractRunError; the worker serves the next call."""
-    path = export_causal_lm(tiny_llama(), tmp_path / "llm.nnef.tgz", check=False,
-                            progress=False).path  # fmt: skip
+    path = exported["f32"][1].path
     prompt = np.random.default_rng(0).integers(0, VOCAB, (2, 5))
     worker = greedy_generate(path, prompt, 3)
     here = greedy_generate(path, prompt, 3, in_process=True)
