@@ -107,10 +107,12 @@ def _key_value_pairs(model: nn.Module, cache: object) -> list[tuple[torch.Tensor
 
 
 def _held_tensors(layer: object) -> set[str]:
-    """Names of the tensors a cache layer holds, also inside its dicts and lists
-    (``conv_states[0]``)."""
+    """Names of the tensors a cache layer holds as state, also inside its dicts and lists
+    (``conv_states[0]``); private attributes (a sliding window's size as a tensor) are not."""
     names = set()
     for key, value in vars(layer).items():
+        if key.startswith("_"):
+            continue
         if isinstance(value, torch.Tensor):
             names.add(key)
         elif isinstance(value, (dict, list, tuple)):
