@@ -37,24 +37,54 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     return a.sub_(a.pow(p - 1.0).div_(beta)).relu_().copysign_(x)
 
 
+#: at most this share of the blocks shrunk alone (gathered); more, and all are shrunk
+GATHER_SHARE = 0.15
+
+
 def _shrink_sums(
     fit: BlockFit, residual: torch.Tensor, u: torch.Tensor | None, beta: float, p: float
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per block ``sum e`` and (when ``u`` is given) ``sum e * u`` for
     ``e = shrink_lp(residual)``, or Nones when ``e`` is all zero (``shrink_lp`` is
-    zero where ``|x| <= beta ** (-1 / (2 - p))``). Dense, in ``fit``'s buffers: where many
-    values pass the threshold, gathering them costs more than shrinking them all.
+    zero where ``|x| <= beta ** (-1 / (2 - p))``). Blocks of 32 values or more with a value
+    over that threshold are gathered and shrunk alone when they are few
+    (:data:`GATHER_SHARE`; gathering single values costs more than shrinking them all).
     ``residual`` is overwritten."""
     t = beta ** (-1.0 / (2.0 - p))
     lo, hi = torch.aminmax(residual)
     if float(hi) <= t and float(lo) >= -t:
         return None, None
+    magnitude = torch.abs(residual, out=fit.tmp)
+    # a row maximum costs about a shrink of the whole row where rows are short
+    over = None if residual.shape[1] < 32 else (magnitude.amax(dim=-1) > t).nonzero().squeeze(1)
+    if over is None or over.numel() > GATHER_SHARE * residual.shape[0]:
+        return _shrink_block_sums(residual, magnitude, u, beta, p, fit.tmp)
+    r = residual.index_select(0, over)
+    se, seu = _shrink_block_sums(
+        r, r.abs(), None if u is None else u.index_select(0, over), beta, p, None
+    )
+    n = residual.shape[0]
+    se = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, over, se)
+    if seu is not None:
+        seu = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, over, seu)
+    return se, seu
+
+
+def _shrink_block_sums(
+    r: torch.Tensor,
+    magnitude: torch.Tensor,
+    u: torch.Tensor | None,
+    beta: float,
+    p: float,
+    tmp: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``sum e`` (and ``sum e * u``) per row, ``e = shrink_lp(r)``; ``r`` and ``magnitude``
+    (``|r|``) are overwritten, ``tmp`` (like ``r``) may hold the products."""
     # shrink_lp(r) = sign(r) relu(|r| - |r|**(p-1) / beta) = r relu(1 - |r|**(p-2) / beta)
     # |r|**(p-2) as exp2((p-2) log2|r|): vectorised, where pow is not (1e-6 relative apart)
-    keep = torch.abs(residual, out=fit.tmp).log2_().mul_(p - 2.0).exp2_()
-    keep.div_(-beta).add_(1.0).relu_()
-    e = residual.mul_(keep)
-    return rowsum(e), None if u is None else rowdot(e, u, out=fit.tmp)
+    keep = magnitude.log2_().mul_(p - 2.0).exp2_().div_(-beta).add_(1.0).relu_()
+    e = r.mul_(keep)
+    return rowsum(e), None if u is None else rowdot(e, u, out=tmp)
 
 
 def _half_quadratic_step(fit: BlockFit, cur: Scored, beta: float, p: float) -> QParams:

@@ -167,3 +167,25 @@ def test_starts_are_minmax_exactly(codec: Codec) -> None:
     assert torch.equal(mm.scale, ref.scale)
     assert (mm.zero is None and ref.zero is None) or torch.equal(mm.zero, ref.zero)
     assert (other is None) == codec.has_zero
+
+
+@pytest.mark.parametrize("rows_over", [0, 2, 30])
+def test_hqq_shrink_gathered_or_dense_same_sums(rows_over: int) -> None:
+    """_shrink_sums on few blocks over the threshold (gathered) and on many (dense) against
+    shrink_lp summed directly."""
+    from t2n_quant.calibration.hqq import _shrink_sums, shrink_lp
+
+    codec = Q4_0Codec()
+    g = torch.Generator().manual_seed(9)
+    r = torch.randn(32, 32, generator=g) * 0.02  # under the threshold 10 ** (-1 / 1.3) = 0.17
+    r[:rows_over, :3] = torch.randn(rows_over, 3, generator=g).sign() * 0.6
+    u = torch.randint(-8, 8, (32, 32), generator=g).float()
+    e = shrink_lp(r, beta=10.0, p=0.7)
+    fit = BlockFit(codec, torch.randn(32, 32))
+    se, seu = _shrink_sums(fit, r.clone(), u, 10.0, 0.7)
+    if rows_over == 0:
+        assert se is None and seu is None
+        return
+    assert se is not None and seu is not None
+    torch.testing.assert_close(se, e.sum(-1, keepdim=True), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(seu, (e * u).sum(-1, keepdim=True), rtol=1e-5, atol=1e-6)
