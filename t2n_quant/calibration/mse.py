@@ -189,7 +189,8 @@ class BlockFit:
         self.w = None if weights is None else weights.float().expand_as(blocks)
         self.root_w = None if self.w is None else self.w.sqrt()
         xw = blocks if self.w is None else blocks * self.w
-        self.xx = squared_norm(blocks if self.root_w is None else blocks * self.root_w)
+        xr = blocks if self.root_w is None else blocks * self.root_w
+        self.xx = squared_norm(xr) if scale_sums else None
         self.n: float | torch.Tensor = (
             float(blocks.shape[-1]) if self.w is None else self.w.sum(-1, keepdim=True)
         )
@@ -225,6 +226,7 @@ class BlockFit:
         suu = squared_norm(u if self.root_w is None else torch.mul(u, self.root_w, out=self.tmp))
         # error = xx - 2 s sxu + s^2 suu: no term cancels (they are about xx, xx and 2 xx
         # where the error is small), so float32 keeps sxu to about 1e-7
+        assert self.xx is not None
         sxu = (self.xx - error).addcmul_(scale * scale, suu).div_(2.0 * scale)
         return Scored(params, u, error, sxu.nan_to_num_(0.0, 0.0, 0.0), suu, su, residual)
 
