@@ -236,25 +236,17 @@ def trace_graph(
     fake tensors. LoRA sites are captured as ``lora`` asks (:mod:`t2n_core.lora`)."""
     input_names = plan.names
     _refuse_dtypes_tract_lacks(plan)
-
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
-            if not check and holds_deferred(model):
-                # only the outputs' structure is needed: reading streamed weights would cost a
-                # pass over the whole model, so run on untouched proxies with fake tensors
-                with float_proxies(model), FakeTensorMode(allow_non_fake_inputs=True):
-                    reference = model(*args, **(kwargs or {}))
-            else:
-                reference = model(*args, **(kwargs or {}))
-        finally:
-            model.train(was_training)
-    ref_leaves = _tensor_leaves(reference, "outputs")
+    reference: Any = None
+    # unchecked streamed weights with the output names given: PyTorch's outputs are not used,
+    # the capture gives their count (a forward, even on fake tensors, costs a pass per layer)
+    skip_reference = not check and output_names is not None and holds_deferred(model)
+    if not skip_reference:
+        reference = _reference_outputs(model, args, kwargs, fake=not check)
+    ref_leaves = [] if skip_reference else _tensor_leaves(reference, "outputs")
     if output_names is None:
         output_names = default_output_names(reference)
     output_names = list(output_names)
-    if len(output_names) != len(ref_leaves):
+    if not skip_reference and len(output_names) != len(ref_leaves):
         raise ExportInputError(
             f"{len(output_names)} output_names given for {len(ref_leaves)} output tensor(s)"
         )
@@ -266,6 +258,11 @@ def trace_graph(
     lora_plan = plan_lora(model, lora)
     with applied(model, lora_plan) as target:
         captured = capture(target, args, kwargs, plan, fragments=fragments, progress=progress)
+    if skip_reference and len(output_names) != len(captured.program.graph_signature.user_outputs):
+        raise ExportInputError(
+            f"{len(output_names)} output_names given for "
+            f"{len(captured.program.graph_signature.user_outputs)} output tensor(s)"
+        )
     _refuse_dtypes_tract_lacks(plan, captured.program)
     try:
         graph = _translate(captured, output_names, progress)
@@ -288,6 +285,24 @@ def trace_graph(
     return TracedGraph(
         graph, args, ref_leaves, output_names, lora_plan if lora_plan.scan.sites else None
     )
+
+
+def _reference_outputs(
+    model: nn.Module, args: tuple, kwargs: dict[str, Any] | None, *, fake: bool
+) -> Any:
+    """``model(*args, **kwargs)`` in eval mode, without gradients; with ``fake``, a model
+    holding deferred weights runs on fake tensors instead (only the outputs' structure is
+    needed: reading streamed weights would cost a pass over the whole model)."""
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            if fake and holds_deferred(model):
+                with float_proxies(model), FakeTensorMode(allow_non_fake_inputs=True):
+                    return model(*args, **(kwargs or {}))
+            return model(*args, **(kwargs or {}))
+        finally:
+            model.train(was_training)
 
 
 def default_output_names(reference: Any) -> list[str]:

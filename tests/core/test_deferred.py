@@ -59,3 +59,32 @@ def test_proxy_is_untouched_and_plain_slices_are_not_folded():
     proxy = weight.nnef_float_proxy()
     assert type(proxy) is torch.Tensor and proxy.shape == (6, 4) and not reads
     assert weight.nnef_slice_rows(0, 2) is None  # a float weight: tract slices it itself
+
+
+def test_unchecked_export_of_deferred_weights_skips_the_reference_forward(tmp_path):
+    import pytest
+
+    import t2n_core
+    from t2n_core.check import check_archive
+    from t2n_core.errors import ExportInputError
+
+    source = torch.randn(6, 4)
+    model = torch.nn.Linear(4, 6)
+    weight, _ = counted(source)
+    model._parameters["weight"] = weight  # type: ignore[assignment]
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    x = torch.randn(3, 4)
+    with pytest.raises(ExportInputError, match="2 output_names given for 1 output"):
+        t2n_core.export(model, (x,), tmp_path / "bad.nnef.tgz", output_names=["a", "b"],
+                        progress=False)  # fmt: skip
+    calls.clear()
+    result = t2n_core.export(model, (x,), tmp_path / "m.nnef.tgz", output_names=["y"],
+                             progress=False)  # fmt: skip
+    assert len(calls) == 1  # the capture's trace only, no PyTorch reference pass
+    expected = torch.nn.functional.linear(x, source.bfloat16().float(), model.bias.detach())
+    report = check_archive(result.path, [x.numpy()], [expected.detach().numpy()])
+    assert report.passed and result.outputs[0].name == "y"
+    calls.clear()
+    t2n_core.export(model, (x,), tmp_path / "n.nnef.tgz", progress=False)  # names from a pass
+    assert len(calls) == 2
