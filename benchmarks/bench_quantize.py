@@ -40,11 +40,16 @@ def main() -> None:
         "--calibration-cost", action="store_true",
         help="only the cost of the mse / hqq calibrations relative to minmax, per codec",
     )  # fmt: skip
+    parser.add_argument(
+        "--std", type=float, default=1.0,
+        help="standard deviation of the weights of --calibration-cost (trained Linear weights "
+             "are ~0.02; hqq's l_p shrink is in weight units, so this changes its work)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.calibration_cost:
-        _calibration_cost(args.size, args.repeat)
+        _calibration_cost(args.size, args.repeat, args.std)
         return
 
     import gguf
@@ -84,7 +89,7 @@ def main() -> None:
         _same_codec_in_numpy(w, args.repeat)
 
 
-def _calibration_cost(size: int, repeat: int) -> None:
+def _calibration_cost(size: int, repeat: int, std: float = 1.0) -> None:
     """quantize_tensor time with mse / hqq over minmax, and the squared error they keep.
 
     The three calibrations run in turn inside each repeat (so a burst of load on a shared
@@ -94,8 +99,8 @@ def _calibration_cost(size: int, repeat: int) -> None:
     import os
     import statistics
 
-    w = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
-    print(f"{size}x{size} float32 (normal), torch threads: {torch.get_num_threads()}, "
+    w = torch.randn(size, size, generator=torch.Generator().manual_seed(0)) * std
+    print(f"{size}x{size} float32 (normal, std {std}), torch threads: {torch.get_num_threads()}, "
           f"{repeat} repeats; load average before: {_load()}")  # fmt: skip
     print("| codec | minmax ms, cpu median / best | mse x minmax, cpu median / best (wall) "
           "| hqq x minmax, cpu median / best (wall) | mse / hqq error vs minmax |")  # fmt: skip
