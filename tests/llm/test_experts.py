@@ -41,7 +41,7 @@ def _graph(path) -> str:
     ("name", "mode"), [pytest.param(n, m, id=f"{n}-{m}") for n, m in GATHER_CASES]
 )
 def test_gather_experts(name: str, mode: str, tmp_path) -> None:
-    result = check_family(name, mode, tmp_path, experts="gather")
+    result = check_family(name, mode, tmp_path, experts="gather").result
     graph = _graph(result.path)
     experts = [line for line in graph.splitlines() if "experts" in line]
     # the expert weights are read by gathers, never sliced per expert as the dense form does

@@ -11,16 +11,19 @@ transposed ``Conv1D`` and the 3-D MoE expert weights are quantized too).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from t2n_core.export import ExportResult
 from t2n_core.llm import export_causal_lm, greedy_generate
 from t2n_core.nnef.archive import read_archive_files
 from t2n_core.nnef.dat import DatHeader
-from t2n_quant import QTensor, quantize_model
+from t2n_quant import QTensor, QuantizationSummary, quantize_model
 from tests.llm.families import FAMILIES, VOCAB, WINDOW, tiny
 
 MODES = ("f32", "f16", "q4_0")
@@ -28,6 +31,10 @@ MODES = ("f32", "f16", "q4_0")
 LOGIT_TOL = {"f32": 1e-4, "f16": 1e-2, "q4_0": 1e-4}
 PROMPT = 6
 STEPS = 3 * WINDOW  # prompt + steps runs well past the sliding windows
+#: sliding-window families whose f32 case generates 40 steps with a window of 4: the mask
+#: keeps attending to the last 4 positions only, the cache grows with every step, and tract
+#: follows PyTorch all the way
+LONG_GENERATION = {(name, "f32"): 40 for name in ("mistral", "gemma2", "gemma3")}
 #: a few cases stay in the fast edit loop; the rest are slow (each is an export: seconds)
 FAST = {("gpt2", "q4_0"), ("falcon_multi_query", "f32")}
 #: f16 on a few families of different layouts only, to bound the suite's time; every family
@@ -101,16 +108,40 @@ def float_matrices(path) -> dict[str, tuple[int, ...]]:
     return found
 
 
+class Checked(NamedTuple):
+    summary: QuantizationSummary | None  # of q4_0
+    result: ExportResult
+
+
+@pytest.fixture(scope="module")
+def checked_family(tmp_path_factory) -> Callable[[str, str], Checked]:
+    """``(name, mode) ->`` :func:`check_family`'s outcome, each family and mode exported and
+    checked once for the tests of this file (a test of one property of an export reuses it)."""
+    done: dict[tuple[str, str], Checked] = {}
+
+    def get(name: str, mode: str) -> Checked:
+        if (name, mode) not in done:
+            directory = tmp_path_factory.mktemp(f"{name}-{mode}")
+            steps = LONG_GENERATION.get((name, mode), STEPS)
+            done[(name, mode)] = check_family(name, mode, directory, steps=steps)
+        return done[(name, mode)]
+
+    return get
+
+
 @pytest.mark.parametrize(("name", "mode"), list(_cases()))
-def test_family(name: str, mode: str, tmp_path) -> None:
-    check_family(name, mode, tmp_path)
+def test_family(name: str, mode: str, checked_family) -> None:
+    checked_family(name, mode)
 
 
-def check_family(name: str, mode: str, tmp_path, experts: str = "dense"):
-    """Quantize (q4_0) or convert (f16), export with the tract check, generate in tract;
-    returns the export's result."""
+def check_family(
+    name: str, mode: str, tmp_path, experts: str = "dense", steps: int = STEPS
+) -> Checked:
+    """Quantize (q4_0) or convert (f16), export with the tract check, generate ``steps``
+    tokens in tract; returns the quantization summary (q4_0) and the export's result."""
     model = tiny(name)
     skipped: set[str] = set()
+    summary = None
     if mode == "q4_0":
         summary = quantize_model(model, "q4_0", progress=False)
         skipped = {s.name for s in summary.skipped}
@@ -130,32 +161,22 @@ def check_family(name: str, mode: str, tmp_path, experts: str = "dense"):
         stray = {k: s for k, s in float_matrices(result.path).items()
                  if k.removeprefix("model.") in params - skipped}  # fmt: skip
         assert not stray, f"float weights in the archive that the summary does not list: {stray}"
-    check_generation(model, result.path, mode)
-    return result
+    check_generation(model, result.path, mode, steps)
+    return Checked(summary, result)
 
 
-def test_moe_experts_quantized_per_expert(tmp_path) -> None:
+def test_moe_experts_quantized_per_expert(checked_family) -> None:
     """Each expert's matrices reach tract as 2-D q4_0 tensors of their own; the router is
-    listed as skipped with its reason."""
-    model = tiny("qwen3_moe")
-    summary = quantize_model(model, "q4_0", progress=False)
+    listed as skipped with its reason (the export of ``test_family[qwen3_moe-q4_0]``)."""
+    summary, result = checked_family("qwen3_moe", "q4_0")
+    assert summary is not None
     quantized = {q.name: q.shape for q in summary.quantized}
     assert quantized["model.layers.0.mlp.experts.gate_up_proj"] == (4, 128, 64)
     assert quantized["model.layers.1.mlp.experts.down_proj"] == (4, 64, 64)
     reasons = {s.name: s.reason for s in summary.skipped}
     assert set(reasons) == {f"model.layers.{i}.mlp.gate.weight" for i in range(2)}
     assert "quantize_model takes the weights of" in reasons["model.layers.0.mlp.gate.weight"]
-    result = export_causal_lm(model, tmp_path / "moe.nnef.tgz", progress=False)
     files = read_archive_files(result.path, dat_headers_only=True)
     expert = DatHeader.unpack(files["model.model.layers.0.mlp.experts.gate_up_proj.rows_3_4.dat"])
     assert expert.type_name() == "q4_0" and expert.shape == (128, 64)
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["mistral", "gemma2", "gemma3"])
-def test_sliding_window_long_generation(name: str, tmp_path) -> None:
-    """40 decode steps with a window of 4: the mask keeps attending to the last 4 positions
-    only, the cache grows with every step, and tract follows PyTorch all the way."""
-    model = tiny(name)
-    result = export_causal_lm(model, tmp_path / "llm.nnef.tgz", progress=False)
-    check_generation(model, result.path, "f32", steps=40)
