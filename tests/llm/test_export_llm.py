@@ -79,7 +79,7 @@ def test_cli_bf16_sharded_export_generate_check(tmp_path, capsys):
 def test_no_check_writes_samples_only_when_asked(tmp_path, capsys, monkeypatch):
     """--no-check skips the three PyTorch reference passes (no io samples) unless --samples;
     the samples written without a check replay in tract with ``t2n check``. Load and capture
-    show progress bars (here at once: no delay)."""
+    show progress bars (here at once: no delay). --overwrite replaces an export-llm folder."""
     save_tiny_llama(tmp_path / "ckpt", tokenizer=False)
     monkeypatch.setattr("t2n_core.progress.DELAY_S", 0.0)
     args = ["export-llm", str(tmp_path / "ckpt"), "--no-check", "-o"]
@@ -91,11 +91,12 @@ def test_no_check_writes_samples_only_when_asked(tmp_path, capsys, monkeypatch):
     args.insert(2, "--quiet")
     assert not list((tmp_path / "bare").glob("*.npz"))
     assert json.loads((tmp_path / "bare" / "manifest.json").read_text())["samples"] == []
-    out = tmp_path / "sampled"
-    assert main([*args, str(out), "--samples", "--codec", "q4_0"]) == 0
+    out = tmp_path / "bare"  # replaced
+    assert main([*args, str(out), "--samples", "--codec", "q4_0", "--overwrite"]) == 0
     assert "io samples: prompt, step, chunk" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["samples"] == ["prompt", "step", "chunk"] and manifest["checked"] is None
+    assert manifest["codec"] == "q4_0" and manifest["dtype"] == "f32"
     for sample in manifest["samples"]:
         assert main(["check", str(out / "model.nnef.tgz"), "--inputs",
                      str(out / f"{sample}_inputs.npz"), "--outputs",
@@ -117,6 +118,8 @@ def test_q4_0_export_generates_like_quantized_torch(tmp_path):
 
 @pytest.mark.slow
 def test_exclude_is_reported(tmp_path):
+    """An excluded weight is in the manifest and the summary with its reason (replacing an
+    export-llm folder: ``test_no_check_writes_samples_only_when_asked``)."""
     save_tiny_llama(tmp_path / "ckpt", tie_word_embeddings=True)
     shipped = export_quantized(
         tmp_path / "ckpt", tmp_path / "out", codec="minmax:4:g32", exclude="lm_head",
@@ -127,12 +130,7 @@ def test_exclude_is_reported(tmp_path):
     assert len(skipped) == 1 and "lm_head" in skipped[0]["reason"]
     assert shipped.manifest["exclude"] == ["lm_head"]
     assert "left float  1 weight(s)" in str(shipped)
-    again = export_quantized(
-        tmp_path / "ckpt", tmp_path / "out", codec="q4_0", overwrite=True, check=False,
-        progress=False,
-    )  # fmt: skip
-    assert not again.manifest["skipped"] and again.manifest["codec"] == "q4_0"
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["codec"] == "q4_0"
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["exclude"] == ["lm_head"]
 
 
 @pytest.mark.slow
