@@ -38,7 +38,7 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 
 #: at most this share of the blocks shrunk alone (gathered); more, and all are shrunk
-GATHER_SHARE = 0.15
+GATHER_SHARE = 0.5
 
 
 def _shrink_sums(
@@ -58,11 +58,12 @@ def _shrink_sums(
     # a row maximum costs about a shrink of the whole row where rows are short
     over = None if residual.shape[1] < 32 else (magnitude.amax(dim=-1) > t).nonzero().squeeze(1)
     if over is None or over.numel() > GATHER_SHARE * residual.shape[0]:
-        return _shrink_block_sums(residual, magnitude, u, beta, p, fit.tmp)
-    r = residual.index_select(0, over)
-    se, seu = _shrink_block_sums(
-        r, r.abs(), None if u is None else u.index_select(0, over), beta, p, None
-    )
+        return _shrink_rows(residual, magnitude, u, beta, p, fit.tmp)
+    # the blocks over the threshold, gathered into buffers free during a step
+    m, spare = over.numel(), fit.spare_codes()
+    r = torch.index_select(residual, 0, over, out=fit.tmp[:m])
+    gathered_u = None if u is None else torch.index_select(u, 0, over, out=fit.work[:m])
+    se, seu = _shrink_rows(r, torch.abs(r, out=spare[:m]), gathered_u, beta, p, spare[:m])
     n = residual.shape[0]
     se = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, over, se)
     if seu is not None:
@@ -70,16 +71,16 @@ def _shrink_sums(
     return se, seu
 
 
-def _shrink_block_sums(
+def _shrink_rows(
     r: torch.Tensor,
     magnitude: torch.Tensor,
     u: torch.Tensor | None,
     beta: float,
     p: float,
-    tmp: torch.Tensor | None,
+    tmp: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``sum e`` (and ``sum e * u``) per row, ``e = shrink_lp(r)``; ``r`` and ``magnitude``
-    (``|r|``) are overwritten, ``tmp`` (like ``r``) may hold the products."""
+    (``|r|``, may be ``tmp``) are overwritten, ``tmp`` (like ``r``) holds the products."""
     # shrink_lp(r) = sign(r) relu(|r| - |r|**(p-1) / beta) = r relu(1 - |r|**(p-2) / beta)
     # |r|**(p-2) as exp2((p-2) log2|r|): vectorised, where pow is not (1e-6 relative apart)
     keep = magnitude.log2_().mul_(p - 2.0).exp2_().div_(-beta).add_(1.0).relu_()

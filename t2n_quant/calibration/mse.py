@@ -230,6 +230,10 @@ class BlockFit:
         sxu = (self.xx - error).addcmul_(scale * scale, suu).div_(2.0 * scale)
         return Scored(params, u, error, sxu.nan_to_num_(0.0, 0.0, 0.0), suu, su, residual)
 
+    def spare_codes(self) -> torch.Tensor:
+        """The codes buffer the next :meth:`score` writes: free between two scores."""
+        return self.codes[self.scored % 2]
+
     def least_squares(self, cur: Scored) -> QParams:
         """The parameters with the least squared error for ``cur``'s codes."""
         assert cur.sxu is not None and cur.suu is not None
