@@ -207,6 +207,29 @@ def complex_slice(ctx: EmitContext, node: torch.fx.Node):
     return shape_ops._slice(ctx, x, axis, begin, end, step, shape=(*ctx.out_shape(), 2))
 
 
+@register(aten.polar.default)
+def polar(ctx: EmitContext, node: torch.fx.Node):
+    """polar(Tensor abs, Tensor angle) -> Tensor, the complex ``abs * (cos angle, sin angle)``
+    (Llama 4's rotary embedding)."""
+    radius, angle = ctx.arg(0), ctx.arg(1)
+    shape = ctx.out_shape()
+
+    def emit(op: str, args: list[Any]) -> Ref:
+        return ctx.emit(op, args, dtype=torch.float32, shape=shape, hint=f"polar_{op}")
+
+    radius, angle = ctx.cast(radius, torch.float32), ctx.cast(angle, torch.float32)
+    re = emit("mul", [radius, emit("cos", [angle])])
+    im = emit("mul", [radius, emit("sin", [angle])])
+    return _stack_parts(ctx, re, im)
+
+
+@register_complex(aten.unsqueeze.default)
+def complex_unsqueeze(ctx: EmitContext, node: torch.fx.Node):
+    """unsqueeze(Tensor(a) self, int dim) -> Tensor(a), complex"""
+    axis = norm_axis(ctx.arg(1), ctx.meta().dim())
+    return ctx.emit_like("unsqueeze", [ctx.arg(0)], {"axes": [axis]})
+
+
 @register_complex(aten.mul.Tensor)
 def complex_mul(ctx: EmitContext, node: torch.fx.Node):
     """mul.Tensor(Tensor self, Tensor other) -> Tensor, a complex one by a real or complex one"""

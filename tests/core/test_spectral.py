@@ -125,3 +125,20 @@ def test_complex_op_without_translation_is_named(tmp_path):
 
     with pytest.raises(t2n_core.UnsupportedOpsError, match="on complex tensors"):
         t2n_core.export(Fn(conj_product), (torch.randn(2, 16),), tmp_path / "m", progress=False)
+
+
+class _PolarRotary(torch.nn.Module):
+    def forward(self, x, positions):
+        freqs = positions[..., None].float() * torch.arange(1, 5).float()
+        cis = torch.polar(torch.ones_like(freqs), freqs) * 0.5
+        z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(z * cis[:, :, None, :]).flatten(3)
+
+
+def test_polar_rotary(tmp_path):
+    """Llama 4's rotary embedding: ``polar`` frequencies, unsqueezed, times the complex view
+    of the queries; T dynamic."""
+    x, positions = torch.randn(2, 5, 3, 8), torch.arange(5).expand(2, 5) + 2
+    export_and_check(_PolarRotary(), (x, positions), tmp_path, input_names=["x", "positions"],
+                     dynamic_axes={"x": {1: "T"}, "positions": {1: "T"}},
+                     check_inputs=[(torch.randn(2, 7, 3, 8), torch.arange(7).expand(2, 7))])  # fmt: skip
