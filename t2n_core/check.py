@@ -214,7 +214,7 @@ class TractLoad:
     def __init__(
         self, path: str | os.PathLike, *, shown_as: str | None = None, graph: str | None = None
     ) -> None:
-        self.path, self.shown = path, shown_as or os.fspath(path)
+        self.path, self.shown, self.graph = path, shown_as or os.fspath(path), graph
         self.work = Path(tempfile.mkdtemp(prefix="t2n-tract-"))
         self.error: BaseException | None = None
         if graph is not None:

@@ -75,7 +75,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from t2n_core.inspect import inspect_archive
 
     if args.inputs is None:  # a directory of export-llm: replay its io samples
-        from t2n_core.llm.samples import check_directory
+        from t2n_core.llm.ship import check_directory
 
         options = ("outputs", "save", "pulse", "graph", "allow_nan")
         given = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k)]

@@ -182,7 +182,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument(
         "--no-check", action="store_true",
-        help="do not run the io samples in tract, nor compute them (faster: three PyTorch passes "
+        help="do not run the io samples in tract, nor compute them (faster: a PyTorch pass "
         "fewer) unless --samples",
     )  # fmt: skip
     p.add_argument(
@@ -227,6 +227,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "weight rows (less compute, but tract 0.23.9 gathers q4_0 rows slowly: slower than "
         "dense at the sizes measured, see benchmarks/bench_moe_experts.py; a prompt of T "
         "tokens holds T*top-k float expert matrices)",
+    )  # fmt: skip
+    p.add_argument(
+        "--graphs", choices=["step", "prefill-decode"], default="step",
+        help="'step' (default): one graph runs the prompt and every later token; "
+        "'prefill-decode': two graphs sharing the weights, prefill for the prompt and decode "
+        "for one token at a time (a fixed size there: tract plans matrix-vector products; "
+        "each graph loaded holds its own copy of the weights in memory); logits of the last "
+        "position only",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_export_llm)
@@ -329,7 +337,7 @@ def run_export_llm(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
         fragments=not args.no_fragments, progress=not args.quiet, adapter=args.adapter,
-        lora=args.lora, experts=args.experts,
+        lora=args.lora, experts=args.experts, graphs=args.graphs,
         calibration_options=cli_options.calibration_options(args.calibration_option) or None,
     )  # fmt: skip
     print(shipped)

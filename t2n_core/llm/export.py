@@ -145,6 +145,7 @@ def export_prefill_decode(
     properties: Mapping[str, str] | None = None,
     progress: bool = True,
     fragments: bool = True,
+    lora: str | None = None,
     experts: str = DEFAULT_EXPERTS,
 ) -> ManyExportResult:
     """Export a causal LM as two graphs of one archive sharing every weight
@@ -155,7 +156,7 @@ def export_prefill_decode(
     runs such an archive with prefill for the prompt and decode after it. Each graph loaded
     in tract holds its own copy of the weights in memory: the archive is stored once, not
     the loaded weights. ``check`` runs both graphs in tract (prefill on P=5 and on an empty
-    cache) and compares with PyTorch. ``experts``: as in :func:`export_causal_lm`.
+    cache) and compares with PyTorch. ``lora``, ``experts``: as in :func:`export_causal_lm`.
 
     >>> result = export_prefill_decode(llm, "llm.nnef.tgz")   # doctest: +SKIP
     """
@@ -179,7 +180,7 @@ def export_prefill_decode(
     with experts_implementation(model, experts):
         result = export_many(
             graphs, path, check=check, atol=atol, rtol=rtol, overwrite=overwrite,
-            properties=properties, progress=progress, fragments=fragments,
+            properties=properties, progress=progress, fragments=fragments, lora=lora,
         )  # fmt: skip
         prompt = example_inputs(model, batch=batch, past=0, new=EXAMPLE_NEW + 1, dtype=dtype)
         with torch.no_grad():

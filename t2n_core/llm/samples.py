@@ -18,7 +18,6 @@ reason is logged.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from t2n_core.check import CheckReport, TractLoad, compare, run_tract_each
-from t2n_core.errors import CheckMismatchError, T2NError
+from t2n_core.errors import CheckMismatchError
 from t2n_core.llm.wrapper import (
     CausalLMWithCache,
     input_names_for,
@@ -43,6 +42,8 @@ logger = logging.getLogger(__name__)
 SAMPLE_TEXT = "Once upon a time, there was a little"
 #: io samples in the order they run; value: new tokens (None: the prompt, all the others)
 SAMPLES: dict[str, int | None] = {"prompt": None, "step": 1, "chunk": 2}
+#: the graph each sample runs on in an archive of prefill and decode graphs
+PREFILL_DECODE_SAMPLES = {"prompt": "prefill", "step": "decode", "chunk": "prefill"}
 #: the shortest prompt of a sample
 MIN_PROMPT = 2
 #: length of the random prompt used without a usable tokenizer
@@ -167,6 +168,19 @@ def _named(names: list[str], tensors: list[torch.Tensor]) -> dict[str, np.ndarra
     return {n: np.ascontiguousarray(t.numpy()) for n, t in zip(names, tensors, strict=True)}
 
 
+def on_graphs(samples: Mapping[str, IoSample], graphs: Mapping[str, str]) -> dict[str, IoSample]:
+    """``samples`` keyed by the io names of the graph each runs on (``graphs``: sample ->
+    graph) of an archive of several, which prefix them: ``input_ids`` -> ``prefill_input_ids``."""
+    renamed: dict[str, IoSample] = {}
+    for name, (inputs, outputs) in samples.items():
+        prefix = f"{graphs[name]}_"
+        renamed[name] = (
+            {prefix + k: v for k, v in inputs.items()},
+            {prefix + k: v for k, v in outputs.items()},
+        )
+    return renamed
+
+
 def save_samples(samples: Mapping[str, IoSample], directory: Path) -> None:
     """``NAME_inputs.npz`` / ``NAME_outputs.npz`` of each sample in ``directory``."""
     for name, (inputs, outputs) in samples.items():
@@ -195,16 +209,26 @@ def check_samples(
     raise_on_mismatch: bool = True,
     shown_as: str | None = None,
     loaded: TractLoad | None = None,
+    graphs: Mapping[str, str] | None = None,
 ) -> CheckReport:
-    """Run every sample in tract, the archive loaded once (``loaded``: already loading, see
+    """Run every sample in tract, the archive (each graph, ``graphs``: sample -> graph for an
+    archive of several) loaded once (``loaded``: already loading, see
     :class:`~t2n_core.check.TractLoad`), and compare with PyTorch's outputs (see
     :func:`~t2n_core.check.compare`); outputs are named ``OUTPUT@SAMPLE``. A mismatch raises
     :class:`~t2n_core.errors.CheckMismatchError` unless ``raise_on_mismatch=False``."""
     shown = shown_as or str(archive)
-    batches = [list(inputs.values()) for inputs, _ in samples.values()]
-    ran = loaded.run(batches) if loaded else run_tract_each(archive, batches, shown_as=shown)
+    ran: dict[str, list[np.ndarray]] = {}
+    for graph in dict.fromkeys(graphs[name] if graphs else None for name in samples):
+        names = [n for n in samples if (graphs[n] if graphs else None) == graph]
+        batches = [list(samples[n][0].values()) for n in names]
+        if loaded is not None and loaded.graph == graph:
+            outputs = loaded.run(batches)
+        else:
+            outputs = run_tract_each(archive, batches, shown_as=shown, graph=graph)
+        ran.update(zip(names, outputs, strict=True))
     report = CheckReport(atol=atol, rtol=rtol)
-    for (name, (_, expected)), actual in zip(samples.items(), ran, strict=True):
+    for name, (_, expected) in samples.items():
+        actual = ran[name]
         part = compare([f"{o}@{name}" for o in expected], actual, list(expected.values()),
                        atol=atol, rtol=rtol)  # fmt: skip
         report.outputs += part.outputs
@@ -214,42 +238,3 @@ def check_samples(
             f"tract's outputs of {shown} differ from the reference:\n{report}", report
         )
     return report
-
-
-def check_directory(
-    directory: str | Path, *, atol: float | None = None, rtol: float | None = None
-) -> CheckReport:
-    """Replay in tract the io samples a directory of ``export_checkpoint`` holds (the names
-    and tolerance its ``manifest.json`` lists, unless ``atol`` / ``rtol`` are given), the
-    archive loaded once; the report of the comparison (no exception on a mismatch)."""
-    from t2n_core.llm.ship import MANIFEST_NAME
-
-    directory = Path(directory)
-    if not (directory / MANIFEST_NAME).is_file():
-        raise T2NError(
-            f"{directory} is not a directory written by export-llm (no {MANIFEST_NAME}): "
-            "check an archive with --inputs (and --outputs)"
-        )
-    try:
-        manifest = json.loads((directory / MANIFEST_NAME).read_text())
-        names, archive = list(manifest["samples"]), directory / manifest["archive"]
-        tolerance = manifest["tolerance"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise T2NError(
-            f"{directory / MANIFEST_NAME} is not the manifest of a directory written by "
-            f"export-llm ({exc}); check an archive with --inputs instead"
-        ) from None
-    if not names:
-        raise T2NError(
-            f"{directory} holds no io samples (exported with --no-check): export it again "
-            "with --samples, or check the archive with --inputs"
-        )
-    missing = [f"{n}_{io}.npz" for n in names for io in ("inputs", "outputs")
-               if not (directory / f"{n}_{io}.npz").is_file()]  # fmt: skip
-    if missing:
-        raise T2NError(f"{directory} lacks the io samples {missing} its manifest lists")
-    return check_samples(
-        archive, load_samples(directory, names), raise_on_mismatch=False,
-        atol=tolerance["atol"] if atol is None else atol,
-        rtol=tolerance["rtol"] if rtol is None else rtol,
-    )  # fmt: skip

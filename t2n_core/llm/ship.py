@@ -37,17 +37,21 @@ from t2n_core.errors import (
     CheckpointError,
     CheckpointLayoutError,
     ExportInputError,
+    T2NError,
     UnsupportedOpsError,
 )
 from t2n_core.export import ExportResult
 from t2n_core.llm.checkpoint import Checkpoint, open_checkpoint, streamed_model
 from t2n_core.llm.experts import DEFAULT_EXPERTS, check_experts
-from t2n_core.llm.export import DEFAULT_TOLERANCE, export_causal_lm
+from t2n_core.llm.export import DEFAULT_TOLERANCE, export_causal_lm, export_prefill_decode
 from t2n_core.llm.precision import f32_attention as use_f32_attention
 from t2n_core.llm.precision import f32_norms, is_norm
 from t2n_core.llm.samples import (
+    PREFILL_DECODE_SAMPLES,
     IoSample,
     check_samples,
+    load_samples,
+    on_graphs,
     reference_samples,
     sample_tokens,
     save_samples,
@@ -58,6 +62,7 @@ from t2n_core.llm.wrapper import (
     num_layers_of,
 )
 from t2n_core.lora import with_peft_adapter
+from t2n_core.many import ManyExportResult
 from t2n_core.nnef.archive import (
     TMP_MARK,
     check_target,
@@ -75,6 +80,8 @@ MANIFEST_NAME = "manifest.json"
 #: files copied from the checkpoint beside the archive (tokenizer files are added)
 CONFIG_FILES = ("config.json", "generation_config.json")
 DTYPES = {"f32": torch.float32, "f16": torch.float16}
+#: ``graphs=``: one graph for every step, or prefill and decode graphs sharing the weights
+GRAPHS = ("step", "prefill-decode")
 
 #: ``quantize(model) -> summary``: replaces weights in place (t2n_quant.quantize_model)
 Quantizer = Callable[[nn.Module], Any]
@@ -86,7 +93,7 @@ class ShippedModel:
 
     directory: Path
     manifest: dict[str, Any]
-    export: ExportResult
+    export: ExportResult | ManyExportResult
     check: CheckReport | None = None
     quantization: Any = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -111,6 +118,8 @@ class ShippedModel:
                 f"\n  {s['name']}: {s['reason']}" for s in m["skipped"])),
             ("archive", f"{human_bytes(m['archive_bytes'])}, tensors "
                         + ", ".join(f"{k} {human_bytes(v)}" for k, v in m["tensor_bytes"].items())),
+            *([("graphs", "prefill (T tokens) + decode (1 token), sharing the weights")]
+              if m.get("graphs") else []),
             ("logits", "all positions" if m["all_logits"] else "last position only"),
             *([("experts", m["experts"])] if m.get("experts") else []),
             ("tokenizer", "copied" if m["tokenizer"] else "MISSING (generate needs --prompt-ids)"),
@@ -139,6 +148,7 @@ def export_checkpoint(
     samples: bool | None = None,
     trust_remote_code: bool = False,
     all_logits: bool = False,
+    graphs: str = "step",
     f32_attention: bool = False,
     f32_norm: bool = False,
     fragments: bool = True,
@@ -157,7 +167,11 @@ def export_checkpoint(
     ``"separate"`` (default: base weights and adapter apart, swappable with
     ``t2n adapter swap``) or ``"merged"`` (see :mod:`t2n_core.lora`). ``experts``
     (``"dense"``, ``"gather"``): how mixture-of-experts layers are written, see
-    :func:`~t2n_core.llm.export_causal_lm`. ``quantize`` (see
+    :func:`~t2n_core.llm.export_causal_lm`. ``graphs="prefill-decode"`` writes two graphs
+    sharing the weights (:func:`~t2n_core.llm.export_prefill_decode`: ``prefill`` for the
+    prompt, ``decode`` for one token at a time, where tract plans matrix-vector products)
+    instead of one ``"step"`` graph for both; the io samples then run on the graph each
+    belongs to (the prompt and chunk on prefill, the step on decode). ``quantize`` (see
     :func:`t2n_quant.export_checkpoint`, which passes ``quantize_model`` with its codec)
     replaces weights before export; ``quantization``
     is recorded in the manifest. ``check`` runs the io samples in tract against PyTorch;
@@ -174,6 +188,13 @@ def export_checkpoint(
     target = check_target(out, overwrite=overwrite, foreign=_not_ours)
     torch_dtype = _torch_dtype(dtype)
     check_experts(experts)
+    if graphs not in GRAPHS:
+        raise ExportInputError(f"graphs must be one of {list(GRAPHS)}, got {graphs!r}")
+    if graphs == "prefill-decode" and all_logits:
+        raise ExportInputError(
+            "graphs='prefill-decode' returns the logits of the last position only (what "
+            "generation needs): all_logits needs graphs='step'"
+        )
     if (f32_attention or f32_norm) and torch_dtype != torch.float16:
         raise ExportInputError("f32_attention / f32_norm only apply to an f16 export (dtype='f16')")
     with progress_bar(total=2, desc="load", unit="step", disable=not progress, leave=False) as bar:
@@ -214,10 +235,10 @@ def export_checkpoint(
         clock = time.perf_counter()
         archive = staging / ARCHIVE_NAME
         try:
-            result = export_causal_lm(
-                model, archive, dtype=torch_dtype, check=False, all_logits=all_logits,
-                progress=progress, properties={"source_architecture": ckpt.architecture},
-                fragments=fragments, lora=lora, experts=experts,
+            result = _export_graphs(
+                graphs, model, archive, dtype=torch_dtype, check=False, progress=progress,
+                properties={"source_architecture": ckpt.architecture}, fragments=fragments,
+                lora=lora, experts=experts, all_logits=all_logits,
             )  # fmt: skip
         except UnsupportedOpsError as exc:
             raise UnsupportedOpsError(
@@ -227,8 +248,9 @@ def export_checkpoint(
         timings["capture + write"] = time.perf_counter() - clock
 
         io_samples: dict[str, IoSample] = {}
+        sample_graphs = PREFILL_DECODE_SAMPLES if graphs == "prefill-decode" else None
         if check:  # tract loads the archive (another process) while PyTorch computes samples
-            loading = TractLoad(archive)
+            loading = TractLoad(archive, graph=sample_graphs and sample_graphs["prompt"])
         if check or samples:
             clock = time.perf_counter()
             vocab = int(model.config.get_text_config(decoder=True).vocab_size)
@@ -236,6 +258,8 @@ def export_checkpoint(
             io_samples = reference_samples(
                 model, ids, torch_dtype, all_logits=all_logits, progress=progress
             )
+            if sample_graphs is not None:
+                io_samples = on_graphs(io_samples, sample_graphs)
             save_samples(io_samples, staging)
             timings["reference"] = time.perf_counter() - clock
         report = None
@@ -244,14 +268,15 @@ def export_checkpoint(
             clock = time.perf_counter()
             with progress_bar(total=1, desc="check", unit="archive", disable=not progress,
                               leave=False):  # fmt: skip
-                report = check_samples(archive, io_samples, atol=tol, rtol=tol, loaded=loading)
+                report = check_samples(archive, io_samples, atol=tol, rtol=tol, loaded=loading,
+                                       graphs=sample_graphs)  # fmt: skip
             timings["check"] = time.perf_counter() - clock
         for name in (*CONFIG_FILES, *ckpt.tokenizer_files):
             if (ckpt.directory / name).is_file():
                 shutil.copyfile(ckpt.directory / name, staging / name)
         manifest = _manifest(
             ckpt, model, result, archive, torch_dtype, summary, quantization, all_logits,
-            f32_attention, f32_norm, list(io_samples), tol, report, experts,
+            f32_attention, f32_norm, list(io_samples), tol, report, experts, sample_graphs,
         )  # fmt: skip
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
         check_target(target, overwrite=overwrite, foreign=_not_ours)  # it may have appeared
@@ -264,6 +289,52 @@ def export_checkpoint(
     shipped = ShippedModel(target, manifest, result, report, summary, timings, notes)
     logger.info("exported %s to %s", ckpt.architecture, target)
     return shipped
+
+
+def check_directory(
+    directory: str | Path, *, atol: float | None = None, rtol: float | None = None
+) -> CheckReport:
+    """Replay in tract the io samples a directory of ``export_checkpoint`` holds (the names
+    and tolerance its ``manifest.json`` lists, unless ``atol`` / ``rtol`` are given), the
+    archive loaded once; the report of the comparison (no exception on a mismatch)."""
+    directory = Path(directory)
+    if not (directory / MANIFEST_NAME).is_file():
+        raise T2NError(
+            f"{directory} is not a directory written by export-llm (no {MANIFEST_NAME}): "
+            "check an archive with --inputs (and --outputs)"
+        )
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+        names, archive = list(manifest["samples"]), directory / manifest["archive"]
+        tolerance = manifest["tolerance"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise T2NError(
+            f"{directory / MANIFEST_NAME} is not the manifest of a directory written by "
+            f"export-llm ({exc}); check an archive with --inputs instead"
+        ) from None
+    if not names:
+        raise T2NError(
+            f"{directory} holds no io samples (exported with --no-check): export it again "
+            "with --samples, or check the archive with --inputs"
+        )
+    missing = [f"{n}_{io}.npz" for n in names for io in ("inputs", "outputs")
+               if not (directory / f"{n}_{io}.npz").is_file()]  # fmt: skip
+    if missing:
+        raise T2NError(f"{directory} lacks the io samples {missing} its manifest lists")
+    return check_samples(
+        archive, load_samples(directory, names), raise_on_mismatch=False,
+        graphs=manifest.get("sample_graphs"),
+        atol=tolerance["atol"] if atol is None else atol,
+        rtol=tolerance["rtol"] if rtol is None else rtol,
+    )  # fmt: skip
+
+
+def _export_graphs(
+    graphs: str, model: nn.Module, archive: Path, *, all_logits: bool, **options: Any
+) -> ExportResult | ManyExportResult:
+    if graphs == "prefill-decode":
+        return export_prefill_decode(model, archive, **options)
+    return export_causal_lm(model, archive, all_logits=all_logits, **options)
 
 
 def _not_ours(target: Path) -> str | None:
@@ -325,7 +396,7 @@ def _load(ckpt: Checkpoint, dtype: torch.dtype, f32_norm: bool, notes: list[str]
 def _manifest(
     ckpt: Checkpoint,
     model: nn.Module,
-    result: ExportResult,
+    result: ExportResult | ManyExportResult,
     archive: Path,
     dtype: torch.dtype,
     summary: Any,
@@ -337,6 +408,7 @@ def _manifest(
     tol: float,
     report: CheckReport | None,
     experts: str,
+    sample_graphs: Mapping[str, str] | None,
 ) -> dict[str, Any]:
     tensors = {}
     for name, header in sorted(result.dat_headers.items()):  # those written, not read back
@@ -354,6 +426,7 @@ def _manifest(
     before = sum(q.bytes_before for q in quantized)
     after = sum(q.bytes_after for q in quantized)
     numel = sum(int(np.prod(q.shape)) for q in quantized)
+    parts = result.graphs if isinstance(result, ManyExportResult) else {"": result}
     return {
         "format": "t2n-llm/1",
         "archive": ARCHIVE_NAME,
@@ -380,13 +453,15 @@ def _manifest(
         "bytes_before_quantization": before,
         "quantized": {q.name: q.codec for q in quantized},
         "skipped": [{"name": s.name, "reason": s.reason} for s in getattr(summary, "skipped", [])],
-        "inputs": [str(s) for s in result.inputs],
-        "outputs": [str(s) for s in result.outputs],
+        "graphs": list(parts) if isinstance(result, ManyExportResult) else None,
+        "inputs": [str(s) for r in parts.values() for s in r.inputs],
+        "outputs": [str(s) for r in parts.values() for s in r.outputs],
         "tensor_bytes": result.tensor_bytes,
         "archive_bytes": archive.stat().st_size,
         "tensors": tensors,
         "tokenizer": ckpt.has_tokenizer,
         "samples": samples,
+        "sample_graphs": dict(sample_graphs) if sample_graphs and samples else None,
         "tolerance": {"atol": tol, "rtol": tol},
         "checked": None if report is None else report.passed,
         "versions": _versions(),

@@ -4,6 +4,7 @@ samples written replay in tract with ``t2n check OUT``."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -151,3 +152,39 @@ def test_samples_written_equal_pytorch_and_replay_in_tract(tmp_path, capsys) -> 
     assert "logits@step: MISMATCH" in capsys.readouterr().out
     assert main(["check", str(out / "model.nnef.tgz")]) == 2
     assert "not a directory written by export-llm" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prefill_decode_directory_checks_and_generates(tmp_path, capsys) -> None:
+    """--graphs prefill-decode: the prompt and chunk samples run on prefill, the step on
+    decode, each keyed by its graph's io names; the export's check, `t2n check OUT` and
+    `t2n generate` run both graphs in tract, generating as the quantized PyTorch model."""
+    from tests.llm.test_export_llm import NEW_TOKENS, PROMPT, assert_same_generation
+
+    model = save_tiny_llama(tmp_path / "ckpt", dtype=torch.float32)
+    out = tmp_path / "out"
+    args = ["export-llm", str(tmp_path / "ckpt"), "-o", str(out), "--graphs", "prefill-decode",
+            "--codec", "q4_0", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "prefill (T tokens) + decode (1 token)" in printed and "passed on prompt" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["graphs"] == ["prefill", "decode"] and manifest["checked"]
+    assert manifest["sample_graphs"] == {"prompt": "prefill", "step": "decode", "chunk": "prefill"}
+    assert "decode_input_ids: i64[B, 1]" in manifest["inputs"]
+    written = load_samples(out, manifest["samples"])
+    for name, graph in manifest["sample_graphs"].items():
+        inputs, outputs = written[name]
+        assert next(iter(inputs)) == f"{graph}_input_ids"
+        assert next(iter(outputs)) == f"{graph}_logits"
+    assert main(["check", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{g}_logits@{n}: ok" in printed for n, g in manifest["sample_graphs"].items())
+    assert main(["generate", str(out), "--prompt", PROMPT,
+                 "--max-new-tokens", str(NEW_TOKENS)]) == 0  # fmt: skip
+    quantize_model(model, "q4_0", progress=False)
+    assert_same_generation(out, model)
+    bad = ["export-llm", str(tmp_path / "ckpt"), "-o", str(tmp_path / "no"), "--graphs",
+           "prefill-decode", "--all-logits"]  # fmt: skip
+    assert main(bad) == 2 and "all_logits needs graphs='step'" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
