@@ -40,11 +40,12 @@ from t2n_core.input_plan import DynamicAxes, InputPlan
 from t2n_core.ir import IDENTIFIER_RULE, Graph, Operation, Ref, Value, is_identifier
 from t2n_core.many_lora import adapter_sites, check_adapter_files, label_adapters, lora_properties
 from t2n_core.nnef.archive import check_target, write_archive
+from t2n_core.nnef.dat import DatHeader
 from t2n_core.passes import prepare_for_archive
 from t2n_core.progress import progress_bar
 from t2n_core.share import share_identical_tensors
 from t2n_core.version import __version__
-from t2n_core.writer import archive_files, tensor_bytes_by_type
+from t2n_core.writer import archive_files, dat_headers, tensor_bytes_by_type
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class ManyExportResult:
     tensor_bytes: dict[str, int]  # stored in the archive, by .dat item type name
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what is stored once, graph rewrites
+    dat_headers: dict[str, DatHeader] = field(default_factory=dict)  # by file name
 
     @property
     def total_tensor_bytes(self) -> int:
@@ -224,8 +226,9 @@ def export_many(
     }
     logger.info("exported graphs %s to %s", list(traced), path)
     return ManyExportResult(
-        Path(path), results, tensor_bytes_by_type(merged), file_names, list(merged.notes)
-    )
+        Path(path), results, tensor_bytes_by_type(merged), file_names, list(merged.notes),
+        dat_headers(merged),
+    )  # fmt: skip
 
 
 def merge_graphs(graphs: Mapping[str, Graph]) -> tuple[Graph, dict[str, dict[str, list[str]]]]:

@@ -172,6 +172,7 @@ def test_prefill_decode_directory_checks_and_generates(tmp_path, capsys) -> None
     assert manifest["graphs"] == ["prefill", "decode"] and manifest["checked"]
     assert manifest["sample_graphs"] == {"prompt": "prefill", "step": "decode", "chunk": "prefill"}
     assert "decode_input_ids: i64[B, 1]" in manifest["inputs"]
+    assert manifest["tensors"]["model.lm_head.weight"]["type"] == "q4_0"  # written once
     written = load_samples(out, manifest["samples"])
     for name, graph in manifest["sample_graphs"].items():
         inputs, outputs = written[name]
