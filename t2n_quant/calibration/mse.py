@@ -17,7 +17,6 @@ the next candidate is fitted from, instead of a grid of fake-quantized copies.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,14 +283,9 @@ def starts(codec: Codec, blocks: torch.Tensor) -> tuple[QParams, QParams | None]
     m = signed_max(blocks, lo, hi)
     signed = codec.scale_rule == "signed_max"
     mm = minmax_from_stats(codec, m, m, m) if signed else minmax_from_stats(codec, lo, hi, None)
-    top = _extreme_level(codec, highest=signed)
-    return mm, QParams((m / top).to(codec.storage_dtype).float())
-
-
-@functools.cache
-def _extreme_level(codec: Codec, highest: bool) -> float:
     levels = codec.levels()
-    return float(levels.max() if highest else levels.min())
+    top = float(levels.max() if signed else levels.min())
+    return mm, QParams((m / top).to(codec.storage_dtype).float())
 
 
 @register("mse")
