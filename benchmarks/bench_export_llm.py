@@ -25,7 +25,7 @@ processes on 2 cores, a 16M-value q4_0 quantization took 0.07 s of CPU with one 
 0.92 s with two (threads spin waiting for each other), so the figures were taken with one.
 
 ``write`` exports the archive alone (no io samples, so one pass over the checkpoint instead of
-four); ``prefill`` loads it in tract, runs 8 tokens, and compares with the streamed PyTorch model.
+two); ``prefill`` loads it in tract, runs 8 tokens, and compares with the streamed PyTorch model.
 
 Sizes: 122m (Llama, hidden 768, 12 layers, vocab 24000), 0.5b / 1.5b (Qwen2 shapes,
 vocab 151936, tied), 8b (Llama-3 shapes), 14b (Llama-2-13B layers with Llama-3's vocabulary:

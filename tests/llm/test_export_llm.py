@@ -77,7 +77,7 @@ def test_cli_bf16_sharded_export_generate_check(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_no_check_writes_samples_only_when_asked(tmp_path, capsys, monkeypatch):
-    """--no-check skips the three PyTorch reference passes (no io samples) unless --samples;
+    """--no-check skips the PyTorch reference pass (no io samples) unless --samples;
     the samples written without a check replay in tract with ``t2n check``. Load and capture
     show progress bars (here at once: no delay). --overwrite replaces an export-llm folder."""
     save_tiny_llama(tmp_path / "ckpt", tokenizer=False)
