@@ -147,9 +147,10 @@ class TarStream:
         self._member = (info.name, info.size, self.offset)
 
     def write(self, chunk: bytes | memoryview) -> None:
-        """Write the next piece of the current member's content."""
-        self.sink.write(chunk)
-        self.offset += len(chunk)
+        """Write the next piece of the current member's content (any buffer: its bytes)."""
+        data = memoryview(chunk).cast("B")
+        self.sink.write(data)
+        self.offset += len(data)
 
     def end(self) -> None:
         """Close the current member: its content must have had the size its header gave."""

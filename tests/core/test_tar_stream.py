@@ -4,6 +4,7 @@ import gzip
 import io
 import tarfile
 import zlib
+from array import array
 
 import pytest
 
@@ -18,6 +19,7 @@ def _files(src):
         ("graph.nnef", lambda: b"version 1.0;\n"),
         ("w.dat", lambda: [b"h" * 128, memoryview(BIG)]),
         ("s.dat", lambda: Stream(len(BIG) + 7, iter([b"1234567", BIG[:70000], BIG[70000:]]))),
+        ("f.dat", lambda: Stream(24, iter([memoryview(array("f", [1.5] * 6))]))),  # typed buffer
         ("d/" + "n" * 150 + ".dat", lambda: b"z" * 1000),  # a pax header for the long name
         ("p.dat", lambda: src),
         ("empty.dat", lambda: b""),
@@ -31,7 +33,7 @@ def _expected(src) -> bytes:
         for name, produce in _files(src):
             content = produce()
             if isinstance(content, Stream):
-                data = b"".join(bytes(c) for c in content.chunks)
+                data = b"".join(memoryview(c).cast("B").tobytes() for c in content.chunks)
             elif isinstance(content, list):
                 data = b"".join(bytes(c) for c in content)
             elif isinstance(content, bytes):
