@@ -12,7 +12,10 @@ from tests.core.test_hf_llama import tiny_llama
 from tests.core.test_llm_kv_cache import check_generation
 
 
-@pytest.mark.parametrize("spec", ["q4_0", "minmax:4:g32"])
+#: q4_0 (tract's own matmul on the stored blocks) on a tiny Llama, with the KV cache and
+#: generation in tract: ``tests/llm/test_families.py::test_family[llama-q4_0]`` (and
+#: ``[gpt2-q4_0]`` in the fast subset); here the codec weights dequantized by fragments
+@pytest.mark.parametrize("spec", ["minmax:4:g32"])
 def test_quantized_llm_with_kv_cache(spec, tmp_path):
     model = tiny_llama()
     summary = quantize_model(model, spec, progress=False)
