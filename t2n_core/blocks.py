@@ -625,10 +625,10 @@ def _trace_site(site: Site, export: Callable[..., ExportedProgram]) -> ExportedP
 
 
 def _decompose(site: Site, program: ExportedProgram) -> Capture:
-    from t2n_core.decompositions import decomposition_table
+    from t2n_core.decompose import decompose
 
     try:
-        program = program.run_decompositions(decomposition_table())
+        program = decompose(program)
     except Exception as exc:  # torch raises many types
         raise BlockCaptureError(
             f"block {site.path} ({type(site.module).__name__}) could not be decomposed: {exc}"

@@ -17,7 +17,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from t2n_core.blocks import BlockCaptureError, Blocks
-from t2n_core.decompositions import decomposition_table
+from t2n_core.decompose import decompose
 from t2n_core.errors import CaptureError, ExportInputError
 from t2n_core.input_plan import InputPlan, varargs_index
 from t2n_core.progress import progress_bar
@@ -178,7 +178,7 @@ def _traced_and_decomposed(model, args, kwargs, dynamic_shapes, bar: Any) -> Exp
     ep = _export(model, args, kwargs, dynamic_shapes)
     bar.update(1)
     bar.set_postfix_str("decompose", refresh=False)
-    ep = ep.run_decompositions(decomposition_table())
+    ep = decompose(ep)
     bar.update(1)
     return ep
 
