@@ -29,90 +29,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-#: size fields set on every config that has them (names as transformers' configs spell them)
-SMALL: dict[str, Any] = {
-    **dict.fromkeys(("vocab_size",), 256),
-    **dict.fromkeys(("hidden_size", "n_embd", "d_model", "dim", "embed_dim", "hidden_dim",
-                     "attention_hidden_size", "word_embed_proj_dim", "embedding_size"), 64),
-    **dict.fromkeys(("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size",
-                     "dense_intermediate_size", "decoder_ffn_dim", "mlp_dim"), 128),
-    **dict.fromkeys(("num_hidden_layers", "n_layer", "n_layers", "num_layers",
-                     "decoder_layers"), 2),
-    **dict.fromkeys(("num_attention_heads", "n_head", "n_heads", "num_heads",
-                     "decoder_attention_heads"), 4),
-    **dict.fromkeys(("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_n_heads",
-                     "multi_query_group_num", "num_key_value_groups"), 2),
-    **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim", "v_head_dim"), 16),
-    **dict.fromkeys(("max_position_embeddings", "n_positions", "max_seq_len", "n_ctx",
-                     "context_length", "seq_length", "max_sequence_length"), 128),
-    **dict.fromkeys(("moe_intermediate_size", "expert_intermediate_size",
-                     "shared_expert_intermediate_size", "moe_ffn_hidden_size",
-                     "ffn_hidden_size_moe", "expert_dim"), 64),
-    **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts",
-                     "ffn_num_experts"), 4),
-    **dict.fromkeys(("num_experts_per_tok", "moe_top_k", "moe_k", "top_k", "num_selected_experts",
-                     "moe_topk"), 2),
-    **dict.fromkeys(("n_shared_experts", "num_shared_experts", "moe_num_shared_experts"), 1),
-    **dict.fromkeys(("kv_lora_rank", "q_lora_rank"), 16),
-    **dict.fromkeys(("qk_rope_head_dim", "qk_nope_head_dim", "rotary_dim"), 8),
-    **dict.fromkeys(("n_group", "topk_group", "first_k_dense_replace"), 1),
-    **dict.fromkeys(("linear_num_key_heads", "linear_num_value_heads"), 2),
-    **dict.fromkeys(("linear_key_head_dim", "linear_value_head_dim"), 16),
-    **dict.fromkeys(("sliding_window", "attention_window_size", "window_size"), 4),
-}  # fmt: skip
+from tests.llm.generic_config import VARIANTS, tiny_config, tiny_model
 
-
-def tiny_config(model_type: str, variant: int = 0) -> Any:
-    """The config of ``model_type`` with every size field of :data:`SMALL` it has set small.
-
-    Per-layer type lists keep one layer of each distinct type (a hybrid keeps an attention
-    layer). ``variant`` 1: as many kv heads as heads (configs that refuse grouped queries).
-    """
-    from transformers import AutoConfig
-
-    default = AutoConfig.for_model(model_type)
-    present = default.to_dict()
-    small = {}
-    for key, value in SMALL.items():
-        have = present.get(key, "absent")
-        if (isinstance(have, int) and not isinstance(have, bool)) or (
-            have is None and key == "head_dim"
-        ):
-            small[key] = value
-    if variant == 1:
-        for key in ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_n_heads"):
-            if key in small:
-                small[key] = 4
-    types = present.get("layer_types")
-    if isinstance(types, list) and types and all(isinstance(t, str) for t in types):
-        kept = list(dict.fromkeys(types))
-        kept += [types[-1]] * (2 - len(kept))
-        small["layer_types"] = kept
-        for key in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
-            if key in small:
-                small[key] = len(kept)
-    ids = {k: v for k, v in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 2))
-           if k in present}  # fmt: skip
-    return AutoConfig.for_model(model_type, **small, **ids)
-
-
-def tiny_model(model_type: str, seed: int = 0, variant: int = 0) -> Any:
-    """The randomized causal LM of :func:`tiny_config` (``tests.llm.families.randomize``)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from tests.llm.families import randomize
-
-    config = tiny_config(model_type, variant)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    randomize(model, seed)
-    return model.eval()
-
+__all__ = ["VARIANTS", "tiny_config", "tiny_model"]
 
 #: (cause, regex on "ExceptionType: message"), first match wins
 CAUSES = [
     ("missing op", r"UnsupportedOpsError|cannot be translated to NNEF"),
+    ("cache type: recurrent or extra state", r"recurrent or otherwise non key/value"),
+    ("returns no cache (an encoder run as a decoder)", r"cache is a NoneType"),
+    ("cache type: empty layers (encoder-decoder cache)", r"without keys and values"),
     ("cache type", r"past tensors|cache|Cache|layer_idx|keys|conv_states|ssm_states"),
     ("data-dependent control flow", r"GuardOnDataDependent|data.dependent|Could not guard|"
                                     r"Could not extract specialized|ConstraintViolation"),
@@ -170,11 +96,11 @@ for stage in ("f32", "q4_0"):
 
 #: model classes of another kind than a text decoder: listed, not tried
 MULTIMODAL = ("ConditionalGeneration",)
-#: tiny-config variants tried in turn until ``model.generate`` runs (see :func:`tiny_config`)
-VARIANTS = (0, 1)
 
 
 def cause_of(stage: str, error: str) -> str:
+    if "timeout after" in error:
+        return "time limit (this machine's load; rerun with --only)"
     if stage == "torch":
         return "tiny config or transformers fails in torch"
     for cause, pattern in CAUSES:
@@ -215,6 +141,72 @@ def sweep(model_type: str, model_class: str, timeout: float) -> dict[str, Any]:
     return row
 
 
+def cache_cause(why: str) -> str:
+    """The cause class of an :class:`UnsupportedArchitectureError`'s reason."""
+    if "recurrent" in why:
+        return "cache type: recurrent or extra state"
+    if "NoneType" in why:
+        return "returns no cache (an encoder run as a decoder)"
+    if "without keys" in why:
+        return "cache type: empty layers (encoder-decoder cache)"
+    return "cache type: not a transformers Cache"
+
+
+def probe(model_type: str, model_class: str) -> dict[str, Any]:
+    """In this process: the tiny model builds and generates in torch, and its cache is one the
+    exported step carries (no export): what ``--probe`` reports for every architecture fast."""
+    import signal
+
+    row: dict[str, Any] = {"model_type": model_type, "class": model_class, "stages": {}}
+    if any(k in model_class for k in MULTIMODAL):
+        row.update(failed="-", cause="not a text-only decoder (multimodal)", error="")
+        return row
+
+    def too_long(*_: Any) -> None:
+        raise TimeoutError(f"timeout after {PROBE_SECONDS} s")
+
+    signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(PROBE_SECONDS)
+    try:
+        return _probe(row, model_type)
+    except TimeoutError as exc:
+        row.update(failed="torch", cause="time limit (a large default sub-config)", error=str(exc))
+        return row
+    finally:
+        signal.alarm(0)
+
+
+#: seconds the in-process probe gives one architecture
+PROBE_SECONDS = 40
+
+
+def _probe(row: dict[str, Any], model_type: str) -> dict[str, Any]:
+    import torch
+
+    from t2n_core.errors import UnsupportedArchitectureError
+    from t2n_core.llm.wrapper import past_shapes_of
+    from tests.llm.test_families import torch_greedy
+
+    for variant in VARIANTS:
+        try:
+            model = tiny_model(model_type, variant=variant)
+            torch_greedy(model, torch.randint(0, 256, (1, 6)), 2)
+            break
+        except Exception as exc:  # a benchmark reports every failure
+            error = f"{type(exc).__name__}: {exc}"
+    else:
+        row.update(failed="torch", cause=cause_of("torch", error), error=error)
+        return row
+    try:
+        past_shapes_of(model)
+    except UnsupportedArchitectureError as exc:
+        why = str(exc).split("cache: ", 1)[-1].split(". export_causal_lm")[0]
+        row.update(failed="f32", cause=cache_cause(why), error=why)
+    except Exception as exc:  # a benchmark reports every failure
+        row.update(failed="f32", cause="cache type", error=f"{type(exc).__name__}: {exc}")
+    return row
+
+
 def main() -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -223,15 +215,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="architectures run in parallel")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per stage")
     parser.add_argument("--json", default="", help="also write the rows to this file")
+    parser.add_argument("--probe", action="store_true", help="no export: torch + cache check "
+                        "only, in this process (seconds per architecture)")  # fmt: skip
     args = parser.parse_args()
     names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     types = args.only.split(",") if args.only else list(names)
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = []
-        for row in pool.map(lambda t: sweep(t, names[t], args.timeout), types):
+        run = (lambda t: probe(t, names[t])) if args.probe else (
+            lambda t: sweep(t, names[t], args.timeout))  # fmt: skip
+        for row in (map(run, types) if args.probe else pool.map(run, types)):
             rows.append(row)
             ok = "failed" not in row
-            status = "works" if ok else f"fails at {row['failed']}"
+            status = ("probe passes" if args.probe else "works") if ok else (
+                f"fails at {row['failed']}")  # fmt: skip
             note = "" if ok else f"{row['cause']}: {row['error'].splitlines()[0][:160]}"
             print(f"| {row['model_type']} | {status} | {note} |", flush=True)
     works = sum("failed" not in r for r in rows)

@@ -8,6 +8,9 @@ KNOWN_TO_WORK = (
     "GPT-NeoX", "OPT", "Falcon (new decoder layout)", "StableLM", "SmolLM3", "Granite", "OLMo2",
     "Cohere", "Starcoder2", "GPT-J", "Bloom", "Falcon (multi-query)", "Mixtral", "Qwen3-MoE",
     "Qwen2-MoE", "Phi", "GPT-OSS", "DeepSeek-V3",
+    # found by benchmarks/bench_architectures.py (f32 and q4_0), tested after q4_0
+    "AFMoE", "Apertus", "Arcee", "Aria (text)", "BioGPT", "BitNet", "CodeGen", "Cohere2", "GLM",
+    "GPT-BigCode", "Granite-MoE", "Llama 4 (text)", "OLMo", "OLMo3", "OLMoE", "Persimmon",
 )  # fmt: skip
 
 #: what a user of an architecture outside the list reads (see docs/llm-architectures.md)

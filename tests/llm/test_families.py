@@ -24,7 +24,7 @@ from t2n_core.llm import export_causal_lm, greedy_generate
 from t2n_core.nnef.archive import read_archive_files
 from t2n_core.nnef.dat import DatHeader
 from t2n_quant import QTensor, QuantizationSummary, quantize_model
-from tests.llm.families import FAMILIES, VOCAB, WINDOW, tiny
+from tests.llm.families import FAMILIES, GENERIC, VOCAB, WINDOW, tiny
 
 MODES = ("f32", "f16", "q4_0")
 #: tract vs PyTorch on the logits of each step: max|a - b| <= tol + tol * max|b|
@@ -39,13 +39,17 @@ LONG_GENERATION = {(name, "f32"): 40 for name in ("mistral", "gemma2", "gemma3")
 FAST = {("gpt2", "q4_0"), ("falcon_multi_query", "f32")}
 #: f16 on a few families of different layouts only, to bound the suite's time; every family
 #: in f16: ``python -m benchmarks.bench_families`` (same checks, a table)
+#: the architectures the sweep found working (``GENERIC``) are tested after q4_0 only (the
+#: same export, check and generation on quantized weights); f32 too in the sweep:
+#: ``python -m benchmarks.bench_architectures``
+GENERIC_MODE = "q4_0"
 F16 = ("llama", "gemma3", "gpt2", "falcon_multi_query", "phi3", "mixtral")
 
 
 def _cases():
-    for name in FAMILIES:
+    for name in [*FAMILIES, *GENERIC]:
         for mode in MODES:
-            if mode == "f16" and name not in F16:
+            if (mode == "f16" and name not in F16) or (name in GENERIC and mode != GENERIC_MODE):
                 continue
             marks = () if (name, mode) in FAST else (pytest.mark.slow,)
             yield pytest.param(name, mode, id=f"{name}-{mode}", marks=marks)
