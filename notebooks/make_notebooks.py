@@ -208,7 +208,7 @@ LLM = [
         "trusts (KL divergence of next-token distributions against the float model, top-1 "
         "agreement, perplexity), make a mixed-precision plan under a bits-per-weight budget, "
         "export it with GPTQ calibration and generate text in tract. Training, calibration "
-        "and evaluation texts come from different modules. Takes about a minute on 2 CPU "
+        "and evaluation texts come from different modules. Takes under a minute on 2 idle CPU "
         "cores (the last cell prints the time)."
     ),
     new_code_cell(
@@ -236,7 +236,7 @@ LLM = [
         "                              ('eval', eval_text)]})"
     ),
     new_markdown_cell(
-        "A byte-level BPE tokenizer and a 2-layer Llama, trained for 500 steps (~15-20 s)."
+        "A byte-level BPE tokenizer and a 2-layer Llama, trained for 500 steps (~15 s when idle)."
     ),
     new_code_cell(
         "bpe = Tokenizer(models.BPE())\n"
