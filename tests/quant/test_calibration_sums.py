@@ -182,10 +182,12 @@ def test_hqq_shrink_gathered_or_dense_same_sums(rows_over: int) -> None:
     u = torch.randint(-8, 8, (32, 32), generator=g).float()
     e = shrink_lp(r, beta=10.0, p=0.7)
     fit = BlockFit(codec, torch.randn(32, 32))
-    se, seu = _shrink_sums(fit, r.clone(), u, 10.0, 0.7)
-    if rows_over == 0:
-        assert se is None and seu is None
-        return
-    assert se is not None and seu is not None
-    torch.testing.assert_close(se, e.sum(-1, keepdim=True), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(seu, (e * u).sum(-1, keepdim=True), rtol=1e-5, atol=1e-6)
+    for known_dense in (False, True):  # a step after a dense one shrinks all blocks
+        se, seu, dense = _shrink_sums(fit, r.clone(), u, 10.0, 0.7, known_dense)
+        if rows_over == 0:
+            assert se is None and seu is None and not dense
+            continue
+        assert se is not None and seu is not None
+        assert dense == (known_dense or rows_over > 16)
+        torch.testing.assert_close(se, e.sum(-1, keepdim=True), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(seu, (e * u).sum(-1, keepdim=True), rtol=1e-5, atol=1e-6)
