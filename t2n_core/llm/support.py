@@ -11,6 +11,8 @@ KNOWN_TO_WORK = (
     # found by benchmarks/bench_architectures.py (f32 and q4_0), tested after q4_0
     "AFMoE", "Apertus", "Arcee", "Aria (text)", "BioGPT", "BitNet", "CodeGen", "Cohere2", "GLM",
     "GPT-BigCode", "Granite-MoE", "Llama 4 (text)", "OLMo", "OLMo3", "OLMoE", "Persimmon",
+    "GLM-4", "Helium", "Ministral", "EXAONE 4", "Hunyuan (dense)", "Hunyuan (MoE)",
+    "Granite-MoE (shared experts)", "PhiMoE", "Seed-OSS",
 )  # fmt: skip
 
 #: what a user of an architecture outside the list reads (see docs/llm-architectures.md)

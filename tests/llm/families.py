@@ -107,7 +107,9 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
 GENERIC: dict[str, int] = {
     "afmoe": 0, "apertus": 0, "arcee": 0, "aria_text": 0, "biogpt": 0, "bitnet": 0,
     "codegen": 0, "cohere2": 0, "glm": 0, "gpt_bigcode": 0, "granitemoe": 0, "llama4_text": 0,
-    "olmo": 0, "olmo3": 0, "olmoe": 0, "persimmon": 0,
+    "olmo": 0, "olmo3": 0, "olmoe": 0, "persimmon": 0, "glm4": 0, "helium": 0, "ministral": 0,
+    "exaone4": 0, "hunyuan_v1_dense": 0, "hunyuan_v1_moe": 0, "granitemoeshared": 0,
+    "phimoe": 0, "seed_oss": 0,
 }  # fmt: skip
 
 
