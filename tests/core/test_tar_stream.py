@@ -1,5 +1,6 @@
 """Tar archives written member by member, content streamed: the bytes ``tarfile`` gives."""
 
+import errno
 import gzip
 import io
 import tarfile
@@ -78,3 +79,27 @@ def test_stream_shorter_or_longer_than_announced_fails_and_writes_nothing(tmp_pa
     with pytest.raises(ArchiveFormatError, match="announced"):
         write_archive(folder, [("x.dat", lambda: Stream(5, iter([b"abc"])))])
     assert not folder.exists()
+
+
+def test_direct_writes_give_the_bytes_of_plain_ones(tmp_path, monkeypatch):
+    from t2n_core.nnef import tar_stream
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(BIG[:5000])
+    monkeypatch.setattr(tar_stream, "_DIRECT_STAGE", 1 << 16)  # several staged buffers
+    direct = write_archive(tmp_path / "d.tgz", _files(src)).read_bytes()
+    assert len(direct) % 4096  # the padding of the last direct block was cut off
+    with monkeypatch.context() as m:
+        m.setattr(tar_stream, "output_for", tar_stream._Output)
+        plain = write_archive(tmp_path / "p.tgz", _files(src)).read_bytes()
+    assert direct == plain and gzip.decompress(plain) == _expected(src)
+    real, refused = tar_stream._write_all, []
+
+    def refuse_once(fd, buffers):  # a file system that refuses direct writes midway
+        if not refused:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, buffers)
+
+    monkeypatch.setattr(tar_stream, "_write_all", refuse_once)
+    assert write_archive(tmp_path / "f.tgz", _files(src)).read_bytes() == plain and refused
