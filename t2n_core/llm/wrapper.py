@@ -51,7 +51,7 @@ def past_shapes_of(model: nn.Module) -> list[tuple[int, int]]:
         from t2n_core.llm.experts import dense_experts
 
         # proxies: quantized or not-yet-read (streamed) weights are neither decoded nor read
-        with dense_experts(model), float_proxies(model):
+        with dense_experts(model), float_proxies(model), buffers_kept(model):
             try:
                 with parameters_on_meta(model):
                     shapes = _probe(model)
@@ -69,6 +69,19 @@ def past_shapes_of(model: nn.Module) -> list[tuple[int, int]]:
                     shapes = _probe(model)
         _PAST_SHAPES[model] = shapes
     return _PAST_SHAPES[model]
+
+
+@contextlib.contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Every module's buffers as they were, after a forward that reassigns one (CTRL stores
+    ``self.pos_encoding.to(device)``: a meta or fake tensor after the probe otherwise)."""
+    saved = [(module, dict(module._buffers)) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, buffers in saved:
+            module._buffers.clear()
+            module._buffers.update(buffers)
 
 
 @contextlib.contextmanager

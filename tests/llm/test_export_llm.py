@@ -219,3 +219,18 @@ def test_streamed_export_reads_each_weight_once(tmp_path):
             torch.from_numpy(ids)
         ).logits
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_cache_probe_keeps_buffers_a_forward_reassigns():
+    """CTRL's forward stores ``self.pos_encoding.to(device)``: after the shape-only probe of
+    the cache the buffer is still the real one (was a meta tensor: export then failed)."""
+    from transformers import CTRLConfig, CTRLLMHeadModel
+
+    from t2n_core.llm import past_shapes_of
+
+    config = CTRLConfig(vocab_size=64, n_embd=32, dff=64, n_layer=1, n_head=2, n_positions=16)
+    model = CTRLLMHeadModel(config).eval()
+    before = model.transformer.pos_encoding.clone()
+    assert past_shapes_of(model) == [(2, 16), (2, 16)]
+    after = model.transformer.pos_encoding
+    assert after.device.type == "cpu" and torch.equal(after, before)
