@@ -12,7 +12,7 @@ KNOWN_TO_WORK = (
     "AFMoE", "Apertus", "Arcee", "Aria (text)", "BioGPT", "BitNet", "CodeGen", "Cohere2", "GLM",
     "GPT-BigCode", "Granite-MoE", "Llama 4 (text)", "OLMo", "OLMo3", "OLMoE", "Persimmon",
     "GLM-4", "Helium", "Ministral", "EXAONE 4", "Hunyuan (dense)", "Hunyuan (MoE)",
-    "Granite-MoE (shared experts)", "PhiMoE", "Seed-OSS",
+    "Granite-MoE (shared experts)", "PhiMoE", "Seed-OSS", "CTRL", "XGLM", "Doge",
 )  # fmt: skip
 
 #: what a user of an architecture outside the list reads (see docs/llm-architectures.md)
