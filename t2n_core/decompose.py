@@ -81,7 +81,7 @@ def _one_pass(program: ExportedProgram) -> ExportedProgram:
 
     def run(*args: Any) -> Any:
         with torch.fx.traceback.preserve_node_meta():
-            return torch.fx.Interpreter(old).run(*args)
+            return _Replay(old).run(*args)
 
     with (
         fake_mode,
@@ -123,3 +123,71 @@ def _one_pass(program: ExportedProgram) -> ExportedProgram:
         example_inputs=program.example_inputs,
         constants=program.constants,
     )
+
+
+class _Replay(torch.fx.Interpreter):
+    """Replays the program; a ``t2n::block`` call whose inputs have the recorded shapes is copied
+    with its recorded outputs instead of being run again through fake tensors (a block is opaque
+    to decompositions, and its outputs' sizes are expressions of the same shape environment)."""
+
+    def run_node(self, node: torch.fx.Node) -> Any:
+        if node.op == "call_function" and node.target is _block_op():
+            with self._set_current_node(node):
+                args, kwargs = self.fetch_args_kwargs_from_env(node)
+                copied = _copy_block(node, args, kwargs)
+            if copied is not None:
+                return copied
+        return super().run_node(node)
+
+
+def _block_op() -> Any:
+    return torch.ops.t2n.block.default
+
+
+def _copy_block(node: torch.fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``node``'s recorded outputs, traced as one call of it; None when that is not sound."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode, get_proxy_slot, track_tensor_tree
+
+    mode = get_proxy_mode()
+    recorded = node.meta.get("val")
+    if mode is None or kwargs or len(args) != 2 or not isinstance(recorded, (list, tuple)):
+        return None
+    inputs, key = args
+    before = [a.meta.get("val") if isinstance(a, torch.fx.Node) else None for a in node.args[0]]
+    if len(before) != len(inputs):
+        return None
+    for new, old in zip(inputs, before):
+        if not (isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor)):
+            return None
+        if new.dtype != old.dtype or new.device != old.device or not _same_sizes(new, old):
+            return None
+    tracer = mode.tracer
+    proxies = [get_proxy_slot(t, tracer, None) for t in inputs]
+    if any(p is None or p.constant is not None for p in proxies):
+        return None
+    target = _block_op()
+    proxy = tracer.create_proxy(
+        "call_function",
+        target,
+        ([p.proxy for p in proxies], key),
+        {},
+        name=tracer.graph._target_to_str(target.overloadpacket.__name__),
+    )
+    outputs = list(recorded)
+    track_tensor_tree(outputs, proxy, constant=None, tracer=tracer)
+    return outputs
+
+
+def _same_sizes(new: torch.Tensor, old: torch.Tensor) -> bool:
+    if new.dim() != old.dim():
+        return False
+    for a, b in zip(new.shape, old.shape):
+        if isinstance(a, torch.SymInt) != isinstance(b, torch.SymInt):
+            return False
+        if isinstance(a, torch.SymInt):
+            env = a.node.shape_env
+            if env is not b.node.shape_env or env.replace(a.node.expr) != env.replace(b.node.expr):
+                return False
+        elif a != b:
+            return False
+    return True
