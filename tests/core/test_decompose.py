@@ -64,3 +64,50 @@ def test_functional_program_takes_one_pass(monkeypatch: pytest.MonkeyPatch) -> N
     decompose(program)  # no retrace through run_decompositions
     with pytest.raises(AssertionError, match="run_decompositions called"):
         decompose(_export(_InPlace()))  # a mutation: the public path
+
+
+class _Layer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.nn.functional.gelu(self.norm(self.proj(x)))
+
+
+def _with_block_calls() -> ExportedProgram:
+    from t2n_core.blocks import Blocks
+
+    model = nn.Sequential(*[_Layer() for _ in range(3)]).eval()
+    blocks = Blocks.find(model)
+    assert blocks is not None
+    x = torch.randn(3, 8)
+    with blocks.intercept(), blocks.active(), torch.no_grad():
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: Dim("B")},), strict=False)
+        return decompose(program)
+
+
+def test_block_calls_are_copied_with_their_recorded_outputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each t2n::block call is copied, not run again; the graph is the one running it gives."""
+    import t2n_core.decompose as module
+
+    copy = module._copy_block
+    copied = []
+
+    def counting(*args: object) -> object:
+        copied.append(copy(*args))  # type: ignore[arg-type]
+        return copied[-1]
+
+    monkeypatch.setattr(module, "_copy_block", counting)
+    got = _with_block_calls()
+    monkeypatch.setattr(module, "_copy_block", lambda *args: None)
+    expected = _with_block_calls()
+    blocks = [n for n in got.graph.nodes if n.target is torch.ops.t2n.block.default]
+    assert len(blocks) == 3 and len(copied) == 3 and all(c is not None for c in copied)
+    assert got.graph_module.code == expected.graph_module.code
+    for ours, theirs in zip(got.graph.nodes, expected.graph.nodes):
+        if isinstance(theirs.meta.get("val"), torch.Tensor):
+            assert str(ours.meta["val"].shape) == str(theirs.meta["val"].shape)
