@@ -8,7 +8,7 @@ distributions against the float model, top-1 agreement, perplexity. ``reference 
 the reference exporter's always-negative Q4_0 scale (``d = -max|x| / 8``) in the very same
 format, as a custom calibration.
 
-Run: ``python -m benchmarks.bench_llm_accuracy [--minutes 5] [--calib-seqs 64]``
+Run: ``python -m benchmarks.bench_llm_accuracy [--steps 3000] [--calib-seqs 64]``
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def reference(codec, blocks: torch.Tensor) -> QParams:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=5.0, help="training budget")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps")
     parser.add_argument("--calib-seqs", type=int, default=64, help="calibration sequences")
     parser.add_argument("--eval-seqs", type=int, default=32, help="evaluation sequences")
     parser.add_argument("--seq-len", type=int, default=128)
@@ -55,7 +55,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = build(minutes=args.minutes)
+    folder = build(steps=args.steps)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     texts = corpus()

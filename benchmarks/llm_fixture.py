@@ -4,10 +4,12 @@ The corpus is the docstrings of the running Python's standard library, split by 
 file into three disjoint parts: ``train`` (about 80% of the files), ``calibration`` (10%)
 and ``eval`` (10%), so evaluation text is never seen by training or calibration. A
 byte-level BPE tokenizer is trained on the training part, then a Hugging Face
-``LlamaForCausalLM`` for a fixed wall-clock budget. The result is a checkpoint directory
-(``config.json``, weights, tokenizer) cached under ``benchmarks/.cache/`` (gitignored).
+``LlamaForCausalLM`` for a fixed number of steps (the same model whatever the machine's
+load; a wall-clock budget trained 4x fewer steps on a busy machine). The result is a
+checkpoint directory (``config.json``, weights, tokenizer) cached under
+``benchmarks/.cache/`` (gitignored).
 
-Run: ``python -m benchmarks.llm_fixture [--minutes 5]`` (prints the eval loss).
+Run: ``python -m benchmarks.llm_fixture [--steps 3000]`` (prints the eval loss).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def train_tokenizer(text: str, out: Path):  # -> PreTrainedTokenizerFast
 def build(
     out: Path | None = None,
     *,
-    minutes: float = 5.0,
+    steps: int = 3000,
     hidden: int = 128,
     layers: int = 4,
     seed: int = 0,
@@ -80,7 +82,7 @@ def build(
     """Train (or reuse, when ``out`` already holds one) the checkpoint; returns its folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = out or CACHE / f"llama_docstrings_h{hidden}_l{layers}_{minutes:g}min"
+    out = out or CACHE / f"llama_docstrings_h{hidden}_l{layers}_{steps}steps"
     if (out / "config.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -98,12 +100,10 @@ def build(
     )  # fmt: skip
     model = LlamaForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
-    budget = minutes * 60
     start = time.perf_counter()
-    step = 0
     model.train()
-    while (elapsed := time.perf_counter() - start) < budget:
-        decay = 0.1 + 0.9 * math.cos(0.5 * math.pi * elapsed / budget)
+    for step in range(steps):
+        decay = 0.1 + 0.9 * math.cos(0.5 * math.pi * step / steps)
         lr = 3e-3 * min(1.0, (step + 1) / 50) * decay
         for group in opt.param_groups:
             group["lr"] = lr
@@ -114,21 +114,21 @@ def build(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if log and step % 100 == 0:
+            elapsed = time.perf_counter() - start
             print(f"step {step} loss {loss.item():.3f} ({elapsed:.0f} s)", flush=True)
-        step += 1
     model.eval()
     model.save_pretrained(out)
-    (out / "train_log.txt").write_text(f"{step} steps in {time.perf_counter() - start:.0f} s\n")
+    (out / "train_log.txt").write_text(f"{steps} steps in {time.perf_counter() - start:.0f} s\n")
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=3000, help="training steps")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
-    path = build(minutes=args.minutes, hidden=args.hidden, layers=args.layers)
+    path = build(steps=args.steps, hidden=args.hidden, layers=args.layers)
     print(f"checkpoint: {path}")
 
 
