@@ -136,6 +136,15 @@ def _key_value_pairs(model: nn.Module, cache: object) -> list[tuple[torch.Tensor
     if layers is None:
         _unsupported(model, f"its cache is a {type(cache).__name__}, not a transformers Cache "
                      "of key/value layers")  # fmt: skip
+    outside = sorted(_held_tensors(cache))
+    if outside:  # MiniMax keeps its lightning-attention state beside the key/value layers
+        _unsupported(model, f"its {type(cache).__name__} holds {', '.join(outside[:4])}"
+                     f"{', ...' if len(outside) > 4 else ''} outside its key/value layers (a "
+                     "recurrent or otherwise non key/value state)")  # fmt: skip
+    decoder_layers = num_layers_of(model)
+    if len(layers) != decoder_layers:
+        _unsupported(model, f"its {type(cache).__name__} has {len(layers)} key/value layer(s) "
+                     f"for {decoder_layers} decoder layers (the others keep another state)")
     pairs = []
     for i, layer in enumerate(layers):
         tensors = _held_tensors(layer)

@@ -169,3 +169,18 @@ def test_recurrent_architecture_is_named_with_what_works(tmp_path):
     assert "conv_states[0], recurrent_states[0]" in message
     assert "Known to export: Llama," in message
     assert not (tmp_path / "m.nnef.tgz").exists()
+
+
+def test_hybrid_state_beside_the_cache_layers_is_refused(tmp_path):
+    """MiniMax keeps its lightning-attention state in a list of the cache object itself, beside
+    its key/value layers: refused before capture, naming that state, like the recurrent ones."""
+    from t2n_core.errors import UnsupportedArchitectureError
+    from t2n_core.llm import export_causal_lm
+    from tests.llm.generic_config import tiny_model
+
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        export_causal_lm(tiny_model("minimax"), tmp_path / "m.nnef.tgz", progress=False)
+    message = str(info.value)
+    assert "MiniMaxForCausalLM (model_type 'minimax')" in message
+    assert "MiniMaxCache holds linear_cache[1] outside its key/value layers" in message
+    assert not (tmp_path / "m.nnef.tgz").exists()
