@@ -29,6 +29,7 @@ from t2n_quant.calibration.mse import (
 )
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
+from t2n_quant.codecs.masks import nonzero_mask, pick, positive_mask
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -116,13 +117,13 @@ def _half_quadratic_step(
         assert cur.su is not None and fit.sx is not None and cur.params.zero is not None
         stored = codec.store(cur.params)
         s = stored.scale.float()
-        safe = torch.where(s == 0, torch.ones_like(s), s)
+        safe = pick(nonzero_mask(s), s, torch.ones_like(s))
         sx = fit.sx if se is None else fit.sx - se
         zero = (cur.su - sx / safe).div_(fit.n).add_(stored.zero.float())  # type: ignore[union-attr]
         return QParams(cur.params.scale, zero.clamp_(0.0, float(codec.qmax))), dense
     assert cur.sxu is not None and cur.suu is not None
     num = cur.sxu if seu is None else cur.sxu - seu
-    s = torch.where(cur.suu > 0, num / cur.suu, cur.params.scale)
+    s = pick(positive_mask(cur.suu), num / cur.suu, cur.params.scale)
     return QParams(s.to(codec.storage_dtype).float()), dense
 
 

@@ -20,6 +20,7 @@ import torch
 
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
+from t2n_quant.codecs.masks import less_mask, nonzero_mask, pick
 
 
 def f16_ceil(x: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tensor:
@@ -33,9 +34,9 @@ def f16_ceil(x: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tenso
     if dtype == torch.float32:
         return x.float()
     h = x.to(dtype)
-    bits = h.view(torch.int16)
-    bumped = torch.where(h.float() < x, bits + 1, bits)
-    return bumped.view(dtype).float()
+    # the next f16 up where h < x: its bits (x >= 0) less the all-ones mask of h < x
+    bumped = h.view(torch.int16).to(torch.int32).sub_(less_mask(h.float(), x.float()))
+    return bumped.to(torch.int16).view(dtype).float()
 
 
 def signed_max(
@@ -49,10 +50,10 @@ def signed_max(
     """
     hi = blocks.amax(dim=-1, keepdim=True) if hi is None else hi
     lo = blocks.amin(dim=-1, keepdim=True) if lo is None else lo
-    m = torch.where(hi >= -lo, hi, lo)
-    tie = (hi == -lo).squeeze(1)  # both signs reach the largest magnitude, or all zeros
-    if bool(tie.any()):
-        rows = tie.nonzero().squeeze(1)
+    m = pick(less_mask(hi, torch.neg(lo)), lo, hi)
+    # both signs reach the largest magnitude, or all zeros: hi + lo == 0 exactly
+    if float(torch.add(hi, lo).abs_().amin()) == 0.0:
+        rows = (hi == -lo).squeeze(1).nonzero().squeeze(1)
         sub = blocks[rows]
         m[rows] = sub.gather(-1, sub.abs().argmax(dim=-1, keepdim=True))
     return m
@@ -66,8 +67,8 @@ def minmax_from_stats(
         lo = lo.clamp(max=0.0) * shrink
         hi = hi.clamp(min=0.0) * shrink
         scale = f16_ceil((hi - lo) / codec.qmax, codec.storage_dtype)
-        zero = torch.where(scale == 0, torch.zeros_like(scale), -lo / scale)
-        return QParams(scale, zero)
+        zero = torch.div(lo, scale).neg_().view(torch.int32).bitwise_and_(nonzero_mask(scale))
+        return QParams(scale, zero.view(torch.float32))
     levels = codec.levels()
     if codec.scale_rule == "signed_max":
         assert m is not None

@@ -27,6 +27,7 @@ import torch
 from t2n_quant.calibration.minmax import minmax_from_stats, signed_max
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
+from t2n_quant.codecs.masks import both_masks, less_mask, pick, positive_mask
 
 #: values fitted at a time, in buffers kept between chunks and calls (:func:`scratch_for`);
 #: on CPU, 128K-value chunks cost ~1.5x more (per-chunk overhead), 1M-value ones no less
@@ -239,35 +240,35 @@ class BlockFit:
         assert cur.sxu is not None and cur.suu is not None
         codec, old = self.codec, cur.params.scale
         if not codec.has_zero:
-            s = torch.where(cur.suu > 0, cur.sxu / cur.suu, old)
+            s = pick(positive_mask(cur.suu), cur.sxu / cur.suu, old)
             return QParams(s.to(codec.storage_dtype).float())
         # values (q - z) s' + c fitted as a * u + b (u = q - z): s' = a, zero' = z - b / a
         assert cur.su is not None and self.sx is not None and cur.params.zero is not None
         mean_u = cur.su / self.n
         var = cur.suu - cur.su * mean_u  # n times the variance of u
         a = (cur.sxu - self.sx * mean_u).div_(var)
-        a = torch.where((var > 0) & (a > 0), a, old).to(codec.storage_dtype).float()
+        fitted = both_masks(positive_mask(var), positive_mask(a))
+        a = pick(fitted, a, old).to(codec.storage_dtype).float()
         z = cur.params.zero.to(codec.storage_dtype).float()
         zero = (mean_u - self.sx / (self.n * a)).add_(z).clamp_(0.0, float(codec.qmax))
-        return QParams(a, torch.where(a > 0, zero, cur.params.zero))
+        return QParams(a, pick(positive_mask(a), zero, cur.params.zero))
 
 
 def keep_better(best: Scored, cand: Scored, sums: bool = True) -> Scored:
     """Block by block, the candidate with the smaller error; without ``sums``, its parameters
-    and error only (nothing is fitted from the result: ``where`` on a column of blocks is
-    not free)."""
-    b = cand.error < best.error
+    and error only (nothing is fitted from the result: a choice per block is not free)."""
+    b = less_mask(cand.error, best.error)
 
-    def pick(new: torch.Tensor | None, old: torch.Tensor | None) -> torch.Tensor | None:
-        return None if new is None or old is None or not sums else torch.where(b, new, old)
+    def sum_of(new: torch.Tensor | None, old: torch.Tensor | None) -> torch.Tensor | None:
+        return None if new is None or old is None or not sums else pick(b, new, old)
 
     zero = None
     if cand.params.zero is not None and best.params.zero is not None:
-        zero = torch.where(b, cand.params.zero, best.params.zero)
+        zero = pick(b, cand.params.zero, best.params.zero)
     return Scored(
-        QParams(torch.where(b, cand.params.scale, best.params.scale), zero), None,
-        torch.where(b, cand.error, best.error), pick(cand.sxu, best.sxu),
-        pick(cand.suu, best.suu), pick(cand.su, best.su),
+        QParams(pick(b, cand.params.scale, best.params.scale), zero), None,
+        pick(b, cand.error, best.error), sum_of(cand.sxu, best.sxu),
+        sum_of(cand.suu, best.suu), sum_of(cand.su, best.su),
     )  # fmt: skip
 
 

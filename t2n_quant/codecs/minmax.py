@@ -22,6 +22,7 @@ import torch
 
 from t2n_quant.codecs.base import QParams
 from t2n_quant.codecs.grouped import GroupedCodec
+from t2n_quant.codecs.masks import reciprocal_or_zero
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class MinMaxCodec(GroupedCodec, name="minmax", aliases=("asym",)):
             raise ValueError("minmax needs zero points; got QParams without zero")
         stored = self.store(params)
         scale, zero = stored.scale.float(), stored.zero.float()  # type: ignore[union-attr]
-        inv = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
+        inv = reciprocal_or_zero(scale)
         t = torch.mul(blocks, inv, out=out) if out is not None else blocks * inv
         return t.add_(zero).round_().clamp_(0.0, float(self.qmax)), scale, zero
 

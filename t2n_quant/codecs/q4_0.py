@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 
 from t2n_quant.codecs.base import Codec, QParams
+from t2n_quant.codecs.masks import reciprocal_or_zero
 
 BLOCK = 32
 BLOCK_BYTES = 18
@@ -50,7 +51,7 @@ class Q4_0Codec(Codec, name="q4_0", aliases=("q4",)):
 
     def quantize_blocks(self, blocks: torch.Tensor, params: QParams) -> torch.Tensor:
         d = params.scale.float()
-        inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+        inv = reciprocal_or_zero(d)
         t = blocks * inv
         t.add_(8.5).clamp_(0.0, 15.0)  # the cast below truncates toward zero, like trunc()
         return t.to(torch.int32).to(torch.uint8)
@@ -62,7 +63,7 @@ class Q4_0Codec(Codec, name="q4_0", aliases=("q4",)):
         self, blocks: torch.Tensor, params: QParams, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         d = params.scale.float()
-        inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+        inv = reciprocal_or_zero(d)
         t = torch.mul(blocks, inv, out=out) if out is not None else blocks * inv
         # floor = trunc on the clamped, non-negative values, and far faster than trunc on CPU
         return t.add_(8.5).clamp_(0.0, 15.0).floor_().sub_(8.0)

@@ -18,6 +18,7 @@ import torch
 
 from t2n_quant.codecs.base import QParams
 from t2n_quant.codecs.grouped import GroupedCodec
+from t2n_quant.codecs.masks import reciprocal_or_zero
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class SymmetricCodec(GroupedCodec, name="symmetric", aliases=("sym",)):
 
     def _codes_float(self, blocks: torch.Tensor, params: QParams) -> tuple[torch.Tensor, ...]:
         scale = self.store(params).scale.float()
-        inv = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
+        inv = reciprocal_or_zero(scale)
         t = blocks * inv
         return t.round_().add_(float(self.offset)).clamp_(0.0, float(self.qmax)), scale
 
@@ -52,7 +53,7 @@ class SymmetricCodec(GroupedCodec, name="symmetric", aliases=("sym",)):
     ) -> torch.Tensor:
         # the signed codes directly: the clamp of _codes_float shifted by -offset (3 passes, not 5)
         scale = self.store(params).scale.float()
-        inv = torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
+        inv = reciprocal_or_zero(scale)
         low = -float(self.offset)
         t = torch.mul(blocks, inv, out=out) if out is not None else blocks * inv
         return t.round_().clamp_(low, low + self.qmax)
