@@ -183,8 +183,13 @@ class BlockFit:
         weights: torch.Tensor | None = None,
         scale_sums: bool = True,
         scratch: Scratch | None = None,
+        keep_codes: bool = True,
     ) -> None:
         self.codec, self.blocks = codec, blocks
+        #: whether a :class:`Scored` keeps its codes and residual apart (a half-quadratic step
+        #: reads both); without, the residual is written over the codes once they are summed,
+        #: so a fit works in one buffer of the blocks' size (less memory traffic)
+        self.keep_codes = keep_codes
         #: whether :meth:`score` takes ``sum x*u`` and ``sum u*u`` (a fit of the scale needs them)
         self.scale_sums = scale_sums
         self.w = None if weights is None else weights.float().expand_as(blocks)
@@ -202,7 +207,7 @@ class BlockFit:
         if scratch is None:
             scratch = Scratch(FIT_BUFFERS, blocks, blocks.shape[0])
         self.work, self.tmp, *codes = scratch.lend(blocks)
-        self.codes = (codes[0], codes[1])
+        self.codes = (codes[0], codes[1]) if keep_codes else (self.work, self.work)
         self.scored = 0
 
     def score(self, params: QParams, sums: bool = True) -> Scored:
@@ -214,22 +219,25 @@ class BlockFit:
         scale = stored.scale.float()
         if stored.zero is not None:
             u.sub_(stored.zero.float())
-        residual = torch.addcmul(self.blocks, u, scale, value=-1.0, out=self.work)
+        su = suu = None
+        if sums and codec.has_zero:
+            su = rowsum(u) if self.w is None else rowdot(u, self.w, out=self.tmp)
+        if sums and self.scale_sums:
+            w_u = u if self.root_w is None else torch.mul(u, self.root_w, out=self.tmp)
+            suu = squared_norm(w_u)
+        residual = torch.addcmul(
+            self.blocks, u, scale, value=-1.0, out=self.work if self.keep_codes else u
+        )
         weighted = residual if self.root_w is None else residual * self.root_w
         error = squared_norm(weighted)
-        if not sums:
-            return Scored(params, u, error, None, None, None, residual)
-        su = None
-        if codec.has_zero:
-            su = rowsum(u) if self.w is None else rowdot(u, self.w, out=self.tmp)
-        if not self.scale_sums:
-            return Scored(params, u, error, None, None, su, residual)
-        suu = squared_norm(u if self.root_w is None else torch.mul(u, self.root_w, out=self.tmp))
+        kept = u if self.keep_codes else None
+        if suu is None:
+            return Scored(params, kept, error, None, None, su, residual)
         # error = xx - 2 s sxu + s^2 suu: no term cancels (they are about xx, xx and 2 xx
         # where the error is small), so float32 keeps sxu to about 1e-7
         assert self.xx is not None
         sxu = (self.xx - error).addcmul_(scale * scale, suu).div_(2.0 * scale)
-        return Scored(params, u, error, sxu.nan_to_num_(0.0, 0.0, 0.0), suu, su, residual)
+        return Scored(params, kept, error, sxu.nan_to_num_(0.0, 0.0, 0.0), suu, su, residual)
 
     def spare_codes(self) -> torch.Tensor:
         """The codes buffer the next :meth:`score` writes: free between two scores."""
@@ -338,7 +346,7 @@ def _mse_search(
     scratch: Scratch | None = None,
     tol: float = STOP_GAIN,
 ) -> QParams:
-    fit = BlockFit(codec, blocks, weights, scratch=scratch)
+    fit = BlockFit(codec, blocks, weights, scratch=scratch, keep_codes=False)
     mm, other = starts(codec, blocks)
     best = fit.score(mm)
     if other is not None:
