@@ -109,7 +109,7 @@ def _half_quadratic_step(
 ) -> tuple[QParams, bool]:
     """The next parameters, and whether the shrink was dense (see :func:`_shrink_sums`)."""
     codec = fit.codec
-    assert cur.u is not None and cur.residual is not None
+    assert cur.residual is not None and (codec.has_zero or cur.u is not None)
     u = None if codec.has_zero else cur.u
     se, seu, dense = _shrink_sums(fit, cur.residual, u, beta, p, dense)
     if codec.has_zero:
@@ -159,7 +159,9 @@ def _hqq(
     tol: float = STOP_GAIN,
 ) -> QParams:
     # zero-point steps take sum u only
-    fit = BlockFit(codec, blocks, scale_sums=not codec.has_zero, scratch=scratch)
+    # zero-point steps read the residual and sum u only: the residual may take the codes' place
+    scale_step = not codec.has_zero
+    fit = BlockFit(codec, blocks, scale_sums=scale_step, scratch=scratch, keep_codes=scale_step)
     best = cur = fit.score(minmax_params(codec, blocks))
     dense = False
     for i in range(iters):
