@@ -85,7 +85,9 @@ def add_calibration_options(parser: argparse.ArgumentParser) -> None:
         "--calibration-option", nargs="+", default=[], metavar="KEY=VALUE",
         help="options of a data-aware calibration, e.g. act_order=true. gptq: act_order "
         "(columns by decreasing activation, default false), sequential (layers of a block one "
-        "after the other, default true), damp (0.01), block (128), inner (minmax or mse); "
+        "after the other, default true), float_target (round each layer towards the float "
+        "model's output, compensating the layers quantized before it, default true), damp "
+        "(0.01), block (128), inner (minmax or mse); "
         "awq: grid (20), inner. true/false and numbers are read as such",
     )  # fmt: skip
 

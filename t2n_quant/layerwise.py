@@ -18,6 +18,13 @@ weight without calling it). How they are gathered:
   reading the first input reached (``q``/``k``/``v``) are quantized, then the block is run
   again to gather the next stage's inputs (``o``, then ``gate``/``up``, then ``down``)
   through the quantized ones, so each Linear compensates the error of those before it.
+  With ``float_target=True`` (the default) a float copy of the block is run alongside on
+  the float model's own block inputs, and each weight is first fitted
+  (:func:`~t2n_quant.calibration.gptq.float_target_weight`) so that its output on the
+  quantized model's inputs comes closest to the float model's output, before GPTQ rounds
+  it: the rounding then aims at the float model, not at the layer's float weight on
+  inputs already off (weights whose float inputs cannot be paired call for call keep
+  plain GPTQ, with a note).
   Only the block at hand needs to be on ``device``; the weights outside the blocks (an LM
   head) are calibrated last, with the blocks replaced by their recorded outputs.
 - **all at once** otherwise: one pass of the float model with every Hessian gathered.
@@ -34,6 +41,7 @@ saying so.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,7 +52,7 @@ from torch import nn
 
 from t2n_core.progress import progress_bar
 from t2n_quant.calibration.awq import search_scales
-from t2n_quant.calibration.gptq import gptq
+from t2n_quant.calibration.gptq import float_target_weight, gptq
 from t2n_quant.calibration_data import Batch
 from t2n_quant.codecs.base import Codec, QParams
 from t2n_quant.errors import CalibrationDataError, CalibrationOptionError
@@ -88,10 +96,15 @@ class Target:
     #: attention's packed q/k/v projection fed different query / key / value tensors: one
     #: Hessian per third of the rows (None while they are all the same tensor)
     parts: list[Target] | None = None
+    #: float_target: the float model's inputs of this module in the batch at hand (one per
+    #: call, taken in order), and ``X_float^T X`` over the rows gathered so far
+    floats: list[torch.Tensor] | None = None
+    cross: torch.Tensor | None = None
+    cross_lost: str | None = None  # why the float inputs could not be paired
 
     def reset(self) -> None:
         self.hessian, self.rows, self.act, self.first_input, self.seq = None, 0, None, None, -1
-        self.parts = None
+        self.parts, self.floats, self.cross, self.cross_lost = None, None, None, None
 
     def add_inputs(self, xs: list[torch.Tensor], mask: torch.Tensor | None,
                    shared: dict[str, Any] | None = None) -> None:  # fmt: skip
@@ -101,6 +114,7 @@ class Target:
             self.add(xs[0], mask, shared)
             return
         if self.parts is None:  # split what was gathered while they were the same
+            self.cross_lost = "its query, key and value differ"
             self.parts = [Target(self.weight, self.codec, self.path, self.module)
                           for _ in xs]  # fmt: skip
             for part in self.parts:
@@ -121,23 +135,42 @@ class Target:
         if self.first_input is None:
             self.first_input = x
         conv = isinstance(self.module, (nn.Conv1d, nn.Conv2d))
+        rows = None
         if shared is not None and shared.get("x") is x and shared.get("mask") is mask \
                 and not conv and shared.get("conv") is False:  # fmt: skip
             h, a, n = shared["stats"]
         else:
-            rows = x.detach()
-            if not conv:  # features last
-                if mask is not None and tuple(rows.shape[:-1]) == tuple(mask.shape):
-                    rows = rows[mask.to(rows.device)]
-                rows = rows.reshape(-1, rows.shape[-1]).float()
-            else:
-                rows = conv_columns(self.module, rows).float()
+            rows = self._rows(x, mask)
             h, a, n = rows.T @ rows, rows.abs().sum(0), rows.shape[0]
             if shared is not None:
                 shared.update(x=x, mask=mask, conv=conv, stats=(h, a, n))
         self.hessian = h.clone() if self.hessian is None else self.hessian.add_(h)
         self.act = a.clone() if self.act is None else self.act.add_(a)
         self.rows += n
+        if self.floats is not None and self.cross_lost is None:
+            self._add_cross(x, mask, rows)
+
+    def _rows(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The rows ``x`` gives the weight to multiply (padded tokens left out), float32."""
+        rows = x.detach()
+        if isinstance(self.module, (nn.Conv1d, nn.Conv2d)):
+            return conv_columns(self.module, rows).float()
+        if mask is not None and tuple(rows.shape[:-1]) == tuple(mask.shape):
+            rows = rows[mask.to(rows.device)]
+        return rows.reshape(-1, rows.shape[-1]).float()
+
+    def _add_cross(self, x: torch.Tensor, mask: torch.Tensor | None,
+                   rows: torch.Tensor | None) -> None:  # fmt: skip
+        """Pair this call's input ``x`` with the float model's (the next of ``floats``)."""
+        assert self.floats is not None
+        xf = self.floats.pop(0) if self.floats else None
+        if xf is None or xf.shape != x.shape:
+            self.cross_lost = "the float model did not call it alike"
+            self.cross = None
+            return
+        rows = self._rows(x, mask) if rows is None else rows
+        c = self._rows(xf.to(x.device), mask).T @ rows
+        self.cross = c if self.cross is None else self.cross.add_(c)
 
 
 @dataclass
@@ -150,6 +183,7 @@ class Job:
     assign: Callable[[Target, torch.Tensor, QParams | None], None]
     note: Callable[[str], None]
     sequential: bool = False
+    float_target: bool = False
 
 
 def conv_columns(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -193,6 +227,7 @@ class _Tokens:
     def __init__(self, data: list[Batch]) -> None:
         self.masks = [token_mask(b) for b in data]
         self.now: torch.Tensor | None = None
+        self.muted = False
 
     def at(self, i: int) -> None:
         self.now = self.masks[i] if i < len(self.masks) else None
@@ -376,6 +411,8 @@ def _gathering(
             take([attention_output(module, args, kwargs)])
 
         def take(xs: list[torch.Tensor]) -> None:
+            if tokens.muted:  # the float model's pass (float_target)
+                return
             if t.seq < 0:
                 t.seq = next(calls)
                 if not first:
@@ -495,6 +532,7 @@ def calibrate_with_data(
                 _sequential(model, name, blocks, targets, data, inputs, job, progress, tokens)
                 return mode
         what = _what(targets, job.method)
+        job.float_target = False  # every input comes from the float model already
         with _on(model, device):
             with _gathering(targets, model, tokens) as produced:
                 _run_model(model, data, device, "running the model", what, tokens.at)
@@ -544,6 +582,46 @@ def _capture_first_block(
     return inputs
 
 
+def _capture_floats(targets: list[Target], modules: dict[int, nn.Module],
+                    run: Callable[[], Any]) -> None:  # fmt: skip
+    """float_target: give each target (by id) the inputs its module of the float model,
+    ``modules[id(target)]``, receives while ``run()`` runs the float model on one batch."""
+    handles = []
+    for t in targets:
+        module = modules.get(id(t))
+        if module is None or t.cross_lost is not None:
+            continue
+        t.floats = []
+
+        def keep(m: nn.Module, args: Any, kwargs: dict[str, Any], t: Target = t) -> None:
+            x = args[0] if args else kwargs.get("input")
+            if isinstance(x, torch.Tensor) and t.floats is not None:
+                t.floats.append(x.detach())
+
+        handles.append(module.register_forward_pre_hook(keep, with_kwargs=True))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _feeding(
+    tokens: _Tokens, pending: list[Target], twin: nn.Module | None,
+    twin_of: dict[int, nn.Module], float_inputs: list[Any] | None, stage: str, what: str,
+) -> Callable[[int], None]:  # fmt: skip
+    """What to do before the quantized block runs batch ``b``: set the token mask and, for
+    float_target, run the float block (``twin``) on the batch's float inputs first."""
+
+    def before(b: int) -> None:
+        tokens.at(b)
+        if twin is not None and float_inputs is not None:
+            a, k = float_inputs[b]
+            _capture_floats(pending, twin_of, lambda: _run_block(twin, [(a, k)], stage, what))
+
+    return before
+
+
 def _sequential(
     model: nn.Module, name: str, blocks: nn.ModuleList, targets: list[Target],
     data: list[Batch], inputs: list[tuple[tuple[Any, ...], dict[str, Any]]], job: Job,
@@ -560,6 +638,8 @@ def _sequential(
         else:
             rest.append(t)
     outs: list[Any] = []
+    # float_target: the float model's stream of block inputs, run alongside
+    float_inputs, float_outs = (inputs, outs) if job.float_target else (None, None)
     bar = progress_bar(range(len(blocks)), desc=f"{method} block by block", unit="block",
                disable=not progress)  # fmt: skip
     for i in bar:
@@ -567,13 +647,18 @@ def _sequential(
         mine = in_block.get(i, [])
         what = _what(mine, method)
         with _on(block, device):
+            twin = copy.deepcopy(block) if float_inputs is not None else None
+            here = f"{prefix}{i}."
+            twin_of = {} if twin is None else {
+                id(t): twin.get_submodule(t.path[len(here) :]) for t in mine}  # fmt: skip
             pending = mine
             while pending:
                 for t in pending:
                     t.reset()
-                with _gathering(pending, block, tokens, f"{prefix}{i}.",
-                                job.sequential) as produced:  # fmt: skip
-                    _run_block(block, inputs, f"running block '{prefix}{i}'", what, tokens.at)
+                before = _feeding(tokens, pending, twin, twin_of, float_inputs,
+                                  f"running block '{prefix}{i}' (float)", what)  # fmt: skip
+                with _gathering(pending, block, tokens, here, job.sequential) as produced:
+                    _run_block(block, inputs, f"running block '{prefix}{i}'", what, before)
 
                 def probe(block: nn.Module = block, first: Any = inputs[0]) -> torch.Tensor:
                     return _first_tensor(block(*first[0], **first[1]))
@@ -585,6 +670,12 @@ def _sequential(
                 pending = [t for t in pending if t.seq >= 0 and all(t is not u for u in stage)]
             outs = _run_block(block, inputs, f"running block '{prefix}{i}' quantized", what)
             inputs = [(_with_first(a, _first_tensor(o)), k) for (a, k), o in zip(inputs, outs)]
+            if twin is not None and float_inputs is not None:
+                float_outs = _run_block(twin, float_inputs, f"running block '{prefix}{i}' (float)",
+                                        what)  # fmt: skip
+                float_inputs = [(_with_first(a, _first_tensor(o)), k)
+                                for (a, k), o in zip(float_inputs, float_outs)]  # fmt: skip
+                del twin, twin_of
     if not rest:
         return
     what = _what(rest, method)
@@ -594,6 +685,16 @@ def _sequential(
 
         def replay(b: int) -> None:
             tokens.at(b)
+            if float_outs is not None:  # float_target: the float model's inputs first
+                for s in stand:
+                    s.replay = float_outs[b]
+                args, kwargs = data[b]
+                tokens.muted = True
+                try:
+                    _capture_floats(rest, {id(t): t.module for t in rest},
+                                    lambda: model(*_to(args, device), **_to(kwargs, device)))
+                finally:
+                    tokens.muted = False
             for s in stand:
                 s.replay = outs[b]
 
@@ -623,6 +724,12 @@ def _solve(
         dev = job.device or w.device
         assert t.hessian is not None
         assert t.codec is not None
+        if job.float_target and t.cross is not None:
+            w = float_target_weight(w.to(dev), t.hessian.to(dev), t.cross.to(dev),
+                                    job.options.get("damp", 0.01))  # fmt: skip
+        elif job.float_target:
+            why = t.cross_lost or "no float-model inputs paired with it"
+            job.note(f"{t.weight.name}: float_target not applied ({why}); plain gptq")
         if t.parts is None:
             new_w, params = gptq(w.to(dev), t.hessian.to(dev), t.codec, **job.options)
         else:  # each third of the rows on its own input's Hessian
@@ -632,7 +739,7 @@ def _solve(
             zeros = [p[1].zero for p in pieces]
             params = QParams(torch.cat([p[1].scale for p in pieces]),
                              None if zeros[0] is None else torch.cat(zeros))  # type: ignore[arg-type]  # fmt: skip
-        t.hessian, t.parts = None, None
+        t.hessian, t.parts, t.cross, t.floats = None, None, None, None
         job.assign(t, new_w.reshape(w.shape), params)
 
 
@@ -794,7 +901,7 @@ def quantize_with_data(
     from t2n_quant.quantize import quantize_tensor
 
     dev = torch.device(device) if device is not None else None
-    known = {"gptq": ("inner", "damp", "block", "act_order", "sequential"),
+    known = {"gptq": ("inner", "damp", "block", "act_order", "sequential", "float_target"),
              "awq": ("inner", "grid")}[method]  # fmt: skip
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -828,14 +935,19 @@ def quantize_with_data(
 
     if targets:
         sequential = bool(options.get("sequential", True)) and method == "gptq"
+        float_target = bool(options.get("float_target", True)) and method == "gptq"
         solver = {k: v for k, v in options.items()
-                  if (k != "inner" or method == "gptq") and k != "sequential"}  # fmt: skip
-        job = Job(method, solver, dev, assign, summary.notes.append, sequential)
+                  if (k != "inner" or method == "gptq")
+                  and k not in ("sequential", "float_target")}  # fmt: skip
+        job = Job(method, solver, dev, assign, summary.notes.append, sequential, float_target)
         if method == "awq":
             job.options["inner"] = inner
         with bar:
             mode = calibrate_with_data(model, targets, data, job, False)
         logger.info("%s: inputs gathered %s", method, mode)
+        if float_target and not mode.startswith("block by block"):
+            summary.notes.append(f"{method}: float_target has no effect when the inputs are "
+                                 f"gathered {mode} (no quantized layer feeds another)")  # fmt: skip
         summary.notes.append(f"{method}: layer inputs gathered {mode} on {len(data)} batch(es)")
     for t in targets:
         if id(t) not in done:

@@ -273,14 +273,15 @@ def plan(
         raise CalibrationOptionError(
             f"calibration_options {sorted(options)} given to weight-only {calibration!r}"
         )
-    if options.pop("sequential", None) is not None:
-        logger.info("plan: each layer is measured on the float model's inputs; the "
-                    "'sequential' option applies to quantize_model only")  # fmt: skip
+    for key in ("sequential", "float_target"):
+        if options.pop(key, None) is not None:
+            logger.info("plan: each layer is measured on the float model's inputs; the "
+                        "%r option applies to quantize_model only", key)  # fmt: skip
     unknown = sorted(set(options) - {"inner", "damp", "block", "act_order"})
     if unknown:
         raise CalibrationOptionError(
             f"unknown calibration_options {unknown} for 'gptq'; known: inner, damp, block, "
-            "act_order, sequential"
+            "act_order, sequential, float_target"
         )
     if calibration_data is not None and not is_data_aware(calibration):
         logger.warning("plan: calibration_data is used by gptq only; %r ignores it", calibration)

@@ -166,7 +166,8 @@ def quantize_model(
     (``"cuda"``) block by block; ``calibration_options`` go to the method (``damp``,
     ``inner`` = the weight-only calibration choosing each group's scale, ``block``,
     ``act_order``, ``sequential``: within a block, gather each stage's inputs through the
-    already quantized Linears before it, default True);
+    already quantized Linears before it, default True; ``float_target``: fit each weight
+    so that its output on those inputs comes closest to the float model's, default True);
     ``"gptq:mse"`` is short for ``inner="mse"``.
     The summary records the calibration, its options and a hash of the data, and so does
     ``model.t2n_properties``, which export writes into the archive's properties.

@@ -43,6 +43,34 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float = 0.01) -> torch.T
     raise ValueError("the input Hessian cannot be factored even with 10000x damping")
 
 
+def float_target_weight(
+    weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, damp: float = 0.01
+) -> torch.Tensor:
+    """The weight ``W'`` whose output on the inputs ``X`` a layer receives in the partly
+    quantized model comes closest to the float model's output ``X_f W^T`` (``X_f``: the
+    inputs it receives in the float model, row for row): ridge least squares towards ``W``,
+    ``W'^T = (H + l I)^-1 (C^T + l I) W^T`` with ``H = X^T X``, ``C = X_f^T X`` and
+    ``l = damp * mean(diag H)``. As ``||X_f W^T - X Q^T||^2 + l ||W - Q||^2`` equals
+    ``||X (W' - Q)^T||^2 + l ||W' - Q||^2`` plus a constant, GPTQ run on ``W'`` (with the same
+    damping) rounds towards the float model's output, compensating the error of the layers
+    quantized before (as GPTAQ, Li et al. 2025). ``X_f = X`` gives ``W`` back.
+
+    >>> _ = torch.manual_seed(0); x = torch.randn(64, 8); w = torch.randn(3, 8)
+    >>> torch.allclose(float_target_weight(w, x.T @ x, x.T @ x), w, atol=1e-5)
+    True
+    >>> xf = x + 0.1 * torch.randn(64, 8)  # what the float model fed the layer
+    >>> w2 = float_target_weight(w, x.T @ x, xf.T @ x, damp=0.0)
+    >>> bool((x @ w2.T - xf @ w.T).norm() < (x @ w.T - xf @ w.T).norm())
+    True
+    """
+    w = weight.detach().reshape(weight.shape[0], -1).double()
+    h, c = hessian.double(), cross.double()
+    lam = damp * (float(h.diagonal().mean()) or 1.0)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    fitted = torch.linalg.solve(h + lam * eye, (c.T + lam * eye) @ w.T).T
+    return fitted.to(weight.dtype).reshape(weight.shape)
+
+
 def gptq(
     weight: torch.Tensor,
     hessian: torch.Tensor,

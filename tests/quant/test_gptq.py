@@ -283,3 +283,51 @@ def test_conv_layers_gptq_lowers_error_and_exports(tmp_path):
         ref = model(x[48:])
         assert (gq(x[48:]) - ref).square().mean() < (plain(x[48:]) - ref).square().mean()
     export_and_check(gq, (x[48:50],), tmp_path, name="m.nnef")
+
+
+class _Residual(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(nn.functional.gelu(self.up(x)))
+
+
+class _Stack(nn.Module):
+    def __init__(self, d: int = 32, n: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_Residual(d) for _ in range(n))
+        self.head = nn.Linear(d, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.layers:
+            x = block(x)
+        return self.head(x)
+
+
+def test_float_target_lowers_the_error_left_by_earlier_layers():
+    torch.manual_seed(3)
+    model = _Stack().eval()
+    mix = torch.eye(32) + torch.randn(32, 32) / 32**0.5
+    calib = [torch.randn(64, 32) @ mix for _ in range(16)]
+    held_out = torch.randn(256, 32) @ mix
+    with torch.no_grad():
+        ref = model(held_out)
+    errors, notes = [], []
+    for float_target in (False, True):
+        q = copy.deepcopy(model)
+        s = quantize_model(q, "minmax:2:g16", calibration="gptq", data=calib, progress=False,
+                           calibration_options={"float_target": float_target})  # fmt: skip
+        with torch.no_grad():
+            errors.append(float((q(held_out) - ref).square().mean() / ref.square().mean()))
+        notes += s.notes
+    assert errors[1] < 0.85 * errors[0], errors
+    assert not any("float_target" in n for n in notes)  # applied to every weight
+
+
+def test_float_target_says_when_it_has_no_effect():
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8))
+    s = quantize_model(model, "q4_0", calibration="gptq", data=torch.randn(64, 32),
+                       progress=False)  # fmt: skip
+    assert any("float_target has no effect" in n and "all at once" in n for n in s.notes)
