@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from t2n_quant.calibration.minmax import minmax_params
+from t2n_quant.calibration.minmax import minmax_from_stats, signed_max
 from t2n_quant.calibration.mse import (
     STOP_GAIN,
     BlockFit,
@@ -46,41 +46,67 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 GATHER_SHARE = 0.5
 
 
+def threshold(beta: float, p: float) -> float:
+    """``shrink_lp`` is zero where ``|x| <= beta ** (-1 / (2 - p))``."""
+    return beta ** (-1.0 / (2.0 - p))
+
+
+def residual_reach(
+    codec: Codec, params: QParams, lo: torch.Tensor, hi: torch.Tensor
+) -> torch.Tensor:
+    """Per block, a bound on ``|x - value|`` under ``params`` from the block's minimum ``lo``
+    and maximum ``hi``: half a step (1/64 of a step more, for the rounding of ``x / scale``
+    and q4_0's f32 scale against its stored f16 one) where nothing clips, and how far the
+    extremes lie beyond the values the codes reach.
+
+    >>> from t2n_quant.codecs import MinMaxCodec
+    >>> reach = residual_reach(MinMaxCodec(bits=2, group_size=16),
+    ...     QParams(torch.tensor([[1.0]]), torch.tensor([[1.0]])), torch.tensor([[-1.0]]),
+    ...     torch.tensor([[2.5]]))
+    >>> reach.item()  # codes 0..3 reach -1..2: 2.5 clips by 0.5, as far as half a step
+    0.515625
+    """
+    stored = codec.store(params)
+    s = stored.scale.float()
+    if stored.zero is not None:
+        bottom = torch.mul(stored.zero.float(), s).neg_()
+        top = torch.add(bottom, s, alpha=float(codec.qmax))
+    else:
+        levels = codec.levels()
+        low, high = torch.mul(s, float(levels.min())), torch.mul(s, float(levels.max()))
+        bottom, top = torch.minimum(low, high), torch.maximum(low, high)
+    beyond = torch.maximum(hi - top, bottom.sub_(lo))
+    return torch.maximum(s.abs().mul_(0.5 + 1 / 64), beyond)
+
+
 def _shrink_sums(
     fit: BlockFit,
     residual: torch.Tensor,
     u: torch.Tensor | None,
     beta: float,
     p: float,
-    dense: bool = False,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+    candidates: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per block ``sum e`` and (when ``u`` is given) ``sum e * u`` for
-    ``e = shrink_lp(residual)``, or Nones when ``e`` is all zero (``shrink_lp`` is
-    zero where ``|x| <= beta ** (-1 / (2 - p))``), and whether all blocks were shrunk.
-    Blocks of 32 values or more with a value over that threshold are gathered and shrunk
-    alone when they are few (:data:`GATHER_SHARE`; gathering single values costs more than
-    shrinking them all), unless ``dense`` (the last step shrank all blocks: beta grows by
-    ~1% a step, so this one would too, and the row maxima that tell cost about a shrink).
-    ``residual`` is overwritten."""
-    t = beta ** (-1.0 / (2.0 - p))
-    magnitude = torch.abs(residual, out=fit.tmp)
-    if float(magnitude.amax()) <= t:  # abs + amax: cheaper than aminmax, and abs is needed
-        return None, None, False
-    # a row maximum costs about a shrink of the whole row where rows are short
-    dense = dense or residual.shape[1] < 32
-    over = None if dense else (magnitude.amax(dim=-1) > t).nonzero().squeeze(1)
-    if over is None or over.numel() > GATHER_SHARE * residual.shape[0]:
-        return *_shrink_rows(residual, magnitude, u, beta, p, fit.tmp), True
-    # the blocks over the threshold, gathered into buffers free during a step
-    m, spare = over.numel(), fit.spare_codes()
-    r = torch.index_select(residual, 0, over, out=fit.tmp[:m])
-    gathered_u = None if u is None else torch.index_select(u, 0, over, out=fit.work[:m])
-    se, seu = _shrink_rows(r, torch.abs(r, out=spare[:m]), gathered_u, beta, p, spare[:m])
+    ``e = shrink_lp(residual)``, where only the blocks ``candidates`` (indices; ``None``:
+    all) may hold a value over :func:`threshold`. Blocks of 32 values or more are gathered
+    and shrunk alone when they are few (:data:`GATHER_SHARE`; gathering single values costs
+    more than shrinking them all). ``residual`` is overwritten."""
     n = residual.shape[0]
-    se = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, over, se)
+    few = candidates is not None and candidates.numel() <= GATHER_SHARE * n
+    if not few or residual.shape[1] < 32:
+        magnitude = torch.abs(residual, out=fit.tmp)
+        return _shrink_rows(residual, magnitude, u, beta, p, fit.tmp)
+    assert candidates is not None
+    # the candidate blocks, gathered into buffers free during a step
+    m, spare = candidates.numel(), fit.spare_codes()
+    r = torch.index_select(residual, 0, candidates, out=fit.tmp[:m])
+    gathered_u = None if u is None else torch.index_select(u, 0, candidates, out=fit.work[:m])
+    se, seu = _shrink_rows(r, torch.abs(r, out=spare[:m]), gathered_u, beta, p, spare[:m])
+    se = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, candidates, se)
     if seu is not None:
-        seu = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, over, seu)
-    return se, seu, False
+        seu = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, candidates, seu)
+    return se, seu
 
 
 def _shrink_rows(
@@ -105,13 +131,18 @@ def _shrink_rows(
 
 
 def _half_quadratic_step(
-    fit: BlockFit, cur: Scored, beta: float, p: float, dense: bool
-) -> tuple[QParams, bool]:
-    """The next parameters, and whether the shrink was dense (see :func:`_shrink_sums`)."""
+    fit: BlockFit, cur: Scored, beta: float, p: float, lo: torch.Tensor, hi: torch.Tensor
+) -> QParams:
+    """The next parameters; ``lo`` / ``hi`` are the blocks' minima / maxima."""
     codec = fit.codec
     assert cur.residual is not None and (codec.has_zero or cur.u is not None)
     u = None if codec.has_zero else cur.u
-    se, seu, dense = _shrink_sums(fit, cur.residual, u, beta, p, dense)
+    # the blocks whose residual may pass the threshold, from their bounds (no pass over them)
+    reach = residual_reach(codec, cur.params, lo, hi).view(-1)
+    candidates = (reach > threshold(beta, p)).nonzero().squeeze(1)
+    se = seu = None
+    if candidates.numel():
+        se, seu = _shrink_sums(fit, cur.residual, u, beta, p, candidates)
     if codec.has_zero:
         # the zero point whose values have the mean of x - e: z + (sum u - sum(x - e) / s) / n
         assert cur.su is not None and fit.sx is not None and cur.params.zero is not None
@@ -120,11 +151,11 @@ def _half_quadratic_step(
         safe = pick(nonzero_mask(s), s, torch.ones_like(s))
         sx = fit.sx if se is None else fit.sx - se
         zero = (cur.su - sx / safe).div_(fit.n).add_(stored.zero.float())  # type: ignore[union-attr]
-        return QParams(cur.params.scale, zero.clamp_(0.0, float(codec.qmax))), dense
+        return QParams(cur.params.scale, zero.clamp_(0.0, float(codec.qmax)))
     assert cur.sxu is not None and cur.suu is not None
     num = cur.sxu if seu is None else cur.sxu - seu
     s = pick(positive_mask(cur.suu), num / cur.suu, cur.params.scale)
-    return QParams(s.to(codec.storage_dtype).float()), dense
+    return QParams(s.to(codec.storage_dtype).float())
 
 
 @register("hqq")
@@ -158,15 +189,20 @@ def _hqq(
     scratch: Scratch | None = None,
     tol: float = STOP_GAIN,
 ) -> QParams:
-    # zero-point steps take sum u only
     # zero-point steps read the residual and sum u only: the residual may take the codes' place
     scale_step = not codec.has_zero
     fit = BlockFit(codec, blocks, scale_sums=scale_step, scratch=scratch, keep_codes=scale_step)
-    best = cur = fit.score(minmax_params(codec, blocks))
-    dense = False
+    lo = blocks.amin(dim=-1, keepdim=True)
+    hi = blocks.amax(dim=-1, keepdim=True)
+    if codec.scale_rule == "signed_max" and not codec.has_zero:  # as minmax_params
+        m = signed_max(blocks, lo, hi)
+        start = minmax_from_stats(codec, m, m, m)
+    else:
+        start = minmax_from_stats(codec, lo, hi, None)
+    best = cur = fit.score(start)
     for i in range(iters):
         last = i == iters - 1
-        params, dense = _half_quadratic_step(fit, cur, beta, p, dense)
+        params = _half_quadratic_step(fit, cur, beta, p, lo, hi)
         cur = fit.score(params, sums=not last)
         before, best = best, keep_better(best, cur, sums=False)
         if not last and gained_little(before.error, best.error, tol):
