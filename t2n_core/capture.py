@@ -169,6 +169,7 @@ def capture(
         elif target in ep.state_dict:
             tensors[target] = ep.state_dict[target]
     symbols = plan.bind_symbols(ep)
+    symbols.assume(*getattr(model, "size_facts", ()))  # e.g. CausalLMWithCache's context
     return Captured(ep, tensors, plan, symbols, blocks)
 
 

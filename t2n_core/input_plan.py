@@ -154,7 +154,7 @@ class InputPlan:
                         f"to {size} by the model's code; remove that axis from dynamic_axes or "
                         "make the code size-agnostic"
                     )
-                symbols.bind(size.node.expr, sym)
+                symbols.bind(size.node.expr, sym, size.node.shape_env)
         return symbols
 
 

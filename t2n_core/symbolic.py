@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from typing import Any
+
 import sympy
 import torch
 
 from t2n_core.errors import TranslationError
 from t2n_core.ir import Dim
+
+logger = logging.getLogger(__name__)
 
 
 class SymbolTable:
@@ -14,9 +20,16 @@ class SymbolTable:
 
     def __init__(self) -> None:
         self.names: dict[sympy.Symbol, str] = {}
+        #: torch's ShapeEnv of the capture: the ranges (and checked facts) of the symbols
+        self.shape_env: Any = None
+        #: facts on the axes the caller vouches for (``"P + T <= 2048"``), used only to decide
+        #: a ``Max`` / ``Min`` of sizes that the ranges leave open (each use is logged)
+        self.facts: tuple[str, ...] = ()
 
-    def bind(self, symbol: sympy.Symbol, name: str) -> None:
+    def bind(self, symbol: sympy.Symbol, name: str, shape_env: Any = None) -> None:
         self.names[symbol] = name
+        if shape_env is not None:
+            self.shape_env = shape_env
 
     def dim(self, size: int | torch.SymInt) -> Dim:
         """An int, or the TDim text of a symbolic size."""
@@ -31,11 +44,75 @@ class SymbolTable:
     def shape(self, sizes) -> tuple[Dim, ...]:
         return tuple(self.dim(s) for s in sizes)
 
+    def assume(self, *facts: str) -> None:
+        """Add facts on the axes, written with their names (``"P + T <= 2048"``)."""
+        self.facts += tuple(f for f in facts if f not in self.facts)
+
     def text(self, expr: sympy.Expr) -> str:
-        return _print(expr, self.names)
+        return _print(expr, self.names, _Reasoner(self))
+
+    def _axioms(self) -> dict[str, sympy.Basic]:
+        """Each fact whose axes all have a symbol here, over torch's symbols."""
+        by_name = {name: symbol for symbol, name in self.names.items() if name.isidentifier()}
+        axioms = {}
+        for fact in self.facts:
+            axes = {n: sympy.Symbol(n) for n in re.findall(r"[A-Za-z_]\w*", fact)}
+            relation = sympy.sympify(fact, locals=axes)
+            if {str(s) for s in relation.free_symbols} <= set(by_name):
+                axioms[fact] = relation.xreplace(
+                    {sympy.Symbol(n): by_name[n] for n in map(str, relation.free_symbols)}
+                )
+        return axioms
 
 
-def _print(expr, names: dict[sympy.Symbol, str]) -> str:
+class _Reasoner:
+    """Decides inequalities between sizes: from the symbols' ranges alone, else with the facts."""
+
+    def __init__(self, table: SymbolTable) -> None:
+        self.table = table
+
+    def always(self, relation: sympy.Basic, expr: sympy.Expr) -> bool:
+        shape_env = self.table.shape_env
+        if shape_env is None:
+            return False
+        if _evaluates_true(shape_env, relation, ()):
+            return True
+        axioms = self.table._axioms()  # only here: a Max / Min of sizes is rare
+        if axioms and _evaluates_true(shape_env, relation, tuple(axioms.values())):
+            logger.info(
+                "size %s written assuming %s (the caller's facts on the axes)",
+                expr, " and ".join(axioms),
+            )  # fmt: skip
+            return True
+        return False
+
+
+def decided_extremum(expr: sympy.Expr, reasoner: _Reasoner) -> sympy.Expr | None:
+    """The argument of a ``Max`` / ``Min`` of sizes that is the answer for every size the
+    capture allows (the axes' ranges and the facts checked on them), or ``None``.
+
+    ``max(0, position_bias.size(1) - query_length)`` (MPT's ALiBi slice) is ``0`` for every
+    ``T >= 1``; ``max(0, max_seq_len - key_length)`` is ``max_seq_len - key_length`` given
+    the fact ``P + T <= max_seq_len``. tract needs the plain expression, having no max in
+    its sizes.
+    """
+    pick_max = type(expr).__name__ == "Max"
+    for candidate in expr.args:
+        others = [a for a in expr.args if a is not candidate]
+        relations = [sympy.Ge(candidate, o) if pick_max else sympy.Le(candidate, o) for o in others]
+        if all(reasoner.always(r, expr) for r in relations):
+            return candidate
+    return None
+
+
+def _evaluates_true(shape_env: Any, relation: sympy.Basic, axioms: tuple) -> bool:
+    try:
+        return bool(shape_env._maybe_evaluate_static(relation, axioms=axioms) == sympy.true)
+    except Exception:  # a private torch API: a relation it cannot decide is not decided
+        return False
+
+
+def _print(expr, names: dict[sympy.Symbol, str], reasoner: _Reasoner | None = None) -> str:
     if isinstance(expr, sympy.Symbol):
         if expr not in names:
             raise TranslationError(
@@ -47,28 +124,32 @@ def _print(expr, names: dict[sympy.Symbol, str]) -> str:
         return str(int(expr))
     if isinstance(expr, sympy.Add):
         terms = sorted(expr.args, key=lambda a: (a.is_number, str(a)))
-        out = _print(terms[0], names)
+        out = _print(terms[0], names, reasoner)
         for term in terms[1:]:
             if term.is_number and term < 0:
                 out += f" - {-int(term)}"
             else:
-                out += f" + {_print(term, names)}"
+                out += f" + {_print(term, names, reasoner)}"
         return f"({out})"
     if isinstance(expr, sympy.Mul):
-        return "(" + " * ".join(_print(a, names) for a in expr.args) + ")"
+        return "(" + " * ".join(_print(a, names, reasoner) for a in expr.args) + ")"
     if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) > 0:
-        return "(" + " * ".join([_print(expr.base, names)] * int(expr.exp)) + ")"
+        return "(" + " * ".join([_print(expr.base, names, reasoner)] * int(expr.exp)) + ")"
     fname = type(expr).__name__
     if fname in ("FloorDiv", "CleanDiv"):
         a, b = expr.args
-        return f"({_print(a, names)} / {_print(b, names)})"
+        return f"({_print(a, names, reasoner)} / {_print(b, names, reasoner)})"
     if fname == "CeilDiv":
         a, b = expr.args
-        return f"(({_print(a, names)} + {_print(b, names)} - 1) / {_print(b, names)})"
+        num, den = _print(a, names, reasoner), _print(b, names, reasoner)
+        return f"(({num} + {den} - 1) / {den})"
     if fname in ("Mod", "PythonMod"):
         a, b = expr.args
-        return f"({_print(a, names)} % {_print(b, names)})"
+        return f"({_print(a, names, reasoner)} % {_print(b, names, reasoner)})"
     if fname in ("Max", "Min"):
+        decided = None if reasoner is None else decided_extremum(expr, reasoner)
+        if decided is not None:
+            return _print(decided, names, reasoner)
         raise TranslationError(
             f"size expression {expr} needs {fname.lower()}, which tract shapes cannot express"
         )

@@ -25,6 +25,21 @@ def num_layers_of(model: nn.Module) -> int:
     return int(config.num_hidden_layers)
 
 
+#: config fields holding the number of positions a model was built for
+CONTEXT_FIELDS = ("max_position_embeddings", "max_seq_len", "n_positions", "n_ctx",
+                  "max_sequence_length", "seq_length")  # fmt: skip
+
+
+def context_limit(model: nn.Module) -> int | None:
+    """The number of positions the model was built for, from its config, or ``None``."""
+    config = model.config.get_text_config(decoder=True)
+    for field in CONTEXT_FIELDS:
+        value = getattr(config, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def kv_shape_of(model: nn.Module) -> tuple[int, int]:
     """``(kv_heads, head_dim)`` of the first layer's keys (see :func:`past_shapes_of`)."""
     return past_shapes_of(model)[0]
@@ -143,8 +158,11 @@ def _key_value_pairs(model: nn.Module, cache: object) -> list[tuple[torch.Tensor
                      "recurrent or otherwise non key/value state)")  # fmt: skip
     decoder_layers = num_layers_of(model)
     if len(layers) != decoder_layers:
-        _unsupported(model, f"its {type(cache).__name__} has {len(layers)} key/value layer(s) "
-                     f"for {decoder_layers} decoder layers (the others keep another state)")
+        _unsupported(
+            model,
+            f"its {type(cache).__name__} has {len(layers)} key/value layer(s) "
+            f"for {decoder_layers} decoder layers (the others keep another state)",
+        )
     pairs = []
     for i, layer in enumerate(layers):
         tensors = _held_tensors(layer)
@@ -207,6 +225,10 @@ class CausalLMWithCache(nn.Module):
         self.num_layers = num_layers_of(model)
         self.all_logits = all_logits
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        limit = context_limit(model)
+        #: facts on the axes for the translation (``t2n_core.symbolic``): positions past the
+        #: model's context fail in its own code (MPT's ALiBi table) or were never trained
+        self.size_facts = () if limit is None else (f"P + T <= {limit}",)
         # torch.export binds inputs (and dynamic_shapes) by the forward signature: give this
         # instance one flat, named parameter per tensor instead of ``*past``.
         self.__class__ = _flat_signature_class(self.num_layers)

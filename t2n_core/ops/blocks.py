@@ -67,11 +67,12 @@ def _build(
     site = capture.site
     program = capture.program
     symbols = SymbolTable()
+    symbols.assume(*ctx.symbols.facts)
     user = user_input_placeholders(program)
     for node, outer in zip(user, inputs):
         for ours, theirs in zip(node.meta["val"].shape, outer.meta["val"].shape):
             if isinstance(ours, torch.SymInt) and ours.node.expr.is_Symbol:
-                symbols.bind(ours.node.expr, str(ctx.symbols.dim(theirs)))
+                symbols.bind(ours.node.expr, str(ctx.symbols.dim(theirs)), ours.node.shape_env)
     tensors = {}
     for spec in program.graph_signature.input_specs:
         if spec.target is None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+import t2n_core
+from t2n_core.errors import TranslationError
 from tests.helpers import Fn, Fn2, export_and_check
 
 
@@ -86,6 +89,35 @@ def test_slice_to_dynamic_end(tmp_path):
         dynamic_axes={"x": {1: "T"}, "y": {1: "S"}},
         check_inputs=[(torch.randn(2, 9, 3), torch.randn(2, 5))],
     )  # fmt: skip
+
+
+class _TableTail(nn.Module):
+    """MPT's ALiBi slice: the last ``P + T`` columns of a table of ``limit`` positions, as
+    ``table[:, max(0, limit - (P + T)):]``, and ``max(0, 1 - (P + T))`` rows of one."""
+
+    def __init__(self, limit: int, facts: tuple[str, ...]):
+        super().__init__()
+        self.table = nn.Buffer(torch.randn(1, limit))
+        self.size_facts = facts
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        seen = past.shape[1] + x.shape[1]
+        row = max(0, self.table.size(0) - seen)  # 0 for every P, T the axes allow
+        column = max(0, self.table.size(1) - seen)  # limit - (P + T) given the fact
+        return self.table[row:, column:] * torch.cat([past, x], 1)
+
+
+def test_max_of_sizes_decided_by_ranges_and_facts(tmp_path):
+    """A ``Max`` of sizes (tract has none) is written as the argument the axes' ranges or the
+    caller's facts (``size_facts``) decide; without the fact, the error names the max."""
+    args, other = (torch.randn(1, 3), torch.randn(1, 5)), (torch.randn(1, 6), torch.randn(1, 10))
+    axes = {"x": {1: "T"}, "past": {1: "P"}}
+    with pytest.raises(TranslationError, match=r"Max\(0, .*needs max"):
+        t2n_core.export(_TableTail(16, ()), args, tmp_path / "no_fact.nnef.tgz",
+                        dynamic_axes=axes, progress=False)  # fmt: skip
+    export_and_check(
+        _TableTail(16, ("P + T <= 16",)), args, tmp_path, dynamic_axes=axes, check_inputs=[other]
+    )
 
 
 INTEGER_CASES = [
