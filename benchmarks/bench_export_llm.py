@@ -140,7 +140,7 @@ def export_in_child(ckpt: Path, out: Path, codec: str | None, check: bool, dtype
         print(json.dumps({{"seconds": time.perf_counter() - start, "peak": vm_hwm_bytes(),
                           "cpu": usage.ru_utime + usage.ru_stime,
                           "child_peak": worker_hwm_bytes(),
-                          "timings": shipped.timings,
+                          "timings": shipped.timings, "cpu_timings": shipped.cpu_timings,
                           "archive": shipped.manifest["archive_bytes"],
                           "params": shipped.manifest["parameters"]}}))
     """
@@ -357,7 +357,9 @@ def main() -> None:
               f"(tract check worker {r['child_peak'] / 2**30:.2f} GiB), "
               f"archive {r['archive'] / 2**20:.0f} MiB, "
               f"{r['params'] / 1e6:.0f}M parameters; "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items()))  # fmt: skip
+              + ", ".join(f"{k} {v:.1f} s ({r['cpu_timings'][k]:.1f} s CPU)"
+                          for k, v in r["timings"].items())
+              + f"; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     elif args.cmd == "compare":
         compare_with_reference(args.ckpt, args.tmp, args.codec, args.repeat, args.check,
                                args.ref_venv)  # fmt: skip

@@ -40,6 +40,7 @@ import torch
 from torch.utils._pytree import tree_map_only
 
 from t2n_core.nnef.dat import tensor_buffer
+from t2n_core.slab_exchange import active_exchange
 from t2n_core.storage import EncodedVariable, Encoding
 
 logger = logging.getLogger(__name__)
@@ -131,10 +132,29 @@ class DeferredTensor(torch.Tensor):
         return self.transform(raw) if self.transform is not None else converted(raw, self.dtype)
 
     def _float_rows(self, begin: int, end: int) -> torch.Tensor:
+        exchange = active_exchange()
+        if exchange is not None and exchange.is_pass():
+            stored = exchange.take(self._slab_key(begin, end))
+            if stored is not None:  # the writer's value of these rows: no second read
+                return self.to_float(stored) if self.to_float is not None else stored
         if self.float_rows is not None:
             return self.float_rows(self.read(begin, end))
         value = self._stored_rows(begin, end)
         return self.to_float(value) if self.to_float is not None else value
+
+    def _slab_key(self, begin: int, end: int) -> tuple[Any, ...]:
+        """What identifies rows ``begin:end`` as stored, across the tensor objects that share
+        them (a tied weight, a parameter and its row slices): source, transform, dtype, rows.
+        (Objects by identity: the tensors hold them, alive, while the key is used.)"""
+        return (id(self.read), id(self.transform), self.dtype, begin, end)
+
+    def _offered(self, begin: int, end: int, stored: Any) -> Any:
+        """``stored`` (rows ``begin:end`` the writer stored), handed to the PyTorch pass
+        running beside the writer, if any (:mod:`t2n_core.slab_exchange`)."""
+        exchange = active_exchange()
+        if exchange is not None and exchange.is_writer():
+            exchange.offer(self._slab_key(begin, end), stored, _nbytes(stored, end - begin, self))
+        return stored
 
     def slabs(self) -> Iterator[tuple[int, int]]:
         """Absolute row ranges of about :data:`FLOAT_SLAB_VALUES` values each, in order."""
@@ -157,6 +177,9 @@ class DeferredTensor(torch.Tensor):
                                                  dtype=self.dtype, nbytes=nbytes)])  # fmt: skip
         else:
             template = self.encoded_like.nnef_encoding(label)
+        exchange = active_exchange()
+        if exchange is not None and exchange.is_writer() and self.shape:
+            exchange.announce(self._slab_key(r0, r1) for r0, r1 in self.slabs())
         count = len(template.variables)
         variables = [
             dataclasses.replace(ev, data=self._payload(label, template, i, count))
@@ -176,7 +199,8 @@ class DeferredTensor(torch.Tensor):
         """The payload of a single-variable encoding cut by rows, one slab of rows at a time
         (the writer checks that they add up to the announced size)."""
         for r0, r1 in self.slabs():
-            part = _encoding_of(self._stored_rows(r0, r1), label, (r1 - r0, *self.shape[1:]))
+            stored = self._offered(r0, r1, self._stored_rows(r0, r1))
+            part = _encoding_of(stored, label, (r1 - r0, *self.shape[1:]))
             if len(part.variables) != 1 or part.variables[0].shape[:1] != (r1 - r0,):
                 raise ValueError(f"{self!r}: a slab's encoding is not the rows of one variable")
             yield _bytes(part.variables[0].data())
@@ -209,7 +233,8 @@ class DeferredTensor(torch.Tensor):
         rows = self.row_range[1] - self.row_range[0]
         payloads = [_Payload(_payload_size(ev)) for ev in template.variables]
         for r0, r1 in self.slabs():
-            part = _encoding_of(self._stored_rows(r0, r1), label, (r1 - r0, *self.shape[1:]))
+            stored = self._offered(r0, r1, self._stored_rows(r0, r1))
+            part = _encoding_of(stored, label, (r1 - r0, *self.shape[1:]))
             if len(part.variables) != len(payloads):
                 raise ValueError(f"{self!r}: a slab's encoding has other variables than the whole")
             for ev, full, payload in zip(part.variables, template.variables, payloads):
@@ -317,6 +342,18 @@ def holds_deferred(model: torch.nn.Module) -> bool:
     """Whether any parameter or buffer of ``model`` is a DeferredTensor."""
     tensors = [*model.parameters(), *model.buffers()]
     return any(isinstance(t, DeferredTensor) for t in tensors)
+
+
+def _nbytes(stored: Any, rows: int, weight: DeferredTensor) -> int:
+    """Memory that stored rows hold: a tensor's own bytes, else (a QTensor) the sum of its
+    inner tensors', else the float rows'."""
+    if type(stored) is torch.Tensor:
+        return stored.numel() * stored.element_size()
+    inner = getattr(stored, "__tensor_flatten__", None)
+    if inner is not None:
+        names, _ = inner()
+        return sum(getattr(stored, n).numel() * getattr(stored, n).element_size() for n in names)
+    return rows * math.prod(weight.shape[1:]) * weight.element_size()
 
 
 def _linear_args(

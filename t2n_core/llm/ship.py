@@ -5,8 +5,10 @@ generation config and tokenizer files, ``manifest.json`` and io samples
 (``prompt_inputs.npz`` / ``prompt_outputs.npz``: a prompt with an empty cache;
 ``step_*.npz``: one token with the prompt's cache; ``chunk_*.npz``: two tokens with that
 cache), keyed by the graph's io names, that ``t2n check`` replays (:mod:`t2n_core.llm.samples`).
-The samples cost a PyTorch pass over the streamed weights (each read, converted or quantized
-again), so without the check they are written only when asked (``samples=True``).
+The samples cost a PyTorch pass over the streamed weights, so without the check they are
+written only when asked (``samples=True``). That pass runs in a thread beside the writer and
+takes each slab of rows as the writer reads and converts or quantizes it
+(:mod:`t2n_core.slab_exchange`): every weight is read from the checkpoint once.
 
 Weights are streamed: the model is built on the meta device from config.json and every weight
 is read from the shards (converted to the requested dtype, or quantized) only when written, so
@@ -17,6 +19,7 @@ is gone) and renamed at the end: an interrupted export leaves nothing that looks
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -70,6 +73,7 @@ from t2n_core.nnef.archive import (
     replace_target,
 )
 from t2n_core.progress import progress_bar
+from t2n_core.slab_exchange import SlabExchange
 from t2n_core.summary import human_bytes
 from t2n_core.version import __version__
 
@@ -96,8 +100,9 @@ class ShippedModel:
     export: ExportResult | ManyExportResult
     check: CheckReport | None = None
     quantization: Any = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     warnings: list[str] = field(default_factory=list)
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads)
 
     @property
     def archive(self) -> Path:
@@ -183,8 +188,8 @@ def export_checkpoint(
     >>> shipped = export_checkpoint("llama-dir", "out/llama", dtype="f16")  # doctest: +SKIP
     >>> print(shipped)                                                     # doctest: +SKIP
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    clock = _PhaseClock()
+    timings = clock.wall
     target = check_target(out, overwrite=overwrite, foreign=_not_ours)
     torch_dtype = _torch_dtype(dtype)
     check_experts(experts)
@@ -213,11 +218,11 @@ def export_checkpoint(
         if adapter is not None:
             model = with_peft_adapter(model, adapter)
         bar.update(1)
-    timings["load"] = time.perf_counter() - clock
+    clock.stop("load")
 
-    clock = time.perf_counter()
+    clock.start()
     summary = quantize(model) if quantize is not None else None
-    timings["quantize plan"] = time.perf_counter() - clock
+    clock.stop("quantize plan")
     if f32_attention:
         use_f32_attention(model)
     if f32_norm:
@@ -231,46 +236,53 @@ def export_checkpoint(
     staging = tmp / "staging"
     staging.mkdir()
     loading: TractLoad | None = None
+    reference: SlabExchange[dict[str, IoSample]] | None = None
     try:
-        clock = time.perf_counter()
+        # PyTorch's io samples are computed beside the writer, from the slabs it reads
+        if check or samples:
+            vocab = int(model.config.get_text_config(decoder=True).vocab_size)
+            ids = sample_tokens(ckpt.directory if ckpt.has_tokenizer else None, vocab)
+            reference = SlabExchange(
+                lambda: reference_samples(
+                    model, ids, torch_dtype, all_logits=all_logits, progress=progress
+                )
+            )
+        clock.start()
         archive = staging / ARCHIVE_NAME
         try:
-            result = _export_graphs(
-                graphs, model, archive, dtype=torch_dtype, check=False, progress=progress,
-                properties={"source_architecture": ckpt.architecture}, fragments=fragments,
-                lora=lora, experts=experts, all_logits=all_logits,
-            )  # fmt: skip
+            with reference.beside_writer() if reference else contextlib.nullcontext():
+                result = _export_graphs(
+                    graphs, model, archive, dtype=torch_dtype, check=False, progress=progress,
+                    properties={"source_architecture": ckpt.architecture}, fragments=fragments,
+                    lora=lora, experts=experts, all_logits=all_logits,
+                )  # fmt: skip
         except UnsupportedOpsError as exc:
             raise UnsupportedOpsError(
                 [*exc.problems, f"{ckpt.architecture} is not among the architectures known to "
                  f"export: {', '.join(KNOWN_TO_WORK)}"]
             ) from exc  # fmt: skip
-        timings["capture + write"] = time.perf_counter() - clock
+        clock.stop("capture + write")
 
         io_samples: dict[str, IoSample] = {}
         sample_graphs = PREFILL_DECODE_SAMPLES if graphs == "prefill-decode" else None
         if check:  # tract loads the archive (another process) while PyTorch computes samples
             loading = TractLoad(archive, graph=sample_graphs and sample_graphs["prompt"])
-        if check or samples:
-            clock = time.perf_counter()
-            vocab = int(model.config.get_text_config(decoder=True).vocab_size)
-            ids = sample_tokens(ckpt.directory if ckpt.has_tokenizer else None, vocab)
-            io_samples = reference_samples(
-                model, ids, torch_dtype, all_logits=all_logits, progress=progress
-            )
+        if reference is not None:
+            clock.start()
+            io_samples = reference.result()  # what the pass has left after the writing
             if sample_graphs is not None:
                 io_samples = on_graphs(io_samples, sample_graphs)
             save_samples(io_samples, staging)
-            timings["reference"] = time.perf_counter() - clock
+            clock.stop("reference")
         report = None
         tol = DEFAULT_TOLERANCE[torch_dtype]
         if check:
-            clock = time.perf_counter()
+            clock.start()
             with progress_bar(total=1, desc="check", unit="archive", disable=not progress,
                               leave=False):  # fmt: skip
                 report = check_samples(archive, io_samples, atol=tol, rtol=tol, loaded=loading,
                                        graphs=sample_graphs)  # fmt: skip
-            timings["check"] = time.perf_counter() - clock
+            clock.stop("check")
         for name in (*CONFIG_FILES, *ckpt.tokenizer_files):
             if (ckpt.directory / name).is_file():
                 shutil.copyfile(ckpt.directory / name, staging / name)
@@ -282,13 +294,33 @@ def export_checkpoint(
         check_target(target, overwrite=overwrite, foreign=_not_ours)  # it may have appeared
         replace_target(staging, target, tmp)  # an old output ends up in tmp, removed below
     finally:
+        if reference is not None:
+            reference.cancel()  # no-op once its result is in
         if loading is not None:
             loading.close()
         shutil.rmtree(tmp, ignore_errors=True)
     result.path = target / ARCHIVE_NAME
-    shipped = ShippedModel(target, manifest, result, report, summary, timings, notes)
+    shipped = ShippedModel(
+        target, manifest, result, report, summary, timings, notes, cpu_timings=clock.cpu
+    )
     logger.info("exported %s to %s", ckpt.architecture, target)
     return shipped
+
+
+class _PhaseClock:
+    """Wall and CPU seconds (the process's, all threads) of each phase, by name."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.start()
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self, name: str) -> None:
+        self.wall[name] = time.perf_counter() - self._wall
+        self.cpu[name] = time.process_time() - self._cpu
 
 
 def check_directory(

@@ -1,10 +1,12 @@
 """Streamed export reads every weight a slab of rows at a time: writing (q4_0 and float), the
 PyTorch reference passes (embedding, LM head) and the tract check never hold a whole
-source tensor, so peak memory does not grow with the largest weight of the checkpoint."""
+source tensor, so peak memory does not grow with the largest weight of the checkpoint; and
+the reference pass takes the slabs the writer read, so each is read from disk once."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 
@@ -43,6 +45,10 @@ def test_export_reads_weights_a_slab_at_a_time(codec, tied, tmp_path, monkeypatc
     assert slabs and min(a for a, _ in slabs) == 0 and max(b for _, b in slabs) == 128
     if not tied:  # the LM head is its own tensor, read a slab at a time too
         assert {(a, b) for k, a, b in reads if k == "lm_head.weight"} == slabs
+    # the io samples' PyTorch pass ran beside the writer on its slabs: each read once
+    counts = Counter((k, a, b) for k, a, b in reads if b - a > 1)
+    assert {k for k, _, _ in counts} == set(row_values)
+    assert set(counts.values()) == {1}
 
 
 def _tensors(directory):  # type: ignore[no-untyped-def]
