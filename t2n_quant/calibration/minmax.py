@@ -52,7 +52,7 @@ def signed_max(
     lo = blocks.amin(dim=-1, keepdim=True) if lo is None else lo
     m = pick(less_mask(hi, torch.neg(lo)), lo, hi)
     # both signs reach the largest magnitude, or all zeros: hi + lo == 0 exactly
-    if float(torch.add(hi, lo).abs_().amin()) == 0.0:
+    if hi.numel() and float(torch.add(hi, lo).abs_().amin()) == 0.0:
         rows = (hi == -lo).squeeze(1).nonzero().squeeze(1)
         sub = blocks[rows]
         m[rows] = sub.gather(-1, sub.abs().argmax(dim=-1, keepdim=True))
