@@ -8,7 +8,8 @@ distributions against the float model, top-1 agreement, perplexity. ``reference 
 the reference exporter's always-negative Q4_0 scale (``d = -max|x| / 8``) in the very same
 format, as a custom calibration.
 
-Run: ``python -m benchmarks.bench_llm_accuracy [--steps 3000] [--calib-seqs 64]``
+Run: ``python -m benchmarks.bench_llm_accuracy [--steps 3000] [--calib-seqs 64]
+[--plans-only | --no-plans]``
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from t2n_quant.codecs import QParams
 from t2n_quant.compare import compare
 from t2n_quant.plan import plan
 
-CONFIGS: list[tuple[str, list[str]]] = [
-    ("q4_0", ["reference", "minmax", "mse", "hqq", "awq", "awq:mse", "gptq", "gptq:mse"]),
+#: calibration, or (calibration, calibration_options) for a variant
+Calib = str | tuple[str, dict[str, object]]
+CONFIGS: list[tuple[str, list[Calib]]] = [
+    ("q4_0", ["reference", "minmax", "mse", "hqq", "awq", "awq:mse", "gptq", "gptq:mse",
+              ("gptq:mse", {"float_target": False}), ("gptq:mse", {"damp": 0.1})]),
     ("minmax:3:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 4.0 bits/weight
     ("symmetric:3:g32", ["mse", "gptq:mse"]),  # 3.5
     ("minmax:2:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 3.0
@@ -51,6 +55,7 @@ def main() -> None:
     parser.add_argument("--eval-seqs", type=int, default=32, help="evaluation sequences")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--plans-only", action="store_true", help="only the mixed plans")
+    parser.add_argument("--no-plans", action="store_true", help="only the single-codec rows")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -72,23 +77,27 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     base_ppl = None
     for spec, cals in [] if args.plans_only else CONFIGS:
-        for cal in cals:
+        for entry in cals:
+            cal, options = entry if isinstance(entry, tuple) else (entry, None)
             start = time.perf_counter()
             c = compare(model, ids, [spec], calibrations=[reference if cal == "reference" else cal],
-                        exclude="model.embed_tokens", data=calib, progress=False)  # fmt: skip
+                        exclude="model.embed_tokens", data=calib, progress=False,
+                        calibration_options=options)  # fmt: skip
             seconds = time.perf_counter() - start
             r = c.results[0]
             base_ppl = c.reference_perplexity
             label = "reference rule" if cal == "reference" else cal
+            if options:
+                label += " " + " ".join(f"{k}={v}" for k, v in options.items())
             assert r.lm is not None
             print(f"| {spec} | {label} | {r.bits_per_weight:.2f} | {r.lm.kl:.5f} | "
                   f"{r.lm.top1:.4f} | {r.lm.perplexity:.3f} | {seconds:.1f} |", flush=True)
-    for budget, candidates in PLANS:
-        start = time.perf_counter()
-        p = plan(model, budget, candidates, data=calib, exclude="model.embed_tokens",
-                 progress=False)  # fmt: skip
-        plan_s = time.perf_counter() - start
-        for cal in ("mse", "gptq:mse"):
+    for budget, candidates in [] if args.no_plans else PLANS:
+        for cal in ("mse", "gptq:mse"):  # layers measured as they will be rounded
+            start = time.perf_counter()
+            p = plan(model, budget, candidates, data=calib, calibration=cal,
+                     exclude="model.embed_tokens", progress=False)  # fmt: skip
+            plan_s = time.perf_counter() - start
             start = time.perf_counter()
             c = compare(model, ids, [p], calibrations=[cal], exclude="model.embed_tokens",
                         data=calib, progress=False)  # fmt: skip
@@ -98,10 +107,10 @@ def main() -> None:
             print(f"| {p.label} (plan {plan_s:.0f} s) | {cal} | {r.bits_per_weight:.2f} | "
                   f"{r.lm.kl:.5f} | {r.lm.top1:.4f} | {r.lm.perplexity:.3f} | "
                   f"{time.perf_counter() - start:.1f} |", flush=True)
-        counts: dict[str, int] = {}
-        for spec in p.values():
-            counts[spec] = counts.get(spec, 0) + 1
-        print(f"|   {p.label} codecs: {counts} | | | | | | |")
+            counts: dict[str, int] = {}
+            for spec in p.values():
+                counts[spec] = counts.get(spec, 0) + 1
+            print(f"|   {p.label} ({cal} sensitivities) codecs: {counts} | | | | | | |")
     print(f"float perplexity on the eval text: {base_ppl:.3f}")
 
 

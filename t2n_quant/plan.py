@@ -14,10 +14,9 @@ outputs otherwise; padded tokens left out) on calibration data, the layer rounde
 ``quantize_model`` will round it: with a data-aware ``calibration`` (``"gptq"``) by GPTQ on
 the Hessian of the layer's inputs in the float model (gathered in one pass for all layers).
 The layers are swapped in and out of ``model`` itself (no copy of the model). It then
-starts every layer at its smallest candidate and upgrades, greedily, the layer with the
-largest error decrease per added bit, while the whole stays within
+picks each layer's candidate with the least summed error within
 ``budget_bits_per_weight`` (stored bits over the values of the planned weights; the errors
-of single layers are taken as adding up).
+of single layers are taken as adding up) by :func:`choose`.
 """
 
 from __future__ import annotations
@@ -233,6 +232,94 @@ def _measure(
     return errors
 
 
+#: one layer's options: ``(bits per weight, error, codec spec)``, fewest bits first
+Options = list[tuple[float, float, str]]
+
+
+def _total(options: dict[str, Options], sizes: dict[str, int], pick: dict[str, int],
+           field: int) -> float:  # fmt: skip
+    return sum(options[n][i][field] * (sizes[n] if field == 0 else 1) for n, i in pick.items())
+
+
+def _greedy(options: dict[str, Options], sizes: dict[str, int], budget: float,
+            pick: dict[str, int] | None = None) -> dict[str, int]:  # fmt: skip
+    """From ``pick`` (default: every layer at its fewest bits), upgrade the layer with the
+    largest error decrease per added bit while the budget allows."""
+    pick = dict(pick) if pick is not None else {name: 0 for name in options}
+    used = _total(options, sizes, pick, 0)
+    while True:
+        best = None
+        for name, i in pick.items():
+            bits0, err0, _ = options[name][i]
+            for j in range(i + 1, len(options[name])):
+                bits1, err1, _ = options[name][j]
+                extra = (bits1 - bits0) * sizes[name]
+                if err1 >= err0 or used + extra > budget:
+                    continue
+                gain = (err0 - err1) / max(extra, 1e-9)
+                if best is None or gain > best[0]:
+                    best = (gain, name, j, extra)
+        if best is None:
+            return pick
+        _, name, j, extra = best
+        pick[name] = j
+        used += extra
+
+
+def _knapsack(options: dict[str, Options], sizes: dict[str, int], budget: float,
+              steps: int = 4096) -> dict[str, int] | None:  # fmt: skip
+    """The least summed error within ``budget`` by dynamic programming over the layers, each
+    layer's bits rounded up to ``budget / steps`` (so the result always fits); None when
+    the rounding leaves no fit."""
+    unit = budget / steps
+    names = list(options)
+    inf = float("inf")
+    best = torch.full((steps + 1,), inf, dtype=torch.float64)
+    best[0] = 0.0
+    choices, costs = [], []
+    for name in names:
+        cost = [math.ceil(bits * sizes[name] / unit - 1e-9) for bits, _, _ in options[name]]
+        new = torch.full_like(best, inf)
+        arg = torch.full((steps + 1,), -1, dtype=torch.long)
+        for j, ((_, err, _), c) in enumerate(zip(options[name], cost)):
+            if c > steps:
+                continue
+            cand = torch.full_like(best, inf)
+            cand[c:] = best[: steps + 1 - c] + err
+            better = cand < new
+            new[better], arg[better] = cand[better], j
+        best = new
+        choices.append(arg)
+        costs.append(cost)
+    end = int(torch.argmin(best))
+    if not math.isfinite(float(best[end])):
+        return None
+    pick: dict[str, int] = {}
+    for name, arg, cost in zip(reversed(names), reversed(choices), reversed(costs)):
+        j = int(arg[end])
+        pick[name] = j
+        end -= cost[j]
+    return {name: pick[name] for name in names}
+
+
+def choose(options: dict[str, Options], sizes: dict[str, int], budget: float) -> dict[str, int]:
+    """Each layer's option (an index into ``options[name]``) with the least summed error
+    within ``budget`` stored bits: the better of an exact-up-to-rounding dynamic program
+    (then topped up greedily with what its rounding left) and the greedy upgrade by error
+    decrease per bit, which alone can spend the budget on a cheap gain and miss a better
+    combination.
+
+    >>> opts = {"a": [(1, 10.0, "a1"), (2, 4.0, "a2")], "b": [(1, 10.0, "b1"), (3, 0.0, "b3")]}
+    >>> choose(opts, {"a": 1, "b": 1}, 4.0)  # greedy alone takes a2 (then b3 no longer fits)
+    {'a': 0, 'b': 1}
+    """
+    picks = [_greedy(options, sizes, budget)]
+    exact = _knapsack(options, sizes, budget)
+    if exact is not None:
+        picks.append(_greedy(options, sizes, budget, exact))
+    return min(picks, key=lambda p: _total(options, sizes, p, 1))
+
+
 def plan(
     model: nn.Module,
     budget_bits_per_weight: float = 4.5,
@@ -317,39 +404,22 @@ def plan(
 
     sizes = {w.name: w.param.numel() for w, _ in layers}
     budget = budget_bits_per_weight * sum(sizes.values())
-    options = {}
+    per_layer: dict[str, Options] = {}
     for w, fits in layers:
-        opts = sorted((bits_per_weight(c, w.param.shape), errors[(w.name, c.spec)], c.spec)
-                       for c in fits)  # fmt: skip
-        options[w.name] = opts
-    pick = {name: 0 for name in options}  # index into the options sorted by bits
-    used = sum(options[n][0][0] * sizes[n] for n in options)
+        per_layer[w.name] = sorted((bits_per_weight(c, w.param.shape), errors[(w.name, c.spec)],
+                                    c.spec) for c in fits)  # fmt: skip
+    used = sum(per_layer[n][0][0] * sizes[n] for n in per_layer)
     if used > budget:
         raise PlanError(
             f"even the smallest candidates need {used / sum(sizes.values()):.3f} bits per weight, "
             f"over the budget of {budget_bits_per_weight}"
         )
-    while True:
-        best = None
-        for name, i in pick.items():
-            bits0, err0, _ = options[name][i]
-            for j in range(i + 1, len(options[name])):
-                bits1, err1, _ = options[name][j]
-                extra = (bits1 - bits0) * sizes[name]
-                if err1 >= err0 or used + extra > budget:
-                    continue
-                gain = (err0 - err1) / max(extra, 1e-9)
-                if best is None or gain > best[0]:
-                    best = (gain, name, j, extra)
-        if best is None:
-            break
-        _, name, j, extra = best
-        pick[name] = j
-        used += extra
+    pick = choose(per_layer, sizes, budget)
+    used = sum(per_layer[n][pick[n]][0] * sizes[n] for n in per_layer)
     out = Plan()
     out.label = f"plan<={budget_bits_per_weight:g}"
     for w, _ in layers:
-        out[w.users[0][0]] = options[w.name][pick[w.name]][2]
+        out[w.users[0][0]] = per_layer[w.name][pick[w.name]][2]
     logger.info("plan: %.3f bits per weight (budget %s)", used / sum(sizes.values()),
                 budget_bits_per_weight)  # fmt: skip
     return out

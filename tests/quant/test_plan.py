@@ -140,3 +140,39 @@ def test_plan_with_gptq_sensitivities_leaves_the_model_as_it_was():
     assert s.bits_per_weight <= 3.5 + 1e-9
     with pytest.raises(PlanError, match="weight-only calibrations or 'gptq'"):
         plan(model, 4.0, ["q4_0"], data=x, calibration="awq", progress=False)
+
+
+def test_choose_finds_the_least_error_within_the_budget():
+    import itertools
+    import random
+
+    from t2n_quant.plan import _greedy, choose
+
+    rng = random.Random(0)
+    beat_greedy = 0
+    for _ in range(40):
+        names = [f"l{i}" for i in range(5)]
+        sizes = {n: rng.choice([64, 128, 256]) for n in names}
+        options = {}
+        for n in names:
+            bits = sorted(rng.sample([2.5, 3.0, 3.5, 4.0, 4.5, 8.5], 3))
+            errs = sorted((rng.random() for _ in bits), reverse=True)
+            options[n] = [(b, e, f"{n}:{b}") for b, e in zip(bits, errs)]
+        total = sum(sizes.values())
+        low = sum(options[n][0][0] * sizes[n] for n in names)
+        budget = low + rng.random() * (8.5 * total - low)
+
+        def cost(pick, field, options=options, sizes=sizes):
+            return sum(options[n][i][field] * (sizes[n] if field == 0 else 1)
+                       for n, i in pick.items())  # fmt: skip
+
+        best = min((dict(zip(names, combo)) for combo in itertools.product(range(3), repeat=5)
+                    if cost(dict(zip(names, combo)), 0) <= budget),
+                   key=lambda p: cost(p, 1))  # fmt: skip
+        pick = choose(options, sizes, budget)
+        assert cost(pick, 0) <= budget
+        greedy = cost(_greedy(options, sizes, budget), 1)
+        assert cost(pick, 1) <= greedy + 1e-12
+        assert cost(pick, 1) <= cost(best, 1) + 1e-9
+        beat_greedy += cost(pick, 1) < greedy - 1e-9
+    assert beat_greedy > 0  # the greedy upgrade alone misses some optima
