@@ -22,7 +22,7 @@ from torch.export.graph_signature import (
     TensorArgument,
 )
 
-from t2n_core.decompositions import decomposition_table
+from t2n_core.decompositions import decomposition_table, split_decomposition_table
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +65,10 @@ def _not_one_pass(program: ExportedProgram) -> str | None:
 def _one_pass(program: ExportedProgram) -> ExportedProgram:
     from torch._dispatch.python import enable_python_dispatcher
     from torch._guards import detect_fake_mode
-    from torch.export.exported_program import (
-        _override_composite_implicit_decomp,
-        _split_decomp_table_to_cia_and_python_decomp,
-    )
+    from torch.export.exported_program import _override_composite_implicit_decomp
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    keep_whole, table = _split_decomp_table_to_cia_and_python_decomp(decomposition_table())
+    keep_whole, table = split_decomposition_table()
     old = program.graph_module
     placeholders = [n for n in old.graph.nodes if n.op == "placeholder"]
     values = [n.meta["val"] for n in placeholders]
