@@ -55,9 +55,9 @@ def residual_reach(
     codec: Codec, params: QParams, lo: torch.Tensor, hi: torch.Tensor
 ) -> torch.Tensor:
     """Per block, a bound on ``|x - value|`` under ``params`` from the block's minimum ``lo``
-    and maximum ``hi``: half a step (1/64 of a step more, for the rounding of ``x / scale``
-    and q4_0's f32 scale against its stored f16 one) where nothing clips, and how far the
-    extremes lie beyond the values the codes reach.
+    and maximum ``hi``: half a step (the widest gap of a code book's levels; 1/64 of a step
+    more, for the rounding of ``x / scale`` and q4_0's f32 scale against its stored f16 one)
+    where nothing clips, and how far the extremes lie beyond the values the codes reach.
 
     >>> from t2n_quant.codecs import MinMaxCodec
     >>> reach = residual_reach(MinMaxCodec(bits=2, group_size=16),
@@ -71,12 +71,14 @@ def residual_reach(
     if stored.zero is not None:
         bottom = torch.mul(stored.zero.float(), s).neg_()
         top = torch.add(bottom, s, alpha=float(codec.qmax))
+        step = 1.0
     else:
-        levels = codec.levels()
-        low, high = torch.mul(s, float(levels.min())), torch.mul(s, float(levels.max()))
+        levels = codec.levels().sort().values
+        low, high = torch.mul(s, float(levels[0])), torch.mul(s, float(levels[-1]))
         bottom, top = torch.minimum(low, high), torch.maximum(low, high)
+        step = max(1.0, float((levels[1:] - levels[:-1]).max()))  # a code book's widest gap
     beyond = torch.maximum(hi - top, bottom.sub_(lo))
-    return torch.maximum(s.abs().mul_(0.5 + 1 / 64), beyond)
+    return torch.maximum(s.abs().mul_(step * (0.5 + 1 / 64)), beyond)
 
 
 def _shrink_sums(

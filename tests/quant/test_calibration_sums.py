@@ -191,7 +191,7 @@ def test_hqq_shrink_gathered_or_dense_same_sums(rows_over: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["q4_0", "symmetric:4:g32", "minmax:2:g16", "symmetric:8:g16", "minmax:3:g64"]
+    "spec", ["q4_0", "symmetric:4:g32", "minmax:2:g16", "symmetric:8:g16", "minmax:3:g64", "nf4"]
 )
 def test_hqq_residual_reach_bounds_the_residual(spec: str) -> None:
     """residual_reach is at least every block's largest |x - value|, for min-max parameters
