@@ -9,7 +9,7 @@ the reference exporter's always-negative Q4_0 scale (``d = -max|x| / 8``) in the
 format, as a custom calibration.
 
 Run: ``python -m benchmarks.bench_llm_accuracy [--steps 3000] [--calib-seqs 64]
-[--plans-only | --no-plans]``
+[--plans-only | --no-plans] [--codecs q4_0 ...]``
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ CONFIGS: list[tuple[str, list[Calib]]] = [
 ]
 #: mixed plans: budget (bits per weight) -> candidate codecs
 PLANS: list[tuple[float, list[str]]] = [
-    (4.0, ["q4_0", "symmetric:4:g64", "minmax:3:g32", "minmax:3:g64", "symmetric:3:g64"]),
+    (4.0, ["q4_0", "symmetric:4:g64", "symmetric:4:g128", "minmax:3:g32", "minmax:3:g64",
+           "symmetric:3:g64"]),
     (3.0, ["minmax:3:g32", "minmax:3:g64", "symmetric:3:g64", "minmax:2:g32", "minmax:2:g64"]),
 ]
 
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--plans-only", action="store_true", help="only the mixed plans")
     parser.add_argument("--no-plans", action="store_true", help="only the single-codec rows")
+    parser.add_argument("--codecs", nargs="+", help="only these codecs' rows (e.g. q4_0)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,6 +79,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     base_ppl = None
     for spec, cals in [] if args.plans_only else CONFIGS:
+        if args.codecs and spec not in args.codecs:
+            continue
         for entry in cals:
             cal, options = entry if isinstance(entry, tuple) else (entry, None)
             start = time.perf_counter()
