@@ -9,7 +9,10 @@ to gguf's before timing.
 ``--calibration-cost [--std S | --minilm]``: instead, the time of ``mse`` and ``hqq`` over
 ``minmax`` per codec (thread CPU median and best, wall median; the three run in turn inside
 each repeat) and the squared error each keeps, on a normal ``size x size`` matrix or on the
-Linear weights of all-MiniLM-L6-v2.
+Linear weights of all-MiniLM-L6-v2. ``minmax``'s own time swings up to 2-4x with the page
+faults of its slab-sized temporaries (glibc hands them back between calls); run with
+``MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=268435456`` to take them out and
+compare the work alone.
 """
 
 from __future__ import annotations
