@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from t2n_core.batched_native import split_batched_native_matmul
 from t2n_core.concat_guard import guard_concat_before_native_matmul
 from t2n_core.encoding import attach_encodings, is_native
 from t2n_core.file_labels import assign_file_labels
@@ -41,6 +42,7 @@ def prepare_for_archive(graph: Graph) -> Graph:
         return graph
     guard_block_convs(graph, is_native)
     inline_blocks_with_native_misuse(graph)
+    split_batched_native_matmul(graph, is_native)
     fold_row_slices(graph, is_native)
     fold_reshapes(graph)
     labelled = assign_file_labels(graph)  # the passes below may print labels

@@ -119,6 +119,52 @@ def untranspose_experts(model: nn.Module) -> list[str]:
     return paths
 
 
+class TransposedExperts(nn.Module):
+    """Parametrization: the module reads ``original.transpose(1, 2)``, ``original`` being
+    stored ``[experts, out, in]`` (see :func:`untranspose_bmm_experts`)."""
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return original.transpose(1, 2)
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.detach().transpose(1, 2).contiguous()
+
+
+def untranspose_bmm_experts(model: nn.Module) -> list[str]:
+    """Store the 3-D expert weights of a module that is not a transformers experts-interface
+    module (Llama 4's ``Llama4TextExperts``: ``[experts, in, out]``, run by
+    ``torch.bmm(x, weight)``) as ``[experts, out, in]``, the module reading their transpose
+    through a parametrization (same values); returns the weights changed.
+
+    The codecs' blocks then run along the input axis, the one ``bmm`` reduces over and tract's
+    quantized matmul needs; at export each expert's matrix is cut out of the stored tensor
+    (as for the interface's experts) and ``bmm`` runs one matmul per expert.
+    """
+    from torch.nn.utils import parametrize
+
+    paths: list[str] = []
+    for path, module in list(model.named_modules()):
+        if hasattr(module, "has_gate") or isinstance(module, parametrize.ParametrizationList):
+            continue
+        for attr in EXPERT_ATTRS:
+            weight = module._parameters.get(attr)
+            if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
+                continue
+            if not weight.dtype.is_floating_point or isinstance(weight, DeferredTensor):
+                continue
+            if weight.device.type == "meta" or type(weight).__name__ == "QTensor":
+                continue
+            parametrize.register_parametrization(module, attr, TransposedExperts())
+            paths.append(f"{path}.{attr}" if path else attr)
+    if paths:
+        logger.info(
+            "%d 3-D expert weight(s) [experts, in, out] stored as [experts, out, in] (read "
+            "transposed) to quantize them along their input axis: %s",
+            len(paths), ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else ""),
+        )  # fmt: skip
+    return paths
+
+
 def _runs_own_forward(module: nn.Module) -> bool:
     """Whether the module's own forward runs (``eager``), not one of the interface's."""
     config = getattr(module, "config", None)
@@ -140,13 +186,29 @@ def _transposed_experts(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 def expert_weight_attrs(module: nn.Module) -> tuple[str, ...]:
-    """The 3-D expert matrices of a transformers experts module (``()`` for other modules)."""
+    """The 3-D expert matrices of a transformers experts module, or the ``original`` of an
+    expert weight stored ``[experts, out, in]`` by :func:`untranspose_bmm_experts` (``()``
+    for other modules)."""
+    if _is_untransposed(module):
+        return ("original",)
     if not hasattr(module, "is_transposed") or not hasattr(module, "has_gate"):
         return ()
     return tuple(
         a for a in EXPERT_ATTRS
         if isinstance(module._parameters.get(a), torch.Tensor) and module._parameters[a].dim() == 3
     )  # fmt: skip
+
+
+def _is_untransposed(module: nn.Module) -> bool:
+    from torch.nn.utils import parametrize
+
+    return (
+        isinstance(module, parametrize.ParametrizationList)
+        and len(module) == 1
+        and isinstance(module[0], TransposedExperts)
+        and isinstance(module._parameters.get("original"), torch.Tensor)
+        and module._parameters["original"].dim() == 3
+    )
 
 
 def expert_incompatibility(module: nn.Module, shape: tuple[int, ...], codec: Codec) -> str | None:

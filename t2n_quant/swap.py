@@ -31,7 +31,11 @@ from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.errors import CalibrationOptionError
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
-from t2n_quant.matmul_weights import linearize_conv1d, untranspose_experts
+from t2n_quant.matmul_weights import (
+    linearize_conv1d,
+    untranspose_bmm_experts,
+    untranspose_experts,
+)
 from t2n_quant.parametrizations import bake_weight_parametrizations
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
@@ -186,6 +190,7 @@ def quantize_model(
     adapters = adapter_parameters(model)
     linearize_conv1d(model)
     untranspose_experts(model)
+    untranspose_bmm_experts(model)
     planned: dict[str, Codec | None] | None = None
     if isinstance(codec_or_config, Mapping):  # a plan: {module glob: spec}, checked up front
         planned = check_plan(codec_or_config, collect_weights(model))

@@ -115,3 +115,55 @@ def test_conv1d_with_a_deferred_weight_is_read_transposed() -> None:
     assert [(q.name, q.shape) for q in summary.quantized] == [("0.weight", (96, 64))]
     expected = quantize_tensor(source.t().contiguous(), "q4_0").dequantize()
     assert torch.equal(weight.materialize().dequantize(), expected)
+
+
+class BmmExperts(nn.Module):
+    """Llama 4's ``Llama4TextExperts``: every expert on its slice of the tokens at once,
+    ``torch.bmm`` on weights stored ``[experts, in, out]``."""
+
+    def __init__(self, experts: int = 3, hidden: int = 64, inner: int = 32) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(experts, hidden, 2 * inner) / hidden**0.5)
+        self.down_proj = nn.Parameter(torch.randn(experts, inner, hidden) / inner**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(self.gate_up_proj.shape[0], -1, x.shape[-1])
+        gate, up = torch.bmm(x, self.gate_up_proj).chunk(2, dim=-1)
+        return torch.bmm(up * nn.functional.silu(gate), self.down_proj).view(-1, x.shape[-1])
+
+
+def test_bmm_experts_are_quantized_and_run_per_expert_in_tract(tmp_path) -> None:
+    """3-D weights fed to ``bmm`` as ``[experts, in, out]`` are stored ``[experts, out, in]``
+    (read transposed: same values) and quantized; in tract each expert's matrix is a 2-D q4_0
+    tensor of its own feeding a quantized matmul, and no float matrix is left."""
+    from t2n_core import export
+    from t2n_core.nnef.archive import read_archive_files
+    from t2n_core.nnef.dat import DatHeader
+    from tests.llm.test_families import float_matrices
+
+    torch.manual_seed(0)
+    model = BmmExperts().eval()
+    x = torch.randn(6, 64)  # 3 experts x 2 tokens
+    with torch.no_grad():
+        ref = model(x)
+    summary = quantize_model(model, "q4_0", progress=False)
+    assert not summary.skipped
+    assert {(q.name, q.shape) for q in summary.quantized} == {
+        ("parametrizations.gate_up_proj.original", (3, 64, 64)),
+        ("parametrizations.down_proj.original", (3, 64, 32)),
+    }
+    assert tuple(model.gate_up_proj.shape) == (3, 64, 64)  # still read [experts, in, out]
+    with torch.no_grad():
+        err = (model(x) - ref).norm() / ref.norm()
+    assert 0 < err < 0.15  # q4_0's error along the input axis
+    result = export(model, (x,), tmp_path / "bmm.nnef.tgz", check=True, progress=False)
+    assert result.check is not None and result.check.passed, str(result.check)
+    assert not float_matrices(result.path)
+    headers = {
+        name: DatHeader.unpack(raw)
+        for name, raw in read_archive_files(result.path, dat_headers_only=True).items()
+        if name.endswith(".dat")
+    }
+    per_expert = {n: h.shape for n, h in headers.items() if h.type_name() == "q4_0"}
+    assert per_expert["parametrizations.down_proj.original.rows_2_3.dat"] == (64, 32)
+    assert len(per_expert) == 6
