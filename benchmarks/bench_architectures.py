@@ -57,6 +57,9 @@ import torch
 model_type, tmp = sys.argv[1], pathlib.Path(sys.argv[2])
 from benchmarks.bench_architectures import VARIANTS, tiny_model
 from tests.llm.test_families import check_generation, torch_greedy
+from t2n_core.errors import UnsupportedArchitectureError
+from t2n_core.llm.export import example_inputs
+from t2n_core.llm.wrapper import CausalLMWithCache
 
 def report(stage, **fields):
     print(json.dumps({"stage": stage, **fields}), flush=True)
@@ -69,6 +72,15 @@ for variant in VARIANTS:
     try:
         model = tiny_model(model_type, variant=variant)
         torch_greedy(model, torch.randint(0, 256, (1, 6)), 3)
+        # the step the export captures, in torch: a batch of 2 on a filled cache (a tiny config
+        # can be inconsistent there only, e.g. kv heads that an MLA model repeats wrongly)
+        try:
+            args = example_inputs(model, batch=2, past=5, new=3, dtype=torch.float32)
+        except UnsupportedArchitectureError:  # refused at the f32 stage, with its reason
+            args = None
+        if args is not None:
+            with torch.no_grad():
+                CausalLMWithCache(model).eval()(*args)
         report("torch", ok=True, variant=variant)
         break
     except Exception as exc:

@@ -13,6 +13,14 @@ KNOWN_TO_WORK = (
     "GPT-BigCode", "Granite-MoE", "Llama 4 (text)", "OLMo", "OLMo3", "OLMoE", "Persimmon",
     "GLM-4", "Helium", "Ministral", "EXAONE 4", "Hunyuan (dense)", "Hunyuan (MoE)",
     "Granite-MoE (shared experts)", "PhiMoE", "Seed-OSS", "CTRL", "XGLM", "Doge",
+    # found by the sweep, f32 and q4_0 (docs/llm-architectures.md has the command), not tested
+    "CWM", "DiffLlama", "Blenderbot (decoder)", "Cohere2-MoE", "ERNIE 4.5", "ERNIE 4.5 MoE",
+    "EXAONE", "EXAONE-MoE", "FlexOlmo", "Flint", "Gemma 4 unified (text)", "GLM-4-MoE",
+    "GPT-SW3", "GPT-NeoX-Japanese", "Granite (sliding window)", "Granite-MoE (sliding window)",
+    "HY-V3", "HyperCLOVA X", "InternLM3", "IQuest-Coder", "Jais2", "Kolibri1", "Laguna",
+    "Mellum", "MiMo-V2-Flash", "MiniMax-M2", "MiniMax-M3-VL (text)", "Ministral3",
+    "ModernBERT decoder", "NanoChat", "Sarvam-MoE", "Solar Open", "TrOCR (decoder)",
+    "VaultGemma", "Youtu",
 )  # fmt: skip
 
 #: what a user of an architecture outside the list reads (see docs/llm-architectures.md)

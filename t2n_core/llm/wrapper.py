@@ -20,8 +20,13 @@ logger = logging.getLogger(__name__)
 
 
 def num_layers_of(model: nn.Module) -> int:
-    """Number of decoder layers of a Hugging Face causal LM (``config.num_hidden_layers``)."""
+    """Number of decoder layers of a Hugging Face causal LM: ``config.decoder_layers`` where
+    the config has one (the decoder of an encoder-decoder model run alone, e.g. Whisper's,
+    whose ``num_hidden_layers`` names the encoder's), else ``config.num_hidden_layers``."""
     config = model.config.get_text_config(decoder=True)
+    decoder = getattr(config, "decoder_layers", None)
+    if isinstance(decoder, int) and not isinstance(decoder, bool):
+        return decoder
     return int(config.num_hidden_layers)
 
 
