@@ -582,6 +582,34 @@ def _capture_first_block(
     return inputs
 
 
+def float_twin(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` and its submodules that shares their tensors: quantizing
+    ``module`` (which puts new parameters in its modules) leaves the copy float, at no
+    memory cost and whatever the tensors' types. Its dicts (parameters, buffers, hooks) are
+    its own, so hooks registered on it do not reach ``module``.
+
+    >>> lin = nn.Linear(2, 2)
+    >>> twin = float_twin(lin)
+    >>> lin._parameters["weight"] = nn.Parameter(torch.zeros(2, 2))
+    >>> bool(twin.weight.abs().sum() > 0), twin.bias is lin.bias
+    (True, True)
+    """
+    clones: dict[int, nn.Module] = {}
+
+    def clone(m: nn.Module) -> nn.Module:
+        if id(m) in clones:
+            return clones[id(m)]
+        c = copy.copy(m)
+        clones[id(m)] = c
+        for key, value in list(vars(c).items()):
+            if isinstance(value, (dict, set)):
+                object.__setattr__(c, key, copy.copy(value))
+        c._modules = {k: None if v is None else clone(v) for k, v in m._modules.items()}
+        return c
+
+    return clone(module)
+
+
 def _capture_floats(targets: list[Target], modules: dict[int, nn.Module],
                     run: Callable[[], Any]) -> None:  # fmt: skip
     """float_target: give each target (by id) the inputs its module of the float model,
@@ -647,7 +675,7 @@ def _sequential(
         mine = in_block.get(i, [])
         what = _what(mine, method)
         with _on(block, device):
-            twin = copy.deepcopy(block) if float_inputs is not None else None
+            twin = float_twin(block) if float_inputs is not None else None
             here = f"{prefix}{i}."
             twin_of = {} if twin is None else {
                 id(t): twin.get_submodule(t.path[len(here) :]) for t in mine}  # fmt: skip
