@@ -19,6 +19,7 @@ from torch.export import Dim, ExportedProgram
 from t2n_core.blocks import BlockCaptureError, Blocks
 from t2n_core.decompose import decompose
 from t2n_core.errors import CaptureError, ExportInputError
+from t2n_core.gc_freeze import long_lived_frozen
 from t2n_core.input_plan import InputPlan, varargs_index
 from t2n_core.progress import progress_bar
 from t2n_core.shape_rules import shape_rules
@@ -132,6 +133,7 @@ def capture(
         total=2, desc="capture", unit="step", disable=not progress or blocks is None, leave=False
     )
     with (
+        long_lived_frozen(),  # the trace's collections need not traverse torch's objects
         bar,
         eval_mode(model),
         float_proxies(model) as originals,

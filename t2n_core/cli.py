@@ -18,6 +18,7 @@ import numpy as np
 
 from t2n_core import __version__
 from t2n_core.errors import T2NError
+from t2n_core.gc_freeze import skip_exit_collections
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -275,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except T2NError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if argv is None:  # the process exits next (the console script, python -m)
+            skip_exit_collections()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""The collector around capture: long-lived objects frozen for the duration, then restored."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from t2n_core.gc_freeze import long_lived_frozen
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+def test_frozen_inside_restored_after_and_cycles_still_collected() -> None:
+    before = _Node()
+    ref_before = weakref.ref(before)
+    assert gc.get_freeze_count() == 0
+    with long_lived_frozen():
+        assert gc.get_freeze_count() > 0
+        inside = _Node()
+        ref_inside = weakref.ref(inside)
+        del inside
+        gc.collect()
+        assert ref_inside() is None  # created inside: collected as usual
+        del before
+        gc.collect()
+        assert ref_before() is not None  # frozen: not looked at while inside
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert ref_before() is None  # back in sight after
+
+
+def test_a_freeze_made_by_the_process_is_left_alone() -> None:
+    gc.freeze()
+    try:
+        count = gc.get_freeze_count()
+        with long_lived_frozen():
+            assert gc.get_freeze_count() == count
+        assert gc.get_freeze_count() == count
+    finally:
+        gc.unfreeze()
