@@ -20,7 +20,8 @@ KNOWN_TO_WORK = (
     "HY-V3", "HyperCLOVA X", "InternLM3", "IQuest-Coder", "Jais2", "Kolibri1", "Laguna",
     "Mellum", "MiMo-V2-Flash", "MiniMax-M2", "MiniMax-M3-VL (text)", "Ministral3",
     "ModernBERT decoder", "NanoChat", "Sarvam-MoE", "Solar Open", "TrOCR (decoder)",
-    "VaultGemma", "Youtu",
+    "VaultGemma", "Youtu", "MPT", "MiniCPM3", "GLM-4-MoE-Lite", "Sarvam-MLA",
+    "Whisper (decoder)", "HRM (text)",
 )  # fmt: skip
 
 #: what a user of an architecture outside the list reads (see docs/llm-architectures.md)
