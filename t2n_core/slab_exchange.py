@@ -36,14 +36,15 @@ LIMIT_BYTES = 64 << 20
 
 T = TypeVar("T")
 
-_ACTIVE: SlabExchange[Any] | None = None
+_WRITER = threading.local()  # in a writer's thread: the exchange it writes beside
 _PASS = threading.local()  # in a pass's thread: its exchange, active or not
 
 
 def active_exchange() -> SlabExchange[Any] | None:
-    """The exchange of the calling thread: the one being written beside (see
-    :meth:`SlabExchange.beside_writer`), or the pass's own; None when none is."""
-    return getattr(_PASS, "exchange", None) or _ACTIVE
+    """The exchange of the calling thread: the one its writing feeds (see
+    :meth:`SlabExchange.beside_writer`), or the pass's own; None when none is. (Exports in
+    other threads have their own.)"""
+    return getattr(_PASS, "exchange", None) or getattr(_WRITER, "exchange", None)
 
 
 class _Cancelled(Exception):
@@ -84,17 +85,15 @@ class SlabExchange(Generic[T]):
     def beside_writer(self) -> Iterator[SlabExchange[T]]:
         """Active around the writing: the pass starts with the first slab stored. When the
         block raises, the pass is stopped; otherwise it goes on, reading what remains."""
-        global _ACTIVE
-        if _ACTIVE is not None:
-            raise RuntimeError("a SlabExchange is already active (one export at a time)")
-        _ACTIVE = self
+        outer = getattr(_WRITER, "exchange", None)
+        _WRITER.exchange = self
         self._writer_thread = threading.current_thread()
         ok = False
         try:
             yield self
             ok = True
         finally:
-            _ACTIVE = None
+            _WRITER.exchange = outer
             with self._cond:
                 self._writer_done = True
                 self._cancelled = not ok

@@ -114,3 +114,22 @@ def test_without_streamed_weights_the_pass_runs_after():
     with ex.beside_writer():
         pass
     assert ex.result() == threading.current_thread().name
+
+
+def test_exports_in_two_threads_have_their_own_exchange():
+    results: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def export(i: int) -> None:
+        ws = weights(2 + i, [])
+        ex = SlabExchange(lambda: forward(ws))
+        with ex.beside_writer():
+            write(ws)
+        results[i] = (ex.result(), forward(weights(2 + i, [])), ex.taken)
+
+    threads = [threading.Thread(target=export, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (got, want, taken) in results.items():
+        assert torch.equal(got, want) and taken == 3 * (2 + i)
