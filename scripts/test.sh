@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 .venv/bin/python -m ruff check .
-.venv/bin/python -m pytest -q "$@"
+# one worker per core (at most 4: each holds torch and a tract worker); the tests that share
+# a module-scoped export carry an xdist_group mark, which --dist loadgroup keeps on one worker
+.venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup "$@"

@@ -74,6 +74,10 @@ def test_wrapper_matches_full_sequence():
     assert [tuple(p.shape) for p in present] == [(2, kv_heads, 8, head_dim)] * 4
 
 
+#: the tests sharing :func:`exported` run on one pytest-xdist worker: it exports once
+SHARES_EXPORT = pytest.mark.xdist_group("llm_kv_cache-exported")
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """dtype name -> (model, export result) of the tiny Llama, each exported (and checked in
@@ -89,6 +93,7 @@ def exported(tmp_path_factory):
     return {name: export_one(name) for name in DTYPES}
 
 
+@SHARES_EXPORT
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 def test_one_step_then_generation(dtype, exported):
     model, result = exported["f32" if dtype == torch.float32 else "f16"]
@@ -105,6 +110,7 @@ def test_one_step_then_generation(dtype, exported):
     check_generation(copy.deepcopy(model).to(dtype), result.path, dtype)
 
 
+@SHARES_EXPORT
 def test_greedy_generate_in_the_worker_survives_a_tract_panic(exported):
     """greedy_generate runs tract in the worker: a batch of two gives the tokens and logits
     of tract in this process, and ids past the vocabulary (tract's gather panics, which

@@ -44,6 +44,10 @@ FAST = {("gpt2", "q4_0"), ("falcon_multi_query", "f32")}
 #: ``python -m benchmarks.bench_architectures``
 GENERIC_MODE = "q4_0"
 F16 = ("llama", "gemma3", "gpt2", "falcon_multi_query", "phi3", "mixtral")
+#: the export that :func:`test_moe_experts_quantized_per_expert` reads too: both tests run on
+#: one pytest-xdist worker, so that it is exported once
+SHARED = ("qwen3_moe", "q4_0")
+SHARES_EXPORT = pytest.mark.xdist_group("families-qwen3_moe-q4_0")
 
 
 def _cases():
@@ -51,7 +55,9 @@ def _cases():
         for mode in MODES:
             if (mode == "f16" and name not in F16) or (name in GENERIC and mode != GENERIC_MODE):
                 continue
-            marks = () if (name, mode) in FAST else (pytest.mark.slow,)
+            marks = [] if (name, mode) in FAST else [pytest.mark.slow]
+            if (name, mode) == SHARED:
+                marks.append(SHARES_EXPORT)
             yield pytest.param(name, mode, id=f"{name}-{mode}", marks=marks)
 
 
@@ -169,10 +175,11 @@ def check_family(
     return Checked(summary, result)
 
 
+@SHARES_EXPORT
 def test_moe_experts_quantized_per_expert(checked_family) -> None:
     """Each expert's matrices reach tract as 2-D q4_0 tensors of their own; the router is
     listed as skipped with its reason (the export of ``test_family[qwen3_moe-q4_0]``)."""
-    summary, result = checked_family("qwen3_moe", "q4_0")
+    summary, result = checked_family(*SHARED)
     assert summary is not None
     quantized = {q.name: q.shape for q in summary.quantized}
     assert quantized["model.layers.0.mlp.experts.gate_up_proj"] == (4, 128, 64)

@@ -14,7 +14,9 @@ from t2n_core.llm import export_checkpoint
 from t2n_core.llm.generate import ChildSteps, InProcessSteps, generate_text
 from tests.llm.checkpoints import save_tiny_llama
 
-pytestmark = pytest.mark.slow  # an export-llm of a tiny checkpoint: about 15 s
+#: an export-llm of a tiny checkpoint, about 15 s, shared by the tests of this file (one
+#: pytest-xdist worker runs them all, so it is exported once)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("generate_worker-shipped")]
 
 
 @pytest.fixture(scope="module")
