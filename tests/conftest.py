@@ -14,10 +14,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``--dist loadgroup``: give each test marked ``xdist_group`` the ``@group`` suffix that
-    xdist's scheduler groups by. pytest-xdist 3.8 sets it by assigning ``item._nodeid``, which
-    pytest 9.2 no longer reads (``nodeid`` comes from ``item._id``), so without this the tests
-    sharing a module-scoped export would run on several workers, each exporting again."""
+    """Under pytest-xdist: the tests marked ``slow`` go first, so that the last tests the
+    workers run are short ones (no worker left alone with a long test at the end).
+
+    With ``--dist loadgroup``: give each test marked ``xdist_group`` the ``@group`` suffix
+    that xdist's scheduler groups by. pytest-xdist 3.8 sets it by assigning ``item._nodeid``,
+    which pytest 9.2 no longer reads (``nodeid`` comes from ``item._id``), so without this
+    the tests sharing a module-scoped export would run on several workers, each exporting
+    again."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable
     if not getattr(config.option, "loadgroup", False):
         return
     for item in items:
