@@ -148,7 +148,7 @@ class Target:
         self.act = a.clone() if self.act is None else self.act.add_(a)
         self.rows += n
         if self.floats is not None and self.cross_lost is None:
-            self._add_cross(x, mask, rows)
+            self._add_cross(x, mask, rows, shared)
 
     def _rows(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The rows ``x`` gives the weight to multiply (padded tokens left out), float32."""
@@ -159,18 +159,26 @@ class Target:
             rows = rows[mask.to(rows.device)]
         return rows.reshape(-1, rows.shape[-1]).float()
 
-    def _add_cross(self, x: torch.Tensor, mask: torch.Tensor | None,
-                   rows: torch.Tensor | None) -> None:  # fmt: skip
-        """Pair this call's input ``x`` with the float model's (the next of ``floats``)."""
+    def _add_cross(self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor | None,
+                   shared: dict[str, Any] | None) -> None:  # fmt: skip
+        """Pair this call's input ``x`` with the float model's (the next of ``floats``);
+        ``shared`` keeps the last pair's ``X_float^T X`` (q/k/v read the same pair)."""
         assert self.floats is not None
         xf = self.floats.pop(0) if self.floats else None
         if xf is None or xf.shape != x.shape:
             self.cross_lost = "the float model did not call it alike"
             self.cross = None
             return
-        rows = self._rows(x, mask) if rows is None else rows
-        c = self._rows(xf.to(x.device), mask).T @ rows
-        self.cross = c if self.cross is None else self.cross.add_(c)
+        linear = not isinstance(self.module, (nn.Conv1d, nn.Conv2d))
+        last = shared.get("cross") if shared is not None and linear else None
+        if last is not None and last[0] is x and last[1] is xf and last[2] is mask:
+            c = last[3]
+        else:
+            rows = self._rows(x, mask) if rows is None else rows
+            c = self._rows(xf.to(x.device), mask).T @ rows
+            if shared is not None and linear:
+                shared["cross"] = (x, xf, mask, c)
+        self.cross = c.clone() if self.cross is None else self.cross.add_(c)
 
 
 @dataclass
@@ -624,7 +632,7 @@ def _capture_floats(targets: list[Target], modules: dict[int, nn.Module],
         def keep(m: nn.Module, args: Any, kwargs: dict[str, Any], t: Target = t) -> None:
             x = args[0] if args else kwargs.get("input")
             if isinstance(x, torch.Tensor) and t.floats is not None:
-                t.floats.append(x.detach())
+                t.floats.append(x)  # no grad here; the very tensor, so q/k/v share it
 
         handles.append(module.register_forward_pre_hook(keep, with_kwargs=True))
     try:
