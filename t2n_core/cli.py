@@ -18,7 +18,7 @@ import numpy as np
 
 from t2n_core import __version__
 from t2n_core.errors import T2NError
-from t2n_core.gc_freeze import skip_exit_collections
+from t2n_core.gc_freeze import own_process, skip_exit_collections
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -268,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # the process is the t2n command (console script, python -m)
+        own_process()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
@@ -277,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if argv is None:  # the process exits next (the console script, python -m)
+        if argv is None:
             skip_exit_collections()
 
 

@@ -18,13 +18,16 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+#: set by :func:`own_process`: this process is the ``t2n`` command, its objects are ours
+_OWN_PROCESS = False
+
 
 @contextlib.contextmanager
 def long_lived_frozen() -> Iterator[None]:
     """Freeze every object alive now for the duration (objects created inside are collected
     as usual). Does nothing when the process already froze objects itself (a forking server
     that called ``gc.freeze``): that choice is left as it is."""
-    if gc.get_freeze_count() or not gc.isenabled():
+    if not _OWN_PROCESS and (gc.get_freeze_count() or not gc.isenabled()):
         yield
         return
     gc.freeze()
@@ -39,3 +42,14 @@ def skip_exit_collections() -> None:
     deallocates them without full collections traversing them (``atexit`` handlers and
     objects' finalizers still run; only unreachable reference cycles are left to the OS)."""
     gc.freeze()
+
+
+def own_process() -> None:
+    """At the start of a command line run (the process is ours until it exits): freeze what
+    the imports created (until the first capture ends), and collect the
+    youngest objects every 10000 allocations instead of 700 (fewer passes that promote objects
+    toward full collections: 3 instead of 8 on the 122M Llama export)."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])

@@ -41,3 +41,19 @@ def test_a_freeze_made_by_the_process_is_left_alone() -> None:
         assert gc.get_freeze_count() == count
     finally:
         gc.unfreeze()
+
+
+def test_the_command_line_process_freezes_from_the_start(monkeypatch) -> None:
+    from t2n_core import gc_freeze
+
+    threshold = gc.get_threshold()
+    monkeypatch.setattr(gc_freeze, "_OWN_PROCESS", False)
+    try:
+        gc_freeze.own_process()
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == 10_000
+        with long_lived_frozen():  # the command's own freeze does not stop the capture's
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
