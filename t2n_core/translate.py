@@ -77,9 +77,27 @@ def find_unsupported(ep: ExportedProgram) -> list[str]:
                         f"angle, real/imag or view_as_real first; complex ops: "
                         f"{', '.join(ops.complex_ops())})"
                     )
+                elif _from_values(node):
+                    problems.append(
+                        f"{describe(node)}: a size or condition computed from tensor values "
+                        "(.tolist(), .item(), nonzero, ...): tract takes sizes from the inputs' "
+                        "shapes only; compute it with tensor ops over static shapes (e.g. every "
+                        "expert on every token, weighted), or outside the model"
+                    )
                 else:
                     problems.append(f"{describe(node)}: no NNEF translation")
     return problems
+
+
+def _from_values(node: torch.fx.Node) -> bool:
+    """Whether ``node`` computes a symbolic int/bool from a value read out of a tensor (an
+    unbacked symbol of torch.export), not from input shapes."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    val = node.meta.get("val")
+    if isinstance(val, (torch.SymInt, torch.SymBool, torch.SymFloat)):
+        return bool(free_unbacked_symbols(val))
+    return False
 
 
 def translate(

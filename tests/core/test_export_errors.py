@@ -225,3 +225,33 @@ def test_unsupported_op_report_names_the_user_level_op(tmp_path):
     with pytest.raises(UnsupportedOpsError, match=r"aten\._print\.default") as info:
         t2n_core.export(Prints(), (torch.randn(2, 4),), tmp_path / "m.tgz")
     assert "with_effects" not in str(info.value)
+
+
+class _GroupedByValue(nn.Module):
+    """JetMoE's router: tokens sorted by expert and split by per-expert counts read out of a
+    tensor (``.tolist()``), each group through its expert's matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = x[:, :4].topk(2, dim=1).indices
+        sizes = torch.zeros(x.shape[0], 4).scatter(1, top, 1).long().sum(0).tolist()
+        order = top.flatten().sort(0).indices
+        parts = x[order.div(2, rounding_mode="trunc")].split(sizes, 0)
+        return torch.cat([nn.functional.linear(p, self.weight[i]) for i, p in enumerate(parts)])
+
+
+def test_sizes_read_from_tensor_values_are_named_as_such(tmp_path):
+    """The guards torch.export keeps on sizes read from values (``ge``, ``eq`` on ``u0``...)
+    are reported as sizes computed from tensor values, with the source line, not as ops
+    lacking a translation; nothing is written."""
+    with pytest.raises(UnsupportedOpsError) as info:
+        t2n_core.export(_GroupedByValue(), (torch.randn(6, 8),), tmp_path / "g.nnef.tgz",
+                        progress=False)  # fmt: skip
+    message = str(info.value)
+    assert "<built-in function eq>" in message and "test_export_errors.py" in message
+    assert "a size or condition computed from tensor values (.tolist()" in message
+    assert "no NNEF translation" not in message
+    assert not (tmp_path / "g.nnef.tgz").exists()
