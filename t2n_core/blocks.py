@@ -181,6 +181,7 @@ class Site:
     out_leaves: list[Any] = field(default_factory=list)
     values_in: list[Any] = field(default_factory=list)  # the leaves of this call
     param_values: dict[str, torch.Tensor] = field(default_factory=dict)
+    fake_cache: bool = True  # whether the fake-tensor cache was on where the call was traced
 
     @property
     def n_user(self) -> int:
@@ -232,21 +233,20 @@ def block_op(inputs: list[torch.Tensor], key: str) -> list[torch.Tensor]:
 @block_op.register_fake
 def _block_fake(inputs: list[torch.Tensor], key: str) -> list[torch.Tensor]:
     """Output shapes: from running the block on fake tensors once per distinct block; its later
-    calls reuse that call's shape rule (its output sizes as expressions of its input sizes)."""
+    calls apply that call's shape rule (its output sizes as expressions of its input sizes)."""
     site = _ACTIVE[key]
     mode = torch._guards.detect_fake_mode(inputs)
     memo_key = (id(mode), site.structure, site.const_key(), _dtypes_and_ranks(inputs))
-    first = _MEMO.get(memo_key)
-    if first is not None:
-        outputs = _reuse(first, inputs[: site.n_user])
+    rule = _MEMO.get(memo_key)
+    if rule is not None:
+        outputs = rule.apply(inputs[: site.n_user], mode)
         if outputs is not None:
-            site.out_spec, site.out_leaves = first[0], first[1]
+            site.out_spec, site.out_leaves = rule.out_spec, rule.out_leaves
             return outputs
-    outputs = site.run(inputs)
-    if first is None:
-        user = [tuple(t.shape) for t in inputs[: site.n_user]]
-        metas = [(tuple(o.shape), o.dtype) for o in outputs]
-        _MEMO[memo_key] = (site.out_spec, site.out_leaves, user, metas)
+    with _fake_cache(mode, site.fake_cache):
+        outputs = site.run(inputs)
+    if memo_key not in _MEMO:  # None: no rule, every call runs the block
+        _MEMO[memo_key] = _ShapeRule.of(site, inputs[: site.n_user], outputs)
     return outputs
 
 
@@ -261,75 +261,148 @@ def _expr(size: Any) -> Any:
     return sympy.Integer(int(size))
 
 
-def _reuse(first: tuple[Any, ...], inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
-    """Outputs for ``inputs`` by the first call's shape rule, or None when it does not apply.
+Sizes = list[tuple[Any, ...]]  # the sizes of a call's inputs
+_Size = Callable[[Sizes], Any]  # one size, computed from them
 
-    Each size symbol of the first call's inputs stands for this call's size at the same place;
-    sizes that the first call had equal are checked equal here (``torch._check``, the guard the
-    block's own ops would have recorded).
+
+@dataclass
+class _ShapeRule:
+    """A block call's output sizes as functions of its input sizes, read from the first call.
+
+    Each size symbol of the first call's inputs stands for this call's size at the place where
+    it first occurs. The other input sizes (a symbol seen again, an expression, a constant)
+    must equal what the rule gives for them here: identical sizes need nothing, a constant that
+    differs means the rule does not apply, other sizes are checked equal (``torch._check``, the
+    guard the block's own ops would have recorded). Built once per distinct block; applying it
+    is plain size arithmetic, no sympy.
     """
-    _, _, first_inputs, metas = first
-    envs = [d.node.shape_env for s in first_inputs for d in s if isinstance(d, torch.SymInt)]
-    mapping: dict[sympy.Symbol, Any] = {}
-    pending: list[tuple[Any, Any]] = []
-    for shape, tensor in zip(first_inputs, inputs):
-        for theirs, ours in zip(shape, tensor.shape):
-            expr = _expr(theirs)
-            if isinstance(expr, sympy.Symbol) and expr not in mapping:
-                mapping[expr] = ours
-            else:
-                pending.append((theirs, ours))
 
-    def canonical() -> dict[sympy.Symbol, Any]:
-        # a check may have replaced a symbol by an equal one: key the mapping by both
-        if not envs:
-            return mapping
-        out = dict(mapping)
-        for symbol, value in mapping.items():
-            out.setdefault(envs[0].replace(symbol), value)
-        return out
+    out_spec: pytree.TreeSpec | None
+    out_leaves: list[Any]
+    checks: list[tuple[int, int, _Size]]  # (input, axis, size it must have)
+    outputs: list[tuple[list[_Size], torch.dtype]]
 
+    @classmethod
+    def of(
+        cls, site: Site, inputs: list[torch.Tensor], outputs: list[torch.Tensor]
+    ) -> _ShapeRule | None:
+        sources: dict[sympy.Symbol, tuple[int, int]] = {}
+        later: list[tuple[int, int, Any]] = []
+        for i, tensor in enumerate(inputs):
+            for axis, size in enumerate(tensor.shape):
+                expr = _expr(size)
+                if isinstance(expr, sympy.Symbol) and expr not in sources:
+                    sources[expr] = (i, axis)
+                else:
+                    later.append((i, axis, expr))
+        try:
+            checks = [(i, axis, _compile(expr, sources)) for i, axis, expr in later]
+            shapes = [([_compile(_expr(d), sources) for d in o.shape], o.dtype) for o in outputs]
+        except _NoRule as exc:
+            logger.debug("block %s: no shape rule (%s): each call runs it", site.path, exc)
+            return None
+        return cls(site.out_spec, site.out_leaves, checks, shapes)
+
+    def apply(self, inputs: list[torch.Tensor], mode: Any) -> list[torch.Tensor] | None:
+        """Outputs for ``inputs`` (fake tensors), or None when the rule does not apply."""
+        sizes = [tuple(t.shape) for t in inputs]
+        try:
+            for i, axis, size in self.checks:
+                want, have = size(sizes), sizes[i][axis]
+                if isinstance(want, int) and isinstance(have, int):
+                    if want != have:
+                        return None
+                elif not _same_size(want, have):
+                    torch._check(want == have)
+            # fresh sizes: a fake-tensor cache entry would only be missed (and cost more)
+            with _fake_cache(mode, False):
+                return [
+                    torch.empty(tuple(size(sizes) for size in shape), dtype=dtype)
+                    for shape, dtype in self.outputs
+                ]
+        except RuntimeError as exc:
+            logger.debug("block shape rule not applied: %s", exc)
+            return None
+
+
+@contextlib.contextmanager
+def _fake_cache(mode: Any, enabled: bool) -> Iterator[None]:
+    """The fake-tensor dispatch cache of ``mode`` (a FakeTensorMode or None) on or off."""
+    if mode is None:
+        yield
+        return
+    before, mode.cache_enabled = mode.cache_enabled, enabled
     try:
-        for theirs, ours in pending:
-            value = _evaluate(_expr(theirs), canonical())
-            if _expr(value) != _expr(ours):  # identical sizes need no check
-                torch._check(value == ours)
-        final = canonical()
-        return [
-            torch.empty(tuple(_evaluate(_expr(d), final) for d in shape), dtype=dtype)
-            for shape, dtype in metas
-        ]
-    except (_NoRule, RuntimeError) as exc:
-        logger.debug("block shape rule not reused: %s", exc)
-        return None
+        yield
+    finally:
+        mode.cache_enabled = before
+
+
+def _same_size(a: Any, b: Any) -> bool:
+    if not (isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt)):
+        return False
+    if a.node is b.node or a.node._expr == b.node._expr:
+        return True
+    return _expr(a) == _expr(b)
 
 
 class _NoRule(Exception):
     pass
 
 
-def _evaluate(expr: Any, mapping: dict[sympy.Symbol, Any]) -> Any:
+def _compile(expr: Any, sources: dict[sympy.Symbol, tuple[int, int]]) -> _Size:
+    """``expr`` (sympy, over the first call's input symbols) as a function of the input sizes."""
     if isinstance(expr, sympy.Integer):
-        return int(expr)
+        value = int(expr)
+        return lambda sizes: value
     if isinstance(expr, sympy.Symbol):
-        if expr not in mapping:
+        if expr not in sources:
             raise _NoRule(str(expr))
-        return mapping[expr]
-    args = [_evaluate(a, mapping) for a in expr.args]
-    if isinstance(expr, sympy.Add):
-        return functools.reduce(operator.add, args)
-    if isinstance(expr, sympy.Mul):
-        return functools.reduce(operator.mul, args)
+        i, axis = sources[expr]
+        return lambda sizes: sizes[i][axis]
+    args = [_compile(a, sources) for a in expr.args]
+    if isinstance(expr, (sympy.Add, sympy.Mul)):
+        combine = operator.add if isinstance(expr, sympy.Add) else operator.mul
+        return lambda sizes: functools.reduce(combine, (a(sizes) for a in args))
     name = type(expr).__name__
-    if name == "FloorDiv":
-        return args[0] // args[1]
-    if name in ("Mod", "PythonMod"):
-        return args[0] % args[1]
+    binary = {"FloorDiv": operator.floordiv, "Mod": operator.mod, "PythonMod": operator.mod}
+    if name in binary and len(args) == 2:
+        fn, (a, b) = binary[name], args
+        return lambda sizes: fn(a(sizes), b(sizes))
     raise _NoRule(name)
 
 
 _ACTIVE: dict[str, Site] = {}
 _MEMO: dict[Any, Any] = {}
+
+
+@contextlib.contextmanager
+def _lean_tensor_meta() -> Iterator[None]:
+    """Node metadata without the memory format of tensors with symbolic sizes.
+
+    For each traced tensor, torch records ``meta["tensor_meta"]`` and its memory format, which
+    it proves with sympy: for a tensor whose sizes are fresh symbols (every KV-cache input of a
+    model has its own until the trace ends) that costs tens of milliseconds, per layer the
+    largest part of tracing a model whose blocks are calls. t2n reads ``meta["val"]`` only; the
+    format of a symbolic tensor is left unset (torch itself leaves it unset when it cannot
+    prove one), that of a static tensor kept.
+    """
+    from torch.fx.experimental import proxy_tensor
+
+    original = getattr(proxy_tensor, "_extract_tensor_metadata", None)
+    if original is None:
+        yield
+        return
+
+    def lean(result: torch.Tensor, include_contiguity: bool = True) -> Any:
+        symbolic = any(isinstance(d, torch.SymInt) for d in result.shape)
+        return original(result, include_contiguity=include_contiguity and not symbolic)
+
+    proxy_tensor._extract_tensor_metadata = lean
+    try:
+        yield
+    finally:
+        proxy_tensor._extract_tensor_metadata = original
 
 
 def _is_leaf(value: Any) -> bool:
@@ -410,11 +483,13 @@ class Blocks:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        """Make the recorded calls resolvable by the ``t2n::block`` op (trace, decompositions)."""
+        """Make the recorded calls resolvable by the ``t2n::block`` op (trace, decompositions),
+        with lean node metadata (:func:`_lean_tensor_meta`)."""
         _ACTIVE.update(self.sites)
         _MEMO.clear()
         try:
-            yield
+            with _lean_tensor_meta():
+                yield
         finally:
             _MEMO.clear()
             for key in self.sites:
@@ -432,7 +507,11 @@ class Blocks:
             inputs += [site.param_values[n] for n in site.param_names]
             site.examples = list(inputs)
             _ACTIVE[site.key] = site
-            outputs = block_op(inputs, site.key)
+            mode = torch._guards.detect_fake_mode(inputs)
+            site.fake_cache = mode is None or mode.cache_enabled
+            # a custom op's outputs never enter the fake-tensor cache: skip hashing its inputs
+            with _fake_cache(mode, False):
+                outputs = block_op(inputs, site.key)
             return site.finish(outputs)
 
         return forward
