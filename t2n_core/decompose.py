@@ -143,7 +143,12 @@ def _block_op() -> Any:
 
 def _copy_block(node: torch.fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``node``'s recorded outputs, traced as one call of it; None when that is not sound."""
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode, get_proxy_slot, track_tensor_tree
+    from torch.fx.experimental.proxy_tensor import (
+        disable_proxy_modes_tracing,
+        get_proxy_mode,
+        get_proxy_slot,
+        track_tensor_tree,
+    )
 
     mode = get_proxy_mode()
     recorded = node.meta.get("val")
@@ -171,6 +176,11 @@ def _copy_block(node: torch.fx.Node, args: tuple[Any, ...], kwargs: dict[str, An
         name=tracer.graph._target_to_str(target.overloadpacket.__name__),
     )
     outputs = list(recorded)
+    with disable_proxy_modes_tracing():
+        for output in outputs:
+            # tracking reads each output's element count: computed here, its size products
+            # are not traced into the graph (each a node, later dropped as dead code)
+            output.numel()
     track_tensor_tree(outputs, proxy, constant=None, tracer=tracer)
     return outputs
 
