@@ -33,12 +33,14 @@ def test_frozen_inside_restored_after_and_cycles_still_collected() -> None:
 
 
 def test_a_freeze_made_by_the_process_is_left_alone() -> None:
+    """Neither unfrozen (the count would drop to 0) nor frozen again (it would grow); a
+    frozen object another thread lets go of (pytest-xdist's I/O thread) leaves the count."""
     gc.freeze()
     try:
         count = gc.get_freeze_count()
         with long_lived_frozen():
-            assert gc.get_freeze_count() == count
-        assert gc.get_freeze_count() == count
+            assert 0.99 * count <= gc.get_freeze_count() <= count
+        assert 0.99 * count <= gc.get_freeze_count() <= count
     finally:
         gc.unfreeze()
 
