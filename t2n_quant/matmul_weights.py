@@ -61,9 +61,14 @@ def linearize_conv1d(model: nn.Module) -> list[str]:
         logger.info(
             "%d transformers Conv1D layer(s) (weight stored [in, out]) replaced by the "
             "equivalent nn.Linear to quantize their weights: %s",
-            len(paths), ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else ""),
+            len(paths), _first_few(paths),
         )  # fmt: skip
     return paths
+
+
+def _first_few(paths: list[str], shown: int = 4) -> str:
+    """``paths`` joined for a log line, the first ``shown`` of them then ``...``."""
+    return ", ".join(paths[:shown]) + (", ..." if len(paths) > shown else "")
 
 
 def _linear_from(conv: nn.Module) -> nn.Linear | None:
@@ -114,7 +119,7 @@ def untranspose_experts(model: nn.Module) -> list[str]:
         logger.info(
             "%d MoE experts layer(s) stored [experts, in, out] switched to [experts, out, in] "
             "(is_transposed=False) to quantize their weights: %s",
-            len(paths), ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else ""),
+            len(paths), _first_few(paths),
         )  # fmt: skip
     return paths
 
@@ -160,7 +165,7 @@ def untranspose_bmm_experts(model: nn.Module) -> list[str]:
         logger.info(
             "%d 3-D expert weight(s) [experts, in, out] stored as [experts, out, in] (read "
             "transposed) to quantize them along their input axis: %s",
-            len(paths), ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else ""),
+            len(paths), _first_few(paths),
         )  # fmt: skip
     return paths
 
