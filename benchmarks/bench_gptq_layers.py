@@ -14,12 +14,11 @@ Run: ``python -m benchmarks.bench_gptq_layers [--steps 3000] [--calib-seqs 64]``
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 from torch import nn
 
-from benchmarks.llm_fixture import build, corpus
+from benchmarks.llm_fixture import load
 from t2n_quant.calibration.gptq import gptq
 from t2n_quant.calibration_data import text_batches
 from t2n_quant.codecs import Q4_0Codec
@@ -32,13 +31,7 @@ def main() -> None:
     parser.add_argument("--calib-seqs", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=128)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = build(steps=args.steps)
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    texts = corpus()
+    folder, tok, model, texts = load(steps=args.steps)
     seqs = torch.cat(text_batches(tok, texts["calibration"], seq_len=args.seq_len,
                                   n_sequences=2 * args.calib_seqs))  # fmt: skip
     calib, held = seqs[: args.calib_seqs], seqs[args.calib_seqs :]

@@ -15,12 +15,11 @@ Run: ``python -m benchmarks.bench_llm_accuracy [--steps 3000] [--calib-seqs 64]
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
-from benchmarks.llm_fixture import build, corpus
+from benchmarks.llm_fixture import load
 from t2n_quant.calibration_data import text_batches
 from t2n_quant.codecs import QParams
 from t2n_quant.compare import compare
@@ -59,13 +58,7 @@ def main() -> None:
     parser.add_argument("--no-plans", action="store_true", help="only the single-codec rows")
     parser.add_argument("--codecs", nargs="+", help="only these codecs' rows (e.g. q4_0)")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = build(steps=args.steps)
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    texts = corpus()
+    folder, tok, model, texts = load(steps=args.steps)
     ids = torch.cat(text_batches(tok, texts["eval"], seq_len=args.seq_len,
                                  n_sequences=args.eval_seqs))  # fmt: skip
     calib = text_batches(tok, texts["calibration"], seq_len=args.seq_len,

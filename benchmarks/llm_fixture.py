@@ -18,6 +18,7 @@ import argparse
 import ast
 import hashlib
 import math
+import os
 import sysconfig
 import time
 from pathlib import Path
@@ -120,6 +121,17 @@ def build(
     model.save_pretrained(out)
     (out / "train_log.txt").write_text(f"{steps} steps in {time.perf_counter() - start:.0f} s\n")
     return out
+
+
+def load(steps: int = 3000):  # -> (folder, tokenizer, model in eval mode, corpus())
+    """The trained fixture (built on first use): folder, tokenizer, model, text splits."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = build(steps=steps)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    return folder, tok, model, corpus()
 
 
 def main() -> None:
