@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from t2n_quant.calibration import fused
 from t2n_quant.calibration.minmax import minmax_from_stats, signed_max
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
@@ -186,8 +187,14 @@ class BlockFit:
         scale_sums: bool = True,
         scratch: Scratch | None = None,
         keep_codes: bool = True,
+        keep_residual: bool = True,
     ) -> None:
         self.codec, self.blocks = codec, blocks
+        #: whether a :class:`Scored` keeps its residual (a half-quadratic step reads it)
+        self.keep_residual = keep_residual or keep_codes
+        #: whether candidates are scored by the compiled pass (:mod:`.fused`), which gives
+        #: the eager ops' results bit for bit
+        self.fused = weights is None and fused.usable(codec, blocks)
         #: whether a :class:`Scored` keeps its codes and residual apart (a half-quadratic step
         #: reads both); without, the residual is written over the codes once they are summed,
         #: so a fit works in one buffer of the blocks' size (less memory traffic)
@@ -215,6 +222,8 @@ class BlockFit:
     def score(self, params: QParams, sums: bool = True) -> Scored:
         """``params``' codes and error; with ``sums``, also the sums the next fit needs."""
         codec = self.codec
+        if self.fused:
+            return self._score_fused(params, sums)
         u = codec.float_codes(self.blocks, params, out=self.codes[self.scored % 2])
         self.scored += 1
         stored = codec.store(params)
@@ -233,6 +242,38 @@ class BlockFit:
         weighted = residual if self.root_w is None else residual * self.root_w
         error = squared_norm(weighted)
         kept = u if self.keep_codes else None
+        return self._scored(params, kept, error, suu, su, residual, scale)
+
+    def _score_fused(self, params: QParams, sums: bool) -> Scored:
+        """:meth:`score` in one compiled pass (unweighted; same results)."""
+        codec = self.codec
+        stored = codec.store(params)
+        scale = stored.scale.float()
+        zero = None if stored.zero is None else stored.zero.float()
+        su_needed = sums and codec.has_zero
+        u_out = self.codes[self.scored % 2] if self.keep_codes else None
+        if su_needed and u_out is None:
+            u_out = self.tmp
+        self.scored += 1
+        r_out = self.work if self.keep_residual else None
+        error, suu = fused.score(
+            codec, self.blocks, fused.reciprocal(codec, params, stored), scale, zero,
+            u_out, r_out, sums and self.scale_sums,
+        )  # fmt: skip
+        su = rowsum(u_out) if su_needed and u_out is not None else None
+        kept = u_out if self.keep_codes else None
+        return self._scored(params, kept, error, suu, su, r_out, scale)
+
+    def _scored(
+        self,
+        params: QParams,
+        kept: torch.Tensor | None,
+        error: torch.Tensor,
+        suu: torch.Tensor | None,
+        su: torch.Tensor | None,
+        residual: torch.Tensor | None,
+        scale: torch.Tensor,
+    ) -> Scored:
         if suu is None:
             return Scored(params, kept, error, None, None, su, residual)
         # error = xx - 2 s sxu + s^2 suu: no term cancels (they are about xx, xx and 2 xx
@@ -348,7 +389,7 @@ def _mse_search(
     scratch: Scratch | None = None,
     tol: float = STOP_GAIN,
 ) -> QParams:
-    fit = BlockFit(codec, blocks, weights, scratch=scratch, keep_codes=False)
+    fit = BlockFit(codec, blocks, weights, scratch=scratch, keep_codes=False, keep_residual=False)
     mm, other = starts(codec, blocks)
     best = fit.score(mm)
     if other is not None:

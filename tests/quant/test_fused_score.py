@@ -1,0 +1,137 @@
+"""The compiled scoring pass (t2n_quant.calibration.fused) against BlockFit's eager torch ops:
+bit for bit (codes, residuals, sums, errors, and so the parameters mse / hqq pick), on both
+of its loops; without a compiler the eager path is used and says so."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from t2n_quant import calibrate
+from t2n_quant.calibration import fused
+from t2n_quant.calibration.minmax import minmax_params
+from t2n_quant.calibration.mse import BlockFit
+from t2n_quant.codecs import Codec, MinMaxCodec, Q4_0Codec, QParams, SymmetricCodec
+
+CODECS = [Q4_0Codec(), MinMaxCodec(4, 32), MinMaxCodec(2, 16), MinMaxCodec(3, 64),
+          MinMaxCodec(8, None), SymmetricCodec(4, 32), SymmetricCodec(3, 16),
+          SymmetricCodec(8, None), SymmetricCodec(5, 128)]  # fmt: skip
+IDS = [c.spec for c in CODECS]
+
+
+def awkward_blocks(codec: Codec, seed: int) -> torch.Tensor:
+    """Normal values with zero, constant, tiny, huge, tied and half-step blocks."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, codec.block_size(40), generator=g)
+    x[1] = 0.0
+    x[2] = -0.75
+    x[3] *= 1e-30
+    x[4] *= 1e4
+    x[5, ::2], x[5, 1::2] = 2.0, -2.0
+    x[6] = torch.arange(x.shape[1]).float() / 2 - 7.5  # values on half steps: round to even
+    x[7, 0] = -0.0
+    return x
+
+
+def bits(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous().view(torch.int32)
+
+
+def assert_same(a: torch.Tensor | None, b: torch.Tensor | None, what: str) -> None:
+    assert (a is None) == (b is None), what
+    if a is not None:
+        assert torch.equal(bits(a), bits(b)), f"{what} differs in {int((bits(a) != bits(b)).sum())}"
+
+
+def test_the_kernel_builds_here() -> None:
+    # a C compiler is part of the machines the suite runs on: the fast path is proven here
+    assert fused.kernel() is not None
+
+
+@pytest.mark.parametrize("keep_codes", [False, True], ids=["one-buffer", "codes-kept"])
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+def test_fused_score_is_the_eager_score_bit_for_bit(codec: Codec, keep_codes: bool) -> None:
+    x = awkward_blocks(codec, seed=3)
+    assert fused.usable(codec, x)
+    mm = minmax_params(codec, x)
+    g = torch.Generator().manual_seed(4)
+    # min-max, shrunk (clips), grown, jittered per block (as least-squares steps move them),
+    # and a zero scale
+    jitter = 1 + 0.3 * (torch.rand(mm.scale.shape, generator=g) - 0.5)
+    first_zero = torch.ones_like(mm.scale)
+    first_zero[0] = 0.0
+    candidates = [mm.scale * f for f in (1.0, 0.7, 1.3, jitter, first_zero)]
+    for scale in candidates:
+        zero = None if mm.zero is None else (mm.zero + torch.rand(mm.zero.shape, generator=g))
+        params = QParams(scale, zero)
+        for sums in (True, False):
+            eager = BlockFit(codec, x, keep_codes=keep_codes)
+            eager.fused = False
+            got = BlockFit(codec, x, keep_codes=keep_codes)
+            assert got.fused
+            e, f = eager.score(params, sums=sums), got.score(params, sums=sums)
+            for name in ("error", "sxu", "suu", "su", "u", "residual"):
+                assert_same(getattr(f, name), getattr(e, name), name)
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+def test_portable_loop_matches_the_vector_loop(codec: Codec) -> None:
+    x = awkward_blocks(codec, seed=5)
+    params = minmax_params(codec, x)
+    params = QParams(params.scale * 0.9, params.zero)
+    stored = codec.store(params)
+    zero = None if stored.zero is None else stored.zero.float()
+    out = []
+    for portable in (False, True):
+        u, r = torch.empty_like(x), torch.empty_like(x)
+        inv = fused.reciprocal(codec, params, stored)
+        err, suu = fused.score(codec, x, inv, stored.scale.float(), zero, u, r, True, portable)
+        out.append((err, suu, u, r))
+    for name, a, b in zip(("error", "suu", "u", "residual"), *out, strict=True):
+        assert_same(a, b, name)
+
+
+@pytest.mark.parametrize("method", ["mse", "hqq"])
+@pytest.mark.parametrize("spec", ["q4_0", "minmax:4:g32", "symmetric:4:g32", "minmax:3:g64",
+                                  "minmax:2:g16", "symmetric:8:pc", "minmax:4:pc"])  # fmt: skip
+def test_calibrations_pick_the_same_parameters_with_or_without_it(
+    spec: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codec = Codec.from_spec(spec)
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(96, 256, generator=g) * torch.rand(96, 1, generator=g) * 2
+    blocks = w.reshape(-1, codec.block_size(256))
+    fast = calibrate(codec, blocks, method)
+    monkeypatch.setenv("T2N_FUSED", "0")
+    assert fused.kernel() is None
+    slow = calibrate(codec, blocks, method)
+    assert_same(fast.scale, slow.scale, "scale")
+    assert_same(fast.zero, slow.zero, "zero")
+
+
+def test_rows_it_cannot_take_stay_eager() -> None:
+    codec = SymmetricCodec(4, None)
+    assert not fused.usable(codec, torch.randn(4, 12))  # 12 values a row: not 8 lanes
+    assert not fused.usable(codec, torch.randn(4, 16).double())
+    assert not fused.usable(Codec.from_spec("nf4:g32"), torch.randn(4, 32))
+    assert BlockFit(codec, torch.randn(4, 16), torch.rand(1, 16)).fused is False  # weighted
+
+
+def test_without_a_compiler_the_eager_path_is_used_and_logged(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fused, "_state", {})
+    monkeypatch.setenv("T2N_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    codec = Q4_0Codec()
+    x = torch.randn(32, 32)
+    with caplog.at_level(logging.INFO, logger=fused.__name__):
+        assert fused.kernel() is None
+        assert not BlockFit(codec, x).fused
+        params = calibrate(codec, x, "mse")
+    assert "eager torch ops" in caplog.text
+    monkeypatch.setattr(fused, "_state", {})
+    monkeypatch.delenv("CC")
+    assert_same(calibrate(codec, x, "mse").scale, params.scale, "scale")
