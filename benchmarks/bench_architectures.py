@@ -59,7 +59,7 @@ from benchmarks.bench_architectures import VARIANTS, tiny_model
 from tests.llm.test_families import check_generation, torch_greedy
 from t2n_core.errors import UnsupportedArchitectureError
 from t2n_core.llm.export import example_inputs
-from t2n_core.llm.wrapper import CausalLMWithCache
+from t2n_core.llm.wrapper import CausalLMWithCache, is_stateful
 
 def report(stage, **fields):
     print(json.dumps({"stage": stage, **fields}), flush=True)
@@ -75,7 +75,8 @@ for variant in VARIANTS:
         # the step the export captures, in torch: a batch of 2 on a filled cache (a tiny config
         # can be inconsistent there only, e.g. kv heads that an MLA model repeats wrongly)
         try:
-            args = example_inputs(model, batch=2, past=5, new=3, dtype=torch.float32)
+            new = 1 if is_stateful(model) else 3  # a recurrent state: one token per step
+            args = example_inputs(model, batch=2, past=5, new=new, dtype=torch.float32)
         except UnsupportedArchitectureError:  # refused at the f32 stage, with its reason
             args = None
         if args is not None:

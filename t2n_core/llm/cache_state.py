@@ -44,8 +44,44 @@ def layer_index(module: nn.Module) -> int:
     )
 
 
+def _slots(layer: Any) -> dict[str, tuple[str, Any]]:
+    """Where the layer keeps each tensor, by name: an attribute (``keys`` -> ``("keys",
+    None)``) or an entry of its dicts of states (a linear-attention layer's ``conv_states_0``
+    -> ``("conv_states", 0)``)."""
+    found: dict[str, tuple[str, Any]] = {}
+    for key, value in vars(layer).items():
+        if isinstance(value, torch.Tensor):
+            found[key] = (key, None)
+        elif isinstance(value, dict) and not key.startswith("_"):
+            tensors = [i for i, v in value.items() if isinstance(v, torch.Tensor)]
+            found |= {f"{key}_{i}": (key, i) for i in tensors}
+    return found
+
+
 def _tensors(layer: Any) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in vars(layer).items() if isinstance(v, torch.Tensor)}
+    return {name: _get(layer, slot) for name, slot in _slots(layer).items()}
+
+
+def _get(layer: Any, slot: tuple[str, Any]) -> torch.Tensor:
+    attr, index = slot
+    return getattr(layer, attr) if index is None else getattr(layer, attr)[index]
+
+
+def _set(layer: Any, slot: tuple[str, Any], tensor: torch.Tensor) -> None:
+    attr, index = slot
+    if index is None:
+        setattr(layer, attr, tensor)
+    else:
+        getattr(layer, attr)[index] = tensor
+
+
+def _layer_copy(layer: Any) -> Any:
+    """A copy of ``layer`` whose dicts (states, flags by state index) are its own."""
+    copied = copy.copy(layer)
+    for key, value in vars(layer).items():
+        if isinstance(value, dict):
+            setattr(copied, key, dict(value))
+    return copied
 
 
 class CacheSlot:
@@ -62,9 +98,11 @@ class CacheSlot:
         return _tensors(obj.layers[layer_index(module)])
 
     def view(self, obj: Any, module: nn.Module, tensors: dict[str, torch.Tensor]) -> Any:
-        layer = copy.copy(obj.layers[layer_index(module)])
-        for name, tensor in tensors.items():
-            setattr(layer, name, tensor)
+        layer = _layer_copy(obj.layers[layer_index(module)])
+        slots = _slots(layer)
+        for name, tensor in tensors.items():  # states in dicts are updated in place: cloned
+            in_dict = slots[name][1] is not None
+            _set(layer, slots[name], tensor.clone() if in_dict else tensor)
         view = copy.copy(obj)
         view.layers = _EveryIndex(layer, len(obj.layers))
         return view
@@ -74,8 +112,9 @@ class CacheSlot:
 
     def write_back(self, obj: Any, module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         layer = obj.layers[layer_index(module)]
+        slots = _slots(layer)
         for name, tensor in tensors.items():
-            setattr(layer, name, tensor)
+            _set(layer, slots[name], tensor)
 
 
 register_state_adapter(CacheSlot())

@@ -16,10 +16,10 @@ from t2n_core.export import ExportResult, export
 from t2n_core.llm.experts import DEFAULT_EXPERTS, check_experts, experts_implementation
 from t2n_core.llm.wrapper import (
     CausalLMWithCache,
-    input_names_for,
-    num_layers_of,
-    output_names_for,
-    past_shapes_of,
+    cache_fields_of,
+    input_names_of,
+    is_stateful,
+    output_names_of,
 )
 from t2n_core.many import ManyExportResult, export_many
 
@@ -105,22 +105,19 @@ def export_causal_lm(
     rtol = tol if rtol is None else rtol
 
     step = CausalLMWithCache(model, all_logits=all_logits).eval()
-    n_layers = num_layers_of(model)
-    input_names = input_names_for(n_layers)
-    output_names = output_names_for(n_layers)
+    input_names, output_names = input_names_of(model), output_names_of(model)
     batch = 2 if dynamic_batch else 1  # torch.export specialises a size-1 example axis
-    args = example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=EXAMPLE_NEW, dtype=dtype)
-    batch_axis = {0: "B"} if dynamic_batch else {}
-    dynamic_axes: dict[str, dict[int, str]] = {"input_ids": {**batch_axis, 1: "T"}}
-    for name in input_names[1:]:
-        dynamic_axes[name] = {**batch_axis, 2: "P"}
+    new = 1 if step.stateful else EXAMPLE_NEW  # a recurrent state: one token per step
+    args = example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=new, dtype=dtype)
+    dynamic_axes = step_axes(model, dynamic_batch=dynamic_batch, new=not step.stateful)
     with experts_implementation(model, experts):  # MoE layers in a form tract runs
         result = export(
             step, args, path, input_names=input_names, output_names=output_names,
             dynamic_axes=dynamic_axes, check=check, atol=atol, rtol=rtol, overwrite=overwrite,
             properties=properties, progress=progress, fragments=fragments, lora=lora,
         )  # fmt: skip
-        prompt = example_inputs(model, batch=batch, past=0, new=EXAMPLE_NEW + 1, dtype=dtype)
+        prompt = example_inputs(model, batch=batch, past=0, new=1 if step.stateful else
+                                EXAMPLE_NEW + 1, dtype=dtype)  # fmt: skip
         with torch.no_grad():
             expected = step(*prompt) if check and result.check is not None else None
     if expected is not None:
@@ -173,6 +170,12 @@ def export_prefill_decode(
     tol = DEFAULT_TOLERANCE[dtype]
     atol = tol if atol is None else atol
     rtol = tol if rtol is None else rtol
+    if is_stateful(model):
+        raise ExportInputError(
+            f"{type(model).__name__} keeps a recurrent state: its step takes one token per call "
+            "(export_causal_lm), so prefill and decode graphs would be the same graph; export "
+            "it as one step graph (graphs='step')"
+        )
     graphs = prefill_decode_graphs(model, dtype=dtype, dynamic_batch=dynamic_batch)
     step = graphs["prefill"][0]
     batch = 2 if dynamic_batch else 1
@@ -204,11 +207,11 @@ def prefill_decode_graphs(
     ``{"prefill": (step, example inputs, options), "decode": (...)}``; both wrap ``model``,
     so they hold the same parameter objects."""
     step = CausalLMWithCache(model, all_logits=False).eval()
-    n_layers = num_layers_of(model)
-    names = {"input_names": input_names_for(n_layers), "output_names": output_names_for(n_layers)}
+    names = {"input_names": input_names_of(model), "output_names": output_names_of(model)}
     batch = 2 if dynamic_batch else 1  # torch.export specialises a size-1 example axis
     batch_axis = {0: "B"} if dynamic_batch else {}
-    past_axes = {name: {**batch_axis, 2: "P"} for name in names["input_names"][1:]}
+    past_axes = step_axes(model, dynamic_batch=dynamic_batch, new=False)
+    del past_axes["input_ids"]
     return {
         "prefill": (
             step, example_inputs(model, batch=batch, past=EXAMPLE_PAST, new=EXAMPLE_NEW,
@@ -222,19 +225,36 @@ def prefill_decode_graphs(
     }  # fmt: skip
 
 
+def step_axes(model: nn.Module, *, dynamic_batch: bool, new: bool) -> dict[str, dict[int, str]]:
+    """The dynamic axes of the step's inputs: ``B`` (batch, with ``dynamic_batch``), ``T``
+    (new tokens, with ``new``) of ``input_ids``, ``P`` (past length) of each growing cache
+    tensor; a fixed-size state has its batch axis only."""
+    batch_axis = {0: "B"} if dynamic_batch else {}
+    axes: dict[str, dict[int, str]] = {"input_ids": {**batch_axis, **({1: "T"} if new else {})}}
+    for field in cache_fields_of(model):
+        seq = {} if field.seq_axis is None else {field.seq_axis: "P"}
+        axes[field.input_name()] = {**batch_axis, **seq}
+    return axes
+
+
 def example_inputs(
     model: nn.Module, *, batch: int, past: int, new: int, dtype: torch.dtype, seed: int = 0
 ) -> tuple[torch.Tensor, ...]:
     """``(input_ids [batch, new], past_key_0 [batch, kv_heads, past, head_dim], ...)``, the
-    cache shapes read from the model (:func:`~t2n_core.llm.wrapper.past_shapes_of`)."""
+    cache shapes read from the model (:func:`~t2n_core.llm.wrapper.cache_fields_of`). A
+    fixed-size state (convolution, recurrent) is random, or zeros (a fresh start) when
+    ``past`` is 0."""
     gen = torch.Generator().manual_seed(seed)
     vocab = int(model.config.get_text_config(decoder=True).vocab_size)
     ids = torch.randint(0, vocab, (batch, new), generator=gen)
-    kv = [
-        torch.randn(batch, heads, past, dim, generator=gen).to(dtype)
-        for heads, dim in past_shapes_of(model)
-    ]
-    return (ids, *kv)
+    tensors = []
+    for field in cache_fields_of(model):
+        shape = [batch, *field.shape[1:]]
+        if field.seq_axis is not None:
+            shape[field.seq_axis] = past
+        tensor = torch.randn(*shape, generator=gen)
+        tensors.append((tensor if past or field.seq_axis is not None else tensor * 0).to(dtype))
+    return (ids, *tensors)
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:

@@ -30,20 +30,30 @@ _NUMPY_DTYPES = {"f32": np.float32, "f16": np.float16}
 
 
 def empty_cache(runnable: Any, batch: int) -> list[np.ndarray]:
-    """Zero-length past k/v (P = 0) for every past input of an ``export_causal_lm`` archive,
-    each with the heads, width and dtype the archive declares for it: keys and values may
-    differ (multi-head latent attention), and so may layers."""
+    """The empty cache of an ``export_causal_lm`` archive: zero-length past k/v (P = 0), and
+    zeros for a fixed-size state (a fresh recurrent or convolution state), each with the
+    shape and dtype the archive declares for it: keys and values may differ (multi-head
+    latent attention), and so may layers."""
     facts = [str(runnable.input_fact(i)) for i in range(1, runnable.input_count())]
     return empty_past(facts, batch)
 
 
 def empty_past(facts: list[str], batch: int) -> list[np.ndarray]:
-    """:func:`empty_cache` from tract's facts of the past inputs (``"1,2,P,16,f32"``)."""
+    """:func:`empty_cache` from tract's facts of the past inputs (``"1,2,P,16,f32"``): the
+    first axis is the batch, a symbolic one the past length (0), the others as declared."""
     past = []
     for fact in facts:
         *dims, dtype = fact.split(",")
-        past.append(np.zeros((batch, int(dims[1]), 0, int(dims[3])), _NUMPY_DTYPES[dtype]))
+        shape = [batch] + [int(d) if d.isdigit() else 0 for d in dims[1:]]
+        past.append(np.zeros(shape, _NUMPY_DTYPES[dtype]))
     return past
+
+
+def one_token_per_step(ids_fact: str) -> bool:
+    """Whether a step graph takes one token per call (tract's fact of ``input_ids``, e.g.
+    ``"B,1,i64"``): the step of a model with a recurrent state (see
+    :class:`~t2n_core.llm.wrapper.CausalLMWithCache`); a prompt is then fed token by token."""
+    return ids_fact.split(",")[1] == "1"
 
 
 class InProcessSteps:
@@ -56,9 +66,14 @@ class InProcessSteps:
         self.runnable = self.prefill
         self.past = empty_cache(self.prefill, batch)
         self.shown = os.fspath(path)
+        self.one_token = one_token_per_step(str(self.prefill.input_fact(0)))
 
     def step_rows(self, ids: np.ndarray) -> np.ndarray:
         """Run ``ids [B, T]`` on the cache so far; the next-token logits ``[B, vocab]``."""
+        if self.one_token and ids.shape[1] > 1:
+            for t in range(ids.shape[1] - 1):
+                self.step_rows(ids[:, t : t + 1])
+            ids = ids[:, -1:]
         try:
             outputs = [o.to_numpy() for o in self.runnable.run([ids, *self.past])]
         except Exception as exc:
@@ -103,11 +118,16 @@ class ChildSteps:
             raise
         inputs = json.loads((self.work / "facts.json").read_text())["inputs"]
         self.past = empty_past(inputs[1:], batch)
+        self.one_token = one_token_per_step(inputs[0])
 
     def step_rows(self, ids: np.ndarray) -> np.ndarray:
         """Run ``ids [B, T]`` on the cache so far; the next-token logits ``[B, vocab]``."""
         from t2n_core.check import in_tract_child
 
+        if self.one_token and ids.shape[1] > 1:
+            for t in range(ids.shape[1] - 1):
+                self.step_rows(ids[:, t : t + 1])
+            ids = ids[:, -1:]
         if self.past:  # the worker keeps the cache from the first step on
             np.savez(self.work / "state.npz", *self.past)
             self.past = []

@@ -28,12 +28,13 @@ from torch import nn
 
 from t2n_core.check import CheckReport, TractLoad, compare, run_tract_each
 from t2n_core.errors import CheckMismatchError
+from t2n_core.llm.export import example_inputs
 from t2n_core.llm.wrapper import (
     CausalLMWithCache,
-    input_names_for,
-    num_layers_of,
-    output_names_for,
-    past_shapes_of,
+    cache_fields_of,
+    input_names_of,
+    is_stateful,
+    output_names_of,
 )
 from t2n_core.progress import progress_bar
 
@@ -119,12 +120,15 @@ def reference_samples(
     """PyTorch's inputs and outputs of :data:`SAMPLES` on ``ids`` (:func:`sample_tokens`),
     keyed by the graph's io names; logits of the last position only unless ``all_logits``.
     Computed in one pass unless ``one_pass=False`` or :func:`one_pass_hazard` says it may
-    differ (logged); empty caches are ``dtype``."""
-    n_layers = num_layers_of(model)
-    in_names, out_names = input_names_for(n_layers), output_names_for(n_layers)
+    differ (logged); empty caches are ``dtype``. A model with a recurrent state has the
+    samples ``prompt`` and ``step`` only, one token each (:func:`_stepwise_samples`)."""
+    in_names, out_names = input_names_of(model), output_names_of(model)
+    if is_stateful(model):
+        return _stepwise_samples(model, ids, dtype, all_logits=all_logits, progress=progress)
     spans = _spans(ids.shape[1])
     tokens = torch.from_numpy(ids)
-    empty = [torch.zeros(1, h, 0, d, dtype=dtype) for h, d in past_shapes_of(model)]
+    empty = list(example_inputs(model, batch=1, past=0, new=1, dtype=dtype)[1:])
+    axes = [f.seq_axis for f in cache_fields_of(model)]
     hazard = one_pass_hazard(model, ids.shape[1]) if one_pass else "asked for"
     if hazard is not None and one_pass:
         logger.info("io samples in %d PyTorch passes, not one: %s", len(spans), hazard)
@@ -137,9 +141,9 @@ def reference_samples(
             logits, *present = CausalLMWithCache(model, all_logits=True).eval()(tokens, *empty)
             bar.update(1)
             for name, (a, b) in spans.items():
-                inputs = [tokens[:, a:b], *(p[:, :, :a] for p in present)]
+                inputs = [tokens[:, a:b], *(p.narrow(x, 0, a) for p, x in zip(present, axes))]
                 kept = logits[:, a:b] if all_logits else logits[:, b - 1 : b]
-                outputs = [kept, *(p[:, :, :b] for p in present)]
+                outputs = [kept, *(p.narrow(x, 0, b) for p, x in zip(present, axes))]
                 samples[name] = _named(in_names, inputs), _named(out_names, outputs)
             return samples
         step = CausalLMWithCache(model, all_logits=all_logits).eval()
@@ -148,6 +152,32 @@ def reference_samples(
             inputs = [tokens[:, a:b], *past]
             outputs = step(*inputs)
             samples[name] = _named(in_names, inputs), _named(out_names, outputs)
+            past = list(outputs[1:])
+            bar.update(1)
+    return samples
+
+
+def _stepwise_samples(
+    model: nn.Module, ids: np.ndarray, dtype: torch.dtype, *, all_logits: bool, progress: bool
+) -> dict[str, IoSample]:
+    """The samples of a model whose step takes one token (a recurrent state, see
+    :class:`~t2n_core.llm.wrapper.CausalLMWithCache`): ``prompt`` is the first token on the
+    fresh (zero) state, ``step`` the last token after the others were fed one at a time; a
+    PyTorch pass per token."""
+    in_names, out_names = input_names_of(model), output_names_of(model)
+    tokens = torch.from_numpy(ids)
+    step = CausalLMWithCache(model, all_logits=all_logits).eval()
+    past = list(example_inputs(model, batch=1, past=0, new=1, dtype=dtype)[1:])
+    samples: dict[str, IoSample] = {}
+    last = tokens.shape[1] - 1
+    with torch.no_grad(), progress_bar(total=last + 1, desc="reference", unit="token",
+                                       disable=not progress, leave=False) as bar:  # fmt: skip
+        for t in range(last + 1):
+            inputs = [tokens[:, t : t + 1], *past]
+            outputs = step(*inputs)
+            for name, at in (("prompt", 0), ("step", last)):
+                if t == at:
+                    samples[name] = _named(in_names, inputs), _named(out_names, outputs)
             past = list(outputs[1:])
             bar.update(1)
     return samples

@@ -60,10 +60,7 @@ from t2n_core.llm.samples import (
     save_samples,
 )
 from t2n_core.llm.support import KNOWN_TO_WORK
-from t2n_core.llm.wrapper import (
-    kv_shape_of,
-    num_layers_of,
-)
+from t2n_core.llm.wrapper import is_stateful, num_layers_of, past_shapes_of
 from t2n_core.lora import with_peft_adapter
 from t2n_core.many import ManyExportResult
 from t2n_core.nnef.archive import (
@@ -453,7 +450,7 @@ def _manifest(
     text = model.config.get_text_config(decoder=True)
     generation = getattr(model, "generation_config", None)
     eos = getattr(generation, "eos_token_id", None) or getattr(text, "eos_token_id", None)
-    kv_heads, head_dim = kv_shape_of(model)
+    kv_heads, head_dim = (past_shapes_of(model) or [(None, None)])[0]  # None: no attention
     quantized = list(getattr(summary, "quantized", []))
     before = sum(q.bytes_before for q in quantized)
     after = sum(q.bytes_after for q in quantized)
@@ -468,6 +465,7 @@ def _manifest(
         "num_layers": num_layers_of(model),
         "kv_heads": kv_heads,
         "head_dim": head_dim,
+        "one_token_per_step": is_stateful(model),
         "vocab_size": int(text.vocab_size),
         "eos_token_id": eos,
         "dtype": {torch.float32: "f32", torch.float16: "f16"}[dtype],

@@ -22,11 +22,13 @@ KNOWN_TO_WORK = (
     "ModernBERT decoder", "NanoChat", "Sarvam-MoE", "Solar Open", "TrOCR (decoder)",
     "VaultGemma", "Youtu", "MPT", "MiniCPM3", "GLM-4-MoE-Lite", "Sarvam-MLA",
     "Whisper (decoder)", "HRM (text)",
+    # a recurrent / convolution state in the cache (one token per step), sweep f32 and q4_0
+    "Mamba", "FalconMamba", "Jamba", "Nemotron-H", "Falcon-H1",
 )  # fmt: skip
 
 #: what a user of an architecture outside the list reads (see docs/llm-architectures.md)
 NOT_SUPPORTED_NOTE = (
-    "Recurrent and hybrid architectures (Mamba, RWKV, Jamba, Qwen3-Next, ...) keep a state "
-    "that this step does not carry yet; the architectures tried and why the others fail: "
-    "docs/llm-architectures.md"
+    "A state kept outside the cache's layers (MiniMax), in a cache class of the model's own "
+    "(RWKV) or in fields other than those is not carried; the architectures tried and why "
+    "the others fail: docs/llm-architectures.md"
 )

@@ -9,12 +9,13 @@ import inspect
 import logging
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from t2n_core.errors import UnsupportedArchitectureError
+from t2n_core.errors import ExportInputError, UnsupportedArchitectureError
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +51,78 @@ def kv_shape_of(model: nn.Module) -> tuple[int, int]:
     return past_shapes_of(model)[0]
 
 
-_PAST_SHAPES: weakref.WeakKeyDictionary[nn.Module, list[tuple[int, int]]] = (
+@dataclass(frozen=True)
+class CacheField:
+    """One tensor a decoder layer keeps in the cache between steps: ``keys`` / ``values``
+    (attention), ``conv_states[0]`` / ``recurrent_states[0]`` (a recurrent or linear-attention
+    layer), ``indexer_keys`` (a sparse-attention indexer). ``shape`` is the tensor's after a
+    one-token forward of batch 1; ``seq_axis`` is the axis that grows with the tokens seen
+    (None: a state of fixed size, updated in place)."""
+
+    layer: int
+    attr: str
+    index: int | None
+    shape: tuple[int, ...]
+    seq_axis: int | None
+
+    @property
+    def label(self) -> str:
+        """``key``, ``value``, ``conv_state``, ``recurrent_state``, ``indexer_key`` (+ ``_N``
+        for the N-th state of a layer that keeps several)."""
+        label = self.attr[:-1] if self.attr.endswith("s") else self.attr
+        return f"{label}_{self.index}" if self.index else label
+
+    def input_name(self) -> str:
+        return f"past_{self.label}_{self.layer}"
+
+    def output_name(self) -> str:
+        return f"present_{self.label}_{self.layer}"
+
+    def get(self, layer: object) -> torch.Tensor:
+        value = getattr(layer, self.attr)
+        return value if self.index is None else value[self.index]
+
+    def set(self, layer: object, tensor: torch.Tensor) -> None:
+        if self.index is None:
+            setattr(layer, self.attr, tensor)
+        else:
+            getattr(layer, self.attr)[self.index] = tensor
+
+
+#: per model: the cache fields, and the cache of a one-token forward (the wrapper's template)
+_CACHE_FIELDS: weakref.WeakKeyDictionary[nn.Module, tuple[list[CacheField], Any]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def past_shapes_of(model: nn.Module) -> list[tuple[int, int]]:
-    """``(heads, head_dim)`` of each past tensor (``key_0, value_0, key_1, ...``), read from the
-    cache the model itself fills on a one-token forward, not from config fields (Falcon's
-    ``multi_query`` keeps one kv head whatever ``num_kv_heads`` says; layers may differ).
+def cache_fields_of(model: nn.Module) -> list[CacheField]:
+    """The tensors of ``model``'s cache, layer by layer, read from the cache the model itself
+    fills on a one-token and a two-token forward (what grows with the tokens is a sequence
+    axis), not from config fields (Falcon's ``multi_query`` keeps one kv head whatever
+    ``num_kv_heads`` says; layers may differ). Raises
+    :class:`~t2n_core.errors.UnsupportedArchitectureError` for a cache the step cannot carry.
 
-    The forward runs with the parameters on the meta device (shapes only, a third of the cost
-    of fake tensors), else on fake tensors (stored weights replaced by their capture proxies)
-    where a layer mixes devices, or for real when a layer has no fake implementation.
+    The forwards run with the parameters on the meta device (shapes only, a third of the
+    cost of fake tensors), else on fake tensors (stored weights replaced by their capture
+    proxies) where a layer mixes devices, or for real when a layer has no fake implementation.
     """
-    if model not in _PAST_SHAPES:
+    return _probed(model)[0]
+
+
+def is_stateful(model: nn.Module) -> bool:
+    """Whether ``model``'s cache holds a state of fixed size (a convolution or recurrent
+    state): its step then takes one token per call (:class:`CausalLMWithCache`)."""
+    return any(f.seq_axis is None for f in cache_fields_of(model))
+
+
+def past_shapes_of(model: nn.Module) -> list[tuple[int, int]]:
+    """``(heads, head_dim)`` of each past key/value tensor (``key_0, value_0, key_1, ...``) of
+    a model whose cache holds keys and values only (see :func:`cache_fields_of`)."""
+    return [(f.shape[1], f.shape[3]) for f in cache_fields_of(model) if len(f.shape) == 4]
+
+
+def _probed(model: nn.Module) -> tuple[list[CacheField], Any]:
+    if model not in _CACHE_FIELDS:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         from t2n_core.capture import float_proxies
@@ -74,21 +132,21 @@ def past_shapes_of(model: nn.Module) -> list[tuple[int, int]]:
         with dense_experts(model), float_proxies(model), buffers_kept(model):
             try:
                 with parameters_on_meta(model):
-                    shapes = _probe(model)
+                    probed = _probe_fields(model)
             except UnsupportedArchitectureError:
                 raise
             except Exception:  # e.g. a meta activation meets a CPU buffer
                 logger.debug("meta-device probe of the cache failed, trying fake tensors")
                 try:
                     with FakeTensorMode(allow_non_fake_inputs=True):
-                        shapes = _probe(model)
+                        probed = _probe_fields(model)
                 except UnsupportedArchitectureError:
                     raise
                 except Exception:  # a layer without a fake kernel: run it
                     logger.debug("fake-tensor probe of the cache failed, running one token")
-                    shapes = _probe(model)
-        _PAST_SHAPES[model] = shapes
-    return _PAST_SHAPES[model]
+                    probed = _probe_fields(model)
+        _CACHE_FIELDS[model] = probed
+    return _CACHE_FIELDS[model]
 
 
 @contextlib.contextmanager
@@ -126,33 +184,47 @@ def parameters_on_meta(model: nn.Module) -> Iterator[None]:
             module._parameters[name] = param
 
 
-def _probe(model: nn.Module) -> list[tuple[int, int]]:
+def _probe(model: nn.Module, new: int = 1) -> object:
+    """The cache of a forward of ``new`` tokens from an empty cache."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    ids = torch.zeros(1, new, dtype=torch.long, device=device)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True)
-    cache = out["cache"] if "cache" in out else out.get("past_key_values")
-    shapes = []
-    for pair in _key_value_pairs(model, cache):
-        shapes += [(int(t.shape[1]), int(t.shape[3])) for t in pair]
-    return shapes
+    return out["cache"] if "cache" in out else out.get("past_key_values")
+
+
+def _probe_fields(model: nn.Module) -> tuple[list[CacheField], Any]:
+    one = _probe(model, 1)
+    fields = _cache_fields(model, one)
+    if any(f.attr not in KV_TENSORS for f in fields):  # which axis grows with the tokens
+        two = _cache_fields(model, _probe(model, 2))
+        fields = [
+            CacheField(f.layer, f.attr, f.index, f.shape, next(
+                (a for a, (x, y) in enumerate(zip(f.shape, g.shape)) if x != y), None))
+            for f, g in zip(fields, two, strict=True)
+        ]  # fmt: skip
+    return fields, one
 
 
 #: the tensors a cache layer may hold: what the exported step takes and returns per layer
 KV_TENSORS = ("keys", "values")
+#: tensors beside keys and values a cache layer may hold, carried as they are: those of
+#: transformers' linear-attention layers (a dict per kind, by state index) and indexer keys
+STATE_TENSORS = ("conv_states", "recurrent_states", "indexer_keys")
 
 
-def _key_value_pairs(model: nn.Module, cache: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(keys, values)`` of each layer of ``cache``; raises
+def _cache_fields(model: nn.Module, cache: object) -> list[CacheField]:
+    """The tensors of each layer of ``cache``; raises
     :class:`~t2n_core.errors.UnsupportedArchitectureError` when the cache holds anything else
-    (a recurrent state, extra indexer keys, a cache class of the model's own)."""
+    (state outside its layers, a cache class of the model's own, an encoder-decoder cache)."""
     layers = getattr(cache, "layers", None)
     if layers is None and isinstance(cache, (tuple, list)) and all(
         isinstance(p, (tuple, list)) and len(p) == 2
         and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in p)
         for p in cache
     ):  # fmt: skip
-        return [tuple(p) for p in cache]
+        return [CacheField(i, attr, None, tuple(t.shape), 2)
+                for i, p in enumerate(cache) for attr, t in zip(KV_TENSORS, p)]  # fmt: skip
     if layers is None:
         _unsupported(model, f"its cache is a {type(cache).__name__}, not a transformers Cache "
                      "of key/value layers")  # fmt: skip
@@ -168,20 +240,27 @@ def _key_value_pairs(model: nn.Module, cache: object) -> list[tuple[torch.Tensor
             f"its {type(cache).__name__} has {len(layers)} key/value layer(s) "
             f"for {decoder_layers} decoder layers (the others keep another state)",
         )
-    pairs = []
+    fields: list[CacheField] = []
     for i, layer in enumerate(layers):
         tensors = _held_tensors(layer)
-        extra = sorted(tensors - set(KV_TENSORS))
-        if extra or not all(isinstance(getattr(layer, k, None), torch.Tensor) for k in KV_TENSORS):
-            held = ", ".join(extra or sorted(tensors)) or "no tensor"
+        extra = sorted(t for t in tensors if t.split("[")[0] not in (*KV_TENSORS, *STATE_TENSORS))
+        if extra:
             _unsupported(
-                model, f"cache layer {i} is a {type(layer).__name__} holding {held} (a recurrent "
-                "or otherwise non key/value state)" if extra else
-                f"cache layer {i} is a {type(layer).__name__} without keys and values "
-                f"(it holds {held})",
+                model, f"cache layer {i} is a {type(layer).__name__} holding "
+                f"{', '.join(extra)} (a recurrent or otherwise non key/value state)",
             )  # fmt: skip
-        pairs.append((layer.keys, layer.values))
-    return pairs
+        if not tensors and type(layer).__name__ != "DummyLayer":  # Nemotron-H's MLP layers
+            _unsupported(model, f"cache layer {i} is a {type(layer).__name__} without keys "
+                         "and values (it holds no tensor)")  # fmt: skip
+        for attr in (*KV_TENSORS, *STATE_TENSORS):
+            value = getattr(layer, attr, None)
+            if isinstance(value, torch.Tensor):
+                fields.append(CacheField(i, attr, None, tuple(value.shape),
+                                         2 if attr in KV_TENSORS else None))  # fmt: skip
+            elif isinstance(value, dict):
+                fields += [CacheField(i, attr, k, tuple(v.shape), None) for k, v in
+                           sorted(value.items()) if isinstance(v, torch.Tensor)]  # fmt: skip
+    return fields
 
 
 def _held_tensors(layer: object) -> set[str]:
@@ -205,8 +284,9 @@ def _unsupported(model: nn.Module, why: str) -> None:
     model_type = getattr(model.config, "model_type", "?")
     raise UnsupportedArchitectureError(
         f"{type(model).__name__} (model_type {model_type!r}) cannot be exported with a KV "
-        f"cache: {why}. export_causal_lm exports one generation step whose state is the "
-        f"key/value tensors of each attention layer. {NOT_SUPPORTED_NOTE}\n"
+        f"cache: {why}. export_causal_lm exports one generation step whose state is what "
+        "each layer of a transformers cache holds: keys and values, indexer keys, and the "
+        f"conv_states / recurrent_states of linear-attention layers. {NOT_SUPPORTED_NOTE}\n"
         f"Known to export: {', '.join(KNOWN_TO_WORK)}."
     )
 
@@ -220,6 +300,14 @@ class CausalLMWithCache(nn.Module):
     transformers ``DynamicCache`` from the past tensors and positions the new tokens at
     ``P .. P + T - 1``; the wrapped model is not changed.
 
+    A model whose cache holds a state of fixed size (a convolution or recurrent state: Mamba,
+    hybrids, see :func:`is_stateful`) takes and returns every tensor of its cache
+    (:func:`cache_fields_of`, named :meth:`CacheField.input_name`), and one token per call
+    (``T = 1``): transformers runs its decode path only when the cache says it holds a
+    previous state, which the wrapper always says; the initial state is zeros, the state of
+    a fresh start (a zero convolution window is the causal padding, a zero recurrent state
+    the scan's start), so a prompt is fed one token at a time.
+
     >>> step = CausalLMWithCache(model)                               # doctest: +SKIP
     >>> logits, *present = step(ids, *past)                           # doctest: +SKIP
     """
@@ -230,23 +318,49 @@ class CausalLMWithCache(nn.Module):
         self.num_layers = num_layers_of(model)
         self.all_logits = all_logits
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.fields = cache_fields_of(model)
+        self.stateful = any(f.seq_axis is None for f in self.fields)
+        self._plain_kv = [f.attr for f in self.fields] == list(KV_TENSORS) * self.num_layers
         limit = context_limit(model)
         #: facts on the axes for the translation (``t2n_core.symbolic``): positions past the
         #: model's context fail in its own code (MPT's ALiBi table) or were never trained
-        self.size_facts = () if limit is None else (f"P + T <= {limit}",)
+        new = "1" if self.stateful else "T"
+        self.size_facts = () if limit is None else (f"P + {new} <= {limit}",)
         # torch.export binds inputs (and dynamic_shapes) by the forward signature: give this
         # instance one flat, named parameter per tensor instead of ``*past``.
-        self.__class__ = _flat_signature_class(self.num_layers)
+        self.__class__ = _flat_signature_class(tuple(input_names_of(model)))
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(past) != len(self.fields):
+            names = [f.input_name() for f in self.fields]
+            raise ValueError(f"expected {len(names)} past tensors ({', '.join(names)}), got "
+                             f"{len(past)}")  # fmt: skip
+        if self.stateful and input_ids.shape[1] != 1:
+            raise ExportInputError(
+                f"{type(self.model).__name__} keeps a recurrent state: its step takes one "
+                f"token per call, got {input_ids.shape[1]} (feed a prompt token by token)"
+            )
+        cache = self._kv_cache(past) if self._plain_kv else self._state_cache(past)
+        start = next(
+            (p.shape[f.seq_axis] for p, f in zip(past, self.fields) if f.seq_axis is not None),
+            None,
+        )
+        batch, new = input_ids.shape
+        options: dict[str, Any] = {}
+        if start is not None:  # a model without growing cache has no positions to give
+            positions = torch.arange(new, device=input_ids.device) + start
+            options["position_ids"] = positions.unsqueeze(0).expand(batch, new)
+        if not self.all_logits and self._keep_arg:
+            options["logits_to_keep"] = 1
+        out = self.model(input_ids=input_ids, cache=cache, use_cache=True, **options)
+        logits = out.logits if self.all_logits else out.logits[:, -1:]
+        present = [f.get(cache.layers[f.layer]) for f in self.fields]
+        return (logits, *present)
+
+    def _kv_cache(self, past: tuple[torch.Tensor, ...]) -> Any:
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        if len(past) != 2 * self.num_layers:
-            raise ValueError(
-                f"expected {2 * self.num_layers} past tensors (key and value per layer), "
-                f"got {len(past)}"
-            )
         layers = []
         initialized: dict[torch.device, DynamicLayer] = {}
         for i in range(self.num_layers):
@@ -261,19 +375,39 @@ class CausalLMWithCache(nn.Module):
             layers.append(layer)
         cache = DynamicCache()
         cache.layers = layers
-        batch, new = input_ids.shape
-        start = past[0].shape[2]
-        positions = torch.arange(new, device=input_ids.device) + start
-        position_ids = positions.unsqueeze(0).expand(batch, new)
-        keep = {} if self.all_logits or not self._keep_arg else {"logits_to_keep": 1}
-        out = self.model(
-            input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True, **keep
-        )
-        logits = out.logits if self.all_logits else out.logits[:, -1:]
-        present: list[torch.Tensor] = []
-        for layer in cache.layers:
-            present += [layer.keys, layer.values]
-        return (logits, *present)
+        return cache
+
+    def _state_cache(self, past: tuple[torch.Tensor, ...]) -> Any:
+        """A copy of the cache a one-token forward left (its layers' classes and flags: a
+        previous state is there), holding the past tensors; fixed-size states are cloned,
+        since transformers updates them in place."""
+        template = _probed(self.model)[1]
+        layers = []
+        for layer in template.layers:
+            copied = copy.copy(layer)
+            for key, value in vars(layer).items():  # the state dicts, flags by state index
+                if isinstance(value, (dict, list)):
+                    setattr(copied, key, copy.copy(value))
+            layers.append(copied)
+        for field, tensor in zip(self.fields, past, strict=True):
+            field.set(layers[field.layer], tensor if field.seq_axis is not None else tensor.clone())
+            if "device" in vars(layers[field.layer]):
+                layers[field.layer].device = tensor.device
+        cache = copy.copy(template)
+        cache.layers = layers
+        return cache
+
+
+def input_names_of(model: nn.Module) -> list[str]:
+    """``["input_ids", "past_key_0", "past_value_0", ...]``: one past tensor per cache field
+    (:func:`cache_fields_of`), ``past_conv_state_0``, ``past_recurrent_state_0`` for a
+    recurrent layer."""
+    return ["input_ids", *(f.input_name() for f in cache_fields_of(model))]
+
+
+def output_names_of(model: nn.Module) -> list[str]:
+    """``["logits", "present_key_0", "present_value_0", ...]`` (see :func:`input_names_of`)."""
+    return ["logits", *(f.output_name() for f in cache_fields_of(model))]
 
 
 def input_names_for(num_layers: int) -> list[str]:
@@ -292,21 +426,20 @@ def output_names_for(num_layers: int) -> list[str]:
     return names
 
 
-_CLASSES: dict[int, type] = {}
+_CLASSES: dict[tuple[str, ...], type] = {}
 
 
-def _flat_signature_class(num_layers: int) -> type:
-    if num_layers not in _CLASSES:
+def _flat_signature_class(names: tuple[str, ...]) -> type:
+    if names not in _CLASSES:
         params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            for name in input_names_for(num_layers)
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names
         ]
 
         def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return CausalLMWithCache.forward(self, *args)
 
         forward.__signature__ = inspect.Signature(params)
-        _CLASSES[num_layers] = type(
-            f"CausalLMWithCache{num_layers}", (CausalLMWithCache,), {"forward": forward}
+        _CLASSES[names] = type(
+            f"CausalLMWithCache{len(names) - 1}", (CausalLMWithCache,), {"forward": forward}
         )
-    return _CLASSES[num_layers]
+    return _CLASSES[names]

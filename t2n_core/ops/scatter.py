@@ -9,6 +9,8 @@ tract 0.23.9's scatters take a ``reduction`` of ``'none'`` (overwrite), ``'add'`
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.fx
 
@@ -174,7 +176,7 @@ def _slice_scatter(ctx: EmitContext, x: Ref, src: Ref, axis: int, start, end, st
             pieces.append(ctx.emit("slice", [x], {"axes": [axis], "begin": [0], "end": [start]},
                                    dtype=dtype, shape=head, hint="slice_scatter"))  # fmt: skip
         pieces.append(src)
-        if not (isinstance(size, int) and isinstance(end, int) and end >= size):
+        if end is not size and not (isinstance(size, int) and isinstance(end, int) and end >= size):
             tail_len = size - end if isinstance(size, int) else f"({size} - {end})"
             tail = [*shape[:axis], tail_len, *shape[axis + 1 :]]
             pieces.append(ctx.emit(
@@ -209,7 +211,9 @@ def slice_scatter(ctx: EmitContext, node: torch.fx.Node):
     size = ctx.shape(x)[axis]
     start, end, step = ctx.arg(3), ctx.arg(4), int(ctx.arg(5, 1))
     start = 0 if start is None else start
-    end = size if end is None else end
+    # None or torch's "to the end" (sys.maxsize, from ``x[:, :, i] = ...``): the whole axis,
+    # also where its size is a symbol
+    end = size if end is None or (isinstance(end, int) and end >= sys.maxsize) else end
     if isinstance(size, int) and isinstance(end, int):
         end = min(end, size)
     if not isinstance(start, int) or start < 0:

@@ -72,3 +72,17 @@ def test_embedding_bag_with_offsets_and_an_empty_bag(mode: str, tmp_path) -> Non
     ids, offsets = torch.tensor([3, 1, 4, 1, 5, 9, 2]), torch.tensor([0, 2, 2, 5])
     export_and_check(model, (ids, offsets, torch.randn(10, 4)), tmp_path,
                      input_names=["ids", "offsets", "weight"])  # fmt: skip
+
+
+def test_slice_assignment_to_the_end_of_a_dynamic_axis(tmp_path) -> None:
+    """``out[:, :, i] = x`` slices the batch axis to torch's ``sys.maxsize``: on a dynamic
+    batch that is the whole axis (Qwen3-Next's recurrent step writes its output so)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        out[:, :, 1] = x[:, :, 0] * 2
+        return out
+
+    x = torch.randn(3, 2, 4)
+    export_and_check(Call(fn), (x,), tmp_path, input_names=["x"], dynamic_axes={"x": {0: "B"}},
+                     check_inputs=[(torch.randn(5, 2, 4),)])  # fmt: skip

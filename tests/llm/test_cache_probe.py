@@ -12,7 +12,8 @@ from tests.llm.families import tiny
 
 
 def _real_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
-    return wrapper._probe(model)  # parameters on the CPU: a real forward
+    fields, _ = wrapper._probe_fields(model)  # parameters on the CPU: a real forward
+    return [(f.shape[1], f.shape[3]) for f in fields]
 
 
 @pytest.mark.parametrize("name", ["llama", "falcon_multi_query", "gpt2"])

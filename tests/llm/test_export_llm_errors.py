@@ -153,20 +153,19 @@ def test_generate_needs_an_export_directory(tmp_path):
         generate_text(tmp_path, "hello")
 
 
-def test_recurrent_architecture_is_named_with_what_works(tmp_path):
-    """Mamba keeps a recurrent state (conv and SSM states) in its cache: the error names the
-    architecture, the state the step cannot carry and what is known to export."""
-    from transformers import MambaConfig, MambaForCausalLM
-
+def test_unknown_layer_state_is_named_with_what_works(tmp_path):
+    """DeepSeek-V4's cache layers keep compressor buffers the step does not know how to carry
+    (neither keys/values nor transformers' conv/recurrent states): the error names the
+    architecture, that state and what is known to export."""
     from t2n_core.errors import UnsupportedArchitectureError
     from t2n_core.llm import export_causal_lm
+    from tests.llm.generic_config import tiny_model
 
-    config = MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=4)
     with pytest.raises(UnsupportedArchitectureError) as info:
-        export_causal_lm(MambaForCausalLM(config).eval(), tmp_path / "m.nnef.tgz", progress=False)
+        export_causal_lm(tiny_model("deepseek_v4"), tmp_path / "m.nnef.tgz", progress=False)
     message = str(info.value)
-    assert "MambaForCausalLM (model_type 'mamba')" in message
-    assert "conv_states[0], recurrent_states[0]" in message
+    assert "DeepseekV4ForCausalLM (model_type 'deepseek_v4')" in message
+    assert "DeepseekV4HCACache holding buffer_gate[compressor]" in message
     assert "Known to export: Llama," in message
     assert not (tmp_path / "m.nnef.tgz").exists()
 
