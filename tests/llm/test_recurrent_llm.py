@@ -52,7 +52,7 @@ def test_every_state_tensor_is_an_io_of_its_own_and_the_step_takes_one_token():
     args = example_inputs(model, batch=1, past=0, new=2, dtype=torch.float32)
     with pytest.raises(ExportInputError, match="one token per call"):
         CausalLMWithCache(model)(*args)
-    with pytest.raises(ExportInputError, match="recurrent state.*graphs='step'"):
+    with pytest.raises(ExportInputError, match=r"recurrent state.*graphs='step'"):
         export_prefill_decode(model, "unused.nnef.tgz", progress=False)
 
 
