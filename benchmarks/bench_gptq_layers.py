@@ -8,7 +8,8 @@ sequences (GPTQ above plain rounding on held-out inputs would be a bug or overfi
 and the KL divergence on the eval text with only that layer quantized. The single-layer
 KLs add up to about the whole model's, so the layers they name are the ones to work on.
 
-Run: ``python -m benchmarks.bench_gptq_layers [--steps 3000] [--calib-seqs 64]``
+Run: ``python -m benchmarks.bench_gptq_layers [--steps 3000 --hidden 128 --layers 4]
+[--calib-seqs 64]``
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import torch
 from torch import nn
 
-from benchmarks.llm_fixture import load
+from benchmarks.llm_fixture import add_size_options, load
 from t2n_quant.calibration.gptq import gptq
 from t2n_quant.calibration_data import text_batches
 from t2n_quant.codecs import Q4_0Codec
@@ -27,11 +28,11 @@ from t2n_quant.quantize import quantize_tensor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="training steps")
+    add_size_options(parser)
     parser.add_argument("--calib-seqs", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=128)
     args = parser.parse_args()
-    folder, tok, model, texts = load(steps=args.steps)
+    folder, tok, model, texts = load(steps=args.steps, hidden=args.hidden, layers=args.layers)
     seqs = torch.cat(text_batches(tok, texts["calibration"], seq_len=args.seq_len,
                                   n_sequences=2 * args.calib_seqs))  # fmt: skip
     calib, held = seqs[: args.calib_seqs], seqs[args.calib_seqs :]

@@ -8,7 +8,8 @@ distributions against the float model, top-1 agreement, perplexity. ``reference 
 the reference exporter's always-negative Q4_0 scale (``d = -max|x| / 8``) in the very same
 format, as a custom calibration.
 
-Run: ``python -m benchmarks.bench_llm_accuracy [--steps 3000] [--calib-seqs 64]
+Run: ``python -m benchmarks.bench_llm_accuracy [--steps 3000 --hidden 128 --layers 4]
+[--calib-seqs 64]
 [--plans-only | --no-plans] [--codecs q4_0 ...]``
 """
 
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from benchmarks.llm_fixture import load
+from benchmarks.llm_fixture import add_size_options, load
 from t2n_quant.calibration_data import text_batches
 from t2n_quant.codecs import QParams
 from t2n_quant.compare import compare
@@ -50,7 +51,7 @@ def reference(codec, blocks: torch.Tensor) -> QParams:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="training steps")
+    add_size_options(parser)
     parser.add_argument("--calib-seqs", type=int, default=64, help="calibration sequences")
     parser.add_argument("--eval-seqs", type=int, default=32, help="evaluation sequences")
     parser.add_argument("--seq-len", type=int, default=128)
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--no-plans", action="store_true", help="only the single-codec rows")
     parser.add_argument("--codecs", nargs="+", help="only these codecs' rows (e.g. q4_0)")
     args = parser.parse_args()
-    folder, tok, model, texts = load(steps=args.steps)
+    folder, tok, model, texts = load(steps=args.steps, hidden=args.hidden, layers=args.layers)
     ids = torch.cat(text_batches(tok, texts["eval"], seq_len=args.seq_len,
                                  n_sequences=args.eval_seqs))  # fmt: skip
     calib = text_batches(tok, texts["calibration"], seq_len=args.seq_len,

@@ -9,7 +9,7 @@ load; a wall-clock budget trained 4x fewer steps on a busy machine). The result 
 checkpoint directory (``config.json``, weights, tokenizer) cached under
 ``benchmarks/.cache/`` (gitignored).
 
-Run: ``python -m benchmarks.llm_fixture [--steps 3000]`` (prints the eval loss).
+Run: ``python -m benchmarks.llm_fixture [--steps 3000] [--hidden 128] [--layers 4]``.
 """
 
 from __future__ import annotations
@@ -123,22 +123,28 @@ def build(
     return out
 
 
-def load(steps: int = 3000):  # -> (folder, tokenizer, model in eval mode, corpus())
-    """The trained fixture (built on first use): folder, tokenizer, model, text splits."""
+def load(steps: int = 3000, hidden: int = 128, layers: int = 4):
+    """The trained fixture (built on first use): folder, tokenizer, model in eval mode,
+    text splits (``corpus()``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = build(steps=steps)
+    folder = build(steps=steps, hidden=hidden, layers=layers)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     return folder, tok, model, corpus()
 
 
+def add_size_options(parser: argparse.ArgumentParser) -> None:
+    """``--steps``, ``--hidden``, ``--layers``: which fixture (each size is its own cache)."""
+    parser.add_argument("--steps", type=int, default=3000, help="training steps")
+    parser.add_argument("--hidden", type=int, default=128, help="hidden size")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="training steps")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
+    add_size_options(parser)
     args = parser.parse_args()
     path = build(steps=args.steps, hidden=args.hidden, layers=args.layers)
     print(f"checkpoint: {path}")
