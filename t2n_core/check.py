@@ -205,6 +205,8 @@ class TractLoad:
     this process does other work (computes the references): :meth:`run` waits for the load
     and runs lists of inputs on it, as often as asked; :meth:`close` (or leaving the ``with``
     block) drops it. A load that failed raises its :class:`TractRunError` from :meth:`run`.
+    ``validate=False`` skips :func:`~t2n_core.nnef.archive.validate_for_tract` (a read of the
+    whole archive) for an archive this process has just written.
 
     >>> with TractLoad("model.nnef.tgz") as loaded:      # doctest: +SKIP
     ...     references = compute_references()            # meanwhile, tract loads the archive
@@ -212,9 +214,15 @@ class TractLoad:
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, shown_as: str | None = None, graph: str | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        shown_as: str | None = None,
+        graph: str | None = None,
+        validate: bool = True,
     ) -> None:
         self.path, self.shown, self.graph = path, shown_as or os.fspath(path), graph
+        self.validate = validate
         self.work = Path(tempfile.mkdtemp(prefix="t2n-tract-"))
         self.error: BaseException | None = None
         if graph is not None:
@@ -227,7 +235,7 @@ class TractLoad:
 
     def _open(self) -> None:
         try:
-            in_tract_child("open", self.path, self.work, self.shown)
+            in_tract_child("open", self.path, self.work, self.shown, validate=self.validate)
         except BaseException as exc:  # raised by run(), in the caller's thread
             self.error = exc
 

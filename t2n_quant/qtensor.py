@@ -166,8 +166,13 @@ class QTensor(torch.Tensor):
             r1 = min(self.rows, r0 + step)
             b0, b1 = r0 * per_row, r1 * per_row
             zero = None if self.zero is None else self.zero[b0:b1]
+            stored = QParams(self.scale[b0:b1], zero)
+            if dtype == torch.float32:
+                rows = out[r0:r1].view(b1 - b0, bs)
+                self.codec.dequantize_packed(self.packed[b0:b1], stored, bs, rows)
+                continue
             codes = self.codec.unpack(self.packed[b0:b1], bs)
-            values = self.codec.dequantize_blocks(codes, QParams(self.scale[b0:b1], zero))
+            values = self.codec.dequantize_blocks(codes, stored)
             out[r0:r1] = values.reshape(r1 - r0, self.k)
         return out.reshape(self.shape)
 

@@ -263,7 +263,9 @@ def export_checkpoint(
         io_samples: dict[str, IoSample] = {}
         sample_graphs = PREFILL_DECODE_SAMPLES if graphs == "prefill-decode" else None
         if check:  # tract loads the archive (another process) while PyTorch computes samples
-            loading = TractLoad(archive, graph=sample_graphs and sample_graphs["prompt"])
+            loading = TractLoad(  # written just now, by us: not read once more to validate
+                archive, graph=sample_graphs and sample_graphs["prompt"], validate=False
+            )
         if reference is not None:
             clock.start()
             io_samples = reference.result()  # what the pass has left after the writing

@@ -271,6 +271,13 @@ class Codec(ABC):
     def unpack(self, packed: torch.Tensor, block_size: int) -> torch.Tensor:
         """Inverse of :meth:`pack`."""
 
+    def dequantize_packed(
+        self, packed: torch.Tensor, stored: QParams, block_size: int, out: torch.Tensor
+    ) -> None:
+        """:meth:`dequantize_blocks` of the :meth:`unpack`-ed ``packed`` written into ``out``
+        (float32, ``(n_blocks, block_size)``), bit for bit; codecs may fuse the steps."""
+        out.copy_(self.dequantize_blocks(self.unpack(packed, block_size), stored))
+
     def float_codes(
         self, blocks: torch.Tensor, params: QParams, out: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -54,10 +54,19 @@ class Q4_0Codec(Codec, name="q4_0", aliases=("q4",)):
         inv = reciprocal_or_zero(d)
         t = blocks * inv
         t.add_(8.5).clamp_(0.0, 15.0)  # the cast below truncates toward zero, like trunc()
-        return t.to(torch.int32).to(torch.uint8)
+        return t.to(torch.uint8)
 
     def dequantize_blocks(self, codes: torch.Tensor, stored: QParams) -> torch.Tensor:
         return (codes.float() - 8.0) * stored.scale.float()
+
+    def dequantize_packed(
+        self, packed: torch.Tensor, stored: QParams, block_size: int, out: torch.Tensor
+    ) -> None:
+        # the nibbles straight into out's halves, then in place: no codes or temporaries
+        half = packed.shape[1]
+        out[:, :half] = packed & 0x0F
+        out[:, half:] = packed >> 4
+        out.sub_(8.0).mul_(stored.scale.float())
 
     def float_codes(
         self, blocks: torch.Tensor, params: QParams, out: torch.Tensor | None = None

@@ -111,6 +111,21 @@ def test_fast_fake_quantize_equals_round_trip(codec: Codec) -> None:
         assert torch.equal(codec.fake_quantize(blocks, params), slow)
 
 
+@pytest.mark.parametrize(
+    "spec", ["q4_0", "minmax:3:g16", "minmax:8", "symmetric:5:g32", "minmax:4:g32"]
+)
+def test_dequantize_packed_equals_unpack_then_dequantize(spec: str) -> None:
+    """QTensor.dequantize writes through ``dequantize_packed`` (fused for Q4_0): the same
+    bits as unpacking the codes, then ``dequantize_blocks``."""
+    w = torch.randn(48, 96, generator=torch.Generator().manual_seed(1)) * 3
+    w[0, :32] = 0.0  # a block of zeros: scale 0
+    q = quantize_tensor(w, spec)
+    codes = q.codec.unpack(q.packed, q.block_size)
+    slow = q.codec.dequantize_blocks(codes, QParams(q.scale, q.zero)).reshape(q.shape)
+    assert torch.equal(q.dequantize(), slow)
+    assert torch.equal(q.dequantize(torch.float16), slow.half())
+
+
 def test_a_new_codec_is_one_class() -> None:
     """Spec parsing, option overrides, calibration and encoder lookup come from the class."""
     from t2n_quant import parse_spec, quantize_model
