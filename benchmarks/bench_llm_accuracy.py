@@ -9,7 +9,7 @@ the reference exporter's always-negative Q4_0 scale (``d = -max|x| / 8``) in the
 format, as a custom calibration.
 
 Run: ``python -m benchmarks.bench_llm_accuracy [--steps 3000 --hidden 128 --layers 4]
-[--calib-seqs 64]
+[--calib-seqs 256]
 [--plans-only | --no-plans] [--codecs q4_0 ...]``
 """
 
@@ -30,8 +30,10 @@ from t2n_quant.plan import plan
 Calib = str | tuple[str, dict[str, object]]
 CONFIGS: list[tuple[str, list[Calib]]] = [
     ("q4_0", ["reference", "minmax", "mse", "hqq", "awq", "awq:mse", "gptq", "gptq:mse",
-              ("gptq:mse", {"float_target": False}), ("gptq:mse", {"damp": 0.1})]),
-    ("minmax:3:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 4.0 bits/weight
+              ("gptq:mse", {"float_target": False}), ("gptq:mse", {"damp": 0.1}),
+              ("gptq:mse", {"act_order": True}), ("gptq:mse", {"tune_steps": 200})]),
+    ("minmax:3:g32", ["minmax", "mse", "gptq", "gptq:mse",  # 4.0 bits/weight
+                      ("gptq:mse", {"tune_steps": 200})]),
     ("symmetric:3:g32", ["mse", "gptq:mse"]),  # 3.5
     ("minmax:2:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 3.0
     ("symmetric:2:g16", ["mse", "gptq:mse"]),  # 3.0
@@ -52,7 +54,7 @@ def reference(codec, blocks: torch.Tensor) -> QParams:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_size_options(parser)
-    parser.add_argument("--calib-seqs", type=int, default=64, help="calibration sequences")
+    parser.add_argument("--calib-seqs", type=int, default=256, help="calibration sequences")
     parser.add_argument("--eval-seqs", type=int, default=32, help="evaluation sequences")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--plans-only", action="store_true", help="only the mixed plans")

@@ -88,7 +88,9 @@ def add_calibration_options(parser: argparse.ArgumentParser) -> None:
         "after the other, default true), float_target (round each layer towards the float "
         "model's output, compensating the layers quantized before it, default true), damp "
         "(0.01), block (128), inner (minmax or mse); "
-        "awq: grid (20), inner. true/false and numbers are read as such",
+        "awq: grid (20), inner; both: tune_steps (end-to-end tuning of the scales towards "
+        "the float model's outputs afterwards, default 0 = off) and tune_lr (0.001). "
+        "true/false and numbers are read as such",
     )  # fmt: skip
 
 

@@ -53,9 +53,11 @@ from torch import nn
 from t2n_core.progress import progress_bar
 from t2n_quant.calibration.awq import search_scales
 from t2n_quant.calibration.gptq import float_target_weight, gptq
+from t2n_quant.calibration.scale_tuning import tune_scales
 from t2n_quant.calibration_data import Batch
 from t2n_quant.codecs.base import Codec, QParams
 from t2n_quant.errors import CalibrationDataError, CalibrationOptionError
+from t2n_quant.qtensor import QTensor
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ ATTENTION_INPUTS = {"in_proj_weight": (0, 1, 2), "q_proj_weight": (0,), "k_proj_
 
 #: calibrations that need data, handled here rather than by :mod:`t2n_quant.calibration`
 DATA_AWARE = ("gptq", "awq")
+#: options of the end-to-end scale tuning after either (:mod:`t2n_quant.calibration.scale_tuning`)
+TUNING = ("tune_steps", "tune_lr")
 
 
 def is_data_aware(calibration: object) -> bool:
@@ -937,8 +941,9 @@ def quantize_with_data(
     from t2n_quant.quantize import quantize_tensor
 
     dev = torch.device(device) if device is not None else None
-    known = {"gptq": ("inner", "damp", "block", "act_order", "sequential", "float_target"),
-             "awq": ("inner", "grid")}[method]  # fmt: skip
+    known = {"gptq": ("inner", "damp", "block", "act_order", "sequential", "float_target",
+                      *TUNING),
+             "awq": ("inner", "grid", *TUNING)}[method]  # fmt: skip
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise CalibrationOptionError(f"unknown calibration_options {unknown} for {method!r}; "
@@ -969,12 +974,14 @@ def quantize_with_data(
         bar.set_postfix_str(t.weight.name, refresh=False)
         bar.update(1)
 
+    tune_steps = int(options.get("tune_steps", 0))
+    refs = _float_outputs(model, data, dev) if tune_steps > 0 and targets else None
     if targets:
         sequential = bool(options.get("sequential", True)) and method == "gptq"
         float_target = bool(options.get("float_target", True)) and method == "gptq"
         solver = {k: v for k, v in options.items()
                   if (k != "inner" or method == "gptq")
-                  and k not in ("sequential", "float_target")}  # fmt: skip
+                  and k not in ("sequential", "float_target", *TUNING)}  # fmt: skip
         job = Job(method, solver, dev, assign, summary.notes.append, sequential, float_target)
         if method == "awq":
             job.options["inner"] = inner
@@ -985,9 +992,48 @@ def quantize_with_data(
             summary.notes.append(f"{method}: float_target has no effect when the inputs are "
                                  f"gathered {mode} (no quantized layer feeds another)")  # fmt: skip
         summary.notes.append(f"{method}: layer inputs gathered {mode} on {len(data)} batch(es)")
+    if refs is not None:
+        tuned = [t for t in targets if id(t) in done and isinstance(t.weight.param, QTensor)]
+        summary.notes.append(_tune(model, tuned, data, refs, dev, tune_steps,
+                                   float(options.get("tune_lr", 1e-3))))  # fmt: skip
     for t in targets:
         if id(t) not in done:
             summary.notes.append(f"{t.weight.name}: never reached by the calibration data; "
                                  f"weight-only {inner!r} calibration")  # fmt: skip
             left.append((t.weight, t.codec))
     return left
+
+
+def _float_outputs(model: nn.Module, data: list[Batch],
+                   device: torch.device | None) -> list[torch.Tensor]:  # fmt: skip
+    """The float model's main output (logits) on each calibration batch, for scale tuning."""
+    outs = []
+    with torch.no_grad(), no_kv_cache(model), no_fastpath(), _on(model, device):
+        for i, (args, kwargs) in enumerate(data):
+            try:
+                out = _main_output(model(*_to(args, device), **_to(kwargs, device)))
+                outs.append(out.cpu())  # the logits of every batch: kept in host memory
+            except Exception as err:
+                raise _rejected("running the float model", i, err, "scale tuning") from err
+    return outs
+
+
+def _tune(model: nn.Module, targets: list[Target], data: list[Batch], refs: list[torch.Tensor],
+          device: torch.device | None, steps: int, lr: float) -> str:  # fmt: skip
+    """End-to-end scale tuning of the weights of ``targets``, installed; says what it did."""
+    weights = [(f"{t.path}.{t.weight.attr}", t.module, t.weight.attr) for t in targets]
+    batches = [(_to(a, device), _to(k, device)) for a, k in data]
+    masks = [token_mask(b) for b in data]
+    with no_kv_cache(model), no_fastpath(), _on(model, device):
+        before, after, tuned = tune_scales(model, weights, batches, refs, masks, _main_output,
+                                           steps=steps, lr=lr)  # fmt: skip
+    if tuned is None:
+        return (f"scale tuning: {steps} steps did not lower the output loss ({before:.4g}) on "
+                f"the held-out calibration batches; scales kept")  # fmt: skip
+    for t, qt in zip(targets, tuned):
+        new = nn.Parameter(qt, requires_grad=False)
+        for _, module in t.weight.users:
+            module._parameters[t.weight.attr] = new
+        t.weight.param = new
+    return (f"scale tuning: {len(tuned)} weights' scales, {steps} steps: output loss on the "
+            f"held-out calibration batches {before:.4g} -> {after:.4g}")
