@@ -21,10 +21,10 @@ CODECS = [Q4_0Codec(), MinMaxCodec(4, 32), MinMaxCodec(2, 16), MinMaxCodec(3, 64
 IDS = [c.spec for c in CODECS]
 
 
-def awkward_blocks(codec: Codec, seed: int) -> torch.Tensor:
+def awkward_blocks(codec: Codec, seed: int, rows: int = 64) -> torch.Tensor:
     """Normal values with zero, constant, tiny, huge, tied and half-step blocks."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(64, codec.block_size(40), generator=g)
+    x = torch.randn(rows, codec.block_size(40), generator=g)
     x[1] = 0.0
     x[2] = -0.75
     x[3] *= 1e-30
@@ -50,10 +50,30 @@ def test_the_kernel_builds_here() -> None:
     assert fused.kernel() is not None
 
 
+@pytest.mark.parametrize("rows", [64, 63], ids=["even", "odd"])
 @pytest.mark.parametrize("keep_codes", [False, True], ids=["one-buffer", "codes-kept"])
 @pytest.mark.parametrize("codec", CODECS, ids=IDS)
-def test_fused_score_is_the_eager_score_bit_for_bit(codec: Codec, keep_codes: bool) -> None:
-    x = awkward_blocks(codec, seed=3)
+def test_fused_score_is_the_eager_score_bit_for_bit(
+    codec: Codec, keep_codes: bool, rows: int
+) -> None:
+    """Odd rows leave torch's elementwise loops a scalar tail."""
+    _fused_equals_eager(codec, awkward_blocks(codec, seed=3, rows=rows), keep_codes)
+
+
+@pytest.mark.parametrize("codec", [Q4_0Codec(), MinMaxCodec(2, 16), SymmetricCodec(8, None)],
+                         ids=lambda c: c.spec)  # fmt: skip
+def test_fused_score_is_the_eager_score_on_two_threads(codec: Codec) -> None:
+    """2049 rows on two threads: torch splits its loops at a place that is no multiple of
+    the vector width (a scalar tail inside)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _fused_equals_eager(codec, awkward_blocks(codec, seed=3, rows=2049), keep_codes=True)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fused_equals_eager(codec: Codec, x: torch.Tensor, keep_codes: bool) -> None:
     assert fused.usable(codec, x)
     mm = minmax_params(codec, x)
     g = torch.Generator().manual_seed(4)
