@@ -381,18 +381,29 @@ class CausalLMWithCache(nn.Module):
         """A copy of the cache a one-token forward left (its layers' classes and flags: a
         previous state is there), holding the past tensors; fixed-size states are cloned,
         since transformers updates them in place."""
+        from transformers.cache_utils import DynamicLayer
+
         template = _probed(self.model)[1]
+        kv_only = {f.layer for f in self.fields} - {
+            f.layer for f in self.fields if f.attr not in KV_TENSORS
+        }
         layers = []
-        for layer in template.layers:
+        for i, layer in enumerate(template.layers):
+            if i in kv_only:  # a full cache, as for attention-only models: the mask makes
+                layers.append(DynamicLayer())  # the window of a sliding layer
+                continue
             copied = copy.copy(layer)
             for key, value in vars(layer).items():  # the state dicts, flags by state index
                 if isinstance(value, (dict, list)):
                     setattr(copied, key, copy.copy(value))
             layers.append(copied)
         for field, tensor in zip(self.fields, past, strict=True):
-            field.set(layers[field.layer], tensor if field.seq_axis is not None else tensor.clone())
-            if "device" in vars(layers[field.layer]):
-                layers[field.layer].device = tensor.device
+            layer = layers[field.layer]
+            if field.layer in kv_only and not layer.is_initialized:
+                layer.lazy_initialization(tensor, tensor)
+            field.set(layer, tensor if field.seq_axis is not None else tensor.clone())
+            if "device" in vars(layer):
+                layer.device = tensor.device
         cache = copy.copy(template)
         cache.layers = layers
         return cache

@@ -28,6 +28,12 @@ _MOE = dict(num_experts_per_tok=2)
 #: name -> (config class, model class, config arguments), all in ``transformers``
 FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", _DECODER),
+    # LFM2 as real checkpoints have it (its default config has attention layers only): a
+    # convolution layer, whose cache keeps a convolution state, and an attention layer
+    "lfm2_conv": (
+        "Lfm2Config", "Lfm2ForCausalLM",
+        {**_DECODER, "layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]},
+    ),
     "mistral": ("MistralConfig", "MistralForCausalLM", {**_DECODER, "sliding_window": WINDOW}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _DECODER),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {**_DECODER, "head_dim": 16}),

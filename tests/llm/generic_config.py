@@ -43,6 +43,13 @@ SMALL: dict[str, Any] = {
     **dict.fromkeys(("attn_layer_period", "expert_layer_period", "full_attention_interval",
                      "attention_period"), 2),
     **dict.fromkeys(("attn_layer_offset", "expert_layer_offset"), 1),
+    # Mamba layers: heads x head width = expand (2) x hidden; a small state and chunk
+    **dict.fromkeys(("mamba_n_heads", "n_mamba_heads"), 8),
+    **dict.fromkeys(("mamba_d_head", "mamba_headdim"), 16),
+    **dict.fromkeys(("mamba_d_ssm",), 128),
+    **dict.fromkeys(("mamba_d_state", "state_size", "ssm_state_size"), 16),
+    **dict.fromkeys(("n_groups", "mamba_n_groups", "mamba_ngroups"), 1),
+    **dict.fromkeys(("mamba_chunk_size", "chunk_size"), 16),
 }  # fmt: skip
 
 
@@ -78,6 +85,13 @@ def tiny_config(model_type: str, variant: int = 0) -> Any:
         for key in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
             if key in small:
                 small[key] = len(kept)
+    if "expand" in present and {"num_heads", "head_dim"} <= set(small):  # Mamba-2's layout
+        small["num_heads"] = present["expand"] * small.get("hidden_size", 64) // small["head_dim"]
+    # a hybrid whose default layers are all linear attention keeps one attention layer
+    if set(small.get("layer_types", ())) == {"linear_attention"}:
+        small["layer_types"] = ["linear_attention", "full_attention"]
+    if "attn_layer_indices" in present and not present["attn_layer_indices"]:
+        small["attn_layer_indices"] = [1]
     ids = {k: v for k, v in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 2))
            if k in present}  # fmt: skip
     return AutoConfig.for_model(model_type, **small, **ids)

@@ -23,15 +23,17 @@ from tests.llm.generic_config import tiny_model
 
 @pytest.mark.parametrize(
     "model_type",
-    ["mamba", *(pytest.param(t, marks=pytest.mark.slow) for t in ("jamba", "falcon_h1"))],
-)
+    ["mamba", *(pytest.param(t, marks=pytest.mark.slow) for t in (
+        "mamba2", "jamba", "falcon_h1", "qwen3_next", "granitemoehybrid", "lfm3"))],
+)  # fmt: skip
 def test_token_by_token_from_a_zero_state_is_the_prompt_path(model_type):
     """The step (transformers' decode path, the state said to be there) fed a prompt one token
     at a time from zeros gives the logits of the model's own prompt path on the whole prompt:
-    a zero convolution window is the causal padding, a zero recurrent state the scan's start."""
+    a zero convolution window is the causal padding, a zero recurrent state the scan's start.
+    LFM3's sliding-window attention layer (window 4) runs on a full cache, past its window."""
     model = tiny_model(model_type)
     assert is_stateful(model)
-    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0))
     step = CausalLMWithCache(model).eval()
     past = list(example_inputs(model, batch=2, past=0, new=1, dtype=torch.float32)[1:])
     assert all(p.abs().sum() == 0 for p in past)
