@@ -1,4 +1,9 @@
 """t2n_core: export PyTorch models to NNEF archives that the tract engine runs."""
+# ruff: noqa: E402  (the collector is set up before torch is imported)
+
+from t2n_core.gc_freeze import command_line_imports
+
+command_line_imports()  # before torch is imported: the t2n command collects less often
 
 from t2n_core.check import CheckReport, check_archive, run_tract
 from t2n_core.errors import (
