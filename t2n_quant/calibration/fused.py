@@ -15,7 +15,8 @@ as the torch ops compute it:
   :func:`~t2n_quant.calibration.mse.squared_norm` does.
 
 So the parameters a calibration picks are the same with or without it (tests compare both
-paths). It is compiled on first use with the system C compiler (``cc``, or ``$CC``) into a
+paths, and each process checks it on a probe before use). It is compiled on first use, on
+x86-64, with the system C compiler (``cc``, or ``$CC``) into a
 cache folder (``$T2N_CACHE_DIR``, else ``$XDG_CACHE_HOME/t2n`` or ``~/.cache/t2n``) and
 loaded with :mod:`ctypes`; without a compiler, or with ``T2N_FUSED=0``, calibrations use the
 eager path (logged once). It takes float32 CPU blocks whose rows are a multiple of 8 values,
@@ -237,8 +238,45 @@ def kernel() -> ctypes.CDLL | None:
     if "lib" not in _state:
         with _lock:
             if "lib" not in _state:
-                _state["lib"] = _compile()
+                lib = _compile() if platform.machine() in ("x86_64", "AMD64") else None
+                if lib is not None and not _agrees_with_torch(lib):
+                    lib = None
+                _state["lib"] = lib
     return _state["lib"]
+
+
+def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
+    """Whether the kernel gives the eager ops' results bit for bit here, on a probe of every
+    kind (odd rows, ties, zeros, clipping): they are torch's CPU kernels' own choices (lanes,
+    FMA), which another torch build may make otherwise; if not, the eager path is used."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 64, generator=g) * torch.rand(37, 1, generator=g) * 4
+    x[1], x[2, ::2], x[3] = 0.0, 1.5, torch.arange(64).float() / 2 - 16
+    for codec in (Q4_0Codec(), SymmetricCodec(4, 32), MinMaxCodec(3, 64), SymmetricCodec(8)):
+        blocks = x.reshape(-1, codec.block_size(64))
+        lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+        scale = (hi - lo).div_(codec.qmax).mul_(0.8).clamp_(min=1e-3)
+        zero = lo.neg().div_(scale).add_(0.3) if codec.has_zero else None
+        params = QParams(-scale if type(codec) is Q4_0Codec else scale, zero)
+        stored = codec.store(params)
+        z = None if stored.zero is None else stored.zero.float()
+        u = codec.float_codes(blocks, params)
+        if z is not None:
+            u.sub_(z)
+        r = torch.addcmul(blocks, u, stored.scale.float(), value=-1.0)
+        want = [torch.linalg.vector_norm(t, dim=-1, keepdim=True).square_() for t in (r, u)]
+        got_u, got_r = torch.empty_like(blocks), torch.empty_like(blocks)
+        inv = reciprocal(codec, params, stored)
+        got = score(codec, blocks, inv, stored.scale.float(), z, got_u, got_r, True, lib=lib)
+        pairs = [(got[0], want[0]), (got[1], want[1]), (got_u, u), (got_r, r)]
+        if not all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in pairs):
+            logger.warning(
+                "the compiled mse / hqq scoring pass differs from this torch build's CPU ops "
+                "(%s): using the eager ops (same parameters, slower)",
+                codec.spec,
+            )
+            return False
+    return True
 
 
 def kind_of(codec: Codec) -> tuple[int, float, float] | None:
@@ -293,13 +331,15 @@ def score(
     r_out: torch.Tensor | None,
     with_suu: bool,
     portable: bool = False,
+    lib: ctypes.CDLL | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per block ``(sum r*r, sum u*u)`` (columns; the second ``None`` without ``with_suu``),
     writing the codes less the zero point into ``u_out`` and the residual into ``r_out``
     when given. ``inv`` is the reciprocal the codec multiplies by, ``scale`` / ``zero`` the
     stored parameters as float32 (see the module docstring); :func:`usable` must hold.
-    ``portable`` takes the plain C loop instead of the AVX2 one (for the tests)."""
-    lib = kernel()
+    ``portable`` takes the plain C loop instead of the AVX2 one (for the tests); ``lib``,
+    a library other than :func:`kernel`'s (its check)."""
+    lib = kernel() if lib is None else lib
     found = kind_of(codec)
     assert lib is not None and found is not None
     kind, lo, hi = found

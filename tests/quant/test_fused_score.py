@@ -155,3 +155,21 @@ def test_without_a_compiler_the_eager_path_is_used_and_logged(
     monkeypatch.setattr(fused, "_state", {})
     monkeypatch.delenv("CC")
     assert_same(calibrate(codec, x, "mse").scale, params.scale, "scale")
+
+
+def test_a_torch_whose_ops_differ_gets_the_eager_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    norm = torch.linalg.vector_norm
+
+    def other_norm(x, dim, keepdim=False):  # type: ignore[no-untyped-def]
+        return norm(x.double(), dim=dim, keepdim=keepdim).float()  # sums in another precision
+
+    monkeypatch.setattr(fused, "_state", {})
+    with caplog.at_level(logging.WARNING, logger=fused.__name__):
+        monkeypatch.setattr(torch.linalg, "vector_norm", other_norm)
+        assert fused.kernel() is None
+    assert "differs from this torch build" in caplog.text
+    monkeypatch.undo()
+    monkeypatch.setattr(fused, "_state", {})
+    assert fused.kernel() is not None
