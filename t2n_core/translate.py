@@ -20,6 +20,7 @@ from t2n_core import ops
 from t2n_core.emit import EmitContext, describe, module_path, source_line
 from t2n_core.errors import TranslationError, UnsupportedOpsError
 from t2n_core.ir import Graph, Operation, Ref, Value, Variable
+from t2n_core.node_order import canonical_order
 from t2n_core.symbolic import SymbolTable
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def translate(
     graph.reserve([*inputs.values(), *output_names])
     ctx = EmitContext(graph, symbols, blocks, translate_program=translate)
     kinds = {spec.arg.name: spec for spec in ep.graph_signature.input_specs}
-    for node in ep.graph.nodes:
+    for node in canonical_order(ep.graph):  # not the traced order: see t2n_core/node_order.py
         ctx.node = node
         if node.op == "placeholder":
             spec = kinds[node.name]

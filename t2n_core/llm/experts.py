@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from t2n_core.errors import ExportInputError
+from t2n_core.llm.scatter_experts import static_scatter_experts
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +145,16 @@ def check_experts(experts: str) -> str:
 @contextlib.contextmanager
 def experts_implementation(model: nn.Module, experts: str = DEFAULT_EXPERTS) -> Iterator[bool]:
     """Run ``model``'s transformers experts layers with the ``experts`` form (``"dense"`` or
-    ``"gather"``, see the module docstring) inside the block (yields whether the model has
-    any), restoring the implementation afterwards."""
+    ``"gather"``, see the module docstring) inside the block, and its ScatterMoE-style experts
+    (JetMoE: :mod:`t2n_core.llm.scatter_experts`) in their static form (yields whether the
+    model has any of either), restoring the implementation afterwards."""
     name = check_experts(experts)
+    with static_scatter_experts(model) as scattered, _interface_experts(model, name) as has:
+        yield has or scattered > 0
+
+
+@contextlib.contextmanager
+def _interface_experts(model: nn.Module, name: str) -> Iterator[bool]:
     modules = _experts_modules(model)
     configs = {id(m.config): m.config for m in modules if hasattr(m, "config")}
     if not configs:
@@ -161,7 +169,7 @@ def experts_implementation(model: nn.Module, experts: str = DEFAULT_EXPERTS) -> 
         logger.info(
             "capturing %d experts layer(s) with the %r implementation instead of %s (%s)",
             len(modules), name, ", ".join(map(str, changed)),
-            "every expert on every token, weighted by the router" if experts == "dense" else
+            "every expert on every token, weighted by the router" if name == DENSE else
             "the top-k experts' weight rows gathered per token",
         )  # fmt: skip
     try:

@@ -115,7 +115,7 @@ GENERIC: dict[str, int] = {
     "codegen": 0, "cohere2": 0, "glm": 0, "gpt_bigcode": 0, "granitemoe": 0, "llama4_text": 0,
     "olmo": 0, "olmo3": 0, "olmoe": 0, "persimmon": 0, "glm4": 0, "helium": 0, "ministral": 0,
     "exaone4": 0, "hunyuan_v1_dense": 0, "hunyuan_v1_moe": 0, "granitemoeshared": 0,
-    "phimoe": 0, "seed_oss": 0, "ctrl": 0, "xglm": 0, "doge": 0,
+    "phimoe": 0, "seed_oss": 0, "ctrl": 0, "xglm": 0, "doge": 0, "jetmoe": 0,
     # a recurrent state in the cache: one token per step (tests/llm/test_recurrent_llm.py)
     "mamba": 0, "jamba": 0,
 }  # fmt: skip

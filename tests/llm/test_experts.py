@@ -97,3 +97,25 @@ def test_cli_export_llm_experts_gather(tmp_path, capsys) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["experts"] == "gather" and manifest["checked"]
     assert "tract_core_gather(model_model_layers_0_mlp_experts" in _graph(out / "model.nnef.tgz")
+
+
+def test_scatter_experts_static_form_matches_eager() -> None:
+    """JetMoE's ScatterMoE-style router (``expert_size.tolist()``, then ``split``) runs in the
+    static form during capture (``t2n_core/llm/scatter_experts.py``, chosen by the modules'
+    shape): the same logits as its own code, and its own code back afterwards. Export, tract
+    check and generation: ``test_families.py::test_family[jetmoe-q4_0]``."""
+    import torch
+
+    from t2n_core.llm.experts import experts_implementation
+
+    model = tiny("jetmoe")
+    ids = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(0))
+    gating = model.model.layers[0].mlp.router
+    with torch.no_grad():
+        eager = model(ids).logits
+        with experts_implementation(model) as switched:
+            assert switched and "forward" in vars(gating)
+            static = model(ids).logits
+    assert "forward" not in vars(gating)
+    assert eager.abs().max() > 0.1
+    torch.testing.assert_close(static, eager, rtol=1e-5, atol=1e-5)

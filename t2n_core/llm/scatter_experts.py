@@ -1,0 +1,113 @@
+"""ScatterMoE-style experts (JetMoE's ``JetMoeTopKGating`` + ``JetMoeParallelExperts``) in a
+form with static shapes.
+
+Such a router sorts the (token, expert) pairs by expert and returns how many rows each expert
+gets as a Python list (``expert_size.tolist()``); the experts module then ``split``s its input
+by those sizes and multiplies each piece by its expert's matrix: sizes read from tensor values,
+which ``torch.export`` captures as guards tract has no form for. Here the router keeps the
+counts a tensor, and the experts multiply every row by every expert's matrix, keeping for each
+row the product of the expert whose range of the sorted rows holds it (the row's expert is the
+number of range ends at or below it). Every expert runs on every row (as ``dense`` in
+:mod:`t2n_core.llm.experts`); each ``weight[e]`` is a 2-D matrix the writer stores on its own
+(quantized experts stay compressed).
+
+Modules are recognised by their shape, not their class: a *parallel experts* module has a 3-D
+``weight`` ``[experts, out, in]`` and a ``forward(inputs, expert_size)``; a *top-k gating*
+module has a linear ``layer`` to ``num_experts`` logits, ``top_k``, and a ``forward`` that
+calls ``.tolist()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import types
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def static_parallel_experts_forward(
+    self: nn.Module, inputs: torch.Tensor, expert_size: torch.Tensor
+) -> torch.Tensor:
+    """``inputs [rows, in]`` sorted by expert, ``expert_size [experts]`` rows per expert (a
+    tensor): row ``r`` times the matrix of its expert."""
+    weight = self.weight
+    ends = torch.cumsum(expert_size.to(torch.int64), dim=0)  # [experts]
+    rows = torch.arange(inputs.shape[0], device=inputs.device)
+    expert_of_row = (rows.unsqueeze(-1) >= ends).sum(dim=-1)  # [rows]
+    out = None
+    for e in range(weight.shape[0]):
+        mask = (expert_of_row == e).to(inputs.dtype).unsqueeze(-1)
+        y = nn.functional.linear(inputs, weight[e]) * mask
+        out = y if out is None else out + y
+    assert out is not None
+    return out
+
+
+def static_topk_gating_forward(
+    self: nn.Module, hidden_states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """JetMoE's ``JetMoeTopKGating.forward`` with ``expert_size`` kept a tensor."""
+    logits = self.layer(hidden_states).float()  # [tokens, experts]
+    top_k_logits, top_k_indices = logits.topk(self.top_k, dim=1)
+    top_k_gates = torch.softmax(top_k_logits, dim=1).type_as(hidden_states)
+    chosen = torch.zeros(
+        [top_k_gates.size(0), self.num_experts], dtype=top_k_gates.dtype, device=logits.device
+    ).scatter(1, top_k_indices, 1)
+    expert_size = chosen.long().sum(0)  # [experts], a tensor: no .tolist()
+    _, index_sorted_experts = top_k_indices.flatten().sort(0)
+    batch_index = index_sorted_experts.div(self.top_k, rounding_mode="trunc")
+    batch_gates = top_k_gates.flatten()[index_sorted_experts]
+    return index_sorted_experts, batch_index, batch_gates, expert_size, logits
+
+
+def _is_parallel_experts(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
+        return False
+    return "expert_size" in inspect.signature(module.forward).parameters
+
+
+def _is_topk_gating(module: nn.Module) -> bool:
+    layer = getattr(module, "layer", None)
+    if not (isinstance(layer, nn.Linear) and isinstance(getattr(module, "top_k", None), int)):
+        return False
+    if layer.out_features != getattr(module, "num_experts", None):
+        return False
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return False
+    return ".tolist()" in source
+
+
+@contextlib.contextmanager
+def static_scatter_experts(model: nn.Module) -> Iterator[int]:
+    """Inside the block, ``model``'s ScatterMoE-style routers and experts (see the module
+    docstring) run in the static form; yields how many modules were switched."""
+    switched: list[nn.Module] = []
+    for module in model.modules():
+        if _is_parallel_experts(module):
+            forward = static_parallel_experts_forward
+        elif _is_topk_gating(module):
+            forward = static_topk_gating_forward
+        else:
+            continue
+        module.forward = types.MethodType(forward, module)
+        switched.append(module)
+    if switched:
+        logger.info(
+            "capturing %d ScatterMoE-style router / experts module(s) (%s) in a static form: "
+            "every expert on every row instead of rows split by data-dependent counts",
+            len(switched), ", ".join(sorted({type(m).__name__ for m in switched})),
+        )  # fmt: skip
+    try:
+        yield len(switched)
+    finally:
+        for module in switched:
+            del module.forward
