@@ -4,12 +4,13 @@ form with static shapes.
 Such a router sorts the (token, expert) pairs by expert and returns how many rows each expert
 gets as a Python list (``expert_size.tolist()``); the experts module then ``split``s its input
 by those sizes and multiplies each piece by its expert's matrix: sizes read from tensor values,
-which ``torch.export`` captures as guards tract has no form for. Here the router keeps the
-counts a tensor, and the experts multiply every row by every expert's matrix, keeping for each
-row the product of the expert whose range of the sorted rows holds it (the row's expert is the
-number of range ends at or below it). Every expert runs on every row (as ``dense`` in
-:mod:`t2n_core.llm.experts`); each ``weight[e]`` is a 2-D matrix the writer stores on its own
-(quantized experts stay compressed).
+which ``torch.export`` captures as guards tract has no form for. Here the router leaves the
+pairs in token order (no sort: the "sorted" order it returns is the identity) and passes each
+pair's expert in place of the counts; the experts multiply every row by every expert's matrix
+and keep, for each row, its own expert's product. Every expert runs on every row (as
+``dense`` in :mod:`t2n_core.llm.experts`); each ``weight[e]`` is a 2-D matrix the writer stores
+on its own (quantized experts stay compressed). The router and the experts of one parent
+module are switched together (each reads what the other passes).
 
 Modules are recognised by their shape, not their class: a *parallel experts* module has a 3-D
 ``weight`` ``[experts, out, in]`` and a ``forward(inputs, expert_size)``; a *top-k gating*
@@ -32,14 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 def static_parallel_experts_forward(
-    self: nn.Module, inputs: torch.Tensor, expert_size: torch.Tensor
+    self: nn.Module, inputs: torch.Tensor, expert_of_row: torch.Tensor
 ) -> torch.Tensor:
-    """``inputs [rows, in]`` sorted by expert, ``expert_size [experts]`` rows per expert (a
-    tensor): row ``r`` times the matrix of its expert."""
+    """``inputs [rows, in]``, ``expert_of_row [rows]`` (what the static router passes in place
+    of the per-expert row counts): row ``r`` times the matrix of its expert."""
     weight = self.weight
-    ends = torch.cumsum(expert_size.to(torch.int64), dim=0)  # [experts]
-    rows = torch.arange(inputs.shape[0], device=inputs.device)
-    expert_of_row = (rows.unsqueeze(-1) >= ends).sum(dim=-1)  # [rows]
     out = None
     for e in range(weight.shape[0]):
         mask = (expert_of_row == e).to(inputs.dtype).unsqueeze(-1)
@@ -52,18 +50,16 @@ def static_parallel_experts_forward(
 def static_topk_gating_forward(
     self: nn.Module, hidden_states: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """JetMoE's ``JetMoeTopKGating.forward`` with ``expert_size`` kept a tensor."""
+    """JetMoE's ``JetMoeTopKGating.forward`` without the sort: the (token, expert) pairs stay in
+    token order (the "sorted" order is the identity), and each pair's expert is passed where
+    the per-expert counts were (read by :func:`static_parallel_experts_forward`)."""
     logits = self.layer(hidden_states).float()  # [tokens, experts]
     top_k_logits, top_k_indices = logits.topk(self.top_k, dim=1)
     top_k_gates = torch.softmax(top_k_logits, dim=1).type_as(hidden_states)
-    chosen = torch.zeros(
-        [top_k_gates.size(0), self.num_experts], dtype=top_k_gates.dtype, device=logits.device
-    ).scatter(1, top_k_indices, 1)
-    expert_size = chosen.long().sum(0)  # [experts], a tensor: no .tolist()
-    _, index_sorted_experts = top_k_indices.flatten().sort(0)
-    batch_index = index_sorted_experts.div(self.top_k, rounding_mode="trunc")
-    batch_gates = top_k_gates.flatten()[index_sorted_experts]
-    return index_sorted_experts, batch_index, batch_gates, expert_size, logits
+    expert_of_pair = top_k_indices.flatten()  # [tokens * k], token-major
+    pairs = torch.arange(expert_of_pair.shape[0], device=logits.device)
+    batch_index = pairs.div(self.top_k, rounding_mode="trunc")
+    return pairs, batch_index, top_k_gates.flatten(), expert_of_pair, logits
 
 
 def _is_parallel_experts(module: nn.Module) -> bool:
@@ -91,15 +87,16 @@ def static_scatter_experts(model: nn.Module) -> Iterator[int]:
     """Inside the block, ``model``'s ScatterMoE-style routers and experts (see the module
     docstring) run in the static form; yields how many modules were switched."""
     switched: list[nn.Module] = []
-    for module in model.modules():
-        if _is_parallel_experts(module):
-            forward = static_parallel_experts_forward
-        elif _is_topk_gating(module):
-            forward = static_topk_gating_forward
-        else:
+    for parent in model.modules():  # a router and its experts, side by side: both or neither
+        children = list(parent.children())
+        routers = [m for m in children if _is_topk_gating(m)]
+        experts = [m for m in children if _is_parallel_experts(m)]
+        if len(routers) != 1 or not experts:
             continue
-        module.forward = types.MethodType(forward, module)
-        switched.append(module)
+        routers[0].forward = types.MethodType(static_topk_gating_forward, routers[0])
+        for module in experts:
+            module.forward = types.MethodType(static_parallel_experts_forward, module)
+        switched += [*routers, *experts]
     if switched:
         logger.info(
             "capturing %d ScatterMoE-style router / experts module(s) (%s) in a static form: "
