@@ -114,26 +114,24 @@ def native_parameters(body: Graph) -> dict[int, set[int]]:
     guards those first); anything else needs the graph passes that run on a flat graph.
     """
     params = {v.name: i for i, v in enumerate(body.inputs)}
+    uses: dict[str, list[tuple[Operation, int]]] = {}  # parameter -> (op, operand), in order
+    for op in body.operations:
+        for i, arg in enumerate([*op.args, *op.attrs.values()]):
+            if isinstance(arg, Ref) and arg.name in params:
+                uses.setdefault(arg.name, []).append((op, i))
     ok: dict[int, set[int]] = {}
     for position, param in enumerate(body.inputs):
+        if param.name not in uses:
+            continue
         sources: set[int] = set()
-        used = False
-        for op in body.operations:
-            for i, arg in enumerate([*op.args, *op.attrs.values()]):
-                if not (isinstance(arg, Ref) and arg.name == param.name):
-                    continue
-                used = True
-                source = _native_use(body, op, i)
-                if source is False:
-                    break
-                if isinstance(source, str):
-                    sources.add(params[source])
-            else:
-                continue
-            break
+        for op, i in uses[param.name]:
+            source = _native_use(body, op, i)
+            if source is False:
+                break
+            if isinstance(source, str):
+                sources.add(params[source])
         else:
-            if used:
-                ok[position] = sources
+            ok[position] = sources
     return ok
 
 
