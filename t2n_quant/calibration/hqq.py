@@ -51,13 +51,31 @@ def threshold(beta: float, p: float) -> float:
     return beta ** (-1.0 / (2.0 - p))
 
 
+def level_bounds(codec: Codec) -> tuple[float, float, float]:
+    """The lowest and highest level of a codec without a zero point and the widest gap
+    between two levels, at least 1 (:meth:`~t2n_quant.codecs.Codec.levels`).
+
+    >>> from t2n_quant.codecs import Q4_0Codec
+    >>> level_bounds(Q4_0Codec())
+    (-8.0, 7.0, 1.0)
+    """
+    levels = codec.levels().sort().values
+    step = max(1.0, float((levels[1:] - levels[:-1]).max()))  # a code book's widest gap
+    return float(levels[0]), float(levels[-1]), step
+
+
 def residual_reach(
-    codec: Codec, params: QParams, lo: torch.Tensor, hi: torch.Tensor
+    codec: Codec,
+    params: QParams,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bounds: tuple[float, float, float] | None = None,
 ) -> torch.Tensor:
     """Per block, a bound on ``|x - value|`` under ``params`` from the block's minimum ``lo``
     and maximum ``hi``: half a step (the widest gap of a code book's levels; 1/64 of a step
     more, for the rounding of ``x / scale`` and q4_0's f32 scale against its stored f16 one)
     where nothing clips, and how far the extremes lie beyond the values the codes reach.
+    ``bounds``: the codec's :func:`level_bounds`, when the caller has them.
 
     >>> from t2n_quant.codecs import MinMaxCodec
     >>> reach = residual_reach(MinMaxCodec(bits=2, group_size=16),
@@ -73,10 +91,9 @@ def residual_reach(
         top = torch.add(bottom, s, alpha=float(codec.qmax))
         step = 1.0
     else:
-        levels = codec.levels().sort().values
-        low, high = torch.mul(s, float(levels[0])), torch.mul(s, float(levels[-1]))
+        lowest, highest, step = level_bounds(codec) if bounds is None else bounds
+        low, high = torch.mul(s, lowest), torch.mul(s, highest)
         bottom, top = torch.minimum(low, high), torch.maximum(low, high)
-        step = max(1.0, float((levels[1:] - levels[:-1]).max()))  # a code book's widest gap
     beyond = torch.maximum(hi - top, bottom.sub_(lo))
     return torch.maximum(s.abs().mul_(step * (0.5 + 1 / 64)), beyond)
 
@@ -133,14 +150,21 @@ def _shrink_rows(
 
 
 def _half_quadratic_step(
-    fit: BlockFit, cur: Scored, beta: float, p: float, lo: torch.Tensor, hi: torch.Tensor
+    fit: BlockFit,
+    cur: Scored,
+    beta: float,
+    p: float,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bounds: tuple[float, float, float] | None = None,
 ) -> QParams:
-    """The next parameters; ``lo`` / ``hi`` are the blocks' minima / maxima."""
+    """The next parameters; ``lo`` / ``hi`` are the blocks' minima / maxima, ``bounds`` the
+    codec's :func:`level_bounds` (codecs without a zero point)."""
     codec = fit.codec
     assert cur.residual is not None and (codec.has_zero or cur.u is not None)
     u = None if codec.has_zero else cur.u
     # the blocks whose residual may pass the threshold, from their bounds (no pass over them)
-    reach = residual_reach(codec, cur.params, lo, hi).view(-1)
+    reach = residual_reach(codec, cur.params, lo, hi, bounds).view(-1)
     candidates = (reach > threshold(beta, p)).nonzero().squeeze(1)
     se = seu = None
     if candidates.numel():
@@ -202,9 +226,10 @@ def _hqq(
     else:
         start = minmax_from_stats(codec, lo, hi, None)
     best = cur = fit.score(start)
+    bounds = None if codec.has_zero else level_bounds(codec)  # once, not per step
     for i in range(iters):
         last = i == iters - 1
-        params = _half_quadratic_step(fit, cur, beta, p, lo, hi)
+        params = _half_quadratic_step(fit, cur, beta, p, lo, hi, bounds)
         cur = fit.score(params, sums=not last)
         before, best = best, keep_better(best, cur, sums=False)
         if not last and gained_little(before.error, best.error, tol):
