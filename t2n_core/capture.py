@@ -20,7 +20,7 @@ from t2n_core.blocks import BlockCaptureError, Blocks
 from t2n_core.decompose import decompose
 from t2n_core.errors import CaptureError, ExportInputError
 from t2n_core.gc_freeze import long_lived_frozen
-from t2n_core.input_plan import InputPlan, varargs_index
+from t2n_core.input_plan import InputPlan, shared_dim_symbols, varargs_index
 from t2n_core.progress import progress_bar
 from t2n_core.shape_rules import shape_rules
 from t2n_core.storage import NNEFStorage
@@ -283,9 +283,10 @@ def _export(model: nn.Module, args, kwargs, dynamic_shapes) -> ExportedProgram:
     same axes lets torch infer those ranges; ``capture`` checks that the axes stayed dynamic.
     """
     try:
-        return torch.export.export(
-            model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False
-        )
+        with shared_dim_symbols():
+            return torch.export.export(
+                model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False
+            )
     except torch._dynamo.exc.UserError as exc:
         if dynamic_shapes is None or "Constraints violated" not in str(exc):
             raise

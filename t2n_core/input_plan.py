@@ -6,11 +6,15 @@ it; the archive declares its symbols. Nothing else matches inputs by position.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sympy
 import torch
 import torch.fx
 from torch.export import Dim, ExportedProgram
@@ -154,8 +158,87 @@ class InputPlan:
                         f"to {size} by the model's code; remove that axis from dynamic_axes or "
                         "make the code size-agnostic"
                     )
-                symbols.bind(size.node.expr, sym, size.node.shape_env)
+                env = size.node.shape_env
+                symbols.bind(size.node.expr, sym, env, sorts_as=torch_name(env, size.node.expr))
         return symbols
+
+
+@contextlib.contextmanager
+def shared_dim_symbols() -> Iterator[None]:
+    """While ``torch.export`` fakes the inputs, every axis of one named ``Dim`` (the plan's
+    symbol) gets the same torch size symbol, as torch does for a duck-sized input.
+
+    torch creates one symbol per input axis and checks the named-Dim equalities after tracing;
+    meanwhile the model's ops unify those symbols one guard at a time (sympy work per axis and
+    per guard: for a KV cache, per layer the largest part of tracing a model whose layers are
+    block calls). An axis whose example size differs from the first axis of its Dim gets its
+    own symbol (torch then reports the violated equality, as before). Where torch lacks the
+    private names used here, or records its shape events, this does nothing.
+    """
+    try:
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    except ImportError:  # pragma: no cover - a torch without it: nothing to share
+        yield
+        return
+    original = ShapeEnv.__dict__.get("create_symbol")
+    if original is None:
+        yield
+        return
+    shared: dict[tuple[int, str, int], tuple[Any, Any]] = {}  # -> (shape env, symbol)
+
+    @functools.wraps(original)
+    def create_symbol(self: Any, val: Any, source: Any, *args: Any, **kwargs: Any) -> Any:
+        names = getattr(self, "source_name_to_debug_name", None)
+        name = names.get(getattr(source, "name", None)) if isinstance(names, dict) else None
+        key = (id(self), name, val)
+        known = shared.get(key) if name is not None and type(val) is int else None
+        if known is None or getattr(self, "should_record_events", True):
+            out = original(self, val, source, *args, **kwargs)
+            if name is not None and type(val) is int and isinstance(out, sympy.Symbol):
+                shared.setdefault(key, (self, out))
+            return out
+        symbol = known[1]
+        _note_torch_name(self, symbol, source)
+        # what torch's create_symbol does for a duck-sized input
+        self.source_to_var[source.name] = symbol
+        sources = self.var_to_sources[symbol]
+        sources.append(source)
+        if not source.is_ephemeral() and sources[0].is_ephemeral():
+            sources[0], sources[-1] = sources[-1], sources[0]
+        self.symbol_guard_counter[symbol] = 0
+        return symbol
+
+    ShapeEnv.create_symbol = create_symbol
+    try:
+        yield
+    finally:
+        ShapeEnv.create_symbol = original
+
+
+#: per ShapeEnv: shared symbol -> the symbol torch would have ended up with (see below)
+_TORCH_NAMES: weakref.WeakKeyDictionary[Any, dict[sympy.Symbol, sympy.Symbol]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _note_torch_name(shape_env: Any, symbol: sympy.Symbol, source: Any) -> None:
+    """Reserve the symbol id torch would have given ``source`` (later symbols keep their names)
+    and remember the name torch would have kept for the whole Dim: its guards replace the
+    symbol with the larger name by the other, so the smallest name of the group. Archives
+    order sums and products by those names (:meth:`SymbolTable.bind`), as before."""
+    generate = getattr(shape_env, "_generate_unique_id", None)
+    if generate is None:
+        return
+    prefix = symbol.name.rstrip("0123456789")
+    would_be = sympy.Symbol(f"{prefix}{generate(source.name)}", **symbol.assumptions0)
+    names = _TORCH_NAMES.setdefault(shape_env, {})
+    if would_be.name < names.get(symbol, symbol).name:
+        names[symbol] = would_be
+
+
+def torch_name(shape_env: Any, symbol: sympy.Symbol) -> sympy.Symbol:
+    """The symbol torch alone would have given this shared Dim symbol (itself if none)."""
+    return _TORCH_NAMES.get(shape_env, {}).get(symbol, symbol)
 
 
 def user_input_placeholders(program: ExportedProgram) -> list[torch.fx.Node]:

@@ -25,9 +25,23 @@ class SymbolTable:
         #: facts on the axes the caller vouches for (``"P + T <= 2048"``), used only to decide
         #: a ``Max`` / ``Min`` of sizes that the ranges leave open (each use is logged)
         self.facts: tuple[str, ...] = ()
+        #: symbols printed in the order another symbol's name gives them (see :meth:`bind`)
+        self.sorts_as: dict[sympy.Symbol, sympy.Symbol] = {}
 
-    def bind(self, symbol: sympy.Symbol, name: str, shape_env: Any = None) -> None:
+    def bind(
+        self,
+        symbol: sympy.Symbol,
+        name: str,
+        shape_env: Any = None,
+        *,
+        sorts_as: sympy.Symbol | None = None,
+    ) -> None:
+        """``symbol`` is axis ``name``; ``sorts_as``: the symbol whose name orders the terms
+        of a sum or product where ``symbol`` occurs (torch's own naming of that axis)."""
         self.names[symbol] = name
+        if sorts_as is not None and sorts_as != symbol:
+            self.sorts_as[symbol] = sorts_as
+            self.names[sorts_as] = name
         if shape_env is not None:
             self.shape_env = shape_env
 
@@ -49,11 +63,19 @@ class SymbolTable:
         self.facts += tuple(f for f in facts if f not in self.facts)
 
     def text(self, expr: sympy.Expr) -> str:
-        return _print(expr, self.names, _Reasoner(self))
+        reasoner = _Reasoner(self)
+        if self.sorts_as:
+            expr = expr.xreplace(self.sorts_as)
+        return _print(expr, self.names, reasoner)
 
     def _axioms(self) -> dict[str, sympy.Basic]:
         """Each fact whose axes all have a symbol here, over torch's symbols."""
-        by_name = {name: symbol for symbol, name in self.names.items() if name.isidentifier()}
+        stand_ins = set(self.sorts_as.values())
+        by_name = {
+            name: symbol
+            for symbol, name in self.names.items()
+            if name.isidentifier() and symbol not in stand_ins
+        }
         axioms = {}
         for fact in self.facts:
             axes = {n: sympy.Symbol(n) for n in re.findall(r"[A-Za-z_]\w*", fact)}
@@ -70,6 +92,8 @@ class _Reasoner:
 
     def __init__(self, table: SymbolTable) -> None:
         self.table = table
+        #: the stand-ins of :attr:`SymbolTable.sorts_as` back to torch's symbols
+        self.back = {v: k for k, v in table.sorts_as.items()}
 
     def always(self, relation: sympy.Basic, expr: sympy.Expr) -> bool:
         shape_env = self.table.shape_env
@@ -147,9 +171,11 @@ def _print(expr, names: dict[sympy.Symbol, str], reasoner: _Reasoner | None = No
         a, b = expr.args
         return f"({_print(a, names, reasoner)} % {_print(b, names, reasoner)})"
     if fname in ("Max", "Min"):
-        decided = None if reasoner is None else decided_extremum(expr, reasoner)
+        decided = None
+        if reasoner is not None:
+            decided = decided_extremum(expr.xreplace(reasoner.back), reasoner)
         if decided is not None:
-            return _print(decided, names, reasoner)
+            return _print(decided.xreplace(reasoner.table.sorts_as), names, reasoner)
         raise TranslationError(
             f"size expression {expr} needs {fname.lower()}, which tract shapes cannot express"
         )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 
 from t2n_core.errors import CaptureError, ExportInputError
-from t2n_core.input_plan import InputPlan, default_input_names, user_input_placeholders
+from t2n_core.input_plan import (
+    InputPlan,
+    default_input_names,
+    shared_dim_symbols,
+    user_input_placeholders,
+)
 from tests.helpers import export_and_check
 
 
@@ -69,6 +76,36 @@ def test_placeholders_and_symbols_come_from_the_plan():
     assert [plan.by_placeholder(program)[n.name].name for n in nodes] == ["x", "y"]
     symbols = plan.bind_symbols(program)
     assert symbols.shape(nodes[1].meta["val"].shape) == ("B", 5)
+
+
+class Apart(nn.Module):
+    """Two inputs that no op relates: only the named Dims say their axes are equal."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.sum(0), y.sum(0)
+
+
+def test_axes_of_one_dim_get_one_torch_symbol():
+    args = (torch.randn(3, 3), torch.randn(3, 5))
+    plan = InputPlan.resolve(args, ["x", "y"], {"x": {0: "B", 1: "T"}, "y": {0: "B"}})
+    with shared_dim_symbols():
+        program = torch.export.export(Apart(), args, dynamic_shapes=plan.dynamic_shapes())
+    x, y = (n.meta["val"] for n in user_input_placeholders(program))
+    created = x.shape[0].node.shape_env.backed_var_to_val
+    assert len(created) == 2  # B and T (also of size 3); torch alone: one per axis, 3
+    assert plan.bind_symbols(program).shape(y.shape) == ("B", 5)
+
+
+def test_axes_of_one_dim_with_different_example_sizes_are_refused_as_before():
+    args = (torch.randn(3, 5), torch.randn(4, 5))
+    plan = InputPlan.resolve(args, ["x", "y"], {"x": {0: "B"}, "y": {0: "B"}})
+    errors = []
+    for shared in (False, True):
+        with shared_dim_symbols() if shared else contextlib.nullcontext():
+            with pytest.raises(Exception) as info:
+                torch.export.export(Apart(), args, dynamic_shapes=plan.dynamic_shapes())
+        errors.append(type(info.value))
+    assert errors[0] is errors[1]
 
 
 def test_an_axis_the_code_fixed_is_named():

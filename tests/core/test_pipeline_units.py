@@ -100,6 +100,19 @@ def test_symbol_table_prints_tdim_and_refuses_unbound_symbols():
         table.text(t)
 
 
+def test_symbol_table_orders_terms_by_the_symbols_given():
+    """A shared Dim symbol is printed in the order of the name torch alone would have given it
+    (see ``input_plan.shared_dim_symbols``), so archives do not change with the sharing."""
+    s, t = sympy.symbols("s5 s7", positive=True, integer=True)
+    plain, stood_in = SymbolTable(), SymbolTable()
+    for table, sorts_as in ((plain, None), (stood_in, sympy.Symbol("s1", positive=True))):
+        table.bind(s, "T")
+        table.bind(t, "B", sorts_as=sorts_as)
+    assert plain.text(s * t) == "(T * B)" and stood_in.text(s * t) == "(B * T)"
+    assert plain.text(s + t - 1) == "(T + B - 1)" and stood_in.text(s + t - 1) == "(B + T - 1)"
+    assert stood_in.text(2 * t) == "(2 * B)"
+
+
 def test_list_form_dynamic_axes_declare_their_symbol(tmp_path):
     result = export_and_check(
         torch.nn.Linear(4, 3), torch.randn(5, 4), tmp_path, name="m", dynamic_axes={"input": [0]},
