@@ -108,7 +108,25 @@ class _Reasoner:
                 expr, " and ".join(axioms),
             )  # fmt: skip
             return True
+        gap = _slack(relation)
+        for fact, axiom in axioms.items():  # a weaker bound: P + T <= 2048 from P + T <= 128
+            slack = _slack(axiom)
+            if gap is not None and slack is not None and _evaluates_true(
+                shape_env, sympy.Ge(sympy.expand(gap - slack), 0), ()
+            ):  # fmt: skip
+                logger.info("size %s written assuming %s (the caller's fact on the axes, "
+                            "implied)", expr, fact)  # fmt: skip
+                return True
         return False
+
+
+def _slack(relation: sympy.Basic) -> sympy.Expr | None:
+    """``b - a`` of ``a <= b`` (or ``b >= a``): the relation holds when it is >= 0."""
+    if isinstance(relation, (sympy.Le, sympy.Lt)):
+        return relation.rhs - relation.lhs
+    if isinstance(relation, (sympy.Ge, sympy.Gt)):
+        return relation.lhs - relation.rhs
+    return None
 
 
 def decided_extremum(expr: sympy.Expr, reasoner: _Reasoner) -> sympy.Expr | None:

@@ -162,3 +162,20 @@ def test_strided_slice_on_a_dynamic_axis(tmp_path):
     x = torch.randn(2, 9, 3)
     export_and_check(Fn(lambda x: x[:, 1::2]), x, tmp_path, dynamic_axes={"x": {1: "T"}},
                      check_inputs=[(torch.randn(2, 12, 3),)])  # fmt: skip
+
+
+class _FirstK(nn.Module):
+    """The first ``min(2048, P + T)`` positions (DeepSeek-V3.2's indexer keeps so many)."""
+
+    size_facts = ("P + T <= 16",)
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        seen = torch.cat([past, x], 1)
+        return torch.ones(min(2048, seen.shape[1])) * seen
+
+
+def test_min_of_sizes_decided_by_a_weaker_bound_than_the_fact(tmp_path):
+    """``Min(2048, P + T)`` is ``P + T`` since the fact ``P + T <= 16`` implies ``<= 2048``."""
+    args, other = (torch.randn(1, 3), torch.randn(1, 5)), (torch.randn(1, 6), torch.randn(1, 10))
+    axes = {"x": {1: "T"}, "past": {1: "P"}}
+    export_and_check(_FirstK(), args, tmp_path, dynamic_axes=axes, check_inputs=[other])
