@@ -117,7 +117,7 @@ GENERIC: dict[str, int] = {
     "exaone4": 0, "hunyuan_v1_dense": 0, "hunyuan_v1_moe": 0, "granitemoeshared": 0,
     "phimoe": 0, "seed_oss": 0, "ctrl": 0, "xglm": 0, "doge": 0, "jetmoe": 0,
     # a recurrent state in the cache: one token per step (tests/llm/test_recurrent_llm.py)
-    "mamba": 0, "jamba": 0,
+    "mamba": 0, "jamba": 0, "mamba2": 0, "qwen3_next": 0,
 }  # fmt: skip
 
 
