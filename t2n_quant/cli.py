@@ -234,7 +234,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "'prefill-decode': two graphs sharing the weights, prefill for the prompt and decode "
         "for one token at a time (a fixed size there: tract plans matrix-vector products; "
         "each graph loaded holds its own copy of the weights in memory); logits of the last "
-        "position only",
+        "position only. A model with a recurrent state (Mamba, hybrids) has one graph of one "
+        "token per step: 'step' only",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_export_llm)

@@ -62,6 +62,12 @@ def export_causal_lm(
     large vocabulary otherwise returns T x vocab values). Feed the present tensors back as
     the next past.
 
+    A model whose cache holds a recurrent or convolution state (Mamba, hybrids: see
+    :func:`~t2n_core.llm.wrapper.cache_fields_of`) also takes and returns each such state
+    (``past_conv_state_i`` / ``past_recurrent_state_i``, fixed sizes) and one token per call
+    (``input_ids [B, 1]``, transformers' decode path); the first call passes zero states.
+    The check then runs a step on random states and one on zero states.
+
     ``dtype`` is the dtype of the cache and activations (``torch.float32`` or
     ``torch.float16``); by default the model's own. A dtype other than the model's exports a
     converted copy (the model itself is not changed; the copy costs memory). ``check=True``

@@ -67,10 +67,10 @@ class CacheField:
 
     @property
     def label(self) -> str:
-        """``key``, ``value``, ``conv_state``, ``recurrent_state``, ``indexer_key`` (+ ``_N``
-        for the N-th state of a layer that keeps several)."""
+        """``key``, ``value``, ``conv_state``, ``recurrent_state``, ``indexer_key``; ``conv_stateN``
+        for state N > 0 of a layer that keeps several (``past_conv_state2_0``: layer 0's third)."""
         label = self.attr[:-1] if self.attr.endswith("s") else self.attr
-        return f"{label}_{self.index}" if self.index else label
+        return f"{label}{self.index}" if self.index else label
 
     def input_name(self) -> str:
         return f"past_{self.label}_{self.layer}"
@@ -381,7 +381,11 @@ class CausalLMWithCache(nn.Module):
         """A copy of the cache a one-token forward left (its layers' classes and flags: a
         previous state is there), holding the past tensors; fixed-size states are cloned,
         since transformers updates them in place."""
-        from transformers.cache_utils import DynamicLayer
+        from transformers.cache_utils import (
+            DynamicLayer,
+            DynamicSlidingWindowLayer,
+            LinearAttentionAndFullAttentionLayer,
+        )
 
         template = _probed(self.model)[1]
         kv_only = {f.layer for f in self.fields} - {
@@ -396,6 +400,8 @@ class CausalLMWithCache(nn.Module):
             for key, value in vars(layer).items():  # the state dicts, flags by state index
                 if isinstance(value, (dict, list)):
                     setattr(copied, key, copy.copy(value))
+            if isinstance(layer, DynamicSlidingWindowLayer):  # its keys in full, like above
+                copied.__class__ = LinearAttentionAndFullAttentionLayer
             layers.append(copied)
         for field, tensor in zip(self.fields, past, strict=True):
             layer = layers[field.layer]

@@ -24,13 +24,15 @@ from tests.llm.generic_config import tiny_model
 @pytest.mark.parametrize(
     "model_type",
     ["mamba", *(pytest.param(t, marks=pytest.mark.slow) for t in (
-        "mamba2", "jamba", "falcon_h1", "qwen3_next", "granitemoehybrid", "lfm3"))],
+        "mamba2", "jamba", "falcon_h1", "qwen3_next", "granitemoehybrid", "lfm3",
+        "inkling_text"))],
 )  # fmt: skip
 def test_token_by_token_from_a_zero_state_is_the_prompt_path(model_type):
     """The step (transformers' decode path, the state said to be there) fed a prompt one token
     at a time from zeros gives the logits of the model's own prompt path on the whole prompt:
     a zero convolution window is the causal padding, a zero recurrent state the scan's start.
-    LFM3's sliding-window attention layer (window 4) runs on a full cache, past its window."""
+    LFM3's sliding-window attention layer (window 4) runs on a full cache, past its window, and
+    so do Inkling's layers of linear attention with a sliding window."""
     model = tiny_model(model_type)
     assert is_stateful(model)
     ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0))
