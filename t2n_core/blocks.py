@@ -196,7 +196,7 @@ class Site:
         leaves = list(self.leaves)
         it = iter(inputs)
         for pos in self.tensor_at:
-            leaves[pos] = next(it)
+            leaves[pos] = _complex_again(next(it), self.values_in[pos])
         views = []
         for (obj, adapter, names), pos in zip(self.states, self.state_at):
             view = adapter.view(obj, self.module, {n: next(it) for n in names})
@@ -248,6 +248,19 @@ def _block_fake(inputs: list[torch.Tensor], key: str) -> list[torch.Tensor]:
     if memo_key not in _MEMO:  # None: no rule, every call runs the block
         _MEMO[memo_key] = _ShapeRule.of(site, inputs[: site.n_user], outputs)
     return outputs
+
+
+def _real_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A complex block argument (Llama 4's rotary ``freqs_cis``) crosses the ``t2n::block``
+    call as its real view ``[..., 2]`` (NNEF has no complex tensors); the block's capture
+    takes it back with :func:`_complex_again`."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def _complex_again(tensor: torch.Tensor, original: Any) -> torch.Tensor:
+    if isinstance(original, torch.Tensor) and original.is_complex() and not tensor.is_complex():
+        return torch.view_as_complex(tensor)
+    return tensor
 
 
 def _dtypes_and_ranks(tensors: list[torch.Tensor]) -> tuple[Any, ...]:
@@ -500,7 +513,7 @@ class Blocks:
             site = self._site(path, module, original, args, kwargs)
             if site is None:
                 return original(*args, **kwargs)
-            inputs = [site.values_in[i] for i in site.tensor_at]
+            inputs = [_real_view(site.values_in[i]) for i in site.tensor_at]
             for obj, adapter, names in site.states:
                 state = adapter.tensors(obj, module)
                 inputs += [state[n] for n in names]
@@ -662,7 +675,7 @@ class _BlockCall(nn.Module):
         leaves = list(site.leaves)
         it = iter(tensors)
         for pos in site.tensor_at:
-            leaves[pos] = next(it)
+            leaves[pos] = _complex_again(next(it), site.values_in[pos])
         views = []
         for (obj, adapter, names), pos in zip(site.states, site.state_at):
             view = adapter.view(obj, site.module, {n: next(it) for n in names})

@@ -269,7 +269,7 @@ def trace_graph(
     except (TranslationError, UnsupportedOpsError) as exc:
         if captured.blocks is None:
             raise
-        reason = str(exc).splitlines()[0]
+        reason = " ".join(line.strip() for line in str(exc).splitlines()[:6])  # the ops too
         logger.warning(
             "repeated blocks of %s written flat (no fragments): %s", type(model).__name__, reason
         )

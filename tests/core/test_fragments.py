@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 
+import pytest
 import torch
 from torch import nn
 
@@ -265,3 +266,21 @@ def test_q4_0_conv_with_batch_norm_stays_in_its_fragment(tmp_path, caplog):
     assert result.op_histogram == flat.op_histogram
     with torch.no_grad():
         assert float(model(x).std()) > 0.1
+
+
+
+@pytest.mark.slow  # a Llama 4 export and its tract check: ~30 s
+def test_complex_block_argument_crosses_the_fragment_call_as_its_real_view(tmp_path, caplog):
+    """Llama 4's decoder layers take the complex rotary ``freqs_cis``: the block call passes
+    its real view and the fragment takes the complex value back (was: written flat, with a
+    warning naming the complex ``t2n.block`` calls)."""
+    from t2n_core.llm import export_causal_lm
+    from tests.llm.families import tiny
+
+    with caplog.at_level(logging.WARNING):
+        result = export_causal_lm(tiny("llama4_text"), tmp_path / "l4.nnef", progress=False)
+    assert result.check is not None and result.check.passed, str(result.check)
+    assert "written flat" not in caplog.text and "captured flat" not in caplog.text
+    text = graph_text(result.path)
+    assert text.count("fragment block_llama4_text_decoder_layer(") == 1
+    assert calls(text, "block_llama4_text_decoder_layer") == 2
