@@ -21,7 +21,9 @@ KNOWN_TO_WORK = (
     "Mellum", "MiMo-V2-Flash", "MiniMax-M2", "MiniMax-M3-VL (text)", "Ministral3",
     "ModernBERT decoder", "NanoChat", "Sarvam-MoE", "Solar Open", "TrOCR (decoder)",
     "VaultGemma", "Youtu", "MPT", "MiniCPM3", "GLM-4-MoE-Lite", "Sarvam-MLA",
-    "Whisper (decoder)", "HRM (text)",
+    "Whisper (decoder)", "HRM (text)", "DeepSeek-V2", "dots1", "Nemotron", "Fuyu (text)",
+    "Emu3 (text)", "Mllama (text)", "Phi-4-multimodal (text)", "Llama 4", "Gemma 4 (text)",
+    "JetMoE",
     # a recurrent / convolution state in the cache (one token per step), sweep f32 and q4_0
     "Mamba", "FalconMamba", "Jamba", "Nemotron-H", "Falcon-H1", "Mamba2", "Bamba",
     "Granite-MoE-hybrid", "Qwen3-Next", "Qwen3.5 (text)", "Qwen3.5-MoE (text)", "OLMo-hybrid",
