@@ -14,7 +14,7 @@ import torch.fx
 
 from t2n_core.emit import EmitContext
 from t2n_core.ir import Expr, Ref
-from t2n_core.ops._common import out_dtype
+from t2n_core.ops._common import exact_scalar, out_dtype
 from t2n_core.ops.registry import register
 
 aten = torch.ops.aten
@@ -68,6 +68,8 @@ def _pad(ctx: EmitContext, pad: Any, mode: str, value: float = 0.0) -> Ref:
     x = ctx.arg(0)
     dtype = out_dtype(ctx)
     rank = ctx.rank(x)
+    if mode == "constant" and any(isinstance(p, Expr) for p in pad):
+        return _symbolic_constant_pad(ctx, x, pad, value)
     pairs = _pairs(ctx, pad, rank)
     if mode == "circular":
         return _circular(ctx, x, pairs)
@@ -80,6 +82,48 @@ def _pad(ctx: EmitContext, pad: Any, mode: str, value: float = 0.0) -> Ref:
         return x
     attrs = {"padding": pairs, "border": _BORDER[mode], "value": float(value)}
     return ctx.emit_like("pad", [x], attrs)
+
+
+def _symbolic_constant_pad(ctx: EmitContext, x: Ref, pad: Any, value: float) -> Ref:
+    """Constant padding by sizes known only at run time (GIT pads its mask by the past length
+    ``P``): ``concat([full(before), x, full(after)])`` axis by axis, the filled parts broadcast
+    from the value to shapes that hold the symbolic sizes (taken as non-negative: a size)."""
+    rank = ctx.rank(x)
+    if len(pad) % 2 or len(pad) // 2 > rank:
+        raise ctx.error(f"pad list {list(pad)} does not fit an input of rank {rank}")
+    dtype = ctx.dtype(x)
+    shape: list[int | str] = list(ctx.shape(x))
+    fill = exact_scalar(ctx, value, dtype)
+    for i in range(len(pad) // 2):
+        axis = rank - 1 - i
+        amounts = [p.text if isinstance(p, Expr) else int(p) for p in pad[2 * i : 2 * i + 2]]
+        if any(isinstance(a, int) and a < 0 for a in amounts):
+            raise ctx.error(f"negative pad {amounts} beside a symbolic one is not supported")
+        parts: list[Ref] = []
+        for amount, side in zip(amounts, ("before", "after")):
+            if amount == 0:
+                continue
+            part_shape = list(shape)
+            part_shape[axis] = amount
+            parts.append(ctx.emit(
+                "tract_core_broadcast", [fill], {"shape": [_as_attr(d) for d in part_shape]},
+                dtype=dtype, shape=tuple(part_shape), hint=f"pad_{side}",
+            ))  # fmt: skip
+        if not parts:
+            continue
+        before = amounts[0] != 0
+        parts.insert(1 if before else 0, x)
+        for amount in amounts:
+            shape[axis] = _sum(shape[axis], amount)
+        x = ctx.emit("concat", [parts], {"axis": axis}, dtype=dtype, shape=tuple(shape),
+                     hint="pad")  # fmt: skip
+    return x
+
+
+def _sum(a: int | str, b: int | str) -> int | str:
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    return a if b == 0 else b if a == 0 else f"({a} + {b})"
 
 
 def _circular(ctx: EmitContext, x: Ref, pairs: list[tuple[int, int]]) -> Ref:

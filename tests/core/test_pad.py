@@ -56,3 +56,18 @@ def test_pad_modules(tmp_path, module):
 
 def test_constant_pad_integer_tensor(tmp_path):
     export_and_check(Pad((1, 2)), (torch.arange(12).reshape(3, 4),), tmp_path)
+
+
+class PadBySize(nn.Module):
+    """Constant padding by a size known only at run time (GIT pads its mask by the past
+    length): the last axis by the length of axis 1, and axis 1 by 2 before the length."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, x.shape[1], 2, x.shape[2]), value=-1.5)
+
+
+def test_constant_pad_by_symbolic_sizes(tmp_path):
+    export_and_check(
+        PadBySize(), (torch.randn(2, 3, 5),), tmp_path,
+        dynamic_axes={"x": {1: "T", 2: "S"}}, check_inputs=[(torch.randn(2, 6, 4),)],
+    )  # fmt: skip
