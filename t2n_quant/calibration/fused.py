@@ -149,6 +149,26 @@ void t2n_score(const float *x, int64_t n, int64_t k, int kind, const float *inv,
     }
 }
 
+/* the flat indices, in order, of the values of x (n) with |x| > t; returns their count */
+int64_t t2n_over(const float *x, int64_t n, float t, int64_t *out) {
+    int64_t m = 0, i = 0;
+#ifdef __AVX2__
+    const __m256 vt = _mm256_set1_ps(t), sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
+        unsigned bits = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(a, vt, _CMP_GT_OQ));
+        while (bits) {
+            out[m++] = i + __builtin_ctz(bits);
+            bits &= bits - 1;
+        }
+    }
+#endif
+    for (; i < n; i++) {
+        if (fabsf(x[i]) > t) out[m++] = i;
+    }
+    return m;
+}
+
 /* the portable loop, for the tests: the same results as the vector one */
 void t2n_score_scalar(const float *x, int64_t n, int64_t k, int kind, const float *inv,
                       const float *scale, const float *zero, float lo, float hi,
@@ -223,6 +243,8 @@ def _compile() -> ctypes.CDLL | None:
     for fn in (lib.t2n_score, lib.t2n_score_scalar):
         fn.restype = None
         fn.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_float, ctypes.c_float] + [p] * 4
+    lib.t2n_over.restype = i64
+    lib.t2n_over.argtypes = [p, i64, ctypes.c_float, p]
     return lib
 
 
@@ -252,6 +274,10 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(37, 64, generator=g) * torch.rand(37, 1, generator=g) * 4
     x[1], x[2, ::2], x[3] = 0.0, 1.5, torch.arange(64).float() / 2 - 16
+    for t in (0.0, 1.5, 0.17, 8.0):
+        if not torch.equal(over(x.view(-1), t, lib=lib), (x.view(-1).abs() > t).nonzero()[:, 0]):
+            logger.warning("the compiled threshold scan differs from torch's: using the eager ops")
+            return False
     for codec in (Q4_0Codec(), SymmetricCodec(4, 32), MinMaxCodec(3, 64), SymmetricCodec(8)):
         blocks = x.reshape(-1, codec.block_size(64))
         lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
@@ -353,3 +379,14 @@ def score(
         _ptr(u_out), _ptr(r_out), _ptr(err), _ptr(suu),
     )  # fmt: skip
     return err, suu
+
+
+def over(x: torch.Tensor, threshold: float, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """``(x.abs() > threshold).nonzero()[:, 0]`` of a flat float32 CPU tensor (one pass, no
+    mask; torch's ``nonzero`` takes about 10 passes' time), with :func:`kernel` (``lib``:
+    another library, for its check)."""
+    lib = kernel() if lib is None else lib
+    assert lib is not None and x.dim() == 1
+    at = torch.empty(x.numel(), dtype=torch.int64)
+    m = lib.t2n_over(_ptr(x), x.numel(), threshold, at.data_ptr())
+    return at[:m]

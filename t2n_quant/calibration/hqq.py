@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from t2n_quant.calibration import fused
 from t2n_quant.calibration.minmax import minmax_from_stats, signed_max
 from t2n_quant.calibration.mse import (
     STOP_GAIN,
@@ -24,8 +25,6 @@ from t2n_quant.calibration.mse import (
     gained_little,
     in_chunks,
     keep_better,
-    rowdot,
-    rowsum,
 )
 from t2n_quant.calibration.registry import register
 from t2n_quant.codecs.base import Codec, QParams
@@ -42,7 +41,8 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     return a.sub_(a.pow(p - 1.0).div_(beta)).relu_().copysign_(x)
 
 
-#: at most this share of the blocks shrunk alone (gathered); more, and all are shrunk
+#: at most this share of the blocks may pass the threshold for the values over it to be
+#: shrunk alone (gathered); more, and all are shrunk
 GATHER_SHARE = 0.5
 
 
@@ -108,36 +108,40 @@ def _shrink_sums(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per block ``sum e`` and (when ``u`` is given) ``sum e * u`` for
     ``e = shrink_lp(residual)``, where only the blocks ``candidates`` (indices; ``None``:
-    all) may hold a value over :func:`threshold`. Blocks of 32 values or more are gathered
-    and shrunk alone when they are few (:data:`GATHER_SHARE`; gathering single values costs
-    more than shrinking them all). ``residual`` is overwritten."""
-    n = residual.shape[0]
+    all) may hold a value over :func:`threshold`. When they are few (:data:`GATHER_SHARE`),
+    only the values over the threshold are shrunk (gathered; ``e`` is 0 elsewhere), and
+    added per block in column order; else all are. Each block's sums depend on its values
+    only (not on the other blocks, nor on the threads). ``residual`` is overwritten."""
+    n, k = residual.shape
     few = candidates is not None and candidates.numel() <= GATHER_SHARE * n
-    if not few or residual.shape[1] < 32:
+    if not few:
         magnitude = torch.abs(residual, out=fit.tmp)
-        return _shrink_rows(residual, magnitude, u, beta, p, fit.tmp)
-    assert candidates is not None
-    # the candidate blocks, gathered into buffers free during a step
-    m, spare = candidates.numel(), fit.spare_codes()
-    r = torch.index_select(residual, 0, candidates, out=fit.tmp[:m])
-    gathered_u = None if u is None else torch.index_select(u, 0, candidates, out=fit.work[:m])
-    se, seu = _shrink_rows(r, torch.abs(r, out=spare[:m]), gathered_u, beta, p, spare[:m])
-    se = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, candidates, se)
-    if seu is not None:
-        seu = torch.zeros(n, 1, dtype=r.dtype, device=r.device).index_copy_(0, candidates, seu)
-    return se, seu
+        e = _shrink(residual, magnitude, beta, p)
+        return fixed_rowsum(e), None if u is None else fixed_rowsum(e.mul_(u))
+    if fit.fused:
+        at = fused.over(residual.view(-1), threshold(beta, p))
+    else:
+        at = torch.abs(residual, out=fit.tmp).gt_(threshold(beta, p)).view(-1).nonzero()[:, 0]
+    r = residual.view(-1).index_select(0, at)
+    e = _shrink(r, r.abs(), beta, p)
+    rows = at.div(k, rounding_mode="floor")
+    zeros = torch.zeros(n, dtype=r.dtype, device=r.device)
+    se = zeros.clone().index_add_(0, rows, e).unsqueeze(1)
+    if u is None:
+        return se, None
+    eu = e.mul_(u.reshape(-1).index_select(0, at))
+    return se, zeros.index_add_(0, rows, eu).unsqueeze(1)
 
 
-def _shrink_rows(
-    r: torch.Tensor,
-    magnitude: torch.Tensor,
-    u: torch.Tensor | None,
-    beta: float,
-    p: float,
-    tmp: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``sum e`` (and ``sum e * u``) per row, ``e = shrink_lp(r)``; ``r`` and ``magnitude``
-    (``|r|``, may be ``tmp``) are overwritten, ``tmp`` (like ``r``) holds the products."""
+def fixed_rowsum(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(-1, keepdim=True)``: each row added alone, in an order set by its length
+    (unlike :func:`~t2n_quant.calibration.mse.rowsum`'s matrix-vector product for short
+    rows, whose result for a row may depend on the others in the call)."""
+    return x.sum(dim=-1, keepdim=True)
+
+
+def _shrink(r: torch.Tensor, magnitude: torch.Tensor, beta: float, p: float) -> torch.Tensor:
+    """``shrink_lp(r)``, in ``r``; ``magnitude`` (``|r|``) is overwritten."""
     # shrink_lp(r) = sign(r) relu(|r| - |r|**(p-1) / beta) = r - r min(1, |r|**(p-2) / beta)
     # |r|**(p-2) / beta as exp2((p-2) log1p(|r| - 1) / ln 2 - log2(beta)): vectorised, where
     # pow is not, and log1p is ~2x faster than log2 on CPU; 5e-7 relative from pow where
@@ -145,8 +149,7 @@ def _shrink_rows(
     log_r = magnitude.sub_(1.0).log1p_()
     shift = torch.tensor(-math.log2(beta), dtype=r.dtype, device=r.device)
     cut = torch.add(shift, log_r, alpha=(p - 2.0) / math.log(2.0), out=log_r).exp2_()
-    e = r.addcmul_(r, cut.clamp_(max=1.0), value=-1.0)
-    return rowsum(e), None if u is None else rowdot(e, u, out=tmp)
+    return r.addcmul_(r, cut.clamp_(max=1.0), value=-1.0)
 
 
 def _half_quadratic_step(

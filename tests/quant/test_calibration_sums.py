@@ -216,3 +216,28 @@ def test_hqq_residual_reach_bounds_the_residual(spec: str) -> None:
         params = QParams(scale, zero)
         residual = (x - codec.fake_quantize(x, params)).abs().amax(-1, keepdim=True)
         assert bool((residual_reach(codec, params, lo, hi) >= residual).all()), trial
+
+
+@pytest.mark.parametrize("spec", ["q4_0", "symmetric:4:g32", "minmax:3:g64", "minmax:2:g16"])
+def test_hqq_blocks_are_fitted_alone_on_any_thread_count(spec: str) -> None:
+    """Each block's hqq parameters depend on that block only (its shrink sums are added per
+    block in a fixed order), so they are the same with other blocks around it and on 1 or 2
+    threads."""
+    from t2n_quant.calibration.hqq import hqq_params
+
+    codec = Codec.from_spec(spec)
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(130, 256, generator=g) * torch.rand(130, 1, generator=g) * 2
+    blocks = w.reshape(-1, codec.block_size(256))
+    whole = hqq_params(codec, blocks)
+    part = hqq_params(codec, blocks[7:40])
+    assert torch.equal(part.scale, whole.scale[7:40])
+    assert part.zero is None or torch.equal(part.zero, whole.zero[7:40])  # type: ignore[index]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = hqq_params(codec, blocks)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(two.scale, whole.scale)
+    assert two.zero is None or torch.equal(two.zero, whole.zero)  # type: ignore[arg-type]

@@ -173,3 +173,12 @@ def test_a_torch_whose_ops_differ_gets_the_eager_path(
     monkeypatch.undo()
     monkeypatch.setattr(fused, "_state", {})
     assert fused.kernel() is not None
+
+
+def test_threshold_scan_is_torchs_nonzero() -> None:
+    """fused.over: the vector loop and the tail (1003 values), NaN, ties at the threshold."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1003, generator=g)
+    x[5], x[6], x[7], x[-1] = float("nan"), 0.5, -0.5, 3.0
+    for t in (0.0, 0.5, 2.0, 10.0):
+        assert torch.equal(fused.over(x, t), (x.abs() > t).nonzero()[:, 0])
