@@ -14,7 +14,9 @@ Header layout (little endian)::
     84  11 x u32  padding
 
 Khronos item types: 0 float, 1 unsigned int, 2 quantized (unused here),
-3 signed int, 4 bool (bits 1: one item per byte in tract's reader as well).
+3 signed int (tract reads 3 and 4 as signed), 5 bool: 8 bits, one item per byte (tract reads
+bits 1 as packed bits and refuses a 1-bit item type 4; archives written so before are still
+read here).
 tract's vendor types are listed in :class:`TractItemType`.
 """
 
@@ -41,7 +43,7 @@ class KhronosItemType(enum.IntEnum):
     UINT = 1
     QUANTIZED = 2
     INT = 3
-    BOOL = 4
+    BOOL = 5
 
 
 class TractItemType(enum.IntEnum):
@@ -62,7 +64,7 @@ _TORCH_TO_ITEM: dict[torch.dtype, tuple[KhronosItemType, int]] = {
     torch.int16: (KhronosItemType.INT, 16),
     torch.int8: (KhronosItemType.INT, 8),
     torch.uint8: (KhronosItemType.UINT, 8),
-    torch.bool: (KhronosItemType.BOOL, 1),
+    torch.bool: (KhronosItemType.BOOL, 8),
 }
 _ITEM_TO_NUMPY: dict[tuple[int, int], np.dtype] = {
     (KhronosItemType.FLOAT, 32): np.dtype("<f4"),
@@ -76,8 +78,9 @@ _ITEM_TO_NUMPY: dict[tuple[int, int], np.dtype] = {
     (KhronosItemType.UINT, 16): np.dtype("<u2"),
     (KhronosItemType.UINT, 32): np.dtype("<u4"),
     (KhronosItemType.UINT, 64): np.dtype("<u8"),
-    (KhronosItemType.BOOL, 1): np.dtype("?"),
     (KhronosItemType.BOOL, 8): np.dtype("?"),
+    (4, 1): np.dtype("?"),  # bool as t2n wrote it before (tract refused it)
+    (4, 8): np.dtype("?"),
 }
 
 

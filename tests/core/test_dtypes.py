@@ -173,3 +173,21 @@ def test_f16_model_half(tmp_path):
         dynamic_axes={"x": {1: "T"}}, check_inputs=[(torch.randn(2, 3, 8).half(),)],
     )  # fmt: skip
     assert result.outputs[0].dtype == "f16"
+
+
+class BoolBufferSelect(torch.nn.Module):
+    """A bool buffer stored as a variable (GPT-Neo's causal-mask ``bias``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("mask", torch.rand(6, 6, generator=generator) > 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, x, -x)
+
+
+def test_bool_variable_loads_in_tract(tmp_path):
+    """Bool ``.dat`` files are item type 5 with 8 bits (one item per byte): tract refused the
+    1-bit item type 4 written before ("Shape and len mismatch")."""
+    export_and_check(BoolBufferSelect(), (torch.randn(6, 6),), tmp_path)
