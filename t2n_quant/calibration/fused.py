@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -82,13 +83,30 @@ static inline float code_of(int kind, float x, float inv, float z, float lo, flo
     return clampf(nearbyintf(t + z), lo, hi) - z;                       /* minmax */
 }
 
+/* the values of the residual over a threshold, collected in order (see t2n_score) */
+typedef struct {
+    float t;
+    int64_t cap, m, row;
+    float *r, *u;
+    int64_t *rows;
+} taken_t;
+
+static inline void keep(taken_t *c, float r, float u) {
+    if (c->m < 0) return;
+    if (c->m >= c->cap) { c->m = -1; return; }
+    c->r[c->m] = r;
+    if (c->u) c->u[c->m] = u;
+    c->rows[c->m++] = c->row;
+}
+
 static void row_scalar(const float *x, int64_t k, int kind, float iv, float s, float z,
                        float lo, float hi, float *u_out, float *r_out, float *acc_r,
-                       float *acc_u) {
+                       float *acc_u, taken_t *c) {
     for (int64_t d = 0; d < k; d += 8) {
         for (int j = 0; j < 8; j++) {
             float u = code_of(kind, x[d + j], iv, z, lo, hi);
             float r = fmaf(-u, s, x[d + j]);
+            if (c && c->m >= 0 && fabsf(r) > c->t) keep(c, r, u);
             acc_r[j] = acc_r[j] + r * r;
             acc_u[j] = acc_u[j] + u * u;
             if (u_out) u_out[d + j] = u;
@@ -98,10 +116,21 @@ static void row_scalar(const float *x, int64_t k, int kind, float iv, float s, f
 }
 
 #ifdef __AVX2__
+/* per 8-lane mask, the lanes set, first: a permutation that packs them */
+static int32_t PACK[256][8];
+__attribute__((constructor)) static void init_pack(void) {
+    for (int b = 0; b < 256; b++) {
+        int n = 0;
+        for (int j = 0; j < 8; j++) if (b & (1 << j)) PACK[b][n++] = j;
+        while (n < 8) PACK[b][n++] = 0;
+    }
+}
+
 #define ROUND_EVEN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 static void row_avx2(const float *x, int64_t k, int kind, float iv, float s, float z,
                      float lo, float hi, float *u_out, float *r_out, float *acc_r,
-                     float *acc_u) {
+                     float *acc_u, taken_t *c) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), vt = _mm256_set1_ps(c ? c->t : 0.0f);
     const __m256 vi = _mm256_set1_ps(iv), vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z);
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
     const __m256 half8 = _mm256_set1_ps(8.5f), eight = _mm256_set1_ps(8.0f);
@@ -121,6 +150,27 @@ static void row_avx2(const float *x, int64_t k, int kind, float iv, float s, flo
             u = _mm256_sub_ps(_mm256_min_ps(vhi, _mm256_max_ps(vlo, t)), vz);
         }
         __m256 r = _mm256_fnmadd_ps(u, vs, xv);
+        if (c && c->m >= 0) {
+            __m256 over = _mm256_cmp_ps(_mm256_andnot_ps(sign, r), vt, _CMP_GT_OQ);
+            unsigned bits = (unsigned)_mm256_movemask_ps(over);
+            if (bits && c->m + 8 <= c->cap) {  /* packed: 8 written, popcount kept */
+                __m256i pack = _mm256_loadu_si256((const __m256i *)PACK[bits]);
+                __m256i row = _mm256_set1_epi64x(c->row);
+                _mm256_storeu_ps(c->r + c->m, _mm256_permutevar8x32_ps(r, pack));
+                if (c->u) _mm256_storeu_ps(c->u + c->m, _mm256_permutevar8x32_ps(u, pack));
+                _mm256_storeu_si256((__m256i *)(c->rows + c->m), row);
+                _mm256_storeu_si256((__m256i *)(c->rows + c->m + 4), row);
+                c->m += __builtin_popcount(bits);
+            } else if (bits) {
+                float rb[8], ub[8];
+                _mm256_storeu_ps(rb, r);
+                _mm256_storeu_ps(ub, u);
+                for (; bits; bits &= bits - 1) {
+                    int j = __builtin_ctz(bits);
+                    keep(c, rb[j], ub[j]);
+                }
+            }
+        }
         ar = _mm256_add_ps(ar, _mm256_mul_ps(r, r));
         au = _mm256_add_ps(au, _mm256_mul_ps(u, u));
         if (u_out) _mm256_storeu_ps(u_out + d, u);
@@ -131,58 +181,36 @@ static void row_avx2(const float *x, int64_t k, int kind, float iv, float s, flo
 }
 #endif
 
-void t2n_score(const float *x, int64_t n, int64_t k, int kind, const float *inv,
-               const float *scale, const float *zero, float lo, float hi,
-               float *u_out, float *r_out, float *err, float *suu) {
-    if (kind == 0) { lo = 0.0f; hi = 15.0f; }
-    for (int64_t i = 0; i < n; i++) {
-        float acc_r[8] = {0}, acc_u[8] = {0};
-        float z = zero ? zero[i] : 0.0f;
-        float *uo = u_out ? u_out + i * k : 0, *ro = r_out ? r_out + i * k : 0;
+/* t >= 0: also the residual's values with |r| > t, in order, into r_t, with their codes
+   (into u_t, if given) and rows, at most cap of them; returns their count, -1 past cap */
+#define SCORE_ARGS const float *x, int64_t n, int64_t k, int kind, const float *inv, \
+    const float *scale, const float *zero, float lo, float hi, float *u_out, float *r_out, \
+    float *err, float *suu, float t, int64_t cap, float *r_t, float *u_t, int64_t *rows_t
 #ifdef __AVX2__
-        row_avx2(x + i * k, k, kind, inv[i], scale[i], z, lo, hi, uo, ro, acc_r, acc_u);
+#define ROW row_avx2
 #else
-        row_scalar(x + i * k, k, kind, inv[i], scale[i], z, lo, hi, uo, ro, acc_r, acc_u);
+#define ROW row_scalar
 #endif
-        err[i] = finish(acc_r);
-        if (suu) suu[i] = finish(acc_u);
-    }
-}
+#define SCORE_BODY(row_fn) \
+    if (kind == 0) { lo = 0.0f; hi = 15.0f; } \
+    taken_t taken = {t, cap, 0, 0, r_t, u_t, rows_t}; \
+    taken_t *c = t >= 0.0f ? &taken : 0; \
+    for (int64_t i = 0; i < n; i++) { \
+        float acc_r[8] = {0}, acc_u[8] = {0}; \
+        float z = zero ? zero[i] : 0.0f; \
+        float *uo = u_out ? u_out + i * k : 0, *ro = r_out ? r_out + i * k : 0; \
+        taken.row = i; \
+        row_fn(x + i * k, k, kind, inv[i], scale[i], z, lo, hi, uo, ro, acc_r, acc_u, c); \
+        err[i] = finish(acc_r); \
+        if (suu) suu[i] = finish(acc_u); \
+    } \
+    return taken.m;
 
-/* the flat indices, in order, of the values of x (n) with |x| > t; returns their count */
-int64_t t2n_over(const float *x, int64_t n, float t, int64_t *out) {
-    int64_t m = 0, i = 0;
-#ifdef __AVX2__
-    const __m256 vt = _mm256_set1_ps(t), sign = _mm256_set1_ps(-0.0f);
-    for (; i + 8 <= n; i += 8) {
-        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
-        unsigned bits = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(a, vt, _CMP_GT_OQ));
-        while (bits) {
-            out[m++] = i + __builtin_ctz(bits);
-            bits &= bits - 1;
-        }
-    }
-#endif
-    for (; i < n; i++) {
-        if (fabsf(x[i]) > t) out[m++] = i;
-    }
-    return m;
-}
+int64_t t2n_score(SCORE_ARGS) { SCORE_BODY(ROW) }
 
 /* the portable loop, for the tests: the same results as the vector one */
-void t2n_score_scalar(const float *x, int64_t n, int64_t k, int kind, const float *inv,
-                      const float *scale, const float *zero, float lo, float hi,
-                      float *u_out, float *r_out, float *err, float *suu) {
-    if (kind == 0) { lo = 0.0f; hi = 15.0f; }
-    for (int64_t i = 0; i < n; i++) {
-        float acc_r[8] = {0}, acc_u[8] = {0};
-        float z = zero ? zero[i] : 0.0f;
-        float *uo = u_out ? u_out + i * k : 0, *ro = r_out ? r_out + i * k : 0;
-        row_scalar(x + i * k, k, kind, inv[i], scale[i], z, lo, hi, uo, ro, acc_r, acc_u);
-        err[i] = finish(acc_r);
-        if (suu) suu[i] = finish(acc_u);
-    }
-}
+int64_t t2n_score_scalar(SCORE_ARGS) { SCORE_BODY(row_scalar) }
+
 """
 
 
@@ -240,11 +268,10 @@ def _compile() -> ctypes.CDLL | None:
                     detail.decode(errors="replace")[-500:])  # fmt: skip
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
+    f32 = ctypes.c_float
     for fn in (lib.t2n_score, lib.t2n_score_scalar):
-        fn.restype = None
-        fn.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, ctypes.c_float, ctypes.c_float] + [p] * 4
-    lib.t2n_over.restype = i64
-    lib.t2n_over.argtypes = [p, i64, ctypes.c_float, p]
+        fn.restype = i64
+        fn.argtypes = [p, i64, i64, ctypes.c_int, p, p, p, f32, f32, *[p] * 4, f32, i64, p, p, p]
     return lib
 
 
@@ -274,10 +301,6 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(37, 64, generator=g) * torch.rand(37, 1, generator=g) * 4
     x[1], x[2, ::2], x[3] = 0.0, 1.5, torch.arange(64).float() / 2 - 16
-    for t in (0.0, 1.5, 0.17, 8.0):
-        if not torch.equal(over(x.view(-1), t, lib=lib), (x.view(-1).abs() > t).nonzero()[:, 0]):
-            logger.warning("the compiled threshold scan differs from torch's: using the eager ops")
-            return False
     for codec in (Q4_0Codec(), SymmetricCodec(4, 32), MinMaxCodec(3, 64), SymmetricCodec(8)):
         blocks = x.reshape(-1, codec.block_size(64))
         lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
@@ -293,8 +316,14 @@ def _agrees_with_torch(lib: ctypes.CDLL) -> bool:
         want = [torch.linalg.vector_norm(t, dim=-1, keepdim=True).square_() for t in (r, u)]
         got_u, got_r = torch.empty_like(blocks), torch.empty_like(blocks)
         inv = reciprocal(codec, params, stored)
-        got = score(codec, blocks, inv, stored.scale.float(), z, got_u, got_r, True, lib=lib)
+        taken, eager = Taken(0.3 * float(scale.mean()), 10**6, True), Taken(0.0, 10**6, True)
+        eager.threshold = taken.threshold
+        got = score(codec, blocks, inv, stored.scale.float(), z, got_u, got_r, True, lib=lib,
+                    taken=taken)  # fmt: skip
+        eager.take_eager(r, u)
         pairs = [(got[0], want[0]), (got[1], want[1]), (got_u, u), (got_r, r)]
+        assert taken.values is not None and eager.values is not None
+        pairs += list(zip(taken.values, eager.values, strict=True))  # type: ignore[arg-type]
         if not all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in pairs):
             logger.warning(
                 "the compiled mse / hqq scoring pass differs from this torch build's CPU ops "
@@ -358,13 +387,15 @@ def score(
     with_suu: bool,
     portable: bool = False,
     lib: ctypes.CDLL | None = None,
+    taken: Taken | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per block ``(sum r*r, sum u*u)`` (columns; the second ``None`` without ``with_suu``),
     writing the codes less the zero point into ``u_out`` and the residual into ``r_out``
     when given. ``inv`` is the reciprocal the codec multiplies by, ``scale`` / ``zero`` the
     stored parameters as float32 (see the module docstring); :func:`usable` must hold.
     ``portable`` takes the plain C loop instead of the AVX2 one (for the tests); ``lib``,
-    a library other than :func:`kernel`'s (its check)."""
+    a library other than :func:`kernel`'s (its check). ``taken``: also collect the
+    residual's values over its threshold, as :func:`over_eager` (in the same pass)."""
     lib = kernel() if lib is None else lib
     found = kind_of(codec)
     assert lib is not None and found is not None
@@ -374,19 +405,48 @@ def score(
     suu = torch.empty(n, 1) if with_suu else None
     cols = [c.contiguous() for c in (inv, scale)]
     z = None if zero is None else zero.contiguous()
-    (lib.t2n_score_scalar if portable else lib.t2n_score)(
+    t, cap, r_t, u_t, rows_t = -1.0, 0, None, None, None
+    if taken is not None:
+        t, cap = taken.threshold, min(taken.cap, n * k)
+        r_t, rows_t = torch.empty(cap), torch.empty(cap, dtype=torch.int64)
+        u_t = torch.empty(cap) if taken.with_u else None
+    m = (lib.t2n_score_scalar if portable else lib.t2n_score)(
         _ptr(blocks), n, k, kind, _ptr(cols[0]), _ptr(cols[1]), _ptr(z), lo, hi,
-        _ptr(u_out), _ptr(r_out), _ptr(err), _ptr(suu),
+        _ptr(u_out), _ptr(r_out), _ptr(err), _ptr(suu), t, cap, _ptr(r_t), _ptr(u_t),
+        None if rows_t is None else rows_t.data_ptr(),
     )  # fmt: skip
+    if taken is not None:
+        taken.fill(None if m < 0 else (r_t[:m], None if u_t is None else u_t[:m], rows_t[:m]))  # type: ignore[index]
     return err, suu
 
 
-def over(x: torch.Tensor, threshold: float, lib: ctypes.CDLL | None = None) -> torch.Tensor:
-    """``(x.abs() > threshold).nonzero()[:, 0]`` of a flat float32 CPU tensor (one pass, no
-    mask; torch's ``nonzero`` takes about 10 passes' time), with :func:`kernel` (``lib``:
-    another library, for its check)."""
-    lib = kernel() if lib is None else lib
-    assert lib is not None and x.dim() == 1
-    at = torch.empty(x.numel(), dtype=torch.int64)
-    m = lib.t2n_over(_ptr(x), x.numel(), threshold, at.data_ptr())
-    return at[:m]
+@dataclass
+class Taken:
+    """What a score collects besides (:func:`score`, :func:`over_eager`): the residual's
+    values with ``|r| > threshold``, in order, at most ``cap`` of them, with their codes
+    (``with_u``) and rows; ``values`` is ``None`` past ``cap``."""
+
+    threshold: float
+    cap: int
+    with_u: bool
+    values: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+
+    def fill(self, values: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None) -> None:
+        self.values = values
+
+    def take_eager(self, r: torch.Tensor, u: torch.Tensor | None) -> None:
+        """:meth:`fill` from the residual ``r`` and the codes ``u`` with torch ops."""
+        found = over_eager(r, u if self.with_u else None, self.threshold)
+        self.fill(found if found[0].numel() <= self.cap else None)
+
+
+
+def over_eager(
+    x: torch.Tensor, u: torch.Tensor | None, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The values of ``x`` (rows) with ``|x| > threshold`` in order, ``u``'s values there
+    (``u`` like ``x``, or ``None``) and their rows."""
+    at = (x.abs() > threshold).nonzero()
+    flat = at[:, 0] * x.shape[1] + at[:, 1]
+    took_u = None if u is None else u.reshape(-1).index_select(0, flat)
+    return x.reshape(-1).index_select(0, flat), took_u, at[:, 0].contiguous()

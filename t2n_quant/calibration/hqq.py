@@ -41,61 +41,15 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     return a.sub_(a.pow(p - 1.0).div_(beta)).relu_().copysign_(x)
 
 
-#: at most this share of the blocks may pass the threshold for the values over it to be
-#: shrunk alone (gathered); more, and all are shrunk
-GATHER_SHARE = 0.5
+#: at most this share of the values may pass the threshold for them to be collected while
+#: a candidate is scored and shrunk alone; more, and all are shrunk (about where shrinking
+#: all costs less)
+COLLECT_SHARE = 0.125
 
 
 def threshold(beta: float, p: float) -> float:
     """``shrink_lp`` is zero where ``|x| <= beta ** (-1 / (2 - p))``."""
     return beta ** (-1.0 / (2.0 - p))
-
-
-def level_bounds(codec: Codec) -> tuple[float, float, float]:
-    """The lowest and highest level of a codec without a zero point and the widest gap
-    between two levels, at least 1 (:meth:`~t2n_quant.codecs.Codec.levels`).
-
-    >>> from t2n_quant.codecs import Q4_0Codec
-    >>> level_bounds(Q4_0Codec())
-    (-8.0, 7.0, 1.0)
-    """
-    levels = codec.levels().sort().values
-    step = max(1.0, float((levels[1:] - levels[:-1]).max()))  # a code book's widest gap
-    return float(levels[0]), float(levels[-1]), step
-
-
-def residual_reach(
-    codec: Codec,
-    params: QParams,
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    bounds: tuple[float, float, float] | None = None,
-) -> torch.Tensor:
-    """Per block, a bound on ``|x - value|`` under ``params`` from the block's minimum ``lo``
-    and maximum ``hi``: half a step (the widest gap of a code book's levels; 1/64 of a step
-    more, for the rounding of ``x / scale`` and q4_0's f32 scale against its stored f16 one)
-    where nothing clips, and how far the extremes lie beyond the values the codes reach.
-    ``bounds``: the codec's :func:`level_bounds`, when the caller has them.
-
-    >>> from t2n_quant.codecs import MinMaxCodec
-    >>> reach = residual_reach(MinMaxCodec(bits=2, group_size=16),
-    ...     QParams(torch.tensor([[1.0]]), torch.tensor([[1.0]])), torch.tensor([[-1.0]]),
-    ...     torch.tensor([[2.5]]))
-    >>> reach.item()  # codes 0..3 reach -1..2: 2.5 clips by 0.5, as far as half a step
-    0.515625
-    """
-    stored = codec.store(params)
-    s = stored.scale.float()
-    if stored.zero is not None:
-        bottom = torch.mul(stored.zero.float(), s).neg_()
-        top = torch.add(bottom, s, alpha=float(codec.qmax))
-        step = 1.0
-    else:
-        lowest, highest, step = level_bounds(codec) if bounds is None else bounds
-        low, high = torch.mul(s, lowest), torch.mul(s, highest)
-        bottom, top = torch.minimum(low, high), torch.maximum(low, high)
-    beyond = torch.maximum(hi - top, bottom.sub_(lo))
-    return torch.maximum(s.abs().mul_(step * (0.5 + 1 / 64)), beyond)
 
 
 def _shrink_sums(
@@ -104,33 +58,27 @@ def _shrink_sums(
     u: torch.Tensor | None,
     beta: float,
     p: float,
-    candidates: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    taken: fused.Taken | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per block ``sum e`` and (when ``u`` is given) ``sum e * u`` for
-    ``e = shrink_lp(residual)``, where only the blocks ``candidates`` (indices; ``None``:
-    all) may hold a value over :func:`threshold`. When they are few (:data:`GATHER_SHARE`),
-    only the values over the threshold are shrunk (gathered; ``e`` is 0 elsewhere), and
-    added per block in column order; else all are. Each block's sums depend on its values
-    only (not on the other blocks, nor on the threads). ``residual`` is overwritten."""
-    n, k = residual.shape
-    few = candidates is not None and candidates.numel() <= GATHER_SHARE * n
-    if not few:
-        magnitude = torch.abs(residual, out=fit.tmp)
-        e = _shrink(residual, magnitude, beta, p)
+    ``e = shrink_lp(residual)`` (``None``: all 0). ``taken``, when it holds them, has the
+    values over :func:`threshold` (``e`` is 0 elsewhere), which are shrunk alone and added
+    per block in column order; else all values are shrunk (``residual`` is overwritten).
+    Either way a block's sums do not depend on the threads."""
+    n = residual.shape[0]
+    if taken is None or taken.values is None:
+        e = _shrink(residual, torch.abs(residual, out=fit.tmp), beta, p)
         return fixed_rowsum(e), None if u is None else fixed_rowsum(e.mul_(u))
-    if fit.fused:
-        at = fused.over(residual.view(-1), threshold(beta, p))
-    else:
-        at = torch.abs(residual, out=fit.tmp).gt_(threshold(beta, p)).view(-1).nonzero()[:, 0]
-    r = residual.view(-1).index_select(0, at)
+    r, took_u, rows = taken.values
+    if not r.numel():
+        return None, None
     e = _shrink(r, r.abs(), beta, p)
-    rows = at.div(k, rounding_mode="floor")
     zeros = torch.zeros(n, dtype=r.dtype, device=r.device)
     se = zeros.clone().index_add_(0, rows, e).unsqueeze(1)
     if u is None:
         return se, None
-    eu = e.mul_(u.reshape(-1).index_select(0, at))
-    return se, zeros.index_add_(0, rows, eu).unsqueeze(1)
+    assert took_u is not None
+    return se, zeros.index_add_(0, rows, e.mul_(took_u)).unsqueeze(1)
 
 
 def fixed_rowsum(x: torch.Tensor) -> torch.Tensor:
@@ -153,25 +101,14 @@ def _shrink(r: torch.Tensor, magnitude: torch.Tensor, beta: float, p: float) -> 
 
 
 def _half_quadratic_step(
-    fit: BlockFit,
-    cur: Scored,
-    beta: float,
-    p: float,
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    bounds: tuple[float, float, float] | None = None,
+    fit: BlockFit, cur: Scored, beta: float, p: float, taken: fused.Taken | None
 ) -> QParams:
-    """The next parameters; ``lo`` / ``hi`` are the blocks' minima / maxima, ``bounds`` the
-    codec's :func:`level_bounds` (codecs without a zero point)."""
+    """The next parameters; ``taken``: what scoring ``cur`` collected (see
+    :func:`_shrink_sums`)."""
     codec = fit.codec
     assert cur.residual is not None and (codec.has_zero or cur.u is not None)
     u = None if codec.has_zero else cur.u
-    # the blocks whose residual may pass the threshold, from their bounds (no pass over them)
-    reach = residual_reach(codec, cur.params, lo, hi, bounds).view(-1)
-    candidates = (reach > threshold(beta, p)).nonzero().squeeze(1)
-    se = seu = None
-    if candidates.numel():
-        se, seu = _shrink_sums(fit, cur.residual, u, beta, p, candidates)
+    se, seu = _shrink_sums(fit, cur.residual, u, beta, p, taken)
     if codec.has_zero:
         # the zero point whose values have the mean of x - e: z + (sum u - sum(x - e) / s) / n
         assert cur.su is not None and fit.sx is not None and cur.params.zero is not None
@@ -221,18 +158,26 @@ def _hqq(
     # zero-point steps read the residual and sum u only: the residual may take the codes' place
     scale_step = not codec.has_zero
     fit = BlockFit(codec, blocks, scale_sums=scale_step, scratch=scratch, keep_codes=scale_step)
-    lo = blocks.amin(dim=-1, keepdim=True)
-    hi = blocks.amax(dim=-1, keepdim=True)
     if codec.scale_rule == "signed_max" and not codec.has_zero:  # as minmax_params
+        lo, hi = blocks.amin(dim=-1, keepdim=True), blocks.amax(dim=-1, keepdim=True)
         m = signed_max(blocks, lo, hi)
         start = minmax_from_stats(codec, m, m, m)
     else:
+        lo, hi = blocks.amin(dim=-1, keepdim=True), blocks.amax(dim=-1, keepdim=True)
         start = minmax_from_stats(codec, lo, hi, None)
+    cap = int(COLLECT_SHARE * blocks.numel())
+
+    def collect(b: float) -> fused.Taken:
+        return fused.Taken(threshold(b, p), cap, with_u=scale_step)
+
+    fit.taken = collect(beta)
     best = cur = fit.score(start)
-    bounds = None if codec.has_zero else level_bounds(codec)  # once, not per step
     for i in range(iters):
         last = i == iters - 1
-        params = _half_quadratic_step(fit, cur, beta, p, lo, hi, bounds)
+        params = _half_quadratic_step(fit, cur, beta, p, fit.taken)
+        # past the cap once, the next residual (as near the same values) would be too
+        overflowed = fit.taken is None or fit.taken.values is None
+        fit.taken = None if last or overflowed else collect(beta * kappa)
         cur = fit.score(params, sums=not last)
         before, best = best, keep_better(best, cur, sums=False)
         if not last and gained_little(before.error, best.error, tol):

@@ -218,6 +218,9 @@ class BlockFit:
         self.work, self.tmp, *codes = scratch.lend(blocks)
         self.codes = (codes[0], codes[1]) if keep_codes else (self.work, self.work)
         self.scored = 0
+        #: when set, the next :meth:`score` also collects the residual's values over its
+        #: threshold (a half-quadratic step shrinks them)
+        self.taken: fused.Taken | None = None
 
     def score(self, params: QParams, sums: bool = True) -> Scored:
         """``params``' codes and error; with ``sums``, also the sums the next fit needs."""
@@ -241,6 +244,8 @@ class BlockFit:
         )
         weighted = residual if self.root_w is None else residual * self.root_w
         error = squared_norm(weighted)
+        if self.taken is not None:
+            self.taken.take_eager(residual, u if self.keep_codes else None)
         kept = u if self.keep_codes else None
         return self._scored(params, kept, error, suu, su, residual, scale)
 
@@ -258,7 +263,7 @@ class BlockFit:
         r_out = self.work if self.keep_residual else None
         error, suu = fused.score(
             codec, self.blocks, fused.reciprocal(codec, params, stored), scale, zero,
-            u_out, r_out, sums and self.scale_sums,
+            u_out, r_out, sums and self.scale_sums, taken=self.taken,
         )  # fmt: skip
         su = rowsum(u_out) if su_needed and u_out is not None else None
         kept = u_out if self.keep_codes else None

@@ -170,10 +170,11 @@ def test_starts_are_minmax_exactly(codec: Codec) -> None:
 
 
 @pytest.mark.parametrize("rows_over", [0, 2, 30])
-def test_hqq_shrink_gathered_or_dense_same_sums(rows_over: int) -> None:
-    """_shrink_sums on the candidate blocks alone (gathered, when few), on many candidates and
-    on all blocks (dense) against shrink_lp summed directly."""
-    from t2n_quant.calibration.hqq import _shrink_sums, shrink_lp
+def test_hqq_shrink_collected_or_dense_same_sums(rows_over: int) -> None:
+    """_shrink_sums from the values over the threshold alone (collected while scoring) and
+    from all of them (dense) against shrink_lp summed directly."""
+    from t2n_quant.calibration import fused
+    from t2n_quant.calibration.hqq import _shrink_sums, shrink_lp, threshold
 
     codec = Q4_0Codec()
     g = torch.Generator().manual_seed(9)
@@ -182,47 +183,22 @@ def test_hqq_shrink_gathered_or_dense_same_sums(rows_over: int) -> None:
     u = torch.randint(-8, 8, (32, 32), generator=g).float()
     e = shrink_lp(r, beta=10.0, p=0.7)
     fit = BlockFit(codec, torch.randn(32, 32))
-    over = torch.arange(max(rows_over, 1))  # a candidate holding nothing over: e = 0 there
-    for candidates in (over, torch.arange(20), None):
-        se, seu = _shrink_sums(fit, r.clone(), u, 10.0, 0.7, candidates)
-        assert seu is not None
+    taken = fused.Taken(threshold(10.0, 0.7), 1000, with_u=True)
+    taken.take_eager(r, u)
+    for t in (taken, None):
+        se, seu = _shrink_sums(fit, r.clone(), u, 10.0, 0.7, t)
+        if rows_over == 0 and t is not None:
+            assert se is None and seu is None
+            continue
+        assert se is not None and seu is not None
         torch.testing.assert_close(se, e.sum(-1, keepdim=True), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(seu, (e * u).sum(-1, keepdim=True), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "spec", ["q4_0", "symmetric:4:g32", "minmax:2:g16", "symmetric:8:g16", "minmax:3:g64", "nf4"]
-)
-def test_hqq_residual_reach_bounds_the_residual(spec: str) -> None:
-    """residual_reach is at least every block's largest |x - value|, for min-max parameters
-    and for scales and zero points moved off them (clipping on either side), heavy tails
-    and all-zero blocks included: hqq shrinks only the blocks it flags."""
-    from t2n_quant.calibration.hqq import residual_reach
-
-    codec = Codec.from_spec(spec)
-    x = scaled_blocks(codec, 1.0, seed=11)
-    x[::5] *= torch.linspace(0.1, 30.0, x.shape[1])  # outliers
-    x[3] = 0.0
-    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    start = minmax_params(codec, x)
-    g = torch.Generator().manual_seed(12)
-    for trial in range(6):
-        factor = 1.0 if trial == 0 else torch.empty(x.shape[0], 1).uniform_(0.3, 1.5, generator=g)
-        scale = (start.scale * factor).to(codec.storage_dtype).float() if trial else start.scale
-        zero = None
-        if codec.has_zero:
-            shift = torch.empty(x.shape[0], 1).uniform_(-2.0, 2.0, generator=g) if trial else 0.0
-            zero = (start.zero + shift).clamp(0.0, float(codec.qmax))
-        params = QParams(scale, zero)
-        residual = (x - codec.fake_quantize(x, params)).abs().amax(-1, keepdim=True)
-        assert bool((residual_reach(codec, params, lo, hi) >= residual).all()), trial
-
-
 @pytest.mark.parametrize("spec", ["q4_0", "symmetric:4:g32", "minmax:3:g64", "minmax:2:g16"])
 def test_hqq_blocks_are_fitted_alone_on_any_thread_count(spec: str) -> None:
-    """Each block's hqq parameters depend on that block only (its shrink sums are added per
-    block in a fixed order), so they are the same with other blocks around it and on 1 or 2
-    threads."""
+    """Each block's hqq shrink sums are added per block in a fixed order, so its parameters
+    are the same on 1 or 2 threads, and with other blocks around it (the same path here)."""
     from t2n_quant.calibration.hqq import hqq_params
 
     codec = Codec.from_spec(spec)

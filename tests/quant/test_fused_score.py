@@ -175,10 +175,34 @@ def test_a_torch_whose_ops_differ_gets_the_eager_path(
     assert fused.kernel() is not None
 
 
-def test_threshold_scan_is_torchs_nonzero() -> None:
-    """fused.over: the vector loop and the tail (1003 values), NaN, ties at the threshold."""
-    g = torch.Generator().manual_seed(8)
-    x = torch.randn(1003, generator=g)
-    x[5], x[6], x[7], x[-1] = float("nan"), 0.5, -0.5, 3.0
-    for t in (0.0, 0.5, 2.0, 10.0):
-        assert torch.equal(fused.over(x, t), (x.abs() > t).nonzero()[:, 0])
+@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+def test_values_over_a_threshold_collected_while_scoring(codec: Codec) -> None:
+    """fused.score's collection (vector and portable loop) against Taken.take_eager: the
+    residual's values over the threshold in order, their codes and rows; None past cap."""
+    x = awkward_blocks(codec, seed=12)
+    params = minmax_params(codec, x)
+    params = QParams(params.scale * 0.9, params.zero)
+    stored = codec.store(params)
+    zero = None if stored.zero is None else stored.zero.float()
+    inv = fused.reciprocal(codec, params, stored)
+    t = 0.3 * float(stored.scale.float().abs().mean())
+    u, r = torch.empty_like(x), torch.empty_like(x)
+    fused.score(codec, x, inv, stored.scale.float(), zero, u, r, True)
+    want = fused.Taken(t, x.numel(), with_u=True)
+    want.take_eager(r, u)
+    assert want.values is not None and want.values[0].numel() > 0
+    for portable in (False, True):
+        for with_u in (True, False):
+            got = fused.Taken(t, x.numel(), with_u=with_u)
+            fused.score(codec, x, inv, stored.scale.float(), zero, None, None, False, portable,
+                        taken=got)  # fmt: skip
+            assert got.values is not None
+            assert_same(got.values[0], want.values[0], "values")
+            assert torch.equal(got.values[2], want.values[2])
+            assert (got.values[1] is None) == (not with_u)
+            if with_u:
+                assert_same(got.values[1], want.values[1], "codes")
+        few = fused.Taken(t, want.values[0].numel() - 1, with_u=True)
+        fused.score(codec, x, inv, stored.scale.float(), zero, None, None, False, portable,
+                    taken=few)  # fmt: skip
+        assert few.values is None
