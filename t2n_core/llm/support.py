@@ -27,7 +27,8 @@ KNOWN_TO_WORK = (
     # a recurrent / convolution state in the cache (one token per step), sweep f32 and q4_0
     "Mamba", "FalconMamba", "Jamba", "Nemotron-H", "Falcon-H1", "Mamba2", "Bamba",
     "Granite-MoE-hybrid", "Qwen3-Next", "Qwen3.5 (text)", "Qwen3.5-MoE (text)", "OLMo-hybrid",
-    "Lara-mini", "LFM2 (with conv layers)", "LFM3", "Inkling (text)", "ZAYA",
+    "Lara-mini", "LFM2 (with conv layers)", "LFM3", "Inkling (text)", "ZAYA", "Kimi-Linear",
+    "Bailing-hybrid",
 )  # fmt: skip
 
 #: what a user of an architecture outside the list reads (see docs/llm-architectures.md)

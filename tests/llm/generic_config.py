@@ -43,7 +43,8 @@ SMALL: dict[str, Any] = {
     **dict.fromkeys(("qk_head_dim",), 16),  # qk_nope_head_dim + qk_rope_head_dim
     **dict.fromkeys(("hidden_size_per_layer_input", "index_head_dim"), 16),
     **dict.fromkeys(("linear_num_key_heads", "linear_num_value_heads"), 2),
-    **dict.fromkeys(("linear_key_head_dim", "linear_value_head_dim"), 16),
+    **dict.fromkeys(("linear_key_head_dim", "linear_value_head_dim", "linear_head_dim"), 16),
+    **dict.fromkeys(("linear_num_heads",), 4),
     **dict.fromkeys(("sliding_window", "attention_window_size", "window_size"), 4),
     # hybrids placing attention / experts every k-th layer: one of each within 2 layers
     **dict.fromkeys(("attn_layer_period", "expert_layer_period", "full_attention_interval",
@@ -131,6 +132,10 @@ def _small_sizes(present: dict[str, Any], variant: int) -> dict[str, Any]:
         for key in ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_n_heads"):
             if key in small:
                 small[key] = 4
+    if "kv_lora_rank" in small:  # MLA expands its latent to every head: no grouped queries
+        for key in ("num_key_value_heads", "num_kv_heads"):
+            if key in small:
+                small[key] = small.get("num_attention_heads", 4)
     if variant == 3 and "head_dim" in small and "qk_rope_head_dim" in small:
         small["head_dim"] = small["qk_rope_head_dim"]
     return small
