@@ -12,7 +12,7 @@ import torch
 import torch.fx
 
 from t2n_core.emit import EmitContext
-from t2n_core.ir import Ref
+from t2n_core.ir import Expr, Ref
 from t2n_core.nnef.text import tract_dtype_name
 from t2n_core.ops._common import norm_axis, stacked_indices
 from t2n_core.ops.registry import register
@@ -109,18 +109,33 @@ def _index_nd(ctx: EmitContext, x: Ref, axes: list[int], indices: list[Ref]) -> 
 @register(aten.topk.default)
 def topk(ctx: EmitContext, node: torch.fx.Node):
     """topk(Tensor self, SymInt k, int dim=-1, bool largest=True, bool sorted=True)
-    -> (Tensor values, Tensor indices); the result is always sorted."""
+    -> (Tensor values, Tensor indices); the result is always sorted. ``k`` may be a size
+    expression (``P + T``: every position of a growing axis, sorted), which tract evaluates
+    from the input sizes."""
     x = ctx.arg(0)
     k = ctx.arg(1)
-    if not isinstance(k, int):
-        raise ctx.error("topk with a k that depends on a dynamic axis is not supported by tract")
     axis = norm_axis(ctx.arg(2, ctx.arg("dim", -1)), max(ctx.rank(x), 1))
     largest = bool(ctx.arg(3, ctx.arg("largest", True)))
     values = ctx.meta()[0]
     shape = ctx.out_shape(values)
     return tuple(
         ctx.emit_multi(
-            "tract_core_topk", [x], {"k": k, "axis": axis, "largest": largest},
+            "tract_core_topk", [x], {"k": runtime_k(ctx, k), "axis": axis, "largest": largest},
             [(values.dtype, shape), (torch.int64, shape)],
         )
     )  # fmt: skip
+
+
+def runtime_k(ctx: EmitContext, k: int | Expr) -> int | Ref:
+    """``tract_core_topk``'s ``k``: an int as is; a size expression (``P + T``) as a tensor
+    computed in the graph (the length of a ``tract_core_range`` to it), since tract 0.23.9
+    cannot evaluate a symbolic ``k`` literal at run time (``Undetermined symbol``)."""
+    if isinstance(k, int):
+        return k
+    positions = ctx.emit("tract_core_range", [0, k, 1], dtype=torch.int64, shape=[k.text],
+                         hint="topk_k")  # fmt: skip
+    ones = ctx.emit("ge", [positions, 0], dtype=torch.bool, shape=[k.text], hint="topk_k")
+    count = ctx.emit("sum_reduce", [ctx.cast(ones, torch.int64)], {"axes": [0]},
+                     dtype=torch.int64, shape=[1], hint="topk_k")  # fmt: skip
+    return ctx.emit("squeeze", [count], {"axes": [0]}, dtype=torch.int64, shape=[],
+                    hint="topk_k")  # fmt: skip

@@ -13,6 +13,7 @@ import torch.fx
 from t2n_core.emit import EmitContext
 from t2n_core.ir import Expr, Ref
 from t2n_core.ops._common import norm_axis, unsqueeze_front
+from t2n_core.ops.index import runtime_k
 from t2n_core.ops.registry import register
 
 aten = torch.ops.aten
@@ -33,7 +34,7 @@ def sort(ctx: EmitContext, node: torch.fx.Node):
     shape = ctx.out_shape(values)
     return tuple(
         ctx.emit_multi(
-            "tract_core_topk", [x], {"k": k, "axis": axis, "largest": descending},
+            "tract_core_topk", [x], {"k": runtime_k(ctx, k), "axis": axis, "largest": descending},
             [(values.dtype, shape), (torch.int64, shape)],
         )
     )  # fmt: skip

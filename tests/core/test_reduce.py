@@ -123,6 +123,20 @@ def test_topk_dynamic_batch(tmp_path):
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "fn",
+    [lambda x: x.topk(x.shape[1], 1), lambda x: x.sort(1, descending=True),
+     lambda x: x + x.topk(x.shape[1], 1, largest=False).indices.float()],
+    ids=["topk-whole-axis", "sort", "indices-used"],
+)  # fmt: skip
+def test_topk_with_k_from_a_dynamic_axis(fn, tmp_path):
+    """k = the dynamic axis' size (DeepSeek-V3.2's indexer: ``min(index_topk, P + T)``, decided
+    to ``P + T``): tract gets k computed in the graph, on several lengths."""
+    export_and_check(
+        Fn(fn), (_x(),), tmp_path, dynamic_axes={"x": {1: "T"}}, check_inputs=[(_x(2),), (_x(7),)],
+    )  # fmt: skip
+
+
 def test_standardize_dynamic_length(tmp_path):
     """mean (a normalized sum_reduce) and std over a dynamic axis, on several lengths."""
     export_and_check(
