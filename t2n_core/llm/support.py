@@ -12,7 +12,7 @@ KNOWN_TO_WORK = (
     "AFMoE", "Apertus", "Arcee", "Aria (text)", "BioGPT", "BitNet", "CodeGen", "Cohere2", "GLM",
     "GPT-BigCode", "Granite-MoE", "Llama 4 (text)", "OLMo", "OLMo3", "OLMoE", "Persimmon",
     "GLM-4", "Helium", "Ministral", "EXAONE 4", "Hunyuan (dense)", "Hunyuan (MoE)",
-    "Granite-MoE (shared experts)", "PhiMoE", "Seed-OSS", "CTRL", "XGLM", "Doge",
+    "Granite-MoE (shared experts)", "PhiMoE", "Seed-OSS", "CTRL", "XGLM", "Doge", "Moshi",
     # found by the sweep, f32 and q4_0 (docs/llm-architectures.md has the command), not tested
     "CWM", "DiffLlama", "Blenderbot (decoder)", "Cohere2-MoE", "ERNIE 4.5", "ERNIE 4.5 MoE",
     "EXAONE", "EXAONE-MoE", "FlexOlmo", "Flint", "Gemma 4 unified (text)", "GLM-4-MoE",

@@ -321,6 +321,12 @@ class CausalLMWithCache(nn.Module):
         self.fields = cache_fields_of(model)
         self.stateful = any(f.seq_axis is None for f in self.fields)
         self._plain_kv = [f.attr for f in self.fields] == list(KV_TENSORS) * self.num_layers
+        #: the window of a cache whose every layer keeps the last ``window - 1`` positions
+        self.window = cache_window(model) if self._plain_kv else None
+        if self.window is not None and "attention_mask" not in inspect.signature(
+            model.forward
+        ).parameters:  # fmt: skip
+            self.window = None
         limit = context_limit(model)
         #: facts on the axes for the translation (``t2n_core.symbolic``): positions past the
         #: model's context fail in its own code (MPT's ALiBi table) or were never trained
@@ -352,6 +358,9 @@ class CausalLMWithCache(nn.Module):
             options["position_ids"] = positions.unsqueeze(0).expand(batch, new)
         if not self.all_logits and self._keep_arg:
             options["logits_to_keep"] = 1
+        if self.window is not None and start is not None:  # what the sliding cache dropped
+            seen = torch.arange(start + new, device=input_ids.device) > start - self.window
+            options["attention_mask"] = seen.to(torch.long).unsqueeze(0).expand(batch, -1)
         out = self.model(input_ids=input_ids, cache=cache, use_cache=True, **options)
         logits = out.logits if self.all_logits else out.logits[:, -1:]
         present = [f.get(cache.layers[f.layer]) for f in self.fields]
@@ -413,6 +422,24 @@ class CausalLMWithCache(nn.Module):
         cache = copy.copy(template)
         cache.layers = layers
         return cache
+
+
+def cache_window(model: nn.Module) -> int | None:
+    """The window of ``model``'s cache when each of its layers is a sliding one (transformers'
+    ``DynamicSlidingWindowLayer``, same window): the step keeps its keys and values in full,
+    and hides from the new tokens, by an attention mask over the past, the positions that
+    cache would have dropped (all but the last ``window - 1``), as ``model.generate`` sees
+    them. Moshi's own mask is causal only, its window is the cache's; where the model's mask
+    makes the window (Mistral), that mask hides a superset. ``None`` otherwise."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    layers = getattr(_probed(model)[1], "layers", None) or []
+    windows = {getattr(layer, "sliding_window", None) for layer in layers}
+    if layers and all(isinstance(layer, DynamicSlidingWindowLayer) for layer in layers) and (
+        len(windows) == 1
+    ):  # fmt: skip
+        return int(windows.pop())
+    return None
 
 
 def input_names_of(model: nn.Module) -> list[str]:

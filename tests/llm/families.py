@@ -116,6 +116,8 @@ GENERIC: dict[str, int] = {
     "olmo": 0, "olmo3": 0, "olmoe": 0, "persimmon": 0, "glm4": 0, "helium": 0, "ministral": 0,
     "exaone4": 0, "hunyuan_v1_dense": 0, "hunyuan_v1_moe": 0, "granitemoeshared": 0,
     "phimoe": 0, "seed_oss": 0, "ctrl": 0, "xglm": 0, "doge": 0, "jetmoe": 0,
+    # a window kept by its sliding cache only (its mask is causal): `cache_window`
+    "moshi": 0,
     # a recurrent state in the cache: one token per step (tests/llm/test_recurrent_llm.py)
     "mamba": 0, "jamba": 0, "mamba2": 0, "qwen3_next": 0,
 }  # fmt: skip
