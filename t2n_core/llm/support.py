@@ -24,6 +24,7 @@ KNOWN_TO_WORK = (
     "Whisper (decoder)", "HRM (text)", "DeepSeek-V2", "dots1", "Nemotron", "Fuyu (text)",
     "Emu3 (text)", "Mllama (text)", "Phi-4-multimodal (text)", "Llama 4", "Gemma 4 (text)",
     "JetMoE", "GIT (text decoder)", "GPT-Neo", "DeepSeek-V3.2", "HY-V4", "AXK2",
+    "GLM-MoE-DSA", "dots3-note (text)",
     # a recurrent / convolution state in the cache (one token per step), sweep f32 and q4_0
     "Mamba", "FalconMamba", "Jamba", "Nemotron-H", "Falcon-H1", "Mamba2", "Bamba",
     "Granite-MoE-hybrid", "Qwen3-Next", "Qwen3.5 (text)", "Qwen3.5-MoE (text)", "OLMo-hybrid",
