@@ -57,19 +57,24 @@ def char_tokenizer(text: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
 
 
-def test_cli_compare_on_a_checkpoint_with_text(tmp_path, capsys):
-    from t2n_core.cli import main
-
-    text = "the quick brown fox jumps over the lazy dog; " * 40
+def compare_on_text(tmp_path, text: str) -> list[str]:
+    """A tiny Llama checkpoint with a character tokenizer, an eval text and a calibration text
+    (the eval text reversed) under tmp_path: `t2n compare`'s arguments up to `--seq-len 32`."""
     ckpt = tmp_path / "ckpt"
     tiny_llama().save_pretrained(ckpt)
     char_tokenizer(text).save_pretrained(ckpt)
     (tmp_path / "eval.txt").write_text(text)
     (tmp_path / "calib.txt").write_text(text[::-1])
-    rc = main(["compare", str(ckpt), "--text", str(tmp_path / "eval.txt"), "--calibration-text",
-               str(tmp_path / "calib.txt"), "--seq-len", "32", "--max-sequences", "4",
-               "--codecs", "q4_0", "--calibrations", "minmax", "gptq",
-               "--batch-size", "3"])  # fmt: skip
+    return ["compare", str(ckpt), "--text", str(tmp_path / "eval.txt"), "--calibration-text",
+            str(tmp_path / "calib.txt"), "--seq-len", "32"]  # fmt: skip
+
+
+def test_cli_compare_on_a_checkpoint_with_text(tmp_path, capsys):
+    from t2n_core.cli import main
+
+    common = compare_on_text(tmp_path, "the quick brown fox jumps over the lazy dog; " * 40)
+    rc = main([*common, "--max-sequences", "4", "--codecs", "q4_0", "--calibrations", "minmax",
+               "gptq", "--batch-size", "3"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0
     assert "KL (nats)" in out and "float perplexity" in out and "gptq" in out
@@ -81,15 +86,8 @@ def test_cli_compare_passes_calibration_options(tmp_path, capsys):
     option the method does not know is an error naming it."""
     from t2n_core.cli import main
 
-    ckpt = tmp_path / "ckpt"
-    tiny_llama().save_pretrained(ckpt)
-    text = "the quick brown fox jumps over the lazy dog. " * 40
-    char_tokenizer(text).save_pretrained(ckpt)
-    (tmp_path / "eval.txt").write_text(text)
-    (tmp_path / "calib.txt").write_text(text[::-1])
-    common = ["compare", str(ckpt), "--text", str(tmp_path / "eval.txt"), "--calibration-text",
-              str(tmp_path / "calib.txt"), "--seq-len", "32", "--max-sequences", "2",
-              "--codecs", "q4_0", "--calibrations", "gptq"]  # fmt: skip
+    common = [*compare_on_text(tmp_path, "the quick brown fox jumps over the lazy dog. " * 40),
+              "--max-sequences", "2", "--codecs", "q4_0", "--calibrations", "gptq"]  # fmt: skip
     assert main([*common, "--calibration-option", "act_order=true", "damp=0.05"]) == 0
     assert main([*common, "--calibration-option", "no_such=1"]) != 0
     assert "no_such" in capsys.readouterr().err

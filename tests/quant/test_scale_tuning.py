@@ -79,17 +79,10 @@ def test_tuned_tiny_llama_in_tract(tmp_path):
 
 def test_cli_takes_tune_steps(tmp_path, capsys):
     from t2n_core.cli import main
-    from tests.quant.test_compare_lm import char_tokenizer
+    from tests.quant.test_compare_lm import compare_on_text
 
-    ckpt = tmp_path / "ckpt"
-    tiny_llama().save_pretrained(ckpt)
-    text = "the quick brown fox jumps over the lazy dog. " * 40
-    char_tokenizer(text).save_pretrained(ckpt)
-    (tmp_path / "eval.txt").write_text(text)
-    (tmp_path / "calib.txt").write_text(text[::-1])
-    assert main(["compare", str(ckpt), "--text", str(tmp_path / "eval.txt"),
-                 "--calibration-text", str(tmp_path / "calib.txt"), "--seq-len", "32",
-                 "--max-sequences", "4", "--codecs", "q4_0", "--calibrations", "gptq",
+    common = compare_on_text(tmp_path, "the quick brown fox jumps over the lazy dog. " * 40)
+    assert main([*common, "--max-sequences", "4", "--codecs", "q4_0", "--calibrations", "gptq",
                  "--calibration-option", "tune_steps=3"]) == 0  # fmt: skip
     assert "gptq" in capsys.readouterr().out
     with pytest.raises(SystemExit):
