@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--plans-only", action="store_true", help="only the mixed plans")
     parser.add_argument("--no-plans", action="store_true", help="only the single-codec rows")
     parser.add_argument("--codecs", nargs="+", help="only these codecs' rows (e.g. q4_0)")
+    parser.add_argument("--calibrations", nargs="+",
+                        help="only the rows with these labels (e.g. minmax gptq:mse "
+                             "'gptq:mse tune_steps=200')")  # fmt: skip
     args = parser.parse_args()
     folder, tok, model, texts = load(steps=args.steps, hidden=args.hidden, layers=args.layers)
     ids = torch.cat(text_batches(tok, texts["eval"], seq_len=args.seq_len,
@@ -79,6 +82,11 @@ def main() -> None:
             continue
         for entry in cals:
             cal, options = entry if isinstance(entry, tuple) else (entry, None)
+            label = "reference rule" if cal == "reference" else cal
+            if options:
+                label += " " + " ".join(f"{k}={v}" for k, v in options.items())
+            if args.calibrations and label not in args.calibrations:
+                continue
             start = time.perf_counter()
             c = compare(model, ids, [spec], calibrations=[reference if cal == "reference" else cal],
                         exclude="model.embed_tokens", data=calib, progress=False,
@@ -86,9 +94,6 @@ def main() -> None:
             seconds = time.perf_counter() - start
             r = c.results[0]
             base_ppl = c.reference_perplexity
-            label = "reference rule" if cal == "reference" else cal
-            if options:
-                label += " " + " ".join(f"{k}={v}" for k, v in options.items())
             assert r.lm is not None
             print(f"| {spec} | {label} | {r.bits_per_weight:.2f} | {r.lm.kl:.5f} | "
                   f"{r.lm.top1:.4f} | {r.lm.perplexity:.3f} | {seconds:.1f} |", flush=True)
