@@ -56,7 +56,29 @@ def one_token_per_step(ids_fact: str) -> bool:
     return ids_fact.split(",")[1] == "1"
 
 
-class InProcessSteps:
+class _Steps:
+    """What both step runners share: a prompt fed token by token to a one-token step graph,
+    and the single-row :meth:`step`."""
+
+    one_token: bool
+
+    def run_rows(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def step_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Run ``ids [B, T]`` on the cache so far; the next-token logits ``[B, vocab]``."""
+        if self.one_token and ids.shape[1] > 1:
+            for t in range(ids.shape[1] - 1):
+                self.run_rows(ids[:, t : t + 1])
+            ids = ids[:, -1:]
+        return self.run_rows(ids)
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Run ``ids [1, T]`` on the cache so far; the next-token logits ``[vocab]``."""
+        return self.step_rows(ids)[0]
+
+
+class InProcessSteps(_Steps):
     """Generation steps run by tract in this process: the fastest, but a tract panic (an
     abort) ends the Python process too. An archive of prefill and decode graphs runs each
     where it belongs (:func:`step_runnables`)."""
@@ -68,12 +90,8 @@ class InProcessSteps:
         self.shown = os.fspath(path)
         self.one_token = one_token_per_step(str(self.prefill.input_fact(0)))
 
-    def step_rows(self, ids: np.ndarray) -> np.ndarray:
-        """Run ``ids [B, T]`` on the cache so far; the next-token logits ``[B, vocab]``."""
-        if self.one_token and ids.shape[1] > 1:
-            for t in range(ids.shape[1] - 1):
-                self.step_rows(ids[:, t : t + 1])
-            ids = ids[:, -1:]
+    def run_rows(self, ids: np.ndarray) -> np.ndarray:
+        """One graph call on ``ids [B, T]``; the next-token logits ``[B, vocab]``."""
         try:
             outputs = [o.to_numpy() for o in self.runnable.run([ids, *self.past])]
         except Exception as exc:
@@ -83,15 +101,11 @@ class InProcessSteps:
         self.past, self.runnable = outputs[1:], self.decode
         return outputs[0][:, -1]
 
-    def step(self, ids: np.ndarray) -> np.ndarray:
-        """Run ``ids [1, T]`` on the cache so far; the next-token logits ``[vocab]``."""
-        return self.step_rows(ids)[0]
-
     def close(self) -> None:
         pass
 
 
-class ChildSteps:
+class ChildSteps(_Steps):
     """Generation steps run in the tract worker process (:mod:`t2n_core.tract_child`), so that
     a tract crash raises :class:`TractRunError` here instead of ending this process. The
     model and its k/v cache stay in the worker: a step sends the new token ids and reads
@@ -120,24 +134,16 @@ class ChildSteps:
         self.past = empty_past(inputs[1:], batch)
         self.one_token = one_token_per_step(inputs[0])
 
-    def step_rows(self, ids: np.ndarray) -> np.ndarray:
-        """Run ``ids [B, T]`` on the cache so far; the next-token logits ``[B, vocab]``."""
+    def run_rows(self, ids: np.ndarray) -> np.ndarray:
+        """One worker call on ``ids [B, T]``; the next-token logits ``[B, vocab]``."""
         from t2n_core.check import in_tract_child
 
-        if self.one_token and ids.shape[1] > 1:
-            for t in range(ids.shape[1] - 1):
-                self.step_rows(ids[:, t : t + 1])
-            ids = ids[:, -1:]
         if self.past:  # the worker keeps the cache from the first step on
             np.savez(self.work / "state.npz", *self.past)
             self.past = []
         np.save(self.work / "ids.npy", ids)
         in_tract_child("step", self.path, self.work, self.shown, validate=False)
         return np.load(self.work / "outputs.npy")
-
-    def step(self, ids: np.ndarray) -> np.ndarray:
-        """Run ``ids [1, T]`` on the cache so far; the next-token logits ``[vocab]``."""
-        return self.step_rows(ids)[0]
 
     def close(self) -> None:
         from t2n_core.check import in_tract_child
