@@ -122,9 +122,9 @@ def reference_samples(
     Computed in one pass unless ``one_pass=False`` or :func:`one_pass_hazard` says it may
     differ (logged); empty caches are ``dtype``. A model with a recurrent state has the
     samples ``prompt`` and ``step`` only, one token each (:func:`_stepwise_samples`)."""
-    in_names, out_names = input_names_of(model), output_names_of(model)
     if is_stateful(model):
         return _stepwise_samples(model, ids, dtype, all_logits=all_logits, progress=progress)
+    in_names, out_names = input_names_of(model), output_names_of(model)
     spans = _spans(ids.shape[1])
     tokens = torch.from_numpy(ids)
     empty = list(example_inputs(model, batch=1, past=0, new=1, dtype=dtype)[1:])
