@@ -3,7 +3,8 @@
 Accepted forms (:func:`batches`):
 
 - one tensor: one batch, passed as the model's only positional argument;
-- a tuple: one batch of positional arguments; a dict: one batch of keyword arguments;
+- a tuple: one batch of positional arguments; a dict (or any mapping, such as a tokenizer's
+  ``BatchEncoding``): one batch of keyword arguments;
 - a list or any iterable (a ``DataLoader``): several batches, each of the forms above
   (a list or tuple item is that batch's positional arguments).
 
@@ -14,7 +15,8 @@ the model's tokenizer and cuts it into sequences of ``seq_len`` tokens.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,13 @@ import torch
 
 from t2n_quant.errors import CalibrationDataError
 
+logger = logging.getLogger(__name__)
+
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 def _one(item: Any) -> Batch:
-    if isinstance(item, dict):
+    if isinstance(item, Mapping):  # a dict, a BatchEncoding (a UserDict)
         return (), dict(item)
     if isinstance(item, (tuple, list)):
         return tuple(item), {}
@@ -46,7 +50,7 @@ def batches(data: Any) -> list[Batch]:
             "this calibration needs data: pass data= (a tensor, a tuple of inputs, a list of "
             "batches or a DataLoader; for a causal LM, text_batches(tokenizer, text))"
         )
-    if isinstance(data, (torch.Tensor, tuple, dict)):
+    if isinstance(data, (torch.Tensor, tuple, Mapping)):
         found = [_one(data)]
     elif isinstance(data, (str, bytes, Path)):
         raise CalibrationDataError(
@@ -68,12 +72,33 @@ def batches(data: Any) -> list[Batch]:
     return found
 
 
+def _names_a_file(text: str) -> bool:
+    if "\n" in text or not text.strip():
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # too long, or not a path at all
+        return False
+
+
 def read_text(text: str | Path | Sequence[str]) -> str:
-    """The text of a file path, a string, or several strings joined by blank lines."""
+    """The text of a file path, a string, or several strings joined by blank lines. A
+    one-line string naming an existing file is that file (logged), not its name as text."""
+    if isinstance(text, str) and _names_a_file(text):
+        logger.info("calibration text %r names a file: reading it", text)
+        text = Path(text)
     if isinstance(text, Path):
-        return text.read_text(encoding="utf-8")
+        try:
+            return text.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise CalibrationDataError(f"cannot read calibration text file {text}: {err}") from err
     if isinstance(text, str):
         return text
+    if not all(isinstance(t, str) for t in text):
+        raise CalibrationDataError(
+            "calibration text must be a string, a file path or a list of strings; got items of "
+            f"type {sorted({type(t).__name__ for t in text})}"
+        )
     return "\n\n".join(text)
 
 
