@@ -56,7 +56,8 @@ from t2n_quant.calibration.gptq import float_target_weight, gptq
 from t2n_quant.calibration.scale_tuning import tune_scales
 from t2n_quant.calibration_data import Batch
 from t2n_quant.codecs.base import Codec, QParams
-from t2n_quant.errors import CalibrationDataError, CalibrationOptionError
+from t2n_quant.data_aware_options import check_options
+from t2n_quant.errors import CalibrationDataError
 from t2n_quant.qtensor import QTensor
 
 logger = logging.getLogger(__name__)
@@ -941,13 +942,7 @@ def quantize_with_data(
     from t2n_quant.quantize import quantize_tensor
 
     dev = torch.device(device) if device is not None else None
-    known = {"gptq": ("inner", "damp", "block", "act_order", "sequential", "float_target",
-                      *TUNING),
-             "awq": ("inner", "grid", *TUNING)}[method]  # fmt: skip
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise CalibrationOptionError(f"unknown calibration_options {unknown} for {method!r}; "
-                        f"known: {', '.join(known)}")  # fmt: skip
+    check_options(method, options)
     targets: list[Target] = []
     left: list[tuple[Any, Codec]] = []
     inner = options.get("inner", "minmax")

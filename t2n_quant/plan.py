@@ -36,6 +36,7 @@ from t2n_core.progress import progress_bar
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import resolve
+from t2n_quant.data_aware_options import check_options
 from t2n_quant.errors import CalibrationOptionError, PlanError
 from t2n_quant.layerwise import input_hessians, is_data_aware, no_fastpath, no_kv_cache, token_mask
 from t2n_quant.weights import collect_weights, filter_reason, glob_list, skip_reason
@@ -360,16 +361,12 @@ def plan(
         raise CalibrationOptionError(
             f"calibration_options {sorted(options)} given to weight-only {calibration!r}"
         )
-    for key in ("sequential", "float_target"):
+    if options:
+        check_options("gptq", options)
+    for key in ("sequential", "float_target", "tune_steps", "tune_lr"):
         if options.pop(key, None) is not None:
-            logger.info("plan: each layer is measured on the float model's inputs; the "
-                        "%r option applies to quantize_model only", key)  # fmt: skip
-    unknown = sorted(set(options) - {"inner", "damp", "block", "act_order"})
-    if unknown:
-        raise CalibrationOptionError(
-            f"unknown calibration_options {unknown} for 'gptq'; known: inner, damp, block, "
-            "act_order, sequential, float_target"
-        )
+            logger.warning("plan: each layer is measured alone on the float model's inputs; "
+                           "the %r option applies to quantize_model only", key)  # fmt: skip
     if calibration_data is not None and not is_data_aware(calibration):
         logger.warning("plan: calibration_data is used by gptq only; %r ignores it", calibration)
     codecs = [resolve(c) for c in candidates]

@@ -29,6 +29,7 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
+from t2n_quant.data_aware_options import check_options
 from t2n_quant.errors import CalibrationOptionError
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
 from t2n_quant.matmul_weights import (
@@ -203,6 +204,8 @@ def quantize_model(
     data_aware = is_data_aware(calibration)
     if data_aware and ":" in str(calibration):  # "gptq:mse": the inner calibration
         calibration, options["inner"] = str(calibration).split(":", 1)
+    if data_aware:
+        check_options(str(calibration), options)
     calibrate = get_calibration(options.get("inner", "minmax") if data_aware else calibration)
     if not data_aware and options:
         raise CalibrationOptionError(

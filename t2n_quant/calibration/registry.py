@@ -46,6 +46,15 @@ def get_calibration(method: str | Calibration) -> Calibration:
     try:
         return CALIBRATIONS[method]
     except KeyError:
+        from t2n_quant.data_aware_options import TAKEN_BY
+
+        if str(method).split(":")[0] in TAKEN_BY:
+            raise UnknownCodecError(
+                f"calibration {method!r} needs calibration data, so it quantizes a model "
+                "(quantize_model(..., data=...), t2n export-llm --calibration-text), not a "
+                f"tensor alone; weight-only calibrations: {', '.join(sorted(CALIBRATIONS))}"
+            ) from None
         raise UnknownCodecError(
-            f"unknown calibration {method!r}; registered: {sorted(CALIBRATIONS)}"
+            f"unknown calibration {method!r}; weight-only: {', '.join(sorted(CALIBRATIONS))}; "
+            f"data-aware (with data): {', '.join(TAKEN_BY)} (gptq:mse = mse group scales)"
         ) from None

@@ -4,11 +4,16 @@ and a failed calibration leaves the model as it was."""
 
 from __future__ import annotations
 
+import copy
+import re
+
 import pytest
 import torch
+from torch import nn
 
+from t2n_quant import quantize_model, quantize_tensor
 from t2n_quant.calibration_data import batches, fingerprint, text_batches
-from t2n_quant.errors import CalibrationDataError
+from t2n_quant.errors import CalibrationDataError, CalibrationOptionError, UnknownCodecError
 
 
 def _chars(s: str) -> list[int]:
@@ -44,3 +49,49 @@ def test_unreadable_calibration_text_is_our_error(tmp_path):
         text_batches(_chars, tmp_path / "empty.txt")
     with pytest.raises(CalibrationDataError, match="list of strings"):
         text_batches(_chars, [torch.zeros(3)])  # type: ignore[list-item]
+
+
+def _two_linears() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+
+
+@pytest.mark.parametrize(
+    ("calibration", "options", "named"),
+    [
+        ("gptq", {"tune_steps": "abc"}, "tune_steps='abc'"),
+        ("gptq", {"damp": -1.0}, "damp=-1.0"),
+        ("gptq", {"block": "x"}, "block='x'"),
+        ("gptq", {"act_order": "yes"}, "act_order='yes'"),
+        ("gptq", {"inner": "gptq"}, "inner='gptq'"),
+        ("awq", {"grid": 0}, "grid=0"),
+        ("awq", {"damp": 0.1}, "unknown option 'damp'"),
+        ("gptq:mse", {"tune_lr": 0}, "tune_lr=0"),
+    ],
+)
+def test_a_bad_calibration_option_is_named_before_anything_runs(calibration, options, named):
+    model = _two_linears()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(CalibrationOptionError, match=re.escape(named)):
+        quantize_model(model, "q4_0", calibration=calibration, data=torch.randn(8, 32),
+                       calibration_options=options, progress=False)  # fmt: skip
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_plan_checks_the_same_options_and_says_which_it_ignores(caplog):
+    from t2n_quant.plan import plan
+
+    with pytest.raises(CalibrationOptionError, match="damp"):
+        plan(_two_linears(), 4.5, ["q4_0"], data=torch.randn(8, 32), calibration="gptq",
+             calibration_options={"damp": "high"}, progress=False)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        plan(_two_linears(), 4.5, ["q4_0"], data=torch.randn(8, 32), calibration="gptq",
+             calibration_options={"tune_steps": 5}, progress=False)  # fmt: skip
+    assert "tune_steps" in caplog.text
+
+
+def test_a_data_aware_name_given_where_no_data_can_go_says_so():
+    with pytest.raises(UnknownCodecError, match="needs calibration data"):
+        quantize_tensor(torch.randn(4, 32), "q4_0", calibration="gptq")
+    with pytest.raises(UnknownCodecError, match=r"data-aware.*gptq"):
+        quantize_model(_two_linears(), "q4_0", calibration="gptqq", progress=False)
