@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import html
+import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +31,13 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from t2n_core.capture import eval_mode
 from t2n_core.progress import progress_bar
 from t2n_quant.calibration import Calibration, get_calibration
+from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
+from t2n_quant.data_aware_options import check_options
 from t2n_quant.errors import CalibrationDataError
 from t2n_quant.layerwise import DATA_AWARE, is_data_aware, no_fastpath
 from t2n_quant.plan import check_plan
@@ -41,6 +45,8 @@ from t2n_quant.qtensor import QTensor
 from t2n_quant.summary import QuantizationSummary, _html_table, _table, human_bytes
 from t2n_quant.swap import quantize_model
 from t2n_quant.weights import collect_weights
+
+logger = logging.getLogger(__name__)
 
 METRICS = ("sqnr", "cosine", "kl")
 
@@ -474,6 +480,16 @@ def compare(
             get_calibration(str(c).split(":", 1)[1])
     if data is None and any(is_data_aware(c) for c, _ in cals):
         raise CalibrationDataError(f"calibrations {DATA_AWARE} need data= (calibration batches)")
+    aware_methods = {str(c).split(":")[0] for c, _ in cals if is_data_aware(c)}
+    for method in sorted(aware_methods):  # a bad option fails before the first config runs
+        check_options(method, dict(calibration_options or {}))
+    if calibration_options and not aware_methods:
+        logger.warning("compare: calibration_options %s ignored: no data-aware calibration "
+                       "among %s", dict(calibration_options), [n for _, n in cals])  # fmt: skip
+    if data is not None:  # read once (a generator, a shuffled DataLoader): alike in every config
+        if not isinstance(data, (torch.Tensor, tuple, Mapping, str, bytes)):
+            data = list(data) if isinstance(data, Iterable) else data
+        calibration_batches(data)  # bad data fails before the first config runs
     args = _as_args(inputs)
     tokens = _token_ids(args)
     if batch_size < 1:
@@ -489,7 +505,7 @@ def compare(
             candidates += [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
     candidates = list(dict.fromkeys(p for p in candidates if p in modules))
 
-    with torch.no_grad(), no_fastpath():
+    with torch.no_grad(), no_fastpath(), eval_mode(model):
         seen: set[str] = set()  # the modules whose forward runs
         ref_lm: _LMSums | None = _LMSums() if tokens is not None else None
         for chunk in chunks:

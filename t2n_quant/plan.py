@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2n_core.capture import eval_mode
 from t2n_core.progress import progress_bar
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
@@ -204,7 +205,7 @@ def _measure(
     bar = progress_bar(
         total=total, desc="plan: layer sensitivity", unit="trial", disable=not progress
     )
-    with torch.no_grad(), no_kv_cache(model), no_fastpath():
+    with torch.no_grad(), no_kv_cache(model), no_fastpath(), eval_mode(model):
         for w, fits in layers:
             target = targets.pop(w.name, None)
             trials = [_trial(w, c, calibration, options, target) for c in fits]
@@ -391,7 +392,7 @@ def plan(
         hessian_batches = batches
         if calibration_data is not None:
             hessian_batches = calibration_batches(calibration_data)[:max_batches]
-        with torch.no_grad(), no_kv_cache(model), no_fastpath():
+        with torch.no_grad(), no_kv_cache(model), no_fastpath(), eval_mode(model):
             targets = input_hessians(model, [w for w, _ in layers], hessian_batches)
         for w, _ in layers:
             if w.name not in targets:

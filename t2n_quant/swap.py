@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2n_core.capture import eval_mode
 from t2n_core.deferred import DeferredTensor
 from t2n_core.lora import adapter_parameters
 from t2n_core.lora import apply as apply_lora
@@ -220,10 +221,14 @@ def quantize_model(
     if data_aware:
         batches = calibration_batches(data)
         summary.data_hash = fingerprint(batches)
-    elif data is not None:
-        note = f"data ignored: calibration {cal_name!r} looks at weights only (use 'gptq')"
-        logger.warning("%s", note)
-        summary.notes.append(note)
+    else:
+        ignored = [(what, value) for what, value in (("data", data), ("device", device))
+                   if value is not None]  # fmt: skip
+        for what, _ in ignored:
+            note = (f"{what} ignored: calibration {cal_name!r} looks at weights only (use "
+                    "'gptq' or 'awq' for calibration on data)")  # fmt: skip
+            logger.warning("%s", note)
+            summary.notes.append(note)
     inc, exc = glob_list(include), glob_list(exclude)
     _warn_unmatched(model, inc, exc, summary)
     summary.notes += lora_notes
@@ -267,10 +272,15 @@ def quantize_model(
     originals = [(w, w.param) for w, _ in todo]
     try:  # all or nothing: on any error every weight gets its float tensor back
         if batches is not None:
-            todo = quantize_with_data(
-                model, todo, batches, lambda w, c, qt: _install(w, c, qt, summary), summary,
-                method=str(calibration), options=options, device=device, progress=progress,
-            )  # fmt: skip
+            if any(m.training for m in model.modules()):
+                summary.notes.append("the model is in training mode: calibrated in eval mode "
+                                     "(no dropout), its modes left as they were")  # fmt: skip
+            with eval_mode(model):
+                todo = quantize_with_data(
+                    model, todo, batches, lambda w, c, qt: _install(w, c, qt, summary),
+                    summary, method=str(calibration), options=options, device=device,
+                    progress=progress,
+                )  # fmt: skip
         desc = f"quantizing ({codec.spec})"
         for w, chosen in progress_bar(todo, desc=desc, unit="weight", disable=not progress):
             if isinstance(w.param, DeferredTensor):  # not read yet: quantized when written

@@ -95,3 +95,44 @@ def test_a_data_aware_name_given_where_no_data_can_go_says_so():
         quantize_tensor(torch.randn(4, 32), "q4_0", calibration="gptq")
     with pytest.raises(UnknownCodecError, match=r"data-aware.*gptq"):
         quantize_model(_two_linears(), "q4_0", calibration="gptqq", progress=False)
+
+
+class _WithDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.drop, self.b = nn.Linear(32, 64), nn.Dropout(0.5), nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.drop(self.a(x)))
+
+
+def test_a_model_in_training_mode_calibrates_without_dropout_and_keeps_its_modes():
+    torch.manual_seed(0)
+    model = _WithDropout().train()
+    model.a.eval()  # a mix of modes, each to be kept
+    x = torch.randn(64, 32)
+    got = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)  # dropout masks would differ
+        m = copy.deepcopy(model)
+        s = quantize_model(m, "q4_0", calibration="gptq", data=x, progress=False)
+        got.append(m.b.weight.dequantize())
+        assert (m.training, m.a.training, m.drop.training) == (True, False, True)
+        assert any("training mode" in n for n in s.notes)
+    assert torch.equal(got[0], got[1])
+
+
+def test_device_without_a_data_aware_calibration_is_reported():
+    s = quantize_model(_two_linears(), "q4_0", device="cpu", progress=False)
+    assert any(n.startswith("device ignored") for n in s.notes)
+
+
+def test_compare_reads_a_one_shot_iterator_once_for_every_configuration():
+    from t2n_quant.compare import compare
+
+    model = _two_linears()
+    data = (torch.randn(16, 32) for _ in range(3))
+    result = compare(model, torch.randn(8, 32), ["q4_0", "minmax:4:g32"], calibrations=["gptq"],
+                     data=data, progress=False)  # fmt: skip
+    hashes = {r.summary.data_hash for r in result.results}
+    assert len(result.results) == 2 and len(hashes) == 1 and None not in hashes
