@@ -258,6 +258,14 @@ def _with_first(args: tuple[Any, ...], first: torch.Tensor) -> tuple[Any, ...]:
     return (first, *args[1:])
 
 
+def _out_with_first(out: Any, first: torch.Tensor) -> Any:
+    """A block's output ``out`` (a tensor, or a tuple / list with a tensor first) with
+    ``first`` in place of that tensor."""
+    if isinstance(out, torch.Tensor):
+        return first
+    return type(out)([first, *out[1:]]) if isinstance(out, list) else (first, *out[1:])
+
+
 def find_blocks(model: nn.Module, paths: list[str]) -> tuple[str, nn.ModuleList] | None:
     """The ``nn.ModuleList`` whose children hold the most of ``paths`` (at least two)."""
     best: tuple[int, str, nn.ModuleList] | None = None
@@ -285,6 +293,8 @@ class _Standin(nn.Module):
         if self.mode == "replay":
             return self.replay
         self.seen.append((args, kwargs))
+        if self.mode == "pass":  # the block's output as ``replay`` has it, its input first
+            return _out_with_first(self.replay, args[0])
         raise _Stop
 
     def __getattr__(self, name: str) -> Any:
@@ -499,7 +509,8 @@ def _run_block(
 
 def _chains(block0: nn.Module, inputs0: tuple[tuple[Any, ...], dict[str, Any]],
             seen1: tuple[tuple[Any, ...], dict[str, Any]]) -> bool:  # fmt: skip
-    """Whether block 1 was called with block 0's first output and otherwise the same args."""
+    """Whether block 1 was called with block 0's first output first (and as many
+    arguments, with the same names)."""
     args0, kwargs0 = inputs0
     args1, kwargs1 = seen1
     if not args0 or not args1 or len(args0) != len(args1) or kwargs0.keys() != kwargs1.keys():
@@ -507,8 +518,14 @@ def _chains(block0: nn.Module, inputs0: tuple[tuple[Any, ...], dict[str, Any]],
     out0 = _first_tensor(block0(*args0, **kwargs0))
     if not isinstance(args1[0], torch.Tensor) or args1[0].shape != out0.shape:
         return False
-    if not torch.allclose(args1[0], out0, rtol=1e-4, atol=1e-5):
-        return False
+    return torch.allclose(args1[0], out0, rtol=1e-4, atol=1e-5)
+
+
+def _same_others(inputs0: tuple[tuple[Any, ...], dict[str, Any]],
+                 seen1: tuple[tuple[Any, ...], dict[str, Any]]) -> bool:  # fmt: skip
+    """Whether two calls have equal arguments after the first."""
+    args0, kwargs0 = inputs0
+    args1, kwargs1 = seen1
     leaves0, spec0 = torch.utils._pytree.tree_flatten((args0[1:], kwargs0))
     leaves1, spec1 = torch.utils._pytree.tree_flatten((args1[1:], kwargs1))
     if spec0 != spec1:
@@ -539,10 +556,13 @@ def calibrate_with_data(
     with torch.no_grad(), no_kv_cache(model), no_fastpath():
         if found is not None:
             name, blocks = found
-            inputs = _capture_first_block(model, blocks, data, device, _what(targets, job.method))
-            if inputs is not None:
+            captured = _capture_first_block(model, blocks, data, device,
+                                            _what(targets, job.method))  # fmt: skip
+            if captured is not None:
+                inputs, others = captured
                 mode = f"block by block ({name}, {len(blocks)} blocks)"
-                _sequential(model, name, blocks, targets, data, inputs, job, progress, tokens)
+                _sequential(model, name, blocks, targets, data, inputs, job, progress, tokens,
+                            others)  # fmt: skip
                 return mode
         what = _what(targets, job.method)
         job.float_target = False  # every input comes from the float model already
@@ -568,11 +588,17 @@ def _main_output(out: Any) -> torch.Tensor:
     return leaves[0]
 
 
+#: per block (from block 1 on), per batch: the block's arguments other than its first input
+Others = list[list[tuple[tuple[Any, ...], dict[str, Any]]]]
+
+
 def _capture_first_block(
     model: nn.Module, blocks: nn.ModuleList, data: list[Batch], device: torch.device | None,
     what: str,
-) -> list[tuple[tuple[Any, ...], dict[str, Any]]] | None:  # fmt: skip
-    """The inputs of ``blocks[0]`` for every batch, or None when the blocks do not chain."""
+) -> tuple[list[tuple[tuple[Any, ...], dict[str, Any]]], Others | None] | None:  # fmt: skip
+    """The inputs of ``blocks[0]`` for every batch, and the other arguments of each later
+    block when they differ from block 0's (None when they do not: one set serves all); None
+    when the blocks do not chain."""
     with _standins(blocks) as stand, _on(model, device):
         _run_model(model, data, device, "capturing the inputs of the first block", what)
         inputs = stand[0].seen
@@ -589,10 +615,29 @@ def _capture_first_block(
             stand[1].seen.clear()
             _run_model(model, data[:1], device, "checking how the blocks chain", what)
             chains = bool(stand[1].seen) and _chains(stand[0]._block, inputs[0], stand[1].seen[0])
-    if not chains:
-        logger.info("blocks do not chain (block 1 is not fed block 0's output): all at once")
-        return None
-    return inputs
+        if not chains:
+            logger.info("blocks do not chain (block 1 is not fed block 0's output): all at once")
+            return None
+        if _same_others(inputs[0], stand[1].seen[0]):
+            return inputs, None
+        # blocks of different kinds (sliding / full attention, ...) take their own masks or
+        # position embeddings: each block's, recorded with the blocks passing their input on
+        checked = stand[1].seen[0]
+        template = stand[0].replay
+        for s in stand:
+            s.mode, s.replay = "pass", template
+            s.seen.clear()
+        try:
+            _run_model(model, data, device, "capturing the arguments of every block", what)
+        except CalibrationDataError as err:
+            logger.info("blocks take other arguments than block 0, not recorded (%s): all at "
+                        "once", err)  # fmt: skip
+            return None
+        others = [[((None, *a[1:]), k) for a, k in s.seen] for s in stand[1:]]
+        if any(len(o) != len(data) for o in others) or not _same_others(checked, stand[1].seen[0]):
+            logger.info("blocks take arguments that depend on the blocks before: all at once")
+            return None
+    return inputs, others
 
 
 def float_twin(module: nn.Module) -> nn.Module:
@@ -666,9 +711,17 @@ def _feeding(
 def _sequential(
     model: nn.Module, name: str, blocks: nn.ModuleList, targets: list[Target],
     data: list[Batch], inputs: list[tuple[tuple[Any, ...], dict[str, Any]]], job: Job,
-    progress: bool, tokens: _Tokens,
+    progress: bool, tokens: _Tokens, others: Others | None = None,
 ) -> None:  # fmt: skip
+    """Calibrate block after block (see the module docstring); ``others``: each later
+    block's own arguments after the first, when they differ from block 0's."""
     method, device = job.method, job.device
+
+    def own(i: int, batches: list[Any]) -> list[Any]:  # block i's arguments, its input first
+        if others is None or i == 0:
+            return batches
+        return [(_with_first(o[0], a[0]), o[1]) for (a, _), o in zip(batches, others[i - 1])]
+
     prefix = f"{name}." if name else ""
     in_block: dict[int, list[Target]] = {}
     rest = []
@@ -685,6 +738,9 @@ def _sequential(
                disable=not progress)  # fmt: skip
     for i in bar:
         block = blocks[i]
+        inputs = own(i, inputs)
+        if float_inputs is not None:
+            float_inputs = own(i, float_inputs)
         mine = in_block.get(i, [])
         what = _what(mine, method)
         with _on(block, device):
