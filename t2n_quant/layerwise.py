@@ -44,7 +44,7 @@ import contextlib
 import copy
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -197,6 +197,8 @@ class Job:
     note: Callable[[str], None]
     sequential: bool = False
     float_target: bool = False
+    #: what puts the model's float tensors back as they were (awq's folds), latest last
+    undos: list[Callable[[], None]] = field(default_factory=list)
 
 
 def conv_columns(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -930,16 +932,25 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     def along_inputs(w: torch.Tensor) -> torch.Tensor:  # dim 1: a weight's input channels
         return s.to(w.device, w.dtype).reshape(1, -1, *[1] * (w.dim() - 2))
 
-    for w in weights:
-        w.mul_(along_inputs(w))
+    floats = [t.weight.param for t in group]
+    for t, w in zip(group, weights):  # new tensors: the float ones stay as they were
+        _put(t, nn.Parameter(w * along_inputs(w), requires_grad=False))
     got = probe()
     err = float((got - ref).float().norm() / ref.float().norm().clamp(min=1e-30))
     if err < 1e-3:
+        job.undos.append(undo)
         return f"scales (alpha {alpha:.2f}, output error x{ratio:.2f}) folded into {path!r}"
     undo()
-    for w in weights:
-        w.div_(along_inputs(w))
+    for t, param in zip(group, floats):
+        _put(t, param)
     return f"folding into {path!r} would change the model (its output has other users); {plain}"
+
+
+def _put(t: Target, param: nn.Parameter) -> None:
+    """``param`` as the float weight of ``t`` in its module."""
+    for _, module in t.weight.users:
+        module._parameters[t.weight.attr] = param
+    t.weight.param = param
 
 
 def not_applicable(w: Any, method: str = "gptq") -> str | None:
@@ -992,9 +1003,12 @@ def quantize_with_data(
     options: dict[str, Any],
     device: str | torch.device | None,
     progress: bool,
+    undos: list[Callable[[], None]] | None = None,
 ) -> list[tuple[Any, Codec]]:
     """Quantize the weights of ``todo`` that ``method`` applies to, with ``data``; returns
-    the others, for weight-only calibration, each with a note in ``summary``."""
+    the others, for weight-only calibration, each with a note in ``summary``. ``undos``
+    receives what puts back the float tensors changed other than by ``install`` (awq's
+    folds into norms), for the caller to run, latest first, should quantizing fail."""
     from t2n_quant.quantize import quantize_tensor
 
     dev = torch.device(device) if device is not None else None
@@ -1033,7 +1047,8 @@ def quantize_with_data(
         solver = {k: v for k, v in options.items()
                   if (k != "inner" or method == "gptq")
                   and k not in ("sequential", "float_target", *TUNING)}  # fmt: skip
-        job = Job(method, solver, dev, assign, summary.notes.append, sequential, float_target)
+        job = Job(method, solver, dev, assign, summary.notes.append, sequential, float_target,
+                  [] if undos is None else undos)  # fmt: skip
         if method == "awq":
             job.options["inner"] = inner
         with bar:

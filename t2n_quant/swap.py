@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -270,6 +270,7 @@ def quantize_model(
         else:
             todo.append((w, chosen))
     originals = [(w, w.param) for w, _ in todo]
+    undos: list[Callable[[], None]] = []  # awq's folds into the ops before its Linears
     try:  # all or nothing: on any error every weight gets its float tensor back
         if batches is not None:
             if any(m.training for m in model.modules()):
@@ -279,7 +280,7 @@ def quantize_model(
                 todo = quantize_with_data(
                     model, todo, batches, lambda w, c, qt: _install(w, c, qt, summary),
                     summary, method=str(calibration), options=options, device=device,
-                    progress=progress,
+                    progress=progress, undos=undos,
                 )  # fmt: skip
         desc = f"quantizing ({codec.spec})"
         for w, chosen in progress_bar(todo, desc=desc, unit="weight", disable=not progress):
@@ -289,6 +290,8 @@ def quantize_model(
                 qt = quantize_tensor(w.param, chosen, calibration=calibrate, name=w.name)
             _install(w, chosen, qt, summary)
     except Exception as exc:
+        for undo in reversed(undos):
+            undo()
         for w, param in originals:
             _restore(w, param)
         if hasattr(exc, "add_note"):

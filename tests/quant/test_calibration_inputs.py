@@ -13,7 +13,12 @@ from torch import nn
 
 from t2n_quant import quantize_model, quantize_tensor
 from t2n_quant.calibration_data import batches, fingerprint, text_batches
-from t2n_quant.errors import CalibrationDataError, CalibrationOptionError, UnknownCodecError
+from t2n_quant.errors import (
+    CalibrationDataError,
+    CalibrationOptionError,
+    NonFiniteWeightError,
+    UnknownCodecError,
+)
 
 
 def _chars(s: str) -> list[int]:
@@ -136,3 +141,21 @@ def test_compare_reads_a_one_shot_iterator_once_for_every_configuration():
                      data=data, progress=False)  # fmt: skip
     hashes = {r.summary.data_hash for r in result.results}
     assert len(result.results) == 2 and len(hashes) == 1 and None not in hashes
+
+
+@pytest.mark.parametrize("calibration", ["awq", "gptq"])
+def test_a_failure_after_awq_folded_its_scales_leaves_the_model_bit_for_bit(calibration):
+    from tests.core.test_hf_llama import VOCAB, tiny_llama
+
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(3)
+    data = [torch.randint(0, VOCAB - 1, (2, 16), generator=g) for _ in range(2)]
+    with torch.no_grad():  # a row no calibration token reads: fails when quantized, last
+        model.model.embed_tokens.weight[VOCAB - 1, 0] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteWeightError, match="embed_tokens"):
+        quantize_model(model, "q4_0", calibration=calibration, data=data, progress=False)
+    after = {k: v.nan_to_num() for k, v in model.state_dict().items()}
+    changed = [k for k, v in before.items() if not torch.equal(v.nan_to_num(), after[k])]
+    assert changed == []
+    assert all(type(p) is nn.Parameter for p in model.parameters())
