@@ -154,3 +154,42 @@ def fingerprint(data: list[Batch]) -> str:
             else:
                 h.update(repr(value).encode())
     return h.hexdigest()[:16]
+
+
+def like_model(
+    data: list[Batch], model: torch.nn.Module, *, move: bool = True
+) -> tuple[list[Batch], str | None]:
+    """``data`` with its float tensors in the dtype of ``model``'s float weights, and every
+    tensor on their device, when the model holds one dtype / one device and the data
+    another (a DataLoader's float32 CPU batches for a bfloat16 model on a GPU; ``move=False``:
+    the dtype only); says what it changed, or None. Token ids (integers) keep their dtype.
+
+    >>> data, note = like_model(batches(torch.ones(2, 3)), torch.nn.Linear(3, 1).half())
+    >>> data[0][0][0].dtype, note
+    (torch.float16, "calibration data converted from float32 to the model's float16")
+    """
+    params = [p for p in model.parameters() if p.dtype.is_floating_point]
+    dtypes, devices = {p.dtype for p in params}, {p.device for p in params}
+    dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
+    one_device = move and len(devices) == 1 and "meta" not in str(devices)
+    device = next(iter(devices)) if one_device else None
+    tensors = [t for a, k in data for t in (*a, *k.values()) if isinstance(t, torch.Tensor)]
+    cast = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if dtype is not None
+                   and t.dtype.is_floating_point and t.dtype != dtype})  # fmt: skip
+    moved = sorted({str(t.device) for t in tensors if device is not None and t.device != device})
+    if not cast and not moved:
+        return data, None
+
+    def fix(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        to_dtype = dtype if t.dtype.is_floating_point and cast else t.dtype
+        return t.to(device=device if moved else t.device, dtype=to_dtype)
+
+    fixed = [(tuple(fix(t) for t in a), {k: fix(t) for k, t in kw.items()}) for a, kw in data]
+    what = []
+    if cast:
+        what.append(f"from {', '.join(cast)} to the model's {str(dtype).removeprefix('torch.')}")
+    if moved:
+        what.append(f"from {', '.join(moved)} to the model's device {device}")
+    return fixed, f"calibration data converted {' and '.join(what)}"

@@ -27,7 +27,7 @@ from t2n_core.progress import progress_bar
 from t2n_core.summary import human_bytes
 from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.calibration_data import batches as calibration_batches
-from t2n_quant.calibration_data import fingerprint
+from t2n_quant.calibration_data import fingerprint, like_model
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.data_aware_options import check_options
@@ -220,7 +220,10 @@ def quantize_model(
     batches = None
     if data_aware:
         batches = calibration_batches(data)
-        summary.data_hash = fingerprint(batches)
+        summary.data_hash = fingerprint(batches)  # the data as given, before conversion
+        batches, converted = like_model(batches, model, move=device is None)
+        if converted is not None:
+            summary.notes.append(converted)
     else:
         ignored = [(what, value) for what, value in (("data", data), ("device", device))
                    if value is not None]  # fmt: skip

@@ -159,3 +159,15 @@ def test_a_failure_after_awq_folded_its_scales_leaves_the_model_bit_for_bit(cali
     changed = [k for k, v in before.items() if not torch.equal(v.nan_to_num(), after[k])]
     assert changed == []
     assert all(type(p) is nn.Parameter for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("model_dtype", "data_dtype"), [(torch.float32, torch.float16), (torch.bfloat16, torch.float32)]
+)
+def test_float_data_of_another_dtype_is_converted_and_said(model_dtype, data_dtype):
+    x = torch.randn(32, 32)
+    model = _two_linears().to(model_dtype)
+    s = quantize_model(model, "q4_0", calibration="gptq", data=x.to(data_dtype), progress=False)
+    assert len(s.quantized) == 2
+    assert any("calibration data converted" in n for n in s.notes)
+    assert s.data_hash == fingerprint(batches(x.to(data_dtype)))  # the data as given
