@@ -31,7 +31,7 @@ from t2n_quant.calibration_data import fingerprint, like_model
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.data_aware_options import check_options
-from t2n_quant.errors import CalibrationOptionError
+from t2n_quant.errors import CalibrationOptionError, ConfigSpecError
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
 from t2n_quant.matmul_weights import (
     linearize_conv1d,
@@ -195,6 +195,13 @@ def quantize_model(
     untranspose_bmm_experts(model)
     planned: dict[str, Codec | None] | None = None
     if isinstance(codec_or_config, Mapping):  # a plan: {module glob: spec}, checked up front
+        given = [n for n, v in (("bits", bits), ("group_size", group_size),
+                                ("fallback", fallback)) if v is not None]  # fmt: skip
+        if given:
+            raise ConfigSpecError(
+                f"{', '.join(given)} cannot go with a plan: it gives each weight its codec "
+                "(write the bits and group size in its specs, 'float' for the weights to keep)"
+            )
         planned = check_plan(codec_or_config, collect_weights(model))
         specs = sorted({c.spec for c in planned.values() if c is not None})
         codec = resolve(specs[0]) if specs else Q4_0Codec()

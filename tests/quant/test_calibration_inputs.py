@@ -16,6 +16,7 @@ from t2n_quant.calibration_data import batches, fingerprint, text_batches
 from t2n_quant.errors import (
     CalibrationDataError,
     CalibrationOptionError,
+    ConfigSpecError,
     NonFiniteWeightError,
     UnknownCodecError,
 )
@@ -171,3 +172,11 @@ def test_float_data_of_another_dtype_is_converted_and_said(model_dtype, data_dty
     assert len(s.quantized) == 2
     assert any("calibration data converted" in n for n in s.notes)
     assert s.data_hash == fingerprint(batches(x.to(data_dtype)))  # the data as given
+
+
+@pytest.mark.parametrize("extra", [{"bits": 3}, {"group_size": 64}, {"fallback": "minmax:4:pc"}])
+def test_codec_overrides_given_with_a_plan_are_refused_not_ignored(extra):
+    model = _two_linears()
+    with pytest.raises(ConfigSpecError, match=next(iter(extra))):
+        quantize_model(model, {"0": "q4_0", "2": "minmax:4:g32"}, progress=False, **extra)
+    assert all(type(p) is nn.Parameter for p in model.parameters())
