@@ -39,7 +39,12 @@ from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.data_aware_options import check_options
 from t2n_quant.errors import CalibrationDataError
-from t2n_quant.layerwise import DATA_AWARE, is_data_aware, no_fastpath
+from t2n_quant.layerwise import DATA_AWARE, float_twin, is_data_aware, no_fastpath
+from t2n_quant.matmul_weights import (
+    linearize_conv1d,
+    untranspose_bmm_experts,
+    untranspose_experts,
+)
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
 from t2n_quant.summary import QuantizationSummary, _html_table, _table, human_bytes
@@ -420,6 +425,17 @@ def _as_args(inputs: Any) -> tuple[Any, ...]:
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
+def _as_stored(model: nn.Module) -> nn.Module:
+    """``model``'s float weights as ``quantize_model`` stores them before quantizing
+    (transformers ``Conv1D`` as ``nn.Linear``, experts ``[experts, out, in]``), so each is
+    measured against its quantized copy: a twin sharing the tensors left as they were."""
+    twin = float_twin(model)
+    linearize_conv1d(twin)
+    untranspose_experts(twin)
+    untranspose_bmm_experts(twin)
+    return twin
+
+
 def _token_ids(args: tuple[Any, ...]) -> torch.Tensor | None:
     """The inputs of a causal LM (one integer tensor ``B x T``), or None."""
     if len(args) != 1 or not isinstance(args[0], torch.Tensor):
@@ -496,7 +512,7 @@ def compare(
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     chunks = [(ids,) for ids in tokens.split(batch_size)] if tokens is not None else [args]
 
-    float_weights = {w.name: w for w in collect_weights(model)}
+    float_weights = {w.name: w for w in collect_weights(_as_stored(model))}
     modules = dict(model.named_modules(remove_duplicate=False))
     candidates = []  # each weight's users and their ancestors, nearest first
     for w in float_weights.values():

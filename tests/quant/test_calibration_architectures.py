@@ -40,3 +40,18 @@ def test_blocks_of_different_kinds_take_their_own_arguments():
     own = captured[1][0][1]  # block 1, batch 1: its arguments after the first
     assert _same_others(own, ((None,), seen[0]))
     assert not _same_others(own, captured[0][1])  # block 0's differ
+
+
+def test_compare_measures_weights_stored_in_another_layout():
+    """GPT-2's Conv1D ([in, out], quantized as a Linear) and GPT-OSS's experts
+    ([experts, in, out], stored [experts, out, in]): every quantized weight is in compare's
+    table, measured against its float values in the same layout (q4_0: ~21 dB)."""
+    from t2n_quant.compare import compare
+
+    ids = _data(1)[0]
+    for name, wanted in (("gpt2", "attn.c_proj.weight"), ("gpt_oss", "experts.down_proj")):
+        c = compare(tiny(name), ids, ["q4_0"], progress=False).results[0]
+        layers = {r.name: r for r in c.layers if r.quantized}
+        assert len(layers) == len(c.summary.quantized), name
+        found = [r for n, r in layers.items() if n.endswith(wanted)]
+        assert found and all(r.weight_sqnr > 15 for r in found), (name, found)
