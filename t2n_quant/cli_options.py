@@ -24,12 +24,16 @@ def add_selection(parser: argparse.ArgumentParser, what: str) -> None:
     )  # fmt: skip
 
 
-def add_codec(parser: argparse.ArgumentParser, default: str | None, help_: str) -> None:
-    """``--codec SPEC`` and ``--calibration`` (how its scales are chosen)."""
+def add_codec(
+    parser: argparse.ArgumentParser, default: str | None, help_: str,
+    calibrations: str = CALIBRATIONS,
+) -> None:  # fmt: skip
+    """``--codec SPEC`` and ``--calibration`` (how its scales are chosen, among
+    ``calibrations``)."""
     parser.add_argument("--codec", default=default, metavar="SPEC", help=help_)
     parser.add_argument(
         "--calibration", default="minmax",
-        help=f"how the scales are chosen: {CALIBRATIONS} (default minmax)",
+        help=f"how the scales are chosen: {calibrations} (default minmax)",
     )  # fmt: skip
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from t2n_core.errors import ExportInputError
+from t2n_quant import cli_options
 from t2n_quant.cli_options import add_archive_writing, add_codec, add_selection
+from t2n_quant.errors import ConfigSpecError
 
 
 def spec_help() -> str:
@@ -51,8 +53,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(model, example_inputs)",
     )  # fmt: skip
     p.add_argument("out", help="archive path: a .tgz / .tar.gz / .tar file, else a folder")
-    add_codec(p, None, "quantize with this spec first (see below)")
+    add_codec(p, None, "quantize with this spec first (see below)",
+              "minmax, mse, hqq; with --calibration-data also gptq, gptq:mse, awq, awq:mse")
+    p.add_argument(
+        "--plan", metavar="JSON",
+        help="quantize with a mixed-precision plan instead of --codec ({module glob: spec}, "
+        "from t2n_quant.plan(...).save(...) or written by hand)",
+    )  # fmt: skip
     p.add_argument("--fallback", metavar="SPEC", help="codec for weights --codec cannot take")
+    p.add_argument(
+        "--calibration-data", metavar="MODULE:FUNCTION",
+        help="FUNCTION() returns the calibration data of a data-aware --calibration (gptq, "
+        "awq): a tensor, a tuple of inputs, a dict of keyword inputs, or a list / DataLoader "
+        "of those; keep the example inputs out of it",
+    )  # fmt: skip
+    cli_options.add_calibration_options(p)
+    p.add_argument(
+        "--device", default=None,
+        help="device for data-aware calibration, block by block (e.g. cuda; default: where "
+        "the model is)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-numel", type=int, default=0, metavar="N",
+        help="keep weights of fewer values float (default 0)",
+    )  # fmt: skip
     add_selection(p, "modules")
     p.add_argument(
         "--dynamic", nargs="+", default=[], metavar="INPUT:AXIS:SYMBOL",
@@ -200,11 +224,25 @@ def run_export(args: argparse.Namespace) -> int:
     inputs = example if isinstance(example, tuple) else (example,)
     if not isinstance(model, torch.nn.Module):
         raise ExportInputError(f"{args.entry} returned {type(model).__name__} as the model")
-    if args.codec:
+    quantize = args.plan or args.codec
+    if args.plan and args.codec:
+        raise ConfigSpecError("give --codec or --plan, not both")
+    for flag, given in (("--calibration-data", args.calibration_data),
+                        ("--calibration-option", args.calibration_option),
+                        ("--device", args.device), ("--fallback", args.fallback)):  # fmt: skip
+        if given and not quantize:
+            raise ConfigSpecError(f"{flag} needs --codec or --plan (nothing is quantized)")
+    if quantize:
+        from t2n_quant.plan import Plan
+
+        codec = Plan.load(args.plan) if args.plan else args.codec
+        data = load_entry(args.calibration_data)() if args.calibration_data else None
         model = copy.deepcopy(model)  # the function's model object stays float
         summary = quantize_model(
-            model, args.codec, fallback=args.fallback, calibration=args.calibration,
-            include=args.include, exclude=args.exclude, lora=args.lora,
+            model, codec, fallback=args.fallback, calibration=args.calibration,
+            include=args.include, exclude=args.exclude, lora=args.lora, data=data,
+            calibration_options=cli_options.calibration_options(args.calibration_option) or None,
+            device=args.device, min_numel=args.min_numel,
         )  # fmt: skip
         print(summary)
     result = t2n_core.export(
@@ -214,7 +252,7 @@ def run_export(args: argparse.Namespace) -> int:
         atol=args.atol, rtol=args.rtol, overwrite=args.overwrite,
         compresslevel=args.compresslevel, properties=_properties(args.property) or None,
         fragments=not args.no_fragments,
-        lora=None if args.codec and args.lora == "merged" else args.lora,  # merged already
+        lora=None if quantize and args.lora == "merged" else args.lora,  # merged already
     )  # fmt: skip
     print(result)
     return 0

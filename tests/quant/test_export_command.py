@@ -154,3 +154,46 @@ def test_export_many_stores_equal_quantized_weights_once_and_checks_one_graph(
     assert rc == 0
     assert "decoder_logits: ok" in capsys.readouterr().out
     assert main(["check", str(out), "--graph", "nope", "--inputs", str(tmp_path / "in.npz")]) == 2
+
+
+CALIBRATION_FILE = """
+import torch
+
+
+def calib():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(8, 64, generator=g) for _ in range(4)]
+"""
+
+
+def test_export_quantized_with_data_aware_calibration_records_its_provenance(
+    tmp_path, entry_file, capsys
+):
+    (tmp_path / "my_calib.py").write_text(CALIBRATION_FILE)
+    out = tmp_path / "m.nnef.tgz"
+    rc = main(["export", f"{entry_file}:build", str(out), "--codec", "minmax:4:g32",
+               "--calibration", "gptq", "--calibration-data", f"{tmp_path / 'my_calib.py'}:calib",
+               "--calibration-option", "act_order=true", "--device", "cpu"])  # fmt: skip
+    assert rc == 0, capsys.readouterr()
+    props = inspect_archive(out).properties
+    assert props["quantization.calibration"] == "gptq"
+    assert props["quantization.calibration_options"] == "act_order=True"
+    assert len(props["quantization.calibration_data_sha256"]) == 16
+
+
+def test_export_with_a_plan_file(tmp_path, entry_file, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"0": "q4_0", "2": "float"}')
+    out = tmp_path / "m.nnef.tgz"
+    assert main(["export", f"{entry_file}:build", str(out), "--plan", str(plan)]) == 0
+    assert inspect_archive(out).properties["quantization.codecs"] == "q4_0"
+    plan.write_text('{"nope": "q4_0"}')
+    assert main(["export", f"{entry_file}:build", str(tmp_path / "bad.tgz"), "--plan",
+                 str(plan)]) == 2  # fmt: skip
+    assert "'nope' matches no quantizable module" in capsys.readouterr().err
+    assert not (tmp_path / "bad.tgz").exists()
+
+
+def test_export_refuses_calibration_flags_without_a_codec(tmp_path, entry_file, capsys):
+    rc = main(["export", f"{entry_file}:build", str(tmp_path / "m.tgz"), "--device", "cpu"])
+    assert rc == 2 and "--device needs --codec or --plan" in capsys.readouterr().err
