@@ -176,6 +176,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cli_options.add_deprecated_calibration_tokens(p)
     cli_options.add_calibration_options(p)
     p.add_argument(
+        "--device", default=None,
+        help="device for gptq / awq, one decoder layer at a time (e.g. cuda; default cpu)",
+    )  # fmt: skip
+    p.add_argument(
         "--exclude", nargs="+", default=[], metavar="GLOB",
         help="module paths left float (fnmatch globs, e.g. 'lm_head' 'model.embed_tokens')",
     )  # fmt: skip
@@ -340,6 +344,7 @@ def run_export_llm(args: argparse.Namespace) -> int:
         fragments=not args.no_fragments, progress=not args.quiet, adapter=args.adapter,
         lora=args.lora, experts=args.experts, graphs=args.graphs,
         calibration_options=cli_options.calibration_options(args.calibration_option) or None,
+        device=args.device,
     )  # fmt: skip
     print(shipped)
     return 0 if shipped.check is None or shipped.check.passed else 1

@@ -3,6 +3,7 @@ weights are quantized by :func:`t2n_quant.quantize_model` as they are streamed t
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from t2n_quant.errors import CalibrationDataError
 from t2n_quant.layerwise import is_data_aware
 from t2n_quant.plan import Plan
 from t2n_quant.swap import quantize_model
+
+logger = logging.getLogger(__name__)
 
 
 def export_checkpoint(
@@ -33,6 +36,7 @@ def export_checkpoint(
     n_sequences: int = 128,
     progress: bool = True,
     lora: str | None = None,
+    device: str | None = None,
     **kwargs: Any,
 ) -> ShippedModel:
     """Export a checkpoint directory like :func:`t2n_core.llm.export_checkpoint`, every matmul
@@ -46,7 +50,8 @@ def export_checkpoint(
     :mod:`t2n_quant.plan`). Data-aware calibrations (``"gptq"``, ``"awq"``, ``"gptq:mse"``)
     run on ``calibration_text`` (a file path or strings) tokenized with the checkpoint's
     tokenizer, ``n_sequences`` x ``seq_len`` tokens, with ``calibration_options`` as for
-    :func:`~t2n_quant.quantize_model` (``{"act_order": True}``). With a LoRA ``adapter`` (a
+    :func:`~t2n_quant.quantize_model` (``{"act_order": True}``), on ``device`` (``"cuda"``;
+    default: where the model is loaded, the CPU). With a LoRA ``adapter`` (a
     PEFT folder), ``lora="separate"`` (default) quantizes the base weights and keeps the
     adapter float and apart; ``lora="merged"`` merges it into the weights before quantizing.
 
@@ -83,13 +88,28 @@ def export_checkpoint(
         if isinstance(text, os.PathLike):
             text = Path(text)
         data = text_batches(tokenizer, text, seq_len=seq_len, n_sequences=n_sequences)
+    ignored = None
+    if quantized is not None or codec is None:
+        for name, value in (("calibration_text", calibration_text), ("device", device),
+                            ("calibration_options", calibration_options)):  # fmt: skip
+            if value is not None:
+                why = "the weights come quantized from a file" if quantized else "no codec"
+                logger.warning("%s ignored: nothing is quantized here (%s)", name, why)
+    elif calibration_text is not None and data is None:
+        ignored = (f"calibration_text ignored: calibration {calibration!r} looks at weights "
+                   "only (use gptq or awq)")  # fmt: skip
+        logger.warning("%s", ignored)
     if quantized is None and codec is not None:
 
         def quantize(model: nn.Module) -> Any:
-            return quantize_model(
+            summary = quantize_model(
                 model, codec, calibration=calibration, exclude=exclude, data=data,
                 progress=progress, lora=lora, calibration_options=calibration_options,
+                device=device,
             )  # fmt: skip
+            if ignored is not None:
+                summary.notes.append(ignored)
+            return summary
 
     excluded = [exclude] if isinstance(exclude, str) else list(exclude or [])
     return export_float_checkpoint(

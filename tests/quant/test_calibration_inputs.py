@@ -180,3 +180,28 @@ def test_codec_overrides_given_with_a_plan_are_refused_not_ignored(extra):
     with pytest.raises(ConfigSpecError, match=next(iter(extra))):
         quantize_model(model, {"0": "q4_0", "2": "minmax:4:g32"}, progress=False, **extra)
     assert all(type(p) is nn.Parameter for p in model.parameters())
+
+
+def test_export_llm_takes_device_and_records_awq_provenance(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from t2n_core.cli import main
+    from t2n_core.inspect import inspect_archive
+    from tests.llm.checkpoints import WORDS, save_tiny_llama
+
+    save_tiny_llama(tmp_path / "ckpt", dtype=torch.float32)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(reversed(WORDS * 30)))
+    rc = main(["export-llm", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"), "--codec",
+               "q4_0", "--calibration", "awq", "--calibration-text", str(calib), "--seq-len",
+               "16", "--max-sequences", "4", "--calibration-option", "grid=5", "--device", "cpu",
+               "--no-check", "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+    ids = text_batches(tokenizer, calib, seq_len=16, n_sequences=4)
+    props = inspect_archive(tmp_path / "out" / "model.nnef.tgz").properties
+    assert props["quantization.calibration"] == "awq"
+    assert props["quantization.calibration_options"] == "grid=5"
+    assert props["quantization.calibration_data_sha256"] == fingerprint(batches(ids))
+    other = text_batches(tokenizer, " ".join(WORDS * 30), seq_len=16, n_sequences=4)
+    assert fingerprint(batches(other)) != fingerprint(batches(ids))
