@@ -91,7 +91,7 @@ def read_text(text: str | Path | Sequence[str]) -> str:
         try:
             return text.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
-            raise CalibrationDataError(f"cannot read calibration text file {text}: {err}") from err
+            raise CalibrationDataError(f"cannot read text file {text}: {err}") from err
     if isinstance(text, str):
         return text
     if not all(isinstance(t, str) for t in text):

@@ -400,6 +400,12 @@ def _lm_inputs(
         raise CalibrationDataError(
             f"calibrations {', '.join(DATA_AWARE)} need --calibration-text FILE"
         )
+    if args.calibration_text and not data_aware:
+        logger.warning("--calibration-text ignored: no data-aware calibration (%s) asked for",
+                       ", ".join(DATA_AWARE))  # fmt: skip
+    for flag, name in (("--text", args.text), ("--calibration-text", args.calibration_text)):
+        if name and not Path(name).is_file():  # before the model is loaded
+            raise CalibrationDataError(f"{flag} {name}: no such file")
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
     texts = text_batches(tokenizer, Path(args.text), seq_len=args.seq_len,
@@ -427,8 +433,6 @@ def run_plan(args: argparse.Namespace) -> int:
     for spec in args.candidates:
         resolve(spec)  # a bad spec fails before the model is loaded
     options = cli_options.calibration_options(args.calibration_option) or None
-    if args.calibration_text and not is_data_aware(args.calibration):
-        logger.warning("--calibration-text is for gptq; %s does not read it", args.calibration)
     model, texts, data = _lm_inputs(args, is_data_aware(args.calibration))
     mixed = plan(
         model, args.budget, args.candidates, data=texts, calibration_data=data,

@@ -205,3 +205,22 @@ def test_export_llm_takes_device_and_records_awq_provenance(tmp_path, capsys):
     assert props["quantization.calibration_data_sha256"] == fingerprint(batches(ids))
     other = text_batches(tokenizer, " ".join(WORDS * 30), seq_len=16, n_sequences=4)
     assert fingerprint(batches(other)) != fingerprint(batches(ids))
+
+
+def test_compare_cli_names_a_missing_text_and_an_ignored_calibration_text(
+    tmp_path, capsys, caplog
+):
+    from t2n_core.cli import main
+    from tests.llm.checkpoints import WORDS, save_tiny_llama
+
+    save_tiny_llama(tmp_path / "ckpt", dtype=torch.float32)
+    text = tmp_path / "eval.txt"
+    text.write_text(" ".join(WORDS * 10))
+    rc = main(["compare", str(tmp_path / "ckpt"), "--text", str(tmp_path / "nope.txt")])
+    assert rc == 2 and "--text" in capsys.readouterr().err
+    rc = main(["compare", str(tmp_path / "ckpt"), "--text", str(text), "--codecs", "q4_0",
+               "--calibration-text", str(text), "--seq-len", "16", "--max-sequences", "2"])
+    assert rc == 0
+    assert "--calibration-text ignored" in caplog.text
+    out = capsys.readouterr().out
+    assert out.index("KL (nats)") < out.index("SQNR (dB)")  # end-to-end LM figures first
