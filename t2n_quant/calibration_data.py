@@ -118,6 +118,10 @@ def text_batches(
     >>> [tuple(b.shape) for b in ids]
     [(4, 8)]
     """
+    for name, value in (("seq_len", seq_len), ("n_sequences", n_sequences),
+                        ("batch_size", batch_size)):  # fmt: skip
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise CalibrationDataError(f"{name} must be a whole number >= 1, not {value!r}")
     body = read_text(text)
     if not body.strip():
         raise CalibrationDataError("calibration text is empty")

@@ -35,6 +35,7 @@ from torch import nn
 from t2n_core.capture import eval_mode
 from t2n_core.progress import progress_bar
 from t2n_quant.calibration_data import batches as calibration_batches
+from t2n_quant.calibration_data import like_model
 from t2n_quant.codecs import Codec
 from t2n_quant.config import resolve
 from t2n_quant.data_aware_options import check_options
@@ -322,6 +323,13 @@ def choose(options: dict[str, Options], sizes: dict[str, int], budget: float) ->
     return min(picks, key=lambda p: _total(options, sizes, p, 1))
 
 
+def _like_model(batches: list[Any], model: nn.Module) -> list[Any]:
+    batches, converted = like_model(batches, model)
+    if converted is not None:
+        logger.warning("plan: %s", converted)
+    return batches
+
+
 def plan(
     model: nn.Module,
     budget_bits_per_weight: float = 4.5,
@@ -373,7 +381,7 @@ def plan(
     codecs = [resolve(c) for c in candidates]
     if not codecs:
         raise PlanError("plan needs at least one candidate codec")
-    batches = calibration_batches(data)[:max_batches]
+    batches = _like_model(calibration_batches(data)[:max_batches], model)
     inc, exc = glob_list(include), glob_list(exclude)
     layers = []
     for w in collect_weights(model):
@@ -391,7 +399,8 @@ def plan(
     if is_data_aware(calibration):
         hessian_batches = batches
         if calibration_data is not None:
-            hessian_batches = calibration_batches(calibration_data)[:max_batches]
+            hessian_batches = _like_model(calibration_batches(calibration_data)[:max_batches],
+                                          model)  # fmt: skip
         with torch.no_grad(), no_kv_cache(model), no_fastpath(), eval_mode(model):
             targets = input_hessians(model, [w for w, _ in layers], hessian_batches)
         for w, _ in layers:

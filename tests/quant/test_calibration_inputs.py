@@ -224,3 +224,18 @@ def test_compare_cli_names_a_missing_text_and_an_ignored_calibration_text(
     assert "--calibration-text ignored" in caplog.text
     out = capsys.readouterr().out
     assert out.index("KL (nats)") < out.index("SQNR (dB)")  # end-to-end LM figures first
+
+
+@pytest.mark.parametrize("bad", [{"seq_len": 0}, {"n_sequences": 0}, {"batch_size": -1}])
+def test_text_batches_refuses_sizes_below_one(bad):
+    with pytest.raises(CalibrationDataError, match=next(iter(bad))):
+        text_batches(_chars, "hello world " * 40, **bad)
+
+
+def test_plan_converts_float_data_to_the_model_dtype(caplog):
+    from t2n_quant.plan import plan
+
+    model = _two_linears().to(torch.bfloat16)
+    with caplog.at_level("WARNING"):
+        p = plan(model, 4.5, ["q4_0"], data=torch.randn(8, 32), progress=False)
+    assert set(p.values()) == {"q4_0"} and "converted from float32" in caplog.text
