@@ -449,10 +449,12 @@ def _gathering(
         return after if id(t.module) in owners else fn
 
     def record(path: str) -> Callable[..., None]:
-        def fn(module: nn.Module, args: Any, out: Any) -> None:
+        def fn(module: nn.Module, args: Any, kwargs: dict[str, Any], out: Any) -> None:
             if path not in recorded and isinstance(out, torch.Tensor):
                 recorded.add(path)
-                produced.setdefault(id(out), (path, module, out))
+                # a norm's call kept: AWQ reads how its output depends on its weight
+                call = (args, kwargs) if _norm_weight(module) is not None else None
+                produced.setdefault(id(out), (path, module, out, call))
 
         return fn
 
@@ -464,7 +466,8 @@ def _gathering(
         else t.module.register_forward_pre_hook(hook(t), with_kwargs=True)
         for t in targets
     ]
-    handles += [m.register_forward_hook(record(prefix + p)) for p, m in scope.named_modules()]
+    handles += [m.register_forward_hook(record(prefix + p), with_kwargs=True)
+                for p, m in scope.named_modules()]  # fmt: skip
     try:
         yield produced
     finally:
@@ -842,34 +845,97 @@ def _solve(
         job.assign(t, new_w.reshape(w.shape), params)
 
 
-def _fold(producer: nn.Module, s: torch.Tensor) -> Callable[[], None] | None:
+def _norm_weight(module: nn.Module) -> nn.Parameter | None:
+    """The 1-D affine weight of a norm-like module (not a Linear / convolution), or None."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        return None
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, nn.Parameter) and weight.dim() == 1 else None
+
+
+def _fold(producer: nn.Module, s: torch.Tensor,
+          call: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+          ) -> tuple[Callable[[], None] | None, str]:  # fmt: skip
     """Divide ``producer``'s output channels by ``s`` (a norm's affine weight and bias, a
-    Linear's rows, a convolution's output channels); returns the undo, or None when
-    ``producer`` is not such an op."""
+    Linear's rows, a convolution's output channels); returns the undo, or None and why not.
+
+    A norm may scale by ``c + weight`` rather than ``weight`` (Gemma's ``1 + weight``):
+    with its recorded ``call``, the offset ``c`` is read from its output at weight 0 and 1,
+    the weight set to ``(c + weight) / s - c``, and its output checked to be divided by
+    ``s`` (else nothing is changed)."""
     k = s.numel()
     params = []
+    offset: torch.Tensor | None = None
+    weight = _norm_weight(producer)
     if isinstance(producer, nn.Linear) and producer.out_features == k:
         params = [(producer.weight, s[:, None]), (producer.bias, s)]
     elif isinstance(producer, (nn.Conv1d, nn.Conv2d)) and producer.out_channels == k:
         rows = s.reshape(-1, *[1] * (producer.weight.dim() - 1))
         params = [(producer.weight, rows), (producer.bias, s)]
-    elif not isinstance(producer, nn.Linear):
-        weight = getattr(producer, "weight", None)
-        if isinstance(weight, nn.Parameter) and weight.dim() == 1 and weight.numel() == k:
-            params = [(weight, s), (getattr(producer, "bias", None), s)]
+    elif weight is not None and weight.numel() == k:
+        params = [(weight, s), (getattr(producer, "bias", None), s)]
     params = [(p, d) for p, d in params if isinstance(p, nn.Parameter)]
     if not params or any(type(p) is not nn.Parameter or not p.dtype.is_floating_point
                          for p, _ in params):  # fmt: skip
-        return None  # nothing to fold into, or already quantized
+        return None, "cannot take the scales"  # nothing to fold into, or already quantized
     saved = [p.detach().clone() for p, _ in params]
-    for p, d in params:
-        p.data.div_(d.to(p.device, p.dtype))
 
     def undo() -> None:
         for (p, _), old in zip(params, saved):
             p.data.copy_(old)
 
-    return undo
+    if weight is not None and call is not None:
+        ref = producer(*call[0], **call[1])
+        axis = _channel_axis(ref, k)
+        if axis is None:
+            return None, "cannot take the scales (no output axis of its channels)"
+        offset = _weight_offset(producer, weight, params, call, axis)
+    for p, d in params:
+        d = d.to(p.device, p.dtype)
+        if offset is not None and p is weight:
+            p.data.add_(offset).div_(d).sub_(offset)
+        else:
+            p.data.div_(d)
+    if weight is not None and call is not None:
+        got = producer(*call[0], **call[1])
+        shape = [1] * ref.dim()
+        shape[axis] = k  # type: ignore[index]
+        want = ref / s.to(ref.device, ref.dtype).reshape(shape)
+        if not torch.allclose(got, want, rtol=1e-3, atol=1e-5 * float(want.abs().max())):
+            undo()
+            return None, "cannot take the scales (its output is not its weight, or an offset " \
+                "plus its weight, times a function of its input)"
+    return undo, ""
+
+
+def _channel_axis(out: torch.Tensor, k: int) -> int | None:
+    """The axis of ``out`` holding a norm's ``k`` channels: the last, else the second."""
+    if out.shape[-1] == k:
+        return out.dim() - 1
+    return 1 if out.dim() > 1 and out.shape[1] == k else None
+
+
+def _weight_offset(producer: nn.Module, weight: nn.Parameter, params: list[Any],
+                   call: tuple[tuple[Any, ...], dict[str, Any]], axis: int,
+                   ) -> torch.Tensor | None:  # fmt: skip
+    """``c`` (per channel) where ``producer`` scales by ``c + weight``; None when c is 0.
+    Its output is ``f(x) * (c + w) + b``: at ``w = 0`` and ``w = 1`` (no bias), ``c`` is
+    the least-squares ratio of the two."""
+    saved = [p.detach().clone() for p, _ in params]
+    try:
+        for p, _ in params:
+            p.data.zero_()
+        y0 = producer(*call[0], **call[1]).movedim(axis, -1).reshape(-1, weight.numel())
+        weight.data.fill_(1)
+        y1 = producer(*call[0], **call[1]).movedim(axis, -1).reshape(-1, weight.numel())
+    finally:
+        for (p, _), old in zip(params, saved):
+            p.data.copy_(old)
+    d = (y1 - y0).float()
+    c = (y0.float() * d).sum(0) / (d * d).sum(0).clamp(min=1e-30)
+    if float(c.abs().max()) < 1e-6:
+        return None
+    return c.to(weight.device, weight.dtype)
 
 
 def _awq(targets: list[Target], job: Job, produced: dict[int, Any],
@@ -907,10 +973,10 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     """Search, fold and check one group's scales; says what happened."""
     inner = job.options["inner"]
     plain = f"plain {inner!r} rounding"
-    found = produced.get(id(group[0].first_input))
-    if found is None or found[2] is not group[0].first_input:
+    found = _producer(produced, group[0].first_input)
+    if found is None:
         return f"no module produces the input as is; {plain}"
-    path, producer, _ = found
+    path, producer, _, call = found
     first = group[0]
     act = first.act / max(first.rows, 1)  # type: ignore[operator]
     repeat = 1
@@ -925,9 +991,9 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     if alpha == 0:
         return f"no scaling beats {plain}"
     ref = probe()
-    undo = _fold(producer, s)
+    undo, why = _fold(producer, s, call)
     if undo is None:
-        return f"{path!r} ({type(producer).__name__}) cannot take the scales; {plain}"
+        return f"{path!r} ({type(producer).__name__}) {why}; {plain}"
 
     def along_inputs(w: torch.Tensor) -> torch.Tensor:  # dim 1: a weight's input channels
         return s.to(w.device, w.dtype).reshape(1, -1, *[1] * (w.dim() - 2))
@@ -944,6 +1010,24 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     for t, param in zip(group, floats):
         _put(t, param)
     return f"folding into {path!r} would change the model (its output has other users); {plain}"
+
+
+def _producer(produced: dict[int, Any], x: torch.Tensor | None) -> Any:
+    """The entry of ``produced`` whose module output ``x`` is, or of which ``x`` is a view
+    keeping every channel (the last axis) in place (``hidden[:, -n:]``, an LM head's
+    ``logits_to_keep``): scaling that output's channels scales ``x``'s alike."""
+    if x is None:
+        return None
+    found = produced.get(id(x))
+    if found is not None and found[2] is x:
+        return found
+    base = x._base
+    found = None if base is None else produced.get(id(base))
+    if found is None or found[2] is not base or base.dim() == 0 or x.dim() == 0:
+        return None
+    if x.shape[-1] != base.shape[-1] or x.stride(-1) != base.stride(-1):
+        return None
+    return found
 
 
 def _put(t: Target, param: nn.Parameter) -> None:

@@ -55,3 +55,49 @@ def test_compare_measures_weights_stored_in_another_layout():
         assert len(layers) == len(c.summary.quantized), name
         found = [r for n, r in layers.items() if n.endswith(wanted)]
         assert found and all(r.weight_sqnr > 15 for r in found), (name, found)
+
+
+class _OffsetNorm(torch.nn.Module):
+    """RMS norm scaling by ``offset + weight`` (Gemma: 1), or by ``weight ** 2``."""
+
+    def __init__(self, k: int, offset: float, squared: bool = False) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.rand(k) + 0.5)
+        self.offset, self.squared = offset, squared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight**2 if self.squared else self.offset + self.weight
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * scale
+
+
+def test_awq_folds_into_norms_scaling_by_an_offset_plus_their_weight():
+    from t2n_quant.layerwise import _fold
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16)
+    s = torch.rand(16) + 0.5
+    for offset in (0.0, 1.0, 2.5):
+        norm = _OffsetNorm(16, offset)
+        ref = norm(x).detach()
+        with torch.no_grad():
+            undo, why = _fold(norm, s, ((x,), {}))
+            assert undo is not None, why
+            assert torch.allclose(norm(x), ref / s, rtol=1e-4, atol=1e-6), offset
+            undo()
+            assert torch.allclose(norm(x), ref)
+    norm = _OffsetNorm(16, 0.0, squared=True)
+    ref = norm(x).detach()
+    with torch.no_grad():
+        undo, why = _fold(norm, s, ((x,), {}))
+    assert undo is None and "not its weight" in why
+    assert torch.equal(norm(x), ref)  # left as it was
+
+
+def test_awq_folds_into_gemma_norms_and_finds_the_final_norm_under_a_sliced_lm_head():
+    """Gemma's ``(1 + weight)`` RMS norms take the q/k/v scales; Llama's LM head reads a
+    view of the final norm's output (``logits_to_keep``): that norm is its producer."""
+    s = quantize_model(tiny("gemma"), "q4_0", calibration="awq", data=_data(), progress=False)
+    assert any("folded into 'model.layers.1.input_layernorm'" in n for n in s.notes), s.notes
+    s = quantize_model(tiny("llama"), "q4_0", calibration="awq", data=_data(), progress=False)
+    head = [n for n in s.notes if n.startswith("awq: lm_head.weight")]
+    assert head and "no module produces" not in head[0], head
