@@ -15,6 +15,7 @@ the model's tokenizer and cuts it into sequences of ``seq_len`` tokens.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,8 +38,9 @@ def _one(item: Any) -> Batch:
     return (item,), {}
 
 
-def batches(data: Any) -> list[Batch]:
-    """The batches of ``data`` as ``(args, kwargs)`` pairs (see the module docstring).
+def batches(data: Any, limit: int | None = None) -> list[Batch]:
+    """The batches of ``data`` as ``(args, kwargs)`` pairs (see the module docstring); with
+    ``limit``, the first ``limit`` only (a DataLoader is read no further).
 
     >>> [len(a) for a, _ in batches([torch.zeros(2, 3), torch.zeros(1, 3)])]
     [1, 1]
@@ -58,7 +60,7 @@ def batches(data: Any) -> list[Batch]:
             "t2n_quant.calibration_data.text_batches(tokenizer, text)"
         )
     elif isinstance(data, Iterable):
-        found = [_one(item) for item in data]
+        found = [_one(item) for item in itertools.islice(data, limit)]
     else:
         raise CalibrationDataError(f"cannot read calibration data of type {type(data).__name__}")
     if not found:

@@ -69,8 +69,11 @@ class Plan(dict[str, str]):
         return None
 
     def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON; the file is replaced whole, never left half-written."""
         path = Path(path)
-        path.write_text(json.dumps(dict(self), indent=2) + "\n", encoding="utf-8")
+        part = path.with_name(f".{path.name}.part")
+        part.write_text(json.dumps(dict(self), indent=2) + "\n", encoding="utf-8")
+        part.replace(path)
         return path
 
     @classmethod
@@ -381,7 +384,7 @@ def plan(
     codecs = [resolve(c) for c in candidates]
     if not codecs:
         raise PlanError("plan needs at least one candidate codec")
-    batches = _like_model(calibration_batches(data)[:max_batches], model)
+    batches = _like_model(calibration_batches(data, max_batches), model)
     inc, exc = glob_list(include), glob_list(exclude)
     layers = []
     for w in collect_weights(model):
@@ -399,7 +402,7 @@ def plan(
     if is_data_aware(calibration):
         hessian_batches = batches
         if calibration_data is not None:
-            hessian_batches = _like_model(calibration_batches(calibration_data)[:max_batches],
+            hessian_batches = _like_model(calibration_batches(calibration_data, max_batches),
                                           model)  # fmt: skip
         with torch.no_grad(), no_kv_cache(model), no_fastpath(), eval_mode(model):
             targets = input_hessians(model, [w for w, _ in layers], hessian_batches)

@@ -239,3 +239,16 @@ def test_plan_converts_float_data_to_the_model_dtype(caplog):
     with caplog.at_level("WARNING"):
         p = plan(model, 4.5, ["q4_0"], data=torch.randn(8, 32), progress=False)
     assert set(p.values()) == {"q4_0"} and "converted from float32" in caplog.text
+
+
+def test_plan_reads_no_more_batches_than_it_uses(tmp_path):
+    from t2n_quant.plan import plan
+
+    def loader():
+        for _ in range(2):
+            yield torch.randn(8, 32)
+        raise AssertionError("read past max_batches")
+
+    p = plan(_two_linears(), 4.5, ["q4_0"], data=loader(), max_batches=2, progress=False)
+    assert p.save(tmp_path / "p.json").read_text().startswith("{")
+    assert [f.name for f in tmp_path.iterdir()] == ["p.json"]  # no leftover part file
