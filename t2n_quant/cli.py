@@ -61,8 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cli_options.add_calibration_options(p)
     p.add_argument(
         "--codecs", nargs="+", default=list(COMPARE_SPECS), metavar="SPEC",
-        help=f"quantization specs to compare (default: {' '.join(COMPARE_SPECS)})",
+        help=f"quantization specs to compare, or plan .json files (from t2n plan) (default: "
+        f"{' '.join(COMPARE_SPECS)})",
     )  # fmt: skip
+    add_selection(p, "modules")
     p.add_argument(
         "--calibrations", nargs="+", default=["minmax"], metavar="NAME",
         help="calibrations to try with each spec (minmax, mse, hqq, gptq, gptq:mse = GPTQ "
@@ -366,9 +368,16 @@ def run_compare(args: argparse.Namespace) -> int:
         inputs = torch.cat(texts)
     metric = "kl" if args.checkpoint else "sqnr"
     options = cli_options.calibration_options(args.calibration_option) or None
-    comparison = compare(model, inputs, args.codecs, calibrations=args.calibrations, data=data,
+    from t2n_quant.plan import Plan
+
+    specs = [Plan.load(s) if s.endswith(".json") else s for s in args.codecs]
+    for spec, name in zip(specs, args.codecs):
+        if isinstance(spec, Plan):
+            spec.label = Path(name).stem
+    comparison = compare(model, inputs, specs, calibrations=args.calibrations, data=data,
                          device=args.device, metric=metric, batch_size=args.batch_size,
-                         calibration_options=options)  # fmt: skip
+                         calibration_options=options, include=args.include,
+                         exclude=args.exclude or None)  # fmt: skip
     print(comparison)
     if args.layers:
         print("\nper-layer output SQNR (dB) vs the float model, errors accumulated:")

@@ -252,3 +252,21 @@ def test_plan_reads_no_more_batches_than_it_uses(tmp_path):
     p = plan(_two_linears(), 4.5, ["q4_0"], data=loader(), max_batches=2, progress=False)
     assert p.save(tmp_path / "p.json").read_text().startswith("{")
     assert [f.name for f in tmp_path.iterdir()] == ["p.json"]  # no leftover part file
+
+
+def test_compare_cli_takes_a_plan_file_and_module_selection(tmp_path, capsys):
+    from t2n_core.cli import main
+    from tests.llm.checkpoints import WORDS, save_tiny_llama
+
+    save_tiny_llama(tmp_path / "ckpt", dtype=torch.float32)
+    text = tmp_path / "eval.txt"
+    text.write_text(" ".join(WORDS * 10))
+    (tmp_path / "mixed.json").write_text('{"model.layers.0.*": "minmax:3:g32", "*": "q4_0"}')
+    rc = main(["compare", str(tmp_path / "ckpt"), "--text", str(text), "--codecs", "q4_0",
+               str(tmp_path / "mixed.json"), "--exclude", "lm_head", "model.embed_tokens",
+               "--seq-len", "16", "--max-sequences", "2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "\n  mixed " in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    bits = {r[0]: float(r[2]) for r in rows if r[0] in ("q4_0", "mixed")}
+    assert bits["q4_0"] == 4.5 and bits["mixed"] < 4.5  # lm_head, embeddings left out of both
