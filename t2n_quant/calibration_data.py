@@ -126,13 +126,14 @@ def text_batches(
             raise CalibrationDataError(f"{name} must be a whole number >= 1, not {value!r}")
     body = read_text(text)
     if not body.strip():
-        raise CalibrationDataError("calibration text is empty")
+        where = f" of {text}" if isinstance(text, Path) or _names_a_file(str(text)) else ""
+        raise CalibrationDataError(f"the text{where} is empty: nothing to tokenize")
     if hasattr(tokenizer, "encode"):
         ids = tokenizer.encode(body, add_special_tokens=False)
     else:
         ids = list(tokenizer(body))
     if not ids:
-        raise CalibrationDataError("the tokenizer turned the calibration text into no tokens")
+        raise CalibrationDataError("the tokenizer turned the text into no tokens")
     tokens = torch.tensor(ids, dtype=torch.long)
     if tokens.numel() < seq_len:
         return [tokens[None]]

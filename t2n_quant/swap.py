@@ -211,7 +211,13 @@ def quantize_model(
     options = dict(calibration_options or {})
     data_aware = is_data_aware(calibration)
     if data_aware and ":" in str(calibration):  # "gptq:mse": the inner calibration
-        calibration, options["inner"] = str(calibration).split(":", 1)
+        method, inner = str(calibration).split(":", 1)
+        if options.get("inner", inner) != inner:
+            raise CalibrationOptionError(
+                f"calibration {calibration!r} says inner={inner!r}, calibration_options "
+                f"inner={options['inner']!r}: give one"
+            )
+        calibration, options["inner"] = method, inner
     if data_aware:
         check_options(str(calibration), options)
     calibrate = get_calibration(options.get("inner", "minmax") if data_aware else calibration)

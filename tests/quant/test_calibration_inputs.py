@@ -270,3 +270,9 @@ def test_compare_cli_takes_a_plan_file_and_module_selection(tmp_path, capsys):
     rows = [line.split() for line in out.splitlines() if line.startswith("  ")]
     bits = {r[0]: float(r[2]) for r in rows if r[0] in ("q4_0", "mixed")}
     assert bits["q4_0"] == 4.5 and bits["mixed"] < 4.5  # lm_head, embeddings left out of both
+
+
+def test_two_different_inner_calibrations_are_refused():
+    with pytest.raises(CalibrationOptionError, match="give one"):
+        quantize_model(_two_linears(), "q4_0", calibration="gptq:mse", data=torch.randn(8, 32),
+                       calibration_options={"inner": "hqq"}, progress=False)  # fmt: skip
