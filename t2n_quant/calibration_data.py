@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
 
+_TEXT = ("calibration data is text: tokenize it first with "
+         "t2n_quant.calibration_data.text_batches(tokenizer, text)")  # fmt: skip
+
 
 def _one(item: Any) -> Batch:
     if isinstance(item, Mapping):  # a dict, a BatchEncoding (a UserDict)
@@ -55,12 +58,11 @@ def batches(data: Any, limit: int | None = None) -> list[Batch]:
     if isinstance(data, (torch.Tensor, tuple, Mapping)):
         found = [_one(data)]
     elif isinstance(data, (str, bytes, Path)):
-        raise CalibrationDataError(
-            "calibration data is text: tokenize it first with "
-            "t2n_quant.calibration_data.text_batches(tokenizer, text)"
-        )
+        raise CalibrationDataError(_TEXT)
     elif isinstance(data, Iterable):
         found = [_one(item) for item in itertools.islice(data, limit)]
+        if any(isinstance(a[0], (str, bytes, Path)) for a, _ in found if len(a) == 1):
+            raise CalibrationDataError(_TEXT)
     else:
         raise CalibrationDataError(f"cannot read calibration data of type {type(data).__name__}")
     if not found:

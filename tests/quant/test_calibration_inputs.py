@@ -276,3 +276,8 @@ def test_two_different_inner_calibrations_are_refused():
     with pytest.raises(CalibrationOptionError, match="give one"):
         quantize_model(_two_linears(), "q4_0", calibration="gptq:mse", data=torch.randn(8, 32),
                        calibration_options={"inner": "hqq"}, progress=False)  # fmt: skip
+
+
+def test_a_list_of_strings_as_data_says_to_tokenize_it():
+    with pytest.raises(CalibrationDataError, match="text_batches"):
+        batches(["some text", "more text"])
