@@ -281,3 +281,46 @@ def test_two_different_inner_calibrations_are_refused():
 def test_a_list_of_strings_as_data_says_to_tokenize_it():
     with pytest.raises(CalibrationDataError, match="text_batches"):
         batches(["some text", "more text"])
+
+
+def test_every_form_of_the_same_batches_gives_the_same_hash_and_weights():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.randn(24, 32)
+    forms = {
+        "list": list(x.split(8)),
+        "generator": (b for b in x.split(8)),
+        "loader of tensors": DataLoader(x, batch_size=8),
+        "loader of tuples": DataLoader(TensorDataset(x), batch_size=8),
+        "list of dicts": [{"input": b} for b in x.split(8)],
+    }
+    got = {}
+    for name, data in forms.items():
+        model = _two_linears()
+        s = quantize_model(model, "q4_0", calibration="gptq", data=data, progress=False)
+        got[name] = (s.data_hash if name != "list of dicts" else None, model[2].weight.dequantize())
+    ref_hash, ref_w = got["list"]
+    for name, (h, w) in got.items():
+        assert h in (ref_hash, None), name
+        assert torch.equal(w, ref_w), name
+
+
+class _NeedsKeywords(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor, *, scale: float) -> torch.Tensor:
+        return self.b(self.a(x) * scale)
+
+
+def test_a_forward_taking_keywords_calibrates_on_dicts_and_names_its_error():
+    torch.manual_seed(0)
+    x = torch.randn(16, 32)
+    s = quantize_model(_NeedsKeywords(), "q4_0", calibration="gptq",
+                       data=[{"x": x, "scale": 2.0}], progress=False)  # fmt: skip
+    assert len(s.quantized) == 2
+    model = _NeedsKeywords()
+    with pytest.raises(CalibrationDataError, match=r"batch 0.*gptq for q4_0 of a\.weight.*scale"):
+        quantize_model(model, "q4_0", calibration="gptq", data=x, progress=False)
+    assert all(type(p) is nn.Parameter for p in model.parameters())
