@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     cli_options.add_lm_texts(
         p, "text the LM metrics (KL, top-1, perplexity) are measured on (with a checkpoint)",
-        "text for data-aware calibrations (gptq); keep it apart from --text",
+        "text for data-aware calibrations (gptq, awq); keep it apart from --text",
     )  # fmt: skip
     p.add_argument("--device", default=None, help="device for data-aware calibration (e.g. cuda)")
     cli_options.add_calibration_options(p)
@@ -67,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_selection(p, "modules")
     p.add_argument(
         "--calibrations", nargs="+", default=["minmax"], metavar="NAME",
-        help="calibrations to try with each spec (minmax, mse, hqq, gptq, gptq:mse = GPTQ "
-        "with mse group scales; default: minmax)",
+        help="calibrations to try with each spec (minmax, mse, hqq; with --calibration-text "
+        "gptq, gptq:mse = GPTQ with mse group scales, awq, awq:mse; default: minmax)",
     )  # fmt: skip
     p.add_argument(
         "--batch-size", type=int, default=8, metavar="N",
