@@ -9,6 +9,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
+
 from t2n_quant.errors import CalibrationOptionError
 
 
@@ -87,3 +89,24 @@ must be an integer >= 0; unknown option 'grid' (gptq takes: inner, damp, block, 
             problems.append(f"{key}={value!r} must be {wanted}")
     if problems:
         raise CalibrationOptionError(f"calibration_options for {method!r}: {'; '.join(problems)}")
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a :class:`torch.device`, or a
+    :class:`~t2n_quant.errors.CalibrationOptionError` when it is not a device name or this
+    machine has no such device (before any data is read).
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, TypeError) as err:
+        raise CalibrationOptionError(
+            f"device={device!r} is not usable here ({err}); give one this machine has "
+            "(cpu, cuda when torch.cuda.is_available())"
+        ) from err
+    return dev

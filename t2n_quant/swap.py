@@ -30,7 +30,7 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint, like_model
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
-from t2n_quant.data_aware_options import check_options
+from t2n_quant.data_aware_options import check_device, check_options
 from t2n_quant.errors import CalibrationOptionError, ConfigSpecError
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
 from t2n_quant.matmul_weights import (
@@ -220,6 +220,7 @@ def quantize_model(
         calibration, options["inner"] = method, inner
     if data_aware:
         check_options(str(calibration), options)
+        check_device(device)
     calibrate = get_calibration(options.get("inner", "minmax") if data_aware else calibration)
     if not data_aware and options:
         raise CalibrationOptionError(

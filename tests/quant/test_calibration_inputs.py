@@ -324,3 +324,10 @@ def test_a_forward_taking_keywords_calibrates_on_dicts_and_names_its_error():
     with pytest.raises(CalibrationDataError, match=r"batch 0.*gptq for q4_0 of a\.weight.*scale"):
         quantize_model(model, "q4_0", calibration="gptq", data=x, progress=False)
     assert all(type(p) is nn.Parameter for p in model.parameters())
+
+
+def test_a_device_this_machine_lacks_is_named_before_calibrating():
+    model = _two_linears()
+    with pytest.raises(CalibrationOptionError, match="device='gpu'"):
+        quantize_model(model, "q4_0", calibration="gptq", data=torch.randn(8, 32), device="gpu",
+                       progress=False)  # fmt: skip
