@@ -111,6 +111,10 @@ def check_plan(plan: Mapping[str, str], weights: Sequence[Any]) -> dict[str, Cod
 
     problems: list[str] = []
     codecs: dict[str, Codec | None] = {}
+    bad_keys = [g for g in plan if not isinstance(g, str)]
+    if bad_keys:
+        problems += [f"{g!r}: a plan's keys are module path globs (strings)" for g in bad_keys]
+        plan = {g: s for g, s in plan.items() if isinstance(g, str)}
     for glob, spec in plan.items():
         if spec != FLOAT:
             try:

@@ -18,6 +18,7 @@ from t2n_quant.errors import (
     CalibrationOptionError,
     ConfigSpecError,
     NonFiniteWeightError,
+    PlanError,
     UnknownCodecError,
 )
 
@@ -331,3 +332,8 @@ def test_a_device_this_machine_lacks_is_named_before_calibrating():
     with pytest.raises(CalibrationOptionError, match="device='gpu'"):
         quantize_model(model, "q4_0", calibration="gptq", data=torch.randn(8, 32), device="gpu",
                        progress=False)  # fmt: skip
+
+
+def test_a_plan_key_that_is_not_a_glob_is_listed_with_the_other_problems():
+    with pytest.raises(PlanError, match=r"2 problem.*\n.*0: a plan's keys.*\n.*'x' matches no"):
+        quantize_model(_two_linears(), {0: "q4_0", "x": "q4_0"}, progress=False)
