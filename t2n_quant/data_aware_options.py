@@ -67,6 +67,28 @@ TAKEN_BY = {
     "awq": ("inner", "grid", *TUNING),
 }
 
+#: the value of each option a method takes when it is not given (what the archive records)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "gptq": {"inner": "minmax", "damp": 0.01, "block": 128, "act_order": False,
+             "sequential": True, "float_target": True, "tune_steps": 0, "tune_lr": 1e-3},
+    "awq": {"inner": "minmax", "grid": 20, "tune_steps": 0, "tune_lr": 1e-3},
+}  # fmt: skip
+
+
+def parameters(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter ``method`` runs with: ``options`` over the defaults (``tune_lr`` only
+    when tuning runs); a function as ``inner`` by its name.
+
+    >>> parameters("awq", {"grid": 8})
+    {'inner': 'minmax', 'grid': 8, 'tune_steps': 0}
+    """
+    out = {**DEFAULTS[method], **options}
+    if not out["tune_steps"]:
+        del out["tune_lr"]
+    if callable(out["inner"]):
+        out["inner"] = getattr(out["inner"], "__name__", "custom")
+    return out
+
 
 def check_options(method: str, options: Mapping[str, Any]) -> None:
     """Raise :class:`~t2n_quant.errors.CalibrationOptionError` naming every option of

@@ -50,6 +50,8 @@ class QuantizationSummary:
     skipped: list[SkippedWeight] = field(default_factory=list)
     fallback: str | None = None  # the codec for weights the main codec cannot take
     calibration_options: dict[str, Any] = field(default_factory=dict)
+    #: data-aware calibrations: every parameter they ran with, defaults included
+    calibration_parameters: dict[str, Any] = field(default_factory=dict)
     data_hash: str | None = None  # fingerprint of the calibration data (data-aware only)
     notes: list[str] = field(default_factory=list)
 
@@ -64,6 +66,10 @@ class QuantizationSummary:
         if self.calibration_options:
             out["calibration_options"] = ",".join(
                 f"{k}={v}" for k, v in sorted(self.calibration_options.items())
+            )
+        if self.calibration_parameters:
+            out["calibration_parameters"] = ",".join(
+                f"{k}={v}" for k, v in sorted(self.calibration_parameters.items())
             )
         if self.data_hash:
             out["calibration_data_sha256"] = self.data_hash

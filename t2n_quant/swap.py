@@ -30,7 +30,7 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint, like_model
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
-from t2n_quant.data_aware_options import check_device, check_options
+from t2n_quant.data_aware_options import DEFAULTS, check_device, check_options, parameters
 from t2n_quant.errors import CalibrationOptionError, ConfigSpecError
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
 from t2n_quant.matmul_weights import (
@@ -231,6 +231,8 @@ def quantize_model(
     label = codec.spec if planned is None else f"plan ({', '.join(specs) or 'all float'})"
     summary = QuantizationSummary(label, cal_name, fallback=second and second.spec)
     summary.calibration_options = options
+    if data_aware:
+        summary.calibration_parameters = parameters(str(calibration), options)
     batches = None
     if data_aware:
         batches = calibration_batches(data)
@@ -296,7 +298,8 @@ def quantize_model(
             with eval_mode(model):
                 todo = quantize_with_data(
                     model, todo, batches, lambda w, c, qt: _install(w, c, qt, summary),
-                    summary, method=str(calibration), options=options, device=device,
+                    summary, method=str(calibration), device=device,
+                    options={**DEFAULTS[str(calibration)], **options},  # as recorded
                     progress=progress, undos=undos,
                 )  # fmt: skip
         desc = f"quantizing ({codec.spec})"

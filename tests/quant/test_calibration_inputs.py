@@ -337,3 +337,27 @@ def test_a_device_this_machine_lacks_is_named_before_calibrating():
 def test_a_plan_key_that_is_not_a_glob_is_listed_with_the_other_problems():
     with pytest.raises(PlanError, match=r"2 problem.*\n.*0: a plan's keys.*\n.*'x' matches no"):
         quantize_model(_two_linears(), {0: "q4_0", "x": "q4_0"}, progress=False)
+
+
+def test_the_recorded_default_parameters_are_those_the_methods_run_with():
+    import inspect
+
+    from t2n_quant.calibration.awq import search_scales
+    from t2n_quant.calibration.gptq import gptq
+    from t2n_quant.calibration.scale_tuning import tune_scales
+    from t2n_quant.data_aware_options import DEFAULTS
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+
+    for key in ("inner", "damp", "block", "act_order"):
+        assert DEFAULTS["gptq"][key] == defaults(gptq)[key], key
+    assert DEFAULTS["awq"]["inner"] == defaults(search_scales)["inner"]
+    assert DEFAULTS["awq"]["grid"] == defaults(search_scales)["grid"]
+    assert DEFAULTS["gptq"]["tune_lr"] == defaults(tune_scales)["lr"]
+    s = quantize_model(_two_linears(), "q4_0", calibration="gptq", data=torch.randn(8, 32),
+                       calibration_options={"damp": 0.02}, progress=False)  # fmt: skip
+    assert s.provenance["calibration_options"] == "damp=0.02"
+    assert s.provenance["calibration_parameters"] == (
+        "act_order=False,block=128,damp=0.02,float_target=True,inner=minmax,sequential=True,"
+        "tune_steps=0")
