@@ -10,7 +10,9 @@ to all of them.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -125,6 +127,31 @@ def _list_unreachable(
         )
 
 
+def _all_or_nothing(fn: Callable[..., QuantizationSummary]) -> Callable[..., QuantizationSummary]:
+    """On any error, give every module of the model its class and attributes back (shallow:
+    the same tensors and submodules), undoing what ran before quantizing proper: Conv1D
+    swapped for Linear, experts transposed, parametrizations baked, LoRA merged."""
+
+    @functools.wraps(fn)
+    def guarded(model: nn.Module, *args: Any, **kwargs: Any) -> QuantizationSummary:
+        saved = [(m, type(m), {k: copy.copy(v) if isinstance(v, dict) else v
+                              for k, v in vars(m).items()}) for m in model.modules()]  # fmt: skip
+        try:
+            return fn(model, *args, **kwargs)
+        except Exception as exc:
+            for module, cls, attrs in saved:
+                module.__class__ = cls
+                module.__dict__.clear()
+                module.__dict__.update(attrs)
+            note = "quantize_model put every float weight back: the model is unchanged"
+            if hasattr(exc, "add_note") and note not in getattr(exc, "__notes__", []):
+                exc.add_note(note)
+            raise
+
+    return guarded
+
+
+@_all_or_nothing
 def quantize_model(
     model: nn.Module,
     codec_or_config: str | QuantConfig | Codec | Mapping[str, str],

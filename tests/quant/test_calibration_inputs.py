@@ -361,3 +361,21 @@ def test_the_recorded_default_parameters_are_those_the_methods_run_with():
     assert s.provenance["calibration_parameters"] == (
         "act_order=False,block=128,damp=0.02,float_target=True,inner=minmax,sequential=True,"
         "tune_steps=0")
+
+
+def test_a_refused_plan_leaves_a_gpt2_with_its_conv1d_layers():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=100, n_positions=32,
+                        bos_token_id=0, eos_token_id=0)  # fmt: skip
+    model = GPT2LMHeadModel(config).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = [type(m) for m in model.modules()]
+    with pytest.raises(PlanError, match="'nope' matches no"):
+        quantize_model(model, {"transformer.h.*.attn.c_attn": "q4_0", "nope": "q4_0"},
+                       progress=False)  # fmt: skip
+    after = model.state_dict()
+    assert [type(m) for m in model.modules()] == kinds  # Conv1D, not Linear
+    assert before.keys() == after.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
