@@ -454,7 +454,11 @@ def _gathering(
                 recorded.add(path)
                 # a norm's call kept: AWQ reads how its output depends on its weight
                 call = (args, kwargs) if _norm_weight(module) is not None else None
-                produced.setdefault(id(out), (path, module, out, call))
+                produced.setdefault(id(out), (path, module, out, call, {}))
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            entry = _producer(produced, x) if isinstance(x, torch.Tensor) else None
+            if entry is not None and entry[1] is not module:  # a reader of that output
+                entry[4].setdefault(id(module), (path, module, args, kwargs))
 
         return fn
 
@@ -976,7 +980,7 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     found = _producer(produced, group[0].first_input)
     if found is None:
         return f"no module produces the input as is; {plain}"
-    path, producer, _, call = found
+    path, producer, _, call, readers = found
     first = group[0]
     act = first.act / max(first.rows, 1)  # type: ignore[operator]
     repeat = 1
@@ -1001,15 +1005,90 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     floats = [t.weight.param for t in group]
     for t, w in zip(group, weights):  # new tensors: the float ones stay as they were
         _put(t, nn.Parameter(w * along_inputs(w), requires_grad=False))
+    others = [] if repeat != 1 else _other_readers(readers, group, s)
+    if others is None:
+        undo()
+        for t, param in zip(group, floats):
+            _put(t, param)
+        return _other_users(path, readers, group, plain)
+    undo_others = _scale_inputs(others, s)
     got = probe()
     err = float((got - ref).float().norm() / ref.float().norm().clamp(min=1e-30))
     if err < 1e-3:
-        job.undos.append(undo)
-        return f"scales (alpha {alpha:.2f}, output error x{ratio:.2f}) folded into {path!r}"
+        job.undos += [undo, undo_others]
+        also = "" if not others else (
+            f" (its other readers' matrices scaled alike: {', '.join(p for p, _ in others)})")
+        return (f"scales (alpha {alpha:.2f}, output error x{ratio:.2f}) folded into "
+                f"{path!r}{also}")  # fmt: skip
+    undo_others()
     undo()
     for t, param in zip(group, floats):
         _put(t, param)
-    return f"folding into {path!r} would change the model (its output has other users); {plain}"
+    return _other_users(path, readers, group, plain)
+
+
+def _other_users(path: str, readers: dict[int, Any], group: list[Target], plain: str) -> str:
+    users = [r[0] for r in readers.values() if all(r[1] is not t.module for t in group)]
+    return (f"folding into {path!r} would change the model (its output has other users: "
+            f"{', '.join(users) or 'not modules'}); {plain}")  # fmt: skip
+
+
+def _other_readers(readers: dict[int, Any], group: list[Target],
+                   s: torch.Tensor) -> list[Any] | None:  # fmt: skip
+    """The modules reading the producer's output besides ``group``'s that have float
+    matrices (a router, experts ``[e, out, in]``), each with those whose last axis, scaled
+    by ``s``, undoes the fold for it (checked on its recorded call: all its matrices of
+    ``s.numel()`` columns, else one of them); None when one of them has none such."""
+    out = []
+    mine = {id(t.module) for t in group}
+    for path, module, args, kwargs in readers.values():
+        k = s.numel()
+        found = [p for p in module._parameters.values() if type(p) is nn.Parameter
+                 and p.dim() >= 2 and p.shape[-1] == k and p.dtype.is_floating_point]  # fmt: skip
+        if id(module) in mine or not found:
+            continue
+        tries = [found, *([p] for p in found)]
+        fits = next((c for c in tries if _undoes(module, c, s, args, kwargs)), None)
+        if fits is None:
+            return None
+        out.append((path, fits))
+    return out
+
+
+def _undoes(module: nn.Module, params: list[nn.Parameter], s: torch.Tensor, args: Any,
+            kwargs: dict[str, Any]) -> bool:  # fmt: skip
+    """Whether ``module`` gives the same output on its input divided by ``s`` (channels
+    last) once ``params``' last axis is multiplied by ``s``."""
+    def call(first: torch.Tensor) -> Any:
+        if args:
+            return module(first, *args[1:], **kwargs)
+        key = next(iter(kwargs))
+        return module(**{**kwargs, key: first})
+
+    x = args[0] if args else next(iter(kwargs.values()))
+    try:
+        ref = _first_tensor(call(x))
+        undo = _scale_inputs([("", params)], s)
+        try:
+            got = _first_tensor(call(x / s.to(x.device, x.dtype)))
+        finally:
+            undo()
+    except Exception:  # a module that cannot be rerun alone: not compensated
+        return False
+    return bool(torch.allclose(got, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max())))
+
+
+def _scale_inputs(readers: list[Any], s: torch.Tensor) -> Callable[[], None]:
+    """Multiply the last axis of each reader's matrices by ``s`` in place; returns the undo."""
+    saved = [(p, p.detach().clone()) for _, params in readers for p in params]
+    for p, _ in saved:
+        p.data.mul_(s.to(p.device, p.dtype))
+
+    def undo() -> None:
+        for p, old in saved:
+            p.data.copy_(old)
+
+    return undo
 
 
 def _producer(produced: dict[int, Any], x: torch.Tensor | None) -> Any:

@@ -101,3 +101,14 @@ def test_awq_folds_into_gemma_norms_and_finds_the_final_norm_under_a_sliced_lm_h
     s = quantize_model(tiny("llama"), "q4_0", calibration="awq", data=_data(), progress=False)
     head = [n for n in s.notes if n.startswith("awq: lm_head.weight")]
     assert head and "no module produces" not in head[0], head
+
+
+def test_awq_scales_the_router_and_experts_reading_the_same_norm():
+    """DeepSeek-V3's MoE layer: the shared experts' gate/up (the AWQ group), the router and
+    the routed experts (weights no AWQ group holds) all read the norm's output; the fold
+    into the norm is compensated in the router's and experts' matrices, not refused."""
+    s = quantize_model(tiny("deepseek_v3"), "q4_0", calibration="awq", data=_data(),
+                       progress=False)  # fmt: skip
+    folded = [n for n in s.notes if "folded into 'model.layers.1.post_attention_layernorm'" in n]
+    assert folded and "mlp.gate" in folded[0] and "mlp.experts" in folded[0], s.notes
+    assert not any("other users" in n for n in s.notes), s.notes
