@@ -431,7 +431,7 @@ def _lm_inputs(
 def run_plan(args: argparse.Namespace) -> int:
     from t2n_quant.config import resolve
     from t2n_quant.errors import PlanError
-    from t2n_quant.plan import bits_per_weight, check_plan, plan
+    from t2n_quant.plan import bits_per_weight, check_plan, plan, quantize_layout
     from t2n_quant.weights import collect_weights
 
     out = Path(args.output)
@@ -448,19 +448,20 @@ def run_plan(args: argparse.Namespace) -> int:
         calibration=args.calibration, calibration_options=options, include=args.include,
         exclude=args.exclude or None, max_batches=len(texts), progress=not args.quiet,
     )  # fmt: skip
-    weights = collect_weights(model)
-    chosen = check_plan(mixed, weights)
-    stored = values = 0.0
-    print("\n| module glob | codec | weight | bits/weight |\n|---|---|---|---|")
-    for w in weights:
-        codec = chosen.get(w.name)
-        if codec is None:
-            continue
-        glob = next(g for g in mixed if any(fnmatch.fnmatchcase(p, g) for p, _ in w.users))
-        bits = bits_per_weight(codec, w.param.shape)
-        stored += bits * w.param.numel()
-        values += w.param.numel()
-        print(f"| {glob} | {codec.spec} | {w.name} {list(w.param.shape)} | {bits:.3f} |")
+    with quantize_layout(model):  # the weights as quantize_model will see them
+        weights = collect_weights(model)
+        chosen = check_plan(mixed, weights)
+        stored = values = 0.0
+        print("\n| module glob | codec | weight | bits/weight |\n|---|---|---|---|")
+        for w in weights:
+            codec = chosen.get(w.name)
+            if codec is None:
+                continue
+            glob = next(g for g in mixed if any(fnmatch.fnmatchcase(p, g) for p, _ in w.users))
+            bits = bits_per_weight(codec, w.param.shape)
+            stored += bits * w.param.numel()
+            values += w.param.numel()
+            print(f"| {glob} | {codec.spec} | {w.name} {list(w.param.shape)} | {bits:.3f} |")
     left = [w.name for w in weights if chosen.get(w.name) is None]
     print(f"\n{len(mixed)} entries: {stored / max(values, 1):.3f} bits per planned weight "
           f"(budget {args.budget:g}); left float: {', '.join(left) or 'none'}")  # fmt: skip

@@ -45,7 +45,7 @@ from t2n_quant.matmul_weights import (
     untranspose_bmm_experts,
     untranspose_experts,
 )
-from t2n_quant.plan import check_plan
+from t2n_quant.plan import check_plan, quantize_layout
 from t2n_quant.qtensor import QTensor
 from t2n_quant.summary import QuantizationSummary, _html_table, _table, human_bytes
 from t2n_quant.swap import quantize_model
@@ -485,7 +485,8 @@ def compare(
     codecs = [s if isinstance(s, Mapping) else resolve(s) for s in specs]
     for s in codecs:
         if isinstance(s, Mapping):
-            check_plan(s, collect_weights(model))
+            with quantize_layout(model):
+                check_plan(s, collect_weights(model))
     cals = [
         (c, c if isinstance(c, str) else getattr(c, "__name__", "custom")) for c in calibrations
     ]

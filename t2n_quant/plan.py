@@ -21,11 +21,13 @@ of single layers are taken as adding up) by :func:`choose`.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import functools
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,12 @@ from t2n_quant.config import resolve
 from t2n_quant.data_aware_options import check_options
 from t2n_quant.errors import CalibrationOptionError, PlanError
 from t2n_quant.layerwise import input_hessians, is_data_aware, no_fastpath, no_kv_cache, token_mask
+from t2n_quant.matmul_weights import (
+    linearize_conv1d,
+    untranspose_bmm_experts,
+    untranspose_experts,
+)
+from t2n_quant.module_state import snapshot
 from t2n_quant.weights import collect_weights, filter_reason, glob_list, skip_reason
 
 logger = logging.getLogger(__name__)
@@ -337,6 +345,31 @@ def _like_model(batches: list[Any], model: nn.Module) -> list[Any]:
     return batches
 
 
+@contextlib.contextmanager
+def quantize_layout(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` laid out as quantize_model lays it out (transformers Conv1D as Linear,
+    experts ``[experts, out, in]``), so that a plan covers and checks the same weights, with
+    their shapes; put back as it was after."""
+    restore = snapshot(model)
+    try:
+        linearize_conv1d(model)
+        untranspose_experts(model)
+        untranspose_bmm_experts(model)
+        yield model
+    finally:
+        restore()
+
+
+def _as_quantize_model_sees(fn: Callable[..., Plan]) -> Callable[..., Plan]:
+    @functools.wraps(fn)
+    def wrapped(model: nn.Module, *args: Any, **kwargs: Any) -> Plan:
+        with quantize_layout(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapped
+
+
+@_as_quantize_model_sees
 def plan(
     model: nn.Module,
     budget_bits_per_weight: float = 4.5,

@@ -10,7 +10,6 @@ to all of them.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import functools
 import logging
@@ -40,6 +39,7 @@ from t2n_quant.matmul_weights import (
     untranspose_bmm_experts,
     untranspose_experts,
 )
+from t2n_quant.module_state import snapshot
 from t2n_quant.parametrizations import bake_weight_parametrizations
 from t2n_quant.plan import check_plan
 from t2n_quant.qtensor import QTensor
@@ -134,15 +134,11 @@ def _all_or_nothing(fn: Callable[..., QuantizationSummary]) -> Callable[..., Qua
 
     @functools.wraps(fn)
     def guarded(model: nn.Module, *args: Any, **kwargs: Any) -> QuantizationSummary:
-        saved = [(m, type(m), {k: copy.copy(v) if isinstance(v, dict) else v
-                              for k, v in vars(m).items()}) for m in model.modules()]  # fmt: skip
+        restore = snapshot(model)
         try:
             return fn(model, *args, **kwargs)
         except Exception as exc:
-            for module, cls, attrs in saved:
-                module.__class__ = cls
-                module.__dict__.clear()
-                module.__dict__.update(attrs)
+            restore()
             note = "quantize_model put every float weight back: the model is unchanged"
             if hasattr(exc, "add_note") and note not in getattr(exc, "__notes__", []):
                 exc.add_note(note)

@@ -363,13 +363,17 @@ def test_the_recorded_default_parameters_are_those_the_methods_run_with():
         "tune_steps=0")
 
 
-def test_a_refused_plan_leaves_a_gpt2_with_its_conv1d_layers():
+def _tiny_gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=100, n_positions=32,
                         bos_token_id=0, eos_token_id=0)  # fmt: skip
-    model = GPT2LMHeadModel(config).eval()
+    return GPT2LMHeadModel(config).eval()
+
+
+def test_a_refused_plan_leaves_a_gpt2_with_its_conv1d_layers():
+    model = _tiny_gpt2()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     kinds = [type(m) for m in model.modules()]
     with pytest.raises(PlanError, match="'nope' matches no"):
@@ -379,3 +383,17 @@ def test_a_refused_plan_leaves_a_gpt2_with_its_conv1d_layers():
     assert [type(m) for m in model.modules()] == kinds  # Conv1D, not Linear
     assert before.keys() == after.keys()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_plan_covers_gpt2_conv1d_layers_and_leaves_the_model_as_it_was():
+    from t2n_quant.compare import compare
+    from t2n_quant.plan import plan
+
+    model = _tiny_gpt2()
+    kinds = [type(m) for m in model.modules()]
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    mixed = plan(model, 4.0, ["q4_0", "minmax:3:g32"], data=ids, progress=False)
+    assert "transformer.h.0.attn.c_attn" in mixed and "transformer.h.0.mlp.c_proj" in mixed
+    assert [type(m) for m in model.modules()] == kinds
+    result = compare(model, ids, [mixed], progress=False)  # checks the plan up front
+    assert not [k.name for k in result.results[0].summary.skipped if "plan" in k.reason]
