@@ -96,15 +96,22 @@ class _LMSums:
     positions: int = 0
 
     def add(self, ref_logits: torch.Tensor, logits: torch.Tensor | None,
-            tokens: torch.Tensor) -> None:  # fmt: skip
-        """Add one batch; ``logits=None`` adds the float model's perplexity only."""
+            tokens: torch.Tensor, real: torch.Tensor | None = None) -> None:  # fmt: skip
+        """Add one batch; ``logits=None`` adds the float model's perplexity only. ``real``
+        (the attention mask, True on real tokens): only predictions of a real token from a
+        real token count."""
         ref = ref_logits[:, :-1].float().log_softmax(-1)
         nxt = tokens[:, 1:, None].long()
+        if real is not None:
+            keep = (real[:, :-1] & real[:, 1:]).to(ref.device)
+            ref, nxt = ref[keep], nxt[keep]
         self.ref_nll -= ref.gather(-1, nxt).double().sum().item()
         self.positions += nxt.numel()
         if logits is None:
             return
         got = logits[:, :-1].float().log_softmax(-1)
+        if real is not None:
+            got = got[keep]
         self.kl += (ref.exp() * (ref - got)).sum(-1).double().sum().item()
         self.same += (ref.argmax(-1) == got.argmax(-1)).sum().item()
         self.nll -= got.gather(-1, nxt).double().sum().item()
@@ -436,12 +443,43 @@ def _as_stored(model: nn.Module) -> nn.Module:
     return twin
 
 
-def _token_ids(args: tuple[Any, ...]) -> torch.Tensor | None:
-    """The inputs of a causal LM (one integer tensor ``B x T``), or None."""
-    if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+def _token_ids(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The token ids of a causal LM's inputs (one integer tensor ``B x T``, or the
+    ``input_ids`` keyword), or None."""
+    ids = kwargs.get("input_ids") if not args else args[0] if len(args) == 1 else None
+    if not isinstance(ids, torch.Tensor):
         return None
-    ids = args[0]
     return ids if ids.dim() == 2 and not ids.dtype.is_floating_point else None
+
+
+Chunk = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _chunks(inputs: Any, batch_size: int) -> list[Chunk]:
+    """``inputs`` (a tensor, a tuple of positional inputs, or a dict / ``BatchEncoding`` of
+    keyword inputs) as ``(args, kwargs)`` calls; token ids ``batch_size`` rows at a time (the
+    keyword tensors sharing their rows, an ``attention_mask``, cut alike)."""
+    if isinstance(inputs, Mapping):
+        args, kwargs = (), dict(inputs)
+    else:
+        args, kwargs = _as_args(inputs), {}
+    ids = _token_ids(args, kwargs)
+    if ids is None:
+        return [(args, kwargs)]
+    rows = ids.shape[0]
+
+    def cut(v: Any, b: int) -> Any:
+        sized = isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == rows
+        return v[b : b + batch_size] if sized else v
+
+    return [(tuple(cut(a, b) for a in args), {k: cut(v, b) for k, v in kwargs.items()})
+            for b in range(0, rows, batch_size)]  # fmt: skip
+
+
+def _real(kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The real (not padded) tokens of a call: its 2-D ``attention_mask``, as booleans."""
+    mask = kwargs.get("attention_mask")
+    return mask != 0 if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
 def compare(
@@ -508,11 +546,10 @@ def compare(
         if not isinstance(data, (torch.Tensor, tuple, Mapping, str, bytes)):
             data = list(data) if isinstance(data, Iterable) else data
         calibration_batches(data)  # bad data fails before the first config runs
-    args = _as_args(inputs)
-    tokens = _token_ids(args)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    chunks = [(ids,) for ids in tokens.split(batch_size)] if tokens is not None else [args]
+    chunks = _chunks(inputs, batch_size)
+    tokens = _token_ids(*chunks[0])
 
     float_weights = {w.name: w for w in collect_weights(_as_stored(model))}
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -526,12 +563,12 @@ def compare(
     with torch.no_grad(), no_fastpath(), eval_mode(model):
         seen: set[str] = set()  # the modules whose forward runs
         ref_lm: _LMSums | None = _LMSums() if tokens is not None else None
-        for chunk in chunks:
+        for args, kwargs in chunks:
             with _recording(model, candidates) as acts:
-                ref_logits = _logits(model(*chunk))
+                ref_logits = _logits(model(*args, **kwargs))
             seen.update(acts)
             if ref_lm is not None and ref_logits is not None:
-                ref_lm.add(ref_logits, None, chunk[0])
+                ref_lm.add(ref_logits, None, _token_ids(args, kwargs), _real(kwargs))
             elif ref_logits is None:
                 ref_lm = None
             del acts, ref_logits
@@ -561,18 +598,18 @@ def compare(
             e2e = _Closeness()
             per_layer = {path: _Closeness() for path in measured}
             lm = None if ref_lm is None else _LMSums()
-            for chunk in chunks:
+            for args, kwargs in chunks:
                 with _recording(model, measured) as ref_acts:
-                    raw = model(*chunk)
+                    raw = model(*args, **kwargs)
                     ref_out = _float_leaves(raw)
                 ref_logits = _logits(raw)
                 with _recording(qmodel, measured) as acts:
-                    raw = qmodel(*chunk)
+                    raw = qmodel(*args, **kwargs)
                     out = _float_leaves(raw)
                 got = _logits(raw)
                 del raw
                 if lm is not None and ref_logits is not None and got is not None:
-                    lm.add(ref_logits, got, chunk[0])
+                    lm.add(ref_logits, got, _token_ids(args, kwargs), _real(kwargs))
                 elif lm is not None:
                     lm = None
                 e2e.add(ref_out, out)

@@ -5,6 +5,7 @@ and a failed calibration leaves the model as it was."""
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import pytest
@@ -397,3 +398,24 @@ def test_plan_covers_gpt2_conv1d_layers_and_leaves_the_model_as_it_was():
     assert [type(m) for m in model.modules()] == kinds
     result = compare(model, ids, [mixed], progress=False)  # checks the plan up front
     assert not [k.name for k in result.results[0].summary.skipped if "plan" in k.reason]
+
+
+def test_compare_takes_a_padded_batch_encoding_and_leaves_padding_out_of_the_lm_metrics():
+    from transformers import BatchEncoding
+
+    from t2n_quant.compare import compare, perplexity
+    from tests.core.test_hf_llama import VOCAB, tiny_llama
+
+    model = tiny_llama().eval()
+    g = torch.Generator().manual_seed(5)
+    long = torch.randint(1, VOCAB, (1, 12), generator=g)
+    short = torch.randint(1, VOCAB, (1, 5), generator=g)
+    ids = torch.zeros(2, 12, dtype=torch.long)
+    ids[0], ids[1, :5] = long[0], short[0]
+    mask = (torch.arange(12) < torch.tensor([[12], [5]])).long()
+    enc = BatchEncoding({"input_ids": ids, "attention_mask": mask})
+    result = compare(model, enc, ["q4_0"], batch_size=1, progress=False)
+    with torch.no_grad():
+        nll = [math.log(perplexity(model(s).logits, s)) * (s.shape[1] - 1) for s in (long, short)]
+    assert result.results[0].lm is not None
+    assert result.reference_perplexity == pytest.approx(math.exp(sum(nll) / (11 + 4)), rel=1e-4)
