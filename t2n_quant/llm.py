@@ -80,7 +80,10 @@ def export_checkpoint(
     data = None
     if quantized is None and codec is not None and is_data_aware(calibration):
         if calibration_text is None:
-            raise CalibrationDataError(f"calibration {calibration!r} needs calibration_text")
+            raise CalibrationDataError(
+                f"calibration {calibration!r} needs calibration_text (t2n export-llm "
+                "--calibration-text FILE): the text its layer inputs are taken from"
+            )
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
@@ -90,8 +93,10 @@ def export_checkpoint(
         data = text_batches(tokenizer, text, seq_len=seq_len, n_sequences=n_sequences)
     ignored = None
     if quantized is not None or codec is None:
-        for name, value in (("calibration_text", calibration_text), ("device", device),
-                            ("calibration_options", calibration_options)):  # fmt: skip
+        chosen = None if calibration == "minmax" else calibration  # minmax: the default
+        given = {"calibration": chosen, "calibration_text": calibration_text, "device": device,
+                 "calibration_options": calibration_options}  # fmt: skip
+        for name, value in given.items():
             if value is not None:
                 why = "the weights come quantized from a file" if quantized else "no codec"
                 logger.warning("%s ignored: nothing is quantized here (%s)", name, why)

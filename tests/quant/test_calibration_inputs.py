@@ -419,3 +419,17 @@ def test_compare_takes_a_padded_batch_encoding_and_leaves_padding_out_of_the_lm_
         nll = [math.log(perplexity(model(s).logits, s)) * (s.shape[1] - 1) for s in (long, short)]
     assert result.results[0].lm is not None
     assert result.reference_perplexity == pytest.approx(math.exp(sum(nll) / (11 + 4)), rel=1e-4)
+
+
+def test_export_llm_says_which_calibration_flags_it_ignores_without_a_codec(tmp_path, caplog):
+    from t2n_core.cli import main
+    from tests.llm.checkpoints import save_tiny_llama
+
+    save_tiny_llama(tmp_path / "ckpt", dtype=torch.float32)
+    (tmp_path / "calib.txt").write_text("some text " * 20)
+    rc = main(["export-llm", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"),
+               "--calibration", "gptq", "--calibration-text", str(tmp_path / "calib.txt"),
+               "--device", "cpu", "--no-check", "--quiet"])  # fmt: skip
+    assert rc == 0
+    for name in ("calibration", "calibration_text", "device"):
+        assert f"{name} ignored: nothing is quantized here (no codec)" in caplog.text
