@@ -160,8 +160,9 @@ def fingerprint(data: list[Batch]) -> str:
                 t = value.detach().cpu().contiguous()
                 h.update(f"{t.dtype}{tuple(t.shape)}".encode())
                 h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-            else:
-                h.update(repr(value).encode())
+            else:  # an object's default repr holds its address: its type alone then
+                text = repr(value)
+                h.update((type(value).__qualname__ if " at 0x" in text else text).encode())
     return h.hexdigest()[:16]
 
 

@@ -433,3 +433,14 @@ def test_export_llm_says_which_calibration_flags_it_ignores_without_a_codec(tmp_
     assert rc == 0
     for name in ("calibration", "calibration_text", "device"):
         assert f"{name} ignored: nothing is quantized here (no codec)" in caplog.text
+
+
+def test_the_data_hash_does_not_depend_on_object_addresses():
+    class Flag:
+        pass
+
+    x = torch.randn(2, 3)
+    assert fingerprint(batches({"x": x, "cfg": Flag()})) == fingerprint(
+        batches({"x": x.clone(), "cfg": Flag()}))
+    assert fingerprint(batches({"x": x, "scale": 2.0})) != fingerprint(
+        batches({"x": x, "scale": 3.0}))
