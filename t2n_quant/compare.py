@@ -572,6 +572,11 @@ def compare(
             elif ref_logits is None:
                 ref_lm = None
             del acts, ref_logits
+        if ref_lm is not None and ref_lm.positions == 0:
+            raise CalibrationDataError(
+                "the token ids hold no next-token prediction to measure (each sequence needs "
+                "at least 2 real tokens): give a longer text"
+            )
         ref_ppl = None if ref_lm is None else ref_lm.reference_perplexity()
         where: dict[str, str | None] = {}
         for name, w in float_weights.items():

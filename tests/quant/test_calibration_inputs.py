@@ -444,3 +444,11 @@ def test_the_data_hash_does_not_depend_on_object_addresses():
         batches({"x": x.clone(), "cfg": Flag()}))
     assert fingerprint(batches({"x": x, "scale": 2.0})) != fingerprint(
         batches({"x": x, "scale": 3.0}))
+
+
+def test_compare_on_one_token_says_there_is_nothing_to_measure():
+    from t2n_quant.compare import compare
+    from tests.core.test_hf_llama import tiny_llama
+
+    with pytest.raises(CalibrationDataError, match="at least 2 real tokens"):
+        compare(tiny_llama().eval(), torch.tensor([[5]]), ["q4_0"], progress=False)
