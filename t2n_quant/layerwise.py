@@ -270,15 +270,27 @@ def _out_with_first(out: Any, first: torch.Tensor) -> Any:
 
 def find_blocks(model: nn.Module, paths: list[str]) -> tuple[str, nn.ModuleList] | None:
     """The ``nn.ModuleList`` whose children hold the most of ``paths`` (at least two)."""
-    best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
+    found = block_lists(model, paths)
+    return found[0] if found else None
+
+
+def block_lists(model: nn.Module, paths: list[str]) -> list[tuple[str, nn.ModuleList]]:
+    """Every ``nn.ModuleList`` of which at least two children hold some of ``paths``, those
+    holding the most first (a vision tower's layers and a text decoder's: the data may run
+    only one)."""
+    found: list[tuple[int, int, str, nn.ModuleList]] = []
+    for i, (name, module) in enumerate(model.named_modules()):
         if not isinstance(module, nn.ModuleList) or len(module) < 2:
             continue
         prefix = f"{name}." if name else ""
         holders = {p[len(prefix) :].split(".")[0] for p in paths if p.startswith(prefix)}
-        if len(holders) >= 2 and (best is None or len(holders) > best[0]):
-            best = (len(holders), name, module)
-    return None if best is None else (best[1], best[2])
+        if len(holders) >= 2:
+            found.append((-len(holders), i, name, module))
+    return [(name, module) for _, _, name, module in sorted(found, key=lambda f: f[:2])]
+
+
+class _Unreached(Exception):
+    """No calibration batch reached the first block of a block list."""
 
 
 class _Standin(nn.Module):
@@ -450,6 +462,8 @@ def _gathering(
 
     def record(path: str) -> Callable[..., None]:
         def fn(module: nn.Module, args: Any, kwargs: dict[str, Any], out: Any) -> None:
+            if isinstance(module, _Standin):  # a block's recorded output, replayed
+                return
             if path not in recorded and isinstance(out, torch.Tensor):
                 recorded.add(path)
                 # a norm's call kept: AWQ reads how its output depends on its weight
@@ -558,21 +572,24 @@ def calibrate_with_data(
     """Gather each target's inputs on ``data``, run ``job.method`` and ``job.assign`` the
     results; returns how the inputs were gathered (``"block by block (model.layers)"``)."""
     paths = [t.path for t in targets]
-    found = find_blocks(model, paths)
     mode = "all at once"
     device = job.device
     tokens = _Tokens(data)
     with torch.no_grad(), no_kv_cache(model), no_fastpath():
-        if found is not None:
-            name, blocks = found
-            captured = _capture_first_block(model, blocks, data, device,
-                                            _what(targets, job.method))  # fmt: skip
+        for name, blocks in block_lists(model, paths):
+            try:
+                captured = _capture_first_block(model, blocks, data, device,
+                                                _what(targets, job.method))  # fmt: skip
+            except _Unreached:
+                logger.info("the data does not run %s: its layers are not reached", name)
+                continue
             if captured is not None:
                 inputs, others = captured
                 mode = f"block by block ({name}, {len(blocks)} blocks)"
                 _sequential(model, name, blocks, targets, data, inputs, job, progress, tokens,
                             others)  # fmt: skip
                 return mode
+            break
         what = _what(targets, job.method)
         job.float_target = False  # every input comes from the float model already
         with _on(model, device):
@@ -611,6 +628,8 @@ def _capture_first_block(
     with _standins(blocks) as stand, _on(model, device):
         _run_model(model, data, device, "capturing the inputs of the first block", what)
         inputs = stand[0].seen
+        if not inputs:
+            raise _Unreached
         if len(inputs) != len(data):
             raise CalibrationDataError(
                 f"the model did not reach its first block on {len(data) - len(inputs)} of "
@@ -1028,9 +1047,11 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
 
 
 def _other_users(path: str, readers: dict[int, Any], group: list[Target], plain: str) -> str:
-    users = [r[0] for r in readers.values() if all(r[1] is not t.module for t in group)]
+    mine = {id(t.module) for t in group}
+    users = [r[0] for r in readers.values()  # not the group's modules nor their ancestors
+             if not any(id(m) in mine for m in r[1].modules())]  # fmt: skip
     return (f"folding into {path!r} would change the model (its output has other users: "
-            f"{', '.join(users) or 'not modules'}); {plain}")  # fmt: skip
+            f"{', '.join(users) or 'an op outside modules, e.g. a residual sum'}); {plain}")
 
 
 def _other_readers(readers: dict[int, Any], group: list[Target],
@@ -1042,6 +1063,8 @@ def _other_readers(readers: dict[int, Any], group: list[Target],
     out = []
     mine = {id(t.module) for t in group}
     for path, module, args, kwargs in readers.values():
+        if any(id(m) in mine for m in module.modules()):  # passes the input to the group
+            continue
         k = s.numel()
         found = [p for p in module._parameters.values() if type(p) is nn.Parameter
                  and p.dim() >= 2 and p.shape[-1] == k and p.dtype.is_floating_point]  # fmt: skip

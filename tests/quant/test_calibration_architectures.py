@@ -112,3 +112,30 @@ def test_awq_scales_the_router_and_experts_reading_the_same_norm():
     folded = [n for n in s.notes if "folded into 'model.layers.1.post_attention_layernorm'" in n]
     assert folded and "mlp.gate" in folded[0] and "mlp.experts" in folded[0], s.notes
     assert not any("other users" in n for n in s.notes), s.notes
+
+
+class _TwoTowers(torch.nn.Module):
+    """A tower of 3 blocks that text-only inputs do not run (GIT's image encoder), then the
+    2 blocks they do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        block = lambda: torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.GELU())  # noqa: E731
+        self.vision = torch.nn.ModuleList(block() for _ in range(3))
+        self.layers = torch.nn.ModuleList(block() for _ in range(2))
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        for b in self.vision if image is not None else ():
+            image = b(image)
+        for b in self.layers:
+            x = b(x)
+        return x
+
+
+def test_blocks_the_data_does_not_run_are_passed_over():
+    torch.manual_seed(0)
+    s = quantize_model(_TwoTowers(), "q4_0", calibration="gptq",
+                       data=[torch.randn(4, 32) for _ in range(2)], progress=False)  # fmt: skip
+    assert any("block by block (layers, 2 blocks)" in n for n in s.notes), s.notes
+    unreached = [n for n in s.notes if "never reached" in n]
+    assert len(unreached) == 3 and all(n.startswith("vision.") for n in unreached), s.notes
