@@ -132,3 +132,20 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
             "(cpu, cuda when torch.cuda.is_available())"
         ) from err
     return dev
+
+
+def as_options(calibration_options: Any) -> dict[str, Any]:
+    """``calibration_options`` as a dict (None: none), or a
+    :class:`~t2n_quant.errors.CalibrationOptionError` when it is not a mapping.
+
+    >>> as_options(None), as_options({"damp": 0.02})
+    ({}, {'damp': 0.02})
+    """
+    if calibration_options is None:
+        return {}
+    if not isinstance(calibration_options, Mapping):
+        raise CalibrationOptionError(
+            f"calibration_options must be a dict such as {{'damp': 0.02}}, not "
+            f"{type(calibration_options).__name__} {calibration_options!r}"
+        )
+    return dict(calibration_options)

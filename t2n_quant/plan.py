@@ -40,7 +40,7 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import like_model
 from t2n_quant.codecs import Codec
 from t2n_quant.config import resolve
-from t2n_quant.data_aware_options import check_options
+from t2n_quant.data_aware_options import as_options, check_options
 from t2n_quant.errors import CalibrationOptionError, PlanError
 from t2n_quant.layerwise import input_hessians, is_data_aware, no_fastpath, no_kv_cache, token_mask
 from t2n_quant.matmul_weights import (
@@ -400,7 +400,7 @@ def plan(
     ['minmax:2:g32', 'q4_0']
     """
 
-    options = dict(calibration_options or {})
+    options = as_options(calibration_options)
     if is_data_aware(calibration) and ":" in calibration:
         calibration, options["inner"] = calibration.split(":", 1)
     if is_data_aware(calibration) and calibration != "gptq":

@@ -31,7 +31,13 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint, like_model
 from t2n_quant.codecs import Codec, Q4_0Codec
 from t2n_quant.config import QuantConfig, resolve
-from t2n_quant.data_aware_options import DEFAULTS, check_device, check_options, parameters
+from t2n_quant.data_aware_options import (
+    DEFAULTS,
+    as_options,
+    check_device,
+    check_options,
+    parameters,
+)
 from t2n_quant.errors import CalibrationOptionError, ConfigSpecError
 from t2n_quant.layerwise import is_data_aware, quantize_with_data
 from t2n_quant.matmul_weights import (
@@ -231,7 +237,7 @@ def quantize_model(
     else:
         codec = resolve(codec_or_config, bits=bits, group_size=group_size)
     second = resolve(fallback) if fallback is not None else None
-    options = dict(calibration_options or {})
+    options = as_options(calibration_options)
     data_aware = is_data_aware(calibration)
     if data_aware and ":" in str(calibration):  # "gptq:mse": the inner calibration
         method, inner = str(calibration).split(":", 1)

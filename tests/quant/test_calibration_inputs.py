@@ -452,3 +452,9 @@ def test_compare_on_one_token_says_there_is_nothing_to_measure():
 
     with pytest.raises(CalibrationDataError, match="at least 2 real tokens"):
         compare(tiny_llama().eval(), torch.tensor([[5]]), ["q4_0"], progress=False)
+
+
+def test_calibration_options_that_are_not_a_dict_are_named():
+    with pytest.raises(CalibrationOptionError, match="must be a dict"):
+        quantize_model(_two_linears(), "q4_0", calibration="gptq", data=torch.randn(8, 32),
+                       calibration_options="damp=0.1", progress=False)  # fmt: skip
