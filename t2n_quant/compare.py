@@ -37,7 +37,7 @@ from t2n_quant.calibration import Calibration, get_calibration
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
-from t2n_quant.data_aware_options import check_device, check_options
+from t2n_quant.data_aware_options import as_options, check_device, check_options
 from t2n_quant.errors import CalibrationDataError
 from t2n_quant.layerwise import DATA_AWARE, float_twin, is_data_aware, no_fastpath
 from t2n_quant.matmul_weights import (
@@ -537,7 +537,7 @@ def compare(
         raise CalibrationDataError(f"calibrations {DATA_AWARE} need data= (calibration batches)")
     aware_methods = {str(c).split(":")[0] for c, _ in cals if is_data_aware(c)}
     for method in sorted(aware_methods):  # a bad option fails before the first config runs
-        check_options(method, dict(calibration_options or {}))
+        check_options(method, as_options(calibration_options))
         check_device(device)
     if calibration_options and not aware_methods:
         logger.warning("compare: calibration_options %s ignored: no data-aware calibration "
