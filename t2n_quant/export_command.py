@@ -232,6 +232,11 @@ def run_export(args: argparse.Namespace) -> int:
                         ("--device", args.device), ("--fallback", args.fallback)):  # fmt: skip
         if given and not quantize:
             raise ConfigSpecError(f"{flag} needs --codec or --plan (nothing is quantized)")
+    if quantize and not args.calibration_data and args.calibration.split(":")[0] in ("gptq", "awq"):
+        raise ConfigSpecError(
+            f"--calibration {args.calibration} needs --calibration-data MODULE:FUNCTION (the "
+            "function returning the batches it calibrates on)"
+        )
     if quantize:
         from t2n_quant.plan import Plan
 

@@ -197,3 +197,7 @@ def test_export_with_a_plan_file(tmp_path, entry_file, capsys):
 def test_export_refuses_calibration_flags_without_a_codec(tmp_path, entry_file, capsys):
     rc = main(["export", f"{entry_file}:build", str(tmp_path / "m.tgz"), "--device", "cpu"])
     assert rc == 2 and "--device needs --codec or --plan" in capsys.readouterr().err
+    rc = main(["export", f"{entry_file}:build", str(tmp_path / "m.tgz"), "--codec", "q4_0",
+               "--calibration", "awq"])  # fmt: skip
+    assert rc == 2 and "needs --calibration-data" in capsys.readouterr().err
+    assert not (tmp_path / "m.tgz").exists()
