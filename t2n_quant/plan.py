@@ -42,6 +42,7 @@ from t2n_quant.codecs import Codec
 from t2n_quant.config import resolve
 from t2n_quant.data_aware_options import as_options, check_options
 from t2n_quant.errors import CalibrationOptionError, PlanError
+from t2n_quant.layerwise import _rejected as rejected
 from t2n_quant.layerwise import input_hessians, is_data_aware, no_fastpath, no_kv_cache, token_mask
 from t2n_quant.matmul_weights import (
     linearize_conv1d,
@@ -230,8 +231,12 @@ def _measure(
             sums = [0.0] * len(fits)
             original = w.param
             try:
-                for (a, k), mask in zip(batches, masks):
-                    raw = model(*a, **k)
+                for b, ((a, k), mask) in enumerate(zip(batches, masks)):
+                    try:
+                        raw = model(*a, **k)
+                    except Exception as err:
+                        raise rejected("running the float model", b, err,
+                                       f"plan, measuring {w.name}") from err  # fmt: skip
                     kl = isinstance(getattr(raw, "logits", None), torch.Tensor)
                     ref = _output(raw).detach()
                     del raw

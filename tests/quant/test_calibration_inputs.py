@@ -458,3 +458,11 @@ def test_calibration_options_that_are_not_a_dict_are_named():
     with pytest.raises(CalibrationOptionError, match="must be a dict"):
         quantize_model(_two_linears(), "q4_0", calibration="gptq", data=torch.randn(8, 32),
                        calibration_options="damp=0.1", progress=False)  # fmt: skip
+
+
+def test_plan_on_data_the_model_rejects_names_the_batch_and_layer():
+    from t2n_quant.plan import plan
+    from tests.core.test_hf_llama import tiny_llama
+
+    with pytest.raises(CalibrationDataError, match=r"batch 0.*plan, measuring"):
+        plan(tiny_llama(), 4.5, ["q4_0"], data=[torch.randn(2, 8)], progress=False)
