@@ -41,6 +41,7 @@ from t2n_quant.data_aware_options import as_options, check_device, check_options
 from t2n_quant.errors import CalibrationDataError
 from t2n_quant.layerwise import DATA_AWARE, float_twin, is_data_aware, no_fastpath
 from t2n_quant.matmul_weights import (
+    EXPERT_ATTRS,
     linearize_conv1d,
     untranspose_bmm_experts,
     untranspose_experts,
@@ -437,6 +438,11 @@ def _as_stored(model: nn.Module) -> nn.Module:
     (transformers ``Conv1D`` as ``nn.Linear``, experts ``[experts, out, in]``), so each is
     measured against its quantized copy: a twin sharing the tensors left as they were."""
     twin = float_twin(model)
+    for module in twin.modules():  # a parametrization re-sets its tensor in place: own ones
+        for attr in EXPERT_ATTRS:
+            p = module._parameters.get(attr)
+            if isinstance(p, nn.Parameter) and p.dim() == 3:
+                module._parameters[attr] = nn.Parameter(p.detach(), requires_grad=False)
     linearize_conv1d(twin)
     untranspose_experts(twin)
     untranspose_bmm_experts(twin)

@@ -685,7 +685,8 @@ def float_twin(module: nn.Module) -> nn.Module:
     def clone(m: nn.Module) -> nn.Module:
         if id(m) in clones:
             return clones[id(m)]
-        c = copy.copy(m)
+        c = type(m).__new__(type(m))  # not copy.copy: a parametrized module refuses it
+        c.__dict__.update(m.__dict__)
         clones[id(m)] = c
         for key, value in list(vars(c).items()):
             if isinstance(value, (dict, set)):

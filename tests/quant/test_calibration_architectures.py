@@ -139,3 +139,46 @@ def test_blocks_the_data_does_not_run_are_passed_over():
     assert any("block by block (layers, 2 blocks)" in n for n in s.notes), s.notes
     unreached = [n for n in s.notes if "never reached" in n]
     assert len(unreached) == 3 and all(n.startswith("vision.") for n in unreached), s.notes
+
+
+class _BmmBlock(torch.nn.Module):
+    """A Linear, then experts stored ``[experts, in, out]`` and run by ``torch.bmm`` (Llama
+    4's layout: quantize_model stores them ``[experts, out, in]`` behind a parametrization)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(32, 32)
+        self.up_proj = torch.nn.Parameter(torch.randn(2, 32, 64) / 6)
+        self.down_proj = torch.nn.Parameter(torch.randn(2, 64, 32) / 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x).expand(2, *x.shape)
+        return x + torch.bmm(torch.relu(torch.bmm(h, self.up_proj)), self.down_proj).sum(0)
+
+
+class _BmmModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(_BmmBlock() for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_gptq_and_compare_on_experts_behind_a_parametrization():
+    from t2n_quant.compare import compare
+
+    torch.manual_seed(0)
+    model = _BmmModel().eval()
+    data = [torch.randn(8, 32) for _ in range(2)]
+    s = quantize_model(copy.deepcopy(model), "q4_0", calibration="gptq", data=data,
+                       progress=False)  # fmt: skip
+    assert any("block by block" in n for n in s.notes), s.notes
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    c = compare(model, torch.randn(8, 32), ["q4_0"], calibrations=["gptq"], data=data,
+                progress=False).results[0]  # fmt: skip
+    assert [tuple(p.shape) for p in model.parameters()] == shapes  # the model left as it was
+    experts = [r for r in c.layers if "proj" in r.name and r.quantized and r.shape[0] == 2]
+    assert len(experts) == 4 and all(r.weight_sqnr > 15 for r in experts), c.layers
