@@ -19,7 +19,7 @@ def _inner(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         return "a weight-only calibration name (minmax, mse, hqq) or function"
-    from t2n_quant.calibration import get_calibration
+    from t2n_quant.calibration.registry import get_calibration
 
     try:
         get_calibration(value)

@@ -35,6 +35,10 @@ def register(name: str) -> Callable[[_F], _F]:
     return deco
 
 
+#: the calibrations that need data (t2n_quant.layerwise runs them, given a model and data)
+DATA_AWARE = ("gptq", "awq")
+
+
 def get_calibration(method: str | Calibration) -> Calibration:
     """The calibration registered as ``method`` (a callable is returned as is).
 
@@ -46,9 +50,7 @@ def get_calibration(method: str | Calibration) -> Calibration:
     try:
         return CALIBRATIONS[method]
     except KeyError:
-        from t2n_quant.data_aware_options import TAKEN_BY
-
-        if str(method).split(":")[0] in TAKEN_BY:
+        if str(method).split(":")[0] in DATA_AWARE:
             raise UnknownCodecError(
                 f"calibration {method!r} needs calibration data, so it quantizes a model "
                 "(quantize_model(..., data=...), t2n export-llm --calibration-text), not a "
@@ -56,5 +58,5 @@ def get_calibration(method: str | Calibration) -> Calibration:
             ) from None
         raise UnknownCodecError(
             f"unknown calibration {method!r}; weight-only: {', '.join(sorted(CALIBRATIONS))}; "
-            f"data-aware (with data): {', '.join(TAKEN_BY)} (gptq:mse = mse group scales)"
+            f"data-aware (with data): {', '.join(DATA_AWARE)} (gptq:mse = mse group scales)"
         ) from None
