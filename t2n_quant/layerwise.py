@@ -998,10 +998,9 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
     inner = job.options["inner"]
     plain = f"plain {inner!r} rounding"
     found = _producer(produced, group[0].first_input)
-    if found is None:
-        return f"no module produces the input as is; {plain}"
-    path, producer, _, call, readers = found
     first = group[0]
+    if found is None and _columns(first.module) is not None:
+        return f"no module produces the input as is; {plain}"
     act = first.act / max(first.rows, 1)  # type: ignore[operator]
     repeat = 1
     if isinstance(first.module, (nn.Conv1d, nn.Conv2d)):  # columns: channel x kernel
@@ -1014,23 +1013,53 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
                                     grid=job.options.get("grid", 20), repeat=repeat)  # fmt: skip
     if alpha == 0:
         return f"no scaling beats {plain}"
+    done = f"scales (alpha {alpha:.2f}, output error x{ratio:.2f}) folded into"
+    if found is not None:
+        ok, what = _try_fold(found, group, s, repeat, probe, job, plain)
+        return f"{done} {what}" if ok else what
+    # the input is no module's output (act(gate) * up, attention's heads): a Linear of the
+    # block with as many outputs whose rows, scaled, scale it alike (up_proj, v_proj)?
+    for entry in _row_candidates(produced, group, s.numel()):
+        ok, what = _try_fold(entry, group, s, repeat, probe, job, plain)
+        if ok:
+            return f"{done} {what} (the input is its output times another's, or mixed along " \
+                "tokens only)"
+    return f"no module produces the input as is; {plain}"
+
+
+def _row_candidates(produced: dict[int, Any], group: list[Target], k: int) -> list[Any]:
+    """The Linears of ``produced`` (last run first, at most 3) with ``k`` outputs, not in
+    ``group``: AWQ's up_proj -> down_proj, v_proj -> o_proj (the fold's check decides)."""
+    mine = {id(t.module) for t in group}
+    found = [e for e in produced.values() if isinstance(e[1], nn.Linear)
+             and e[1].out_features == k and id(e[1]) not in mine
+             and type(e[1].weight) is nn.Parameter]  # fmt: skip
+    return found[::-1][:3]
+
+
+def _try_fold(found: Any, group: list[Target], s: torch.Tensor, repeat: int,
+              probe: Callable[[], torch.Tensor], job: Job,
+              plain: str) -> tuple[bool, str]:  # fmt: skip
+    """Fold ``s`` into the producer of ``found`` and scale ``group``'s weights, kept when the
+    output stays the same: (True, the producer's path) or (False, why not)."""
+    path, producer, _, call, readers = found
     ref = probe()
     undo, why = _fold(producer, s, call)
     if undo is None:
-        return f"{path!r} ({type(producer).__name__}) {why}; {plain}"
+        return False, f"{path!r} ({type(producer).__name__}) {why}; {plain}"
 
     def along_inputs(w: torch.Tensor) -> torch.Tensor:  # dim 1: a weight's input channels
         return s.to(w.device, w.dtype).reshape(1, -1, *[1] * (w.dim() - 2))
 
     floats = [t.weight.param for t in group]
-    for t, w in zip(group, weights):  # new tensors: the float ones stay as they were
-        _put(t, nn.Parameter(w * along_inputs(w), requires_grad=False))
+    for t, w in zip(group, floats):  # new tensors: the float ones stay as they were
+        _put(t, nn.Parameter(w.detach() * along_inputs(w), requires_grad=False))
     others = [] if repeat != 1 else _other_readers(readers, group, s)
     if others is None:
         undo()
         for t, param in zip(group, floats):
             _put(t, param)
-        return _other_users(path, readers, group, plain)
+        return False, _other_users(path, readers, group, plain)
     undo_others = _scale_inputs(others, s)
     got = probe()
     err = float((got - ref).float().norm() / ref.float().norm().clamp(min=1e-30))
@@ -1038,13 +1067,12 @@ def _awq_group(group: list[Target], job: Job, produced: dict[int, Any],
         job.undos += [undo, undo_others]
         also = "" if not others else (
             f" (its other readers' matrices scaled alike: {', '.join(p for p, _ in others)})")
-        return (f"scales (alpha {alpha:.2f}, output error x{ratio:.2f}) folded into "
-                f"{path!r}{also}")  # fmt: skip
+        return True, f"{path!r}{also}"
     undo_others()
     undo()
     for t, param in zip(group, floats):
         _put(t, param)
-    return _other_users(path, readers, group, plain)
+    return False, _other_users(path, readers, group, plain)
 
 
 def _other_users(path: str, readers: dict[int, Any], group: list[Target], plain: str) -> str:

@@ -182,3 +182,19 @@ def test_gptq_and_compare_on_experts_behind_a_parametrization():
     assert [tuple(p.shape) for p in model.parameters()] == shapes  # the model left as it was
     experts = [r for r in c.layers if "proj" in r.name and r.quantized and r.shape[0] == 2]
     assert len(experts) == 4 and all(r.weight_sqnr > 15 for r in experts), c.layers
+
+
+def test_awq_folds_a_gated_mlp_down_proj_into_up_proj():
+    """``down_proj(act(gate_proj(x)) * up_proj(x))``: no module outputs the input of
+    down_proj; up_proj's rows take its scales (the fold's check keeps the output)."""
+    model = tiny("llama")
+    ids = _data(1)[0]
+    with torch.no_grad():
+        ref = model(ids).logits
+    folded = copy.deepcopy(model)
+    s = quantize_model(folded, "minmax:8:g32", calibration="awq", data=_data(), progress=False)
+    down = [n for n in s.notes if n.startswith("awq: model.layers.0.mlp.down_proj")]
+    assert down and "folded into 'model.layers.0.mlp.up_proj'" in down[0], s.notes
+    with torch.no_grad():  # 8 bits: the output stays that of the float model
+        err = (folded(ids).logits - ref).norm() / ref.norm()
+    assert err < 0.02
