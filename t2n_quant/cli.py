@@ -345,7 +345,8 @@ def run_export_llm(args: argparse.Namespace) -> int:
         all_logits=args.all_logits, f32_attention=args.f32_attention, f32_norm=args.f32_norm,
         fragments=not args.no_fragments, progress=not args.quiet, adapter=args.adapter,
         lora=args.lora, experts=args.experts, graphs=args.graphs,
-        calibration_options=cli_options.calibration_options(args.calibration_option) or None,
+        calibration_options=cli_options.calibration_options(
+            args.calibration_option, args.calibration) or None,
         device=args.device,
     )  # fmt: skip
     print(shipped)
@@ -355,6 +356,7 @@ def run_export_llm(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from t2n_quant.compare import compare
 
+    options = cli_options.calibration_options(args.calibration_option, *args.calibrations) or None
     if args.checkpoint is None:
         from t2n_core.examples import keyword_spotter
 
@@ -367,7 +369,6 @@ def run_compare(args: argparse.Namespace) -> int:
         model, texts, data = _lm_inputs(args, any(is_data_aware(c) for c in args.calibrations))
         inputs = torch.cat(texts)
     metric = "kl" if args.checkpoint else "sqnr"
-    options = cli_options.calibration_options(args.calibration_option) or None
     from t2n_quant.plan import Plan
 
     specs = [Plan.load(s) if s.endswith(".json") else s for s in args.codecs]
@@ -441,7 +442,7 @@ def run_plan(args: argparse.Namespace) -> int:
         raise PlanError(f"cannot write {out}: folder {out.parent} does not exist")
     for spec in args.candidates:
         resolve(spec)  # a bad spec fails before the model is loaded
-    options = cli_options.calibration_options(args.calibration_option) or None
+    options = cli_options.calibration_options(args.calibration_option, args.calibration) or None
     model, texts, data = _lm_inputs(args, is_data_aware(args.calibration))
     mixed = plan(
         model, args.budget, args.candidates, data=texts, calibration_data=data,

@@ -98,8 +98,9 @@ def add_calibration_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def calibration_options(pairs: list[str]) -> dict[str, object]:
-    """``["act_order=true", "damp=0.02"]`` -> ``{"act_order": True, "damp": 0.02}``.
+def calibration_options(pairs: list[str], *calibrations: str) -> dict[str, object]:
+    """``["act_order=true", "damp=0.02"]`` -> ``{"act_order": True, "damp": 0.02}``, checked
+    against each data-aware method among ``calibrations`` (before any model is loaded).
 
     >>> calibration_options(["act_order=true", "block=64", "damp=0.02", "inner=mse"])
     {'act_order': True, 'block': 64, 'damp': 0.02, 'inner': 'mse'}
@@ -124,6 +125,10 @@ def calibration_options(pairs: list[str]) -> dict[str, object]:
                 except ValueError:
                     pass
         options[key.strip()] = value
+    from t2n_quant.data_aware_options import TAKEN_BY, check_options
+
+    for method in sorted({c.split(":")[0] for c in calibrations} & set(TAKEN_BY)):
+        check_options(method, options)
     return options
 
 

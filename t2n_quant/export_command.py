@@ -246,7 +246,8 @@ def run_export(args: argparse.Namespace) -> int:
         summary = quantize_model(
             model, codec, fallback=args.fallback, calibration=args.calibration,
             include=args.include, exclude=args.exclude, lora=args.lora, data=data,
-            calibration_options=cli_options.calibration_options(args.calibration_option) or None,
+            calibration_options=cli_options.calibration_options(
+                args.calibration_option, args.calibration) or None,
             device=args.device, min_numel=args.min_numel,
         )  # fmt: skip
         print(summary)

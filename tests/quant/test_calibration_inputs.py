@@ -466,3 +466,17 @@ def test_plan_on_data_the_model_rejects_names_the_batch_and_layer():
 
     with pytest.raises(CalibrationDataError, match=r"batch 0.*plan, measuring"):
         plan(tiny_llama(), 4.5, ["q4_0"], data=[torch.randn(2, 8)], progress=False)
+
+
+@pytest.mark.parametrize("command", [
+    ["compare", "{d}", "--text", "{d}/t.txt", "--calibrations", "minmax", "gptq"],
+    ["plan", "{d}", "--budget", "4", "-o", "{t}/p.json", "--calibration", "gptq"],
+    ["export-llm", "{d}", "-o", "{d}/out", "--codec", "q4_0", "--calibration", "awq"],
+])  # fmt: skip
+def test_cli_checks_calibration_options_before_loading_anything(tmp_path, capsys, command):
+    from t2n_core.cli import main
+
+    args = [a.format(d=tmp_path / "no_checkpoint", t=tmp_path) for a in command]
+    rc = main([*args, "--calibration-option", "damp=-1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "calibration_options for" in err and "damp" in err, err
