@@ -347,16 +347,28 @@ def _on(module: nn.Module, device: torch.device | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def no_kv_cache(model: nn.Module) -> Iterator[None]:
-    """Hugging Face models: no KV cache while calibrating (blocks are run several times)."""
-    config = getattr(model, "config", None)
-    before = getattr(config, "use_cache", None)
-    if before is not None:
-        config.use_cache = False  # type: ignore[union-attr]
+    """Hugging Face models: no KV cache while calibrating (blocks are run several times),
+    in the model's config and its sub-configs (a multimodal model's ``text_config``, which
+    its language model reads)."""
+    configs = {id(c): c for m in model.modules()
+               for c in _configs(getattr(m, "config", None))}  # fmt: skip
+    before = {k: c.use_cache for k, c in configs.items()
+              if isinstance(getattr(c, "use_cache", None), bool)}  # fmt: skip
+    for k in before:
+        configs[k].use_cache = False
     try:
         yield
     finally:
-        if before is not None:
-            config.use_cache = before  # type: ignore[union-attr]
+        for k, value in before.items():
+            configs[k].use_cache = value
+
+
+def _configs(config: Any, depth: int = 0) -> list[Any]:
+    """``config`` and the configs among its attributes (nested two deep at most)."""
+    if config is None or not hasattr(config, "to_dict") or depth > 2:
+        return []
+    subs = [v for v in vars(config).values() if hasattr(v, "to_dict") and hasattr(v, "use_cache")]
+    return [config, *(c for v in subs for c in _configs(v, depth + 1))]
 
 
 @contextlib.contextmanager

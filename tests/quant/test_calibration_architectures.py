@@ -198,3 +198,16 @@ def test_awq_folds_a_gated_mlp_down_proj_into_up_proj():
     with torch.no_grad():  # 8 bits: the output stays that of the float model
         err = (folded(ids).logits - ref).norm() / ref.norm()
     assert err < 0.02
+
+
+def test_no_kv_cache_reaches_the_text_config():
+    """Fuyu's language model reads ``config.text_config.use_cache``: a cache passed to the
+    blocks grows each time a block is rerun (and made block 1's arguments differ)."""
+    from transformers import FuyuConfig
+
+    model = torch.nn.Module()
+    model.config = FuyuConfig()
+    model.config.use_cache = model.config.text_config.use_cache = True
+    with no_kv_cache(model):
+        assert model.config.text_config.use_cache is False and model.config.use_cache is False
+    assert model.config.text_config.use_cache is True and model.config.use_cache is True
