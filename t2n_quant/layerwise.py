@@ -986,7 +986,7 @@ def _awq(targets: list[Target], job: Job, produced: dict[int, Any],
             t.hessian, t.parts = None, None
             job.assign(t, t.weight.param.detach(), None)
             continue
-        groups.setdefault((id(t.first_input), _columns(t.module)), []).append(t)
+        groups.setdefault((id(_whole(t.first_input)), _columns(t.module)), []).append(t)
     # last reached first: a group's producer may be an earlier group's module, still float
     for group in reversed(groups.values()):
         names = ", ".join(t.weight.name for t in group)
@@ -1109,6 +1109,8 @@ def _other_readers(readers: dict[int, Any], group: list[Target],
         k = s.numel()
         found = [p for p in module._parameters.values() if type(p) is nn.Parameter
                  and p.dim() >= 2 and p.shape[-1] == k and p.dtype.is_floating_point]  # fmt: skip
+        if any(isinstance(p, QTensor) and p.shape[-1] == k for p in module._parameters.values()):
+            return None  # already quantized: cannot take the inverse scales
         if id(module) in mine or not found:
             continue
         tries = [found, *([p] for p in found)]
@@ -1153,6 +1155,16 @@ def _scale_inputs(readers: list[Any], s: torch.Tensor) -> Callable[[], None]:
             p.data.copy_(old)
 
     return undo
+
+
+def _whole(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The tensor ``x`` is a reshape of (every row, channels last, as MoE layers flatten
+    their input), or ``x``: the Linears reading either share one AWQ group."""
+    base = None if x is None else x._base
+    if base is None or base.dim() == 0 or x.dim() == 0 or x.numel() != base.numel():  # type: ignore[union-attr]
+        return x
+    same = x.shape[-1] == base.shape[-1] and x.stride(-1) == base.stride(-1)  # type: ignore[union-attr]
+    return base if same else x
 
 
 def _producer(produced: dict[int, Any], x: torch.Tensor | None) -> Any:

@@ -211,3 +211,39 @@ def test_no_kv_cache_reaches_the_text_config():
     with no_kv_cache(model):
         assert model.config.text_config.use_cache is False and model.config.use_cache is False
     assert model.config.text_config.use_cache is True and model.config.use_cache is True
+
+
+class _ParallelBlock(torch.nn.Module):
+    """Cohere-style: attention and a MoE layer read one norm's output, the MoE layer
+    flattened to ``(tokens, channels)`` (a view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(32)
+        self.attn = torch.nn.Linear(32, 32)
+        self.moe = torch.nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        return x + self.attn(h) + self.moe(h.view(-1, 32)).view_as(x)
+
+
+class _ParallelModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(_ParallelBlock() for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_awq_groups_the_linears_reading_a_flattened_view_with_the_others():
+    torch.manual_seed(0)
+    data = [torch.randn(2, 8, 32) * torch.linspace(0.1, 4, 32) for _ in range(2)]
+    s = quantize_model(_ParallelModel().eval(), "q4_0", calibration="awq", data=data,
+                       progress=False)  # fmt: skip
+    groups = [n for n in s.notes if n.startswith("awq: layers.")]
+    assert len(groups) == 2 and all("attn.weight, layers." in n for n in groups), s.notes
+    assert not any("other users" in n for n in s.notes), s.notes
