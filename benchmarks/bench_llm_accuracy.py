@@ -37,6 +37,10 @@ CONFIGS: list[tuple[str, list[Calib]]] = [
     ("symmetric:3:g32", ["mse", "gptq:mse"]),  # 3.5
     ("minmax:2:g32", ["minmax", "mse", "gptq", "gptq:mse"]),  # 3.0
     ("symmetric:2:g16", ["mse", "gptq:mse"]),  # 3.0
+    # above q4_0's size: how much accuracy each extra bit buys on this model
+    ("symmetric:5:g32", ["mse", "gptq:mse"]),  # 5.5
+    ("symmetric:6:g32", ["minmax"]),  # 6.5
+    ("symmetric:8:g32", ["minmax"]),  # 8.5
 ]
 #: mixed plans: budget (bits per weight) -> candidate codecs
 PLANS: list[tuple[float, list[str]]] = [
