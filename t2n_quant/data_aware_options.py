@@ -61,6 +61,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "tune_steps": _count(0),
     "tune_lr": _number(positive=True),
 }
+#: options of the end-to-end scale tuning after either (:mod:`t2n_quant.calibration.scale_tuning`)
 TUNING = ("tune_steps", "tune_lr")
 TAKEN_BY = {
     "gptq": ("inner", "damp", "block", "act_order", "sequential", "float_target", *TUNING),

@@ -56,7 +56,7 @@ from t2n_quant.calibration.gptq import float_target_weight, gptq
 from t2n_quant.calibration.scale_tuning import tune_scales
 from t2n_quant.calibration_data import Batch
 from t2n_quant.codecs.base import Codec, QParams
-from t2n_quant.data_aware_options import check_options
+from t2n_quant.data_aware_options import TUNING, check_options
 from t2n_quant.errors import CalibrationDataError
 from t2n_quant.qtensor import QTensor
 
@@ -68,8 +68,6 @@ ATTENTION_INPUTS = {"in_proj_weight": (0, 1, 2), "q_proj_weight": (0,), "k_proj_
 
 #: calibrations that need data, handled here rather than by :mod:`t2n_quant.calibration`
 DATA_AWARE = ("gptq", "awq")
-#: options of the end-to-end scale tuning after either (:mod:`t2n_quant.calibration.scale_tuning`)
-TUNING = ("tune_steps", "tune_lr")
 
 
 def is_data_aware(calibration: object) -> bool:
