@@ -8,7 +8,7 @@ channels each cover ``kernel`` columns of its ``rows x k`` view) are quantized a
 finer steps. ``s = mean|X|^alpha`` (normalised), with ``alpha`` searched on a grid for the
 least output error ``sum_L ||(Q(W_L diag(s)) diag(1/s) - W_L) X^T||^2``, computed from
 ``H = X^T X`` (no pass over the data per candidate). ``diag(1/s)`` is then folded into the
-operation producing ``X`` (:mod:`t2n_quant.layerwise` does it and checks it), so the
+operation producing ``X`` (:mod:`t2n_quant.awq_fold` does it and checks it), so the
 exported graph gains no op.
 """
 

@@ -71,7 +71,7 @@ class _OffsetNorm(torch.nn.Module):
 
 
 def test_awq_folds_into_norms_scaling_by_an_offset_plus_their_weight():
-    from t2n_quant.layerwise import _fold
+    from t2n_quant.awq_fold import fold
 
     torch.manual_seed(0)
     x = torch.randn(3, 5, 16)
@@ -80,7 +80,7 @@ def test_awq_folds_into_norms_scaling_by_an_offset_plus_their_weight():
         norm = _OffsetNorm(16, offset)
         ref = norm(x).detach()
         with torch.no_grad():
-            undo, why = _fold(norm, s, ((x,), {}))
+            undo, why = fold(norm, s, ((x,), {}))
             assert undo is not None, why
             assert torch.allclose(norm(x), ref / s, rtol=1e-4, atol=1e-6), offset
             undo()
@@ -88,7 +88,7 @@ def test_awq_folds_into_norms_scaling_by_an_offset_plus_their_weight():
     norm = _OffsetNorm(16, 0.0, squared=True)
     ref = norm(x).detach()
     with torch.no_grad():
-        undo, why = _fold(norm, s, ((x,), {}))
+        undo, why = fold(norm, s, ((x,), {}))
     assert undo is None and "not its weight" in why
     assert torch.equal(norm(x), ref)  # left as it was
 
