@@ -38,7 +38,7 @@ from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.data_aware_options import as_options, check_device, check_options
-from t2n_quant.errors import CalibrationDataError
+from t2n_quant.errors import CalibrationDataError, ComparedInputError
 from t2n_quant.layerwise import DATA_AWARE, float_twin, is_data_aware, no_fastpath
 from t2n_quant.matmul_weights import (
     EXPERT_ATTRS,
@@ -569,9 +569,17 @@ def compare(
     with torch.no_grad(), no_fastpath(), eval_mode(model):
         seen: set[str] = set()  # the modules whose forward runs
         ref_lm: _LMSums | None = _LMSums() if tokens is not None else None
-        for args, kwargs in chunks:
+        for i, (args, kwargs) in enumerate(chunks):
             with _recording(model, candidates) as acts:
-                ref_logits = _logits(model(*args, **kwargs))
+                try:
+                    ref_logits = _logits(model(*args, **kwargs))
+                except Exception as err:
+                    raise ComparedInputError(
+                        f"the float model rejected the compared inputs (chunk {i + 1} of "
+                        f"{len(chunks)}, batch_size {batch_size}): {type(err).__name__}: {err}; "
+                        "give compare() what the model's forward takes: a tensor, a tuple of "
+                        "inputs or a dict of keyword inputs"
+                    ) from err
             seen.update(acts)
             if ref_lm is not None and ref_logits is not None:
                 ref_lm.add(ref_logits, None, _token_ids(args, kwargs), _real(kwargs))

@@ -61,5 +61,9 @@ class CalibrationDataError(T2NError, ValueError):
     """Calibration data is empty, malformed, or rejected by the model."""
 
 
+class ComparedInputError(T2NError, ValueError):
+    """The inputs given to ``compare`` are rejected by the float model."""
+
+
 class PlanError(T2NError, ValueError):
     """A quantization plan names modules that do not exist or codecs that do not fit."""

@@ -141,3 +141,14 @@ def test_best_repr_is_one_short_line() -> None:
     best = compare(model, (torch.randn(4, 64),), ["q4_0"], progress=False).best()
     assert "\n" not in repr(best) and len(repr(best)) < 300, repr(best)
     assert "layers=" not in repr(best) and best.layers  # still there, just not printed
+
+
+def test_inputs_the_model_rejects_are_named_with_the_models_error():
+    from t2n_quant.errors import ComparedInputError
+
+    model = small_mlp()
+    with pytest.raises(ComparedInputError, match=r"rejected the compared inputs \(chunk 1 of 1.*"
+                       r"RuntimeError.*mat1 and mat2"):  # fmt: skip
+        compare(model, torch.randn(4, 32), ["q4_0"], progress=False)
+    with pytest.raises(ComparedInputError, match="takes 2 positional arguments"):
+        compare(model, (torch.randn(4, 64), torch.randn(4, 64)), ["q4_0"], progress=False)
