@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from t2n_quant import cli_options
+from t2n_quant.calibration.registry import DATA_AWARE, is_data_aware
 from t2n_quant.cli_options import add_codec, add_converted_output, add_selection
 from t2n_quant.errors import CalibrationDataError, ConfigSpecError
-from t2n_quant.layerwise import DATA_AWARE, is_data_aware
 
 logger = logging.getLogger(__name__)
 

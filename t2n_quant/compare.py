@@ -34,12 +34,13 @@ from torch.utils import _pytree as pytree
 from t2n_core.capture import eval_mode
 from t2n_core.progress import progress_bar
 from t2n_quant.calibration import Calibration, get_calibration
+from t2n_quant.calibration.registry import DATA_AWARE, is_data_aware
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.data_aware_options import as_options, check_device, check_options
 from t2n_quant.errors import CalibrationDataError, ComparedInputError
-from t2n_quant.layerwise import DATA_AWARE, float_twin, is_data_aware, no_fastpath
+from t2n_quant.layerwise import float_twin, no_fastpath
 from t2n_quant.matmul_weights import (
     EXPERT_ATTRS,
     linearize_conv1d,

@@ -19,6 +19,7 @@ from typing import Any
 
 from t2n_core.errors import ExportInputError
 from t2n_quant import cli_options
+from t2n_quant.calibration.registry import is_data_aware
 from t2n_quant.cli_options import add_archive_writing, add_codec, add_selection
 from t2n_quant.errors import ConfigSpecError
 
@@ -232,7 +233,7 @@ def run_export(args: argparse.Namespace) -> int:
                         ("--device", args.device), ("--fallback", args.fallback)):  # fmt: skip
         if given and not quantize:
             raise ConfigSpecError(f"{flag} needs --codec or --plan (nothing is quantized)")
-    if quantize and not args.calibration_data and args.calibration.split(":")[0] in ("gptq", "awq"):
+    if quantize and not args.calibration_data and is_data_aware(args.calibration):
         raise ConfigSpecError(
             f"--calibration {args.calibration} needs --calibration-data MODULE:FUNCTION (the "
             "function returning the batches it calibrates on)"

@@ -67,19 +67,6 @@ logger = logging.getLogger(__name__)
 ATTENTION_INPUTS = {"in_proj_weight": (0, 1, 2), "q_proj_weight": (0,), "k_proj_weight": (1,),
                     "v_proj_weight": (2,)}  # fmt: skip
 
-#: calibrations that need data, handled here rather than by :mod:`t2n_quant.calibration`
-DATA_AWARE = ("gptq", "awq")
-
-
-def is_data_aware(calibration: object) -> bool:
-    """Whether ``calibration`` names a data-aware method (``"gptq"``, ``"gptq:mse"``).
-
-    >>> is_data_aware("gptq:mse"), is_data_aware("mse")
-    (True, False)
-    """
-    return isinstance(calibration, str) and calibration.split(":")[0] in DATA_AWARE
-
-
 class _Stop(Exception):
     pass
 

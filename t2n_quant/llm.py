@@ -13,9 +13,9 @@ from torch import nn
 
 from t2n_core.llm.ship import ShippedModel
 from t2n_core.llm.ship import export_checkpoint as export_float_checkpoint
+from t2n_quant.calibration.registry import is_data_aware
 from t2n_quant.calibration_data import text_batches
 from t2n_quant.errors import CalibrationDataError
-from t2n_quant.layerwise import is_data_aware
 from t2n_quant.plan import Plan
 from t2n_quant.swap import quantize_model
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from t2n_core.capture import eval_mode
 from t2n_core.progress import progress_bar
+from t2n_quant.calibration.registry import is_data_aware
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import like_model
 from t2n_quant.codecs import Codec
@@ -43,7 +44,7 @@ from t2n_quant.config import resolve
 from t2n_quant.data_aware_options import as_options, check_options
 from t2n_quant.errors import CalibrationOptionError, PlanError
 from t2n_quant.layerwise import _rejected as rejected
-from t2n_quant.layerwise import input_hessians, is_data_aware, no_fastpath, no_kv_cache, token_mask
+from t2n_quant.layerwise import input_hessians, no_fastpath, no_kv_cache, token_mask
 from t2n_quant.matmul_weights import (
     linearize_conv1d,
     untranspose_bmm_experts,

@@ -27,6 +27,7 @@ from t2n_core.lora import plan_for_quantization as plan_lora_for_quantization
 from t2n_core.progress import progress_bar
 from t2n_core.summary import human_bytes
 from t2n_quant.calibration import Calibration, get_calibration
+from t2n_quant.calibration.registry import is_data_aware
 from t2n_quant.calibration_data import batches as calibration_batches
 from t2n_quant.calibration_data import fingerprint, like_model
 from t2n_quant.codecs import Codec, Q4_0Codec
@@ -39,7 +40,7 @@ from t2n_quant.data_aware_options import (
     parameters,
 )
 from t2n_quant.errors import CalibrationOptionError, ConfigSpecError
-from t2n_quant.layerwise import is_data_aware, quantize_with_data
+from t2n_quant.layerwise import quantize_with_data
 from t2n_quant.matmul_weights import (
     linearize_conv1d,
     untranspose_bmm_experts,

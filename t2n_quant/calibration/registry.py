@@ -39,6 +39,15 @@ def register(name: str) -> Callable[[_F], _F]:
 DATA_AWARE = ("gptq", "awq")
 
 
+def is_data_aware(calibration: object) -> bool:
+    """Whether ``calibration`` names a data-aware method (``"gptq"``, ``"gptq:mse"``).
+
+    >>> is_data_aware("gptq:mse"), is_data_aware("mse")
+    (True, False)
+    """
+    return isinstance(calibration, str) and calibration.split(":")[0] in DATA_AWARE
+
+
 def get_calibration(method: str | Calibration) -> Calibration:
     """The calibration registered as ``method`` (a callable is returned as is).
 
@@ -50,7 +59,7 @@ def get_calibration(method: str | Calibration) -> Calibration:
     try:
         return CALIBRATIONS[method]
     except KeyError:
-        if str(method).split(":")[0] in DATA_AWARE:
+        if is_data_aware(method):
             raise UnknownCodecError(
                 f"calibration {method!r} needs calibration data, so it quantizes a model "
                 "(quantize_model(..., data=...), t2n export-llm --calibration-text), not a "
