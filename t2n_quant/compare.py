@@ -40,13 +40,8 @@ from t2n_quant.codecs import Codec
 from t2n_quant.config import QuantConfig, resolve
 from t2n_quant.data_aware_options import as_options, check_device, check_options
 from t2n_quant.errors import CalibrationDataError, ComparedInputError
-from t2n_quant.layerwise import float_twin, no_fastpath
-from t2n_quant.matmul_weights import (
-    EXPERT_ATTRS,
-    linearize_conv1d,
-    untranspose_bmm_experts,
-    untranspose_experts,
-)
+from t2n_quant.layerwise import float_twin, no_fastpath, token_mask
+from t2n_quant.matmul_weights import EXPERT_ATTRS, to_stored_layout
 from t2n_quant.plan import check_plan, quantize_layout
 from t2n_quant.qtensor import QTensor
 from t2n_quant.summary import QuantizationSummary, _html_table, _table, human_bytes
@@ -444,9 +439,7 @@ def _as_stored(model: nn.Module) -> nn.Module:
             p = module._parameters.get(attr)
             if isinstance(p, nn.Parameter) and p.dim() == 3:
                 module._parameters[attr] = nn.Parameter(p.detach(), requires_grad=False)
-    linearize_conv1d(twin)
-    untranspose_experts(twin)
-    untranspose_bmm_experts(twin)
+    to_stored_layout(twin)
     return twin
 
 
@@ -481,12 +474,6 @@ def _chunks(inputs: Any, batch_size: int) -> list[Chunk]:
 
     return [(tuple(cut(a, b) for a in args), {k: cut(v, b) for k, v in kwargs.items()})
             for b in range(0, rows, batch_size)]  # fmt: skip
-
-
-def _real(kwargs: dict[str, Any]) -> torch.Tensor | None:
-    """The real (not padded) tokens of a call: its 2-D ``attention_mask``, as booleans."""
-    mask = kwargs.get("attention_mask")
-    return mask != 0 if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
 def compare(
@@ -583,7 +570,7 @@ def compare(
                     ) from err
             seen.update(acts)
             if ref_lm is not None and ref_logits is not None:
-                ref_lm.add(ref_logits, None, _token_ids(args, kwargs), _real(kwargs))
+                ref_lm.add(ref_logits, None, _token_ids(args, kwargs), token_mask((args, kwargs)))
             elif ref_logits is None:
                 ref_lm = None
             del acts, ref_logits
@@ -629,7 +616,7 @@ def compare(
                 got = _logits(raw)
                 del raw
                 if lm is not None and ref_logits is not None and got is not None:
-                    lm.add(ref_logits, got, _token_ids(args, kwargs), _real(kwargs))
+                    lm.add(ref_logits, got, _token_ids(args, kwargs), token_mask((args, kwargs)))
                 elif lm is not None:
                     lm = None
                 e2e.add(ref_out, out)

@@ -170,6 +170,15 @@ def untranspose_bmm_experts(model: nn.Module) -> list[str]:
     return paths
 
 
+def to_stored_layout(model: nn.Module) -> None:
+    """Lay ``model``'s matmul weights out as quantize_model stores them, in place: Conv1D as
+    ``nn.Linear``, every expert weight ``[experts, out, in]`` (:func:`linearize_conv1d`,
+    :func:`untranspose_experts`, :func:`untranspose_bmm_experts`)."""
+    linearize_conv1d(model)
+    untranspose_experts(model)
+    untranspose_bmm_experts(model)
+
+
 def _runs_own_forward(module: nn.Module) -> bool:
     """Whether the module's own forward runs (``eager``), not one of the interface's."""
     config = getattr(module, "config", None)

@@ -45,11 +45,7 @@ from t2n_quant.data_aware_options import as_options, check_options
 from t2n_quant.errors import CalibrationOptionError, PlanError
 from t2n_quant.layerwise import _rejected as rejected
 from t2n_quant.layerwise import input_hessians, no_fastpath, no_kv_cache, token_mask
-from t2n_quant.matmul_weights import (
-    linearize_conv1d,
-    untranspose_bmm_experts,
-    untranspose_experts,
-)
+from t2n_quant.matmul_weights import to_stored_layout
 from t2n_quant.module_state import snapshot
 from t2n_quant.weights import collect_weights, filter_reason, glob_list, skip_reason
 
@@ -358,9 +354,7 @@ def quantize_layout(model: nn.Module) -> Iterator[nn.Module]:
     their shapes; put back as it was after."""
     restore = snapshot(model)
     try:
-        linearize_conv1d(model)
-        untranspose_experts(model)
-        untranspose_bmm_experts(model)
+        to_stored_layout(model)
         yield model
     finally:
         restore()

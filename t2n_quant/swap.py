@@ -41,11 +41,7 @@ from t2n_quant.data_aware_options import (
 )
 from t2n_quant.errors import CalibrationOptionError, ConfigSpecError
 from t2n_quant.layerwise import quantize_with_data
-from t2n_quant.matmul_weights import (
-    linearize_conv1d,
-    untranspose_bmm_experts,
-    untranspose_experts,
-)
+from t2n_quant.matmul_weights import to_stored_layout
 from t2n_quant.module_state import snapshot
 from t2n_quant.parametrizations import bake_weight_parametrizations
 from t2n_quant.plan import check_plan
@@ -220,9 +216,7 @@ def quantize_model(
     """
     lora_notes = _prepare_lora(model, lora)
     adapters = adapter_parameters(model)
-    linearize_conv1d(model)
-    untranspose_experts(model)
-    untranspose_bmm_experts(model)
+    to_stored_layout(model)
     planned: dict[str, Codec | None] | None = None
     if isinstance(codec_or_config, Mapping):  # a plan: {module glob: spec}, checked up front
         given = [n for n, v in (("bits", bits), ("group_size", group_size),
